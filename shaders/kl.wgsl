@@ -1,0 +1,52 @@
+// Karhunen-Loeve map and its pullback (batched).
+// The basis is d x ncoef, row k holding sqrt(lambda_k) phi_k at the
+// coefficient points (cell centres for darcy2d, interior nodes for poisson1d).
+//
+// Bindings: 0 params, 1 xi (B x d), 2 basis (d x ncoef), 3 z (B x ncoef),
+// 4 aux (B x ncoef), 5 g (B x ncoef), 6 gxi (B x d).
+
+@group(0) @binding(1) var<storage, read> xi: array<f32>;
+@group(0) @binding(2) var<storage, read> basis: array<f32>;
+@group(0) @binding(3) var<storage, read_write> z: array<f32>;
+@group(0) @binding(4) var<storage, read_write> aux: array<f32>;
+@group(0) @binding(5) var<storage, read> g: array<f32>;
+@group(0) @binding(6) var<storage, read_write> gxi: array<f32>;
+
+// z[b, c] = sum_k xi[b, k] basis[k, c]; aux = exp(z) (mode 0, kappa) or
+// scale * z (mode 1, the poisson1d load h f).
+// Dispatch (ceil(ncoef / WG), B, 1).
+@compute @workgroup_size(256)
+fn kl_map(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    let b = gid.y;
+    if (c >= P.ncoef || b >= P.batch) {
+        return;
+    }
+    var acc = 0.0;
+    for (var k = 0u; k < P.d; k++) {
+        acc += xi[b * P.d + k] * basis[k * P.ncoef + c];
+    }
+    z[b * P.ncoef + c] = acc;
+    if (P.mode == 0u) {
+        aux[b * P.ncoef + c] = exp(acc);
+    } else {
+        aux[b * P.ncoef + c] = P.scale * acc;
+    }
+}
+
+// gxi[b, k] = scale * sum_c basis[k, c] g[b, c] (the transpose of kl_map,
+// pulling a gradient with respect to z back to xi).
+// Dispatch (d, B, 1): one workgroup per output, tree reduction.
+@compute @workgroup_size(256)
+fn kl_pullback(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let k = wid.x;
+    let b = wid.y;
+    var acc = 0.0;
+    for (var c = lid; c < P.ncoef; c += WG) {
+        acc += basis[k * P.ncoef + c] * g[b * P.ncoef + c];
+    }
+    let s = wg_sum(acc, lid);
+    if (lid == 0u) {
+        gxi[b * P.d + k] = P.scale * s;
+    }
+}

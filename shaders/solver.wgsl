@@ -1,0 +1,233 @@
+// Batched iterative solvers, one workgroup per system: Jacobi-preconditioned
+// conjugate gradients and weighted Jacobi. Assembled after common/params,
+// common/reduce and one operator file (common/op_q1 or common/op_p1).
+//
+// Dispatch: (B, 1, 1) workgroups of WG invocations; workgroup `sys` owns
+// system `sys` and runs its whole iteration loop, so no per-iteration host
+// round trip is needed. Each dispatch runs at most P.chunk iterations (so a
+// driver watchdog never fires); the host records ceil(max_iter / chunk)
+// dispatches of `cg_iterate` and systems that are done return at once.
+//
+// Bindings: 0 params, 1 coef (B x ncoef, kappa), 2 rhs (B x nunk),
+// 3 x (B x nunk, initial guess in / solution out),
+// 4 work (B x 4 nunk: r | p | ap | inverse diagonal), 5 state (B CgState).
+
+// Keep in sync with `CgState` in src/gpu/layout.rs.
+struct CgState {
+    iters: u32,
+    status: u32,   // 0 running, 1 converged, 2 iteration cap, 3 breakdown (not SPD / NaN)
+    rz: f32,       // r^T D^-1 r
+    bnorm2: f32,   // ||b||^2
+    rnorm2: f32,   // ||r||^2 (recursive residual)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+const RUNNING: u32 = 0u;
+const CONVERGED: u32 = 1u;
+const MAXITER: u32 = 2u;
+const BREAKDOWN: u32 = 3u;
+
+@group(0) @binding(1) var<storage, read> coef: array<f32>;
+@group(0) @binding(2) var<storage, read> rhs: array<f32>;
+@group(0) @binding(3) var<storage, read_write> x: array<f32>;
+@group(0) @binding(4) var<storage, read_write> work: array<f32>;
+@group(0) @binding(5) var<storage, read_write> state: array<CgState>;
+
+fn coef_at(sys: u32, cell: u32) -> f32 {
+    return coef[sys * P.ncoef + cell];
+}
+
+// The operator is always applied to the p slot of `work` (base = its offset).
+fn vec_at(base: u32, k: u32) -> f32 {
+    return work[base + k];
+}
+
+// Initialise: dinv, r = b - A x0, p = D^-1 r and the scalars of the state.
+// With ||b|| = 0 the solution is x = 0 and the system is marked converged.
+@compute @workgroup_size(256)
+fn cg_start(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let sys = wid.x;
+    let nu = P.nunk;
+    let xb = sys * nu;
+    let wr = sys * 4u * nu;
+    let wp = wr + nu;
+    let wd = wr + 3u * nu;
+    for (var k = lid; k < nu; k += WG) {
+        work[wd + k] = 1.0 / op_diag(sys, k);
+        work[wp + k] = x[xb + k];
+    }
+    storageBarrier();
+    var acc = vec2<f32>(0.0, 0.0);
+    var accz = 0.0;
+    for (var k = lid; k < nu; k += WG) {
+        let b = rhs[xb + k];
+        let r = b - op_apply(sys, wp, k);
+        work[wr + k] = r;
+        acc += vec2<f32>(b * b, r * r);
+        accz += r * r * work[wd + k];
+    }
+    let sums = wg_sum2(acc, lid);
+    let rz = wg_sum(accz, lid);
+    // Every invocation reads p values of its neighbours above: wait before overwriting p.
+    storageBarrier();
+    for (var k = lid; k < nu; k += WG) {
+        work[wp + k] = work[wd + k] * work[wr + k];
+    }
+    if (lid == 0u) {
+        var st: CgState;
+        st.iters = 0u;
+        st.status = RUNNING;
+        st.rz = rz;
+        st.bnorm2 = sums.x;
+        st.rnorm2 = sums.y;
+        if (sums.x == 0.0 || sums.y <= P.tol * P.tol * sums.x) {
+            st.status = CONVERGED;
+        }
+        if (!(sums.y == sums.y) || !(rz == rz)) {
+            st.status = BREAKDOWN;
+        }
+        state[sys] = st;
+    }
+    // A zero right-hand side has the zero solution whatever the initial guess.
+    if (sums.x == 0.0) {
+        for (var k = lid; k < nu; k += WG) {
+            x[xb + k] = 0.0;
+        }
+    }
+}
+
+var<workgroup> st_status: u32;
+var<workgroup> st_iters: u32;
+var<workgroup> st_rz: f32;
+var<workgroup> st_bnorm2: f32;
+
+// Up to P.chunk CG iterations for system `sys`, resuming from its state.
+@compute @workgroup_size(256)
+fn cg_iterate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let sys = wid.x;
+    let nu = P.nunk;
+    let xb = sys * nu;
+    let wr = sys * 4u * nu;
+    let wp = wr + nu;
+    let wa = wr + 2u * nu;
+    let wd = wr + 3u * nu;
+    if (lid == 0u) {
+        st_status = state[sys].status;
+        st_iters = state[sys].iters;
+        st_rz = state[sys].rz;
+        st_bnorm2 = state[sys].bnorm2;
+    }
+    var status = workgroupUniformLoad(&st_status);
+    var iters = workgroupUniformLoad(&st_iters);
+    var rz = workgroupUniformLoad(&st_rz);
+    let bnorm2 = workgroupUniformLoad(&st_bnorm2);
+    var rnorm2 = state[sys].rnorm2;
+    if (status != RUNNING) {
+        return;
+    }
+    for (var t = 0u; t < P.chunk; t++) {
+        // ap = A p and p^T A p in one pass.
+        var part = 0.0;
+        for (var k = lid; k < nu; k += WG) {
+            let a = op_apply(sys, wp, k);
+            work[wa + k] = a;
+            part += a * work[wp + k];
+        }
+        let pap = wg_sum(part, lid);
+        if (!(pap > 0.0) || !(rz > 0.0)) {
+            status = BREAKDOWN;
+            break;
+        }
+        let alpha = rz / pap;
+        // x += alpha p, r -= alpha ap, and the new residual norms in one pass.
+        var acc = vec2<f32>(0.0, 0.0);
+        for (var k = lid; k < nu; k += WG) {
+            x[xb + k] += alpha * work[wp + k];
+            let r = work[wr + k] - alpha * work[wa + k];
+            work[wr + k] = r;
+            acc += vec2<f32>(r * r, r * r * work[wd + k]);
+        }
+        let sums = wg_sum2(acc, lid);
+        iters += 1u;
+        rnorm2 = sums.x;
+        if (!(sums.x == sums.x)) {
+            status = BREAKDOWN;
+            break;
+        }
+        if (sums.x <= P.tol * P.tol * bnorm2) {
+            status = CONVERGED;
+            break;
+        }
+        if (iters >= P.max_iter) {
+            status = MAXITER;
+            break;
+        }
+        let beta = sums.y / rz;
+        rz = sums.y;
+        for (var k = lid; k < nu; k += WG) {
+            work[wp + k] = work[wd + k] * work[wr + k] + beta * work[wp + k];
+        }
+        // Neighbouring p entries written by other invocations are read next.
+        storageBarrier();
+    }
+    if (lid == 0u) {
+        state[sys].status = status;
+        state[sys].iters = iters;
+        state[sys].rz = rz;
+        state[sys].rnorm2 = rnorm2;
+    }
+}
+
+// Weighted Jacobi, P.chunk sweeps of x <- x + omega D^-1 (b - A x) with
+// omega = P.scale, then the residual norm into the state (status converged
+// when ||b - A x|| <= tol ||b||, else iteration cap). The p slot holds the
+// current iterate and the ap slot the next one.
+@compute @workgroup_size(256)
+fn jacobi_run(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let sys = wid.x;
+    let nu = P.nunk;
+    let xb = sys * nu;
+    let wr = sys * 4u * nu;
+    let wp = wr + nu;
+    let wa = wr + 2u * nu;
+    let wd = wr + 3u * nu;
+    for (var k = lid; k < nu; k += WG) {
+        work[wd + k] = 1.0 / op_diag(sys, k);
+        work[wp + k] = x[xb + k];
+    }
+    storageBarrier();
+    for (var t = 0u; t < P.chunk; t++) {
+        for (var k = lid; k < nu; k += WG) {
+            let r = rhs[xb + k] - op_apply(sys, wp, k);
+            work[wa + k] = work[wp + k] + P.scale * work[wd + k] * r;
+        }
+        storageBarrier();
+        for (var k = lid; k < nu; k += WG) {
+            work[wp + k] = work[wa + k];
+        }
+        storageBarrier();
+    }
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var k = lid; k < nu; k += WG) {
+        let b = rhs[xb + k];
+        let r = b - op_apply(sys, wp, k);
+        work[wr + k] = r;
+        x[xb + k] = work[wp + k];
+        acc += vec2<f32>(b * b, r * r);
+    }
+    let sums = wg_sum2(acc, lid);
+    if (lid == 0u) {
+        var st: CgState;
+        st.iters = state[sys].iters + P.chunk;
+        st.status = MAXITER;
+        if (sums.y <= P.tol * P.tol * sums.x) {
+            st.status = CONVERGED;
+        }
+        st.rz = 0.0;
+        st.bnorm2 = sums.x;
+        st.rnorm2 = sums.y;
+        state[sys] = st;
+    }
+}

@@ -1,0 +1,17 @@
+// Streaming kernel that measures the device's own memory bandwidth (the
+// roofline the solver's bandwidth is compared with): a = b + s c on vec4s.
+//
+// Bindings: 0 params (nunk = number of vec4 elements, scale = s), 1 b, 2 c, 3 a.
+
+@group(0) @binding(1) var<storage, read> sb: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> sc: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> sa: array<vec4<f32>>;
+
+// Dispatch (min(ceil(nunk / WG), 4096), 1, 1); a grid-stride loop covers the rest.
+@compute @workgroup_size(256)
+fn stream_triad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let stride = nwg.x * WG;
+    for (var i = gid.x; i < P.nunk; i += stride) {
+        sa[i] = sb[i] + P.scale * sc[i];
+    }
+}

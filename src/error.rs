@@ -1,0 +1,88 @@
+//! The crate's error type: every failure a user can cause (bad files, bad
+//! settings, a device that cannot hold the problem, a solver that does not
+//! converge) becomes one of these, with enough context to act on.
+
+use std::path::PathBuf;
+
+/// Errors returned by pdevi.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No GPU adapter matched; the message says how to get one.
+    #[error("no GPU adapter found{detail}\n  On Linux without a GPU install the software Vulkan driver: `apt-get install -y mesa-vulkan-drivers libvulkan1`\n  (or EGL for the GL backend: `apt-get install -y libegl1 libgl1-mesa-dri`).\n  PDEVI_BACKEND (vulkan, metal, dx12, gl) and PDEVI_ADAPTER (substring of the adapter name) restrict the choice.")]
+    NoAdapter { detail: String },
+
+    #[error("could not create the GPU device: {0}")]
+    RequestDevice(#[from] wgpu::RequestDeviceError),
+
+    /// A WGSL kernel failed to parse or validate (shown with file and line).
+    #[error("shader `{kernel}` is invalid:\n{message}")]
+    Shader { kernel: String, message: String },
+
+    /// wgpu reported a validation or out-of-memory error.
+    #[error("GPU error in {context}: {message}")]
+    Gpu { context: String, message: String },
+
+    /// A buffer would exceed what the device allows.
+    #[error("{what} needs {bytes} bytes but the device allows at most {limit} bytes per {limit_name}; reduce the grid size or the batch")]
+    TooLarge {
+        what: String,
+        bytes: u64,
+        limit: u64,
+        limit_name: &'static str,
+    },
+
+    /// Bad content in an input file, with the place it was found.
+    #[error("{}:{line}: {message}", file.display())]
+    Input {
+        file: PathBuf,
+        line: usize,
+        message: String,
+    },
+
+    /// Bad setting (flag or config value).
+    #[error("invalid setting `{name}` = {value}: {message}")]
+    Setting {
+        name: String,
+        value: String,
+        message: String,
+    },
+
+    /// An iterative solver did not reach its tolerance.
+    #[error("{0}")]
+    NoConvergence(String),
+
+    /// The optimisation diverged (NaN/inf objective).
+    #[error("{0}")]
+    Diverged(String),
+
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("{}: {message}", path.display())]
+    Format { path: PathBuf, message: String },
+}
+
+/// Crate result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Shorthand for an I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Shorthand for a bad setting.
+    pub fn setting(name: &str, value: impl std::fmt::Display, message: impl Into<String>) -> Self {
+        Error::Setting {
+            name: name.to_string(),
+            value: value.to_string(),
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,429 @@
+//! [`GpuContext`]: the one owner of instance, adapter, device, queue and
+//! every compute pipeline (built once, at creation).
+
+use std::sync::{Arc, Mutex};
+
+use bytemuck::Pod;
+use wgpu::util::DeviceExt;
+
+use super::kernels::{Bind, KernelId};
+use super::shaders::{self, ModuleId};
+use crate::error::{Error, Result};
+
+/// Device, queue and pipelines.
+pub struct GpuContext {
+    pub adapter: wgpu::Adapter,
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pipelines: Vec<(wgpu::ComputePipeline, wgpu::BindGroupLayout)>,
+    /// wgpu errors outside an error scope land here instead of panicking;
+    /// [`GpuContext::check`] turns them into [`Error::Gpu`].
+    uncaptured: Arc<Mutex<Option<String>>>,
+}
+
+fn parse_backend(name: &str) -> Result<wgpu::Backends> {
+    match name.trim().to_ascii_lowercase().as_str() {
+        "vulkan" | "vk" => Ok(wgpu::Backends::VULKAN),
+        "metal" | "mtl" => Ok(wgpu::Backends::METAL),
+        "dx12" | "d3d12" => Ok(wgpu::Backends::DX12),
+        "gl" | "gles" | "opengl" => Ok(wgpu::Backends::GL),
+        other => Err(Error::setting(
+            "PDEVI_BACKEND",
+            other,
+            "expected one of vulkan, metal, dx12, gl",
+        )),
+    }
+}
+
+fn type_rank(t: wgpu::DeviceType) -> u32 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    }
+}
+
+fn backend_rank(b: wgpu::Backend) -> u32 {
+    match b {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+        wgpu::Backend::Gl => 1,
+        _ => 2,
+    }
+}
+
+/// What a caller may ask of adapter selection.
+#[derive(Clone, Debug, Default)]
+pub struct AdapterRequest {
+    /// Backend name (vulkan, metal, dx12, gl); `None` = all.
+    pub backend: Option<String>,
+    /// Case-insensitive substring of the adapter name.
+    pub adapter: Option<String>,
+}
+
+impl AdapterRequest {
+    /// From `PDEVI_BACKEND` and `PDEVI_ADAPTER`.
+    pub fn from_env() -> Self {
+        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        AdapterRequest {
+            backend: get("PDEVI_BACKEND"),
+            adapter: get("PDEVI_ADAPTER"),
+        }
+    }
+}
+
+impl GpuContext {
+    /// The best adapter, as restricted by `PDEVI_BACKEND` / `PDEVI_ADAPTER`.
+    pub fn new() -> Result<Self> {
+        Self::with_request(&AdapterRequest::from_env())
+    }
+
+    pub fn with_request(req: &AdapterRequest) -> Result<Self> {
+        let backends = match &req.backend {
+            Some(b) => parse_backend(b)?,
+            None => wgpu::Backends::all(),
+        };
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        desc.backends = backends;
+        let instance = wgpu::Instance::new(desc);
+        let adapters = pollster::block_on(instance.enumerate_adapters(backends));
+        let seen: Vec<String> = adapters
+            .iter()
+            .map(|a| {
+                let i = a.get_info();
+                format!("{} ({:?})", i.name, i.backend)
+            })
+            .collect();
+        let mut candidates: Vec<wgpu::Adapter> = adapters
+            .into_iter()
+            .filter(|a| {
+                let caps = a.get_downlevel_capabilities();
+                caps.flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+                    && a.limits().max_storage_buffers_per_shader_stage >= 6
+            })
+            .filter(|a| match &req.adapter {
+                Some(s) => a
+                    .get_info()
+                    .name
+                    .to_ascii_lowercase()
+                    .contains(&s.to_ascii_lowercase()),
+                None => true,
+            })
+            .collect();
+        candidates.sort_by_key(|a| {
+            let i = a.get_info();
+            (type_rank(i.device_type), backend_rank(i.backend))
+        });
+        let Some(adapter) = candidates.into_iter().next() else {
+            let mut detail = String::new();
+            if let Some(b) = &req.backend {
+                detail.push_str(&format!(" for PDEVI_BACKEND={b}"));
+            }
+            if let Some(a) = &req.adapter {
+                detail.push_str(&format!(" matching PDEVI_ADAPTER={a}"));
+            }
+            if seen.is_empty() {
+                detail.push_str(" (no adapters at all)");
+            } else {
+                detail.push_str(&format!(
+                    " with compute shaders (adapters seen: {})",
+                    seen.join(", ")
+                ));
+            }
+            return Err(Error::NoAdapter { detail });
+        };
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let (device, queue) =
+            pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+                label: Some("pdevi"),
+                required_features: wgpu::Features::empty(),
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            }))?;
+        let uncaptured = Arc::new(Mutex::new(None));
+        {
+            let slot = uncaptured.clone();
+            device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                if let Ok(mut s) = slot.lock() {
+                    s.get_or_insert_with(|| e.to_string());
+                }
+            }));
+        }
+        let mut ctx = GpuContext {
+            adapter,
+            device,
+            queue,
+            info,
+            limits,
+            pipelines: Vec::new(),
+            uncaptured,
+        };
+        ctx.build_pipelines()?;
+        Ok(ctx)
+    }
+
+    fn build_pipelines(&mut self) -> Result<()> {
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let mut modules = std::collections::HashMap::new();
+        for &m in ModuleId::ALL {
+            // naga validation first: a readable error with file and line.
+            shaders::validate(m)?;
+            let asm = shaders::assemble(m);
+            let module = self
+                .device
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(m.name()),
+                    source: wgpu::ShaderSource::Wgsl(asm.text.into()),
+                });
+            modules.insert(m, module);
+        }
+        for &k in KernelId::ALL {
+            let (m, entry, binds) = k.spec();
+            let entries: Vec<wgpu::BindGroupLayoutEntry> = binds
+                .iter()
+                .map(|&(binding, kind)| wgpu::BindGroupLayoutEntry {
+                    binding,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: match kind {
+                        Bind::Uniform => wgpu::BindingType::Buffer {
+                            ty: wgpu::BufferBindingType::Uniform,
+                            has_dynamic_offset: false,
+                            min_binding_size: None,
+                        },
+                        Bind::Read | Bind::ReadWrite => wgpu::BindingType::Buffer {
+                            ty: wgpu::BufferBindingType::Storage {
+                                read_only: kind == Bind::Read,
+                            },
+                            has_dynamic_offset: false,
+                            min_binding_size: None,
+                        },
+                    },
+                    count: None,
+                })
+                .collect();
+            let label = k.label();
+            let bgl = self
+                .device
+                .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                    label: Some(&label),
+                    entries: &entries,
+                });
+            let layout = self
+                .device
+                .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                    label: Some(&label),
+                    bind_group_layouts: &[Some(&bgl)],
+                    immediate_size: 0,
+                });
+            let pipeline = self
+                .device
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(&label),
+                    layout: Some(&layout),
+                    module: &modules[&m],
+                    entry_point: Some(entry),
+                    compilation_options: Default::default(),
+                    cache: None,
+                });
+            self.pipelines.push((pipeline, bgl));
+        }
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu {
+                context: "pipeline creation".into(),
+                message: e.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// One line describing the adapter.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({:?}, {:?}, driver {} {})",
+            self.info.name,
+            self.info.backend,
+            self.info.device_type,
+            self.info.driver,
+            self.info.driver_info
+        )
+    }
+
+    /// Turn any error wgpu reported outside a scope into an [`Error`].
+    pub fn check(&self, context: &str) -> Result<()> {
+        let taken = self.uncaptured.lock().ok().and_then(|mut s| s.take());
+        match taken {
+            Some(message) => Err(Error::Gpu {
+                context: context.to_string(),
+                message,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Bind group for `k` with `buffers` in the kernel's binding order.
+    pub fn bind(&self, k: KernelId, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
+        let (_, _, binds) = k.spec();
+        assert_eq!(
+            binds.len(),
+            buffers.len(),
+            "{}: wrong number of buffers",
+            k.label()
+        );
+        let entries: Vec<wgpu::BindGroupEntry> = binds
+            .iter()
+            .zip(buffers)
+            .map(|(&(binding, _), b)| wgpu::BindGroupEntry {
+                binding,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(&k.label()),
+            layout: &self.pipelines[k.index()].1,
+            entries: &entries,
+        })
+    }
+
+    /// Record one dispatch of `k` into `pass`.
+    pub fn dispatch(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        k: KernelId,
+        bg: &wgpu::BindGroup,
+        groups: [u32; 3],
+    ) {
+        pass.set_pipeline(&self.pipelines[k.index()].0);
+        pass.set_bind_group(0, bg, &[]);
+        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+    }
+
+    /// Largest storage binding the device allows, in bytes.
+    pub fn max_binding(&self) -> u64 {
+        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+    }
+
+    fn check_size(&self, what: &str, bytes: u64) -> Result<()> {
+        let limit = self.max_binding();
+        if bytes > limit {
+            return Err(Error::TooLarge {
+                what: what.to_string(),
+                bytes,
+                limit,
+                limit_name: "storage buffer binding",
+            });
+        }
+        Ok(())
+    }
+
+    /// A zero-filled storage buffer of `bytes` (at least 16), checked against the limits.
+    pub fn storage(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
+        self.check_size(label, bytes)?;
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(16).next_multiple_of(4),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        }))
+    }
+
+    /// A storage buffer holding `data` (padded to at least 16 bytes).
+    pub fn upload<T: Pod>(&self, label: &str, data: &[T]) -> Result<wgpu::Buffer> {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        self.check_size(label, bytes.len() as u64)?;
+        let mut padded = bytes.to_vec();
+        padded.resize(bytes.len().max(16).next_multiple_of(4), 0);
+        Ok(self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: &padded,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+            }))
+    }
+
+    /// A uniform buffer holding `value`.
+    pub fn uniform<T: Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::bytes_of(value),
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            })
+    }
+
+    /// Overwrite the start of `buf` with `data`.
+    pub fn write<T: Pod>(&self, buf: &wgpu::Buffer, data: &[T]) {
+        self.queue.write_buffer(buf, 0, bytemuck::cast_slice(data));
+    }
+
+    pub fn encoder(&self, label: &str) -> wgpu::CommandEncoder {
+        self.device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
+    }
+
+    /// Submit and wait for completion.
+    pub fn submit_wait(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
+        self.queue.submit([encoder.finish()]);
+        self.wait()
+    }
+
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu {
+                context: "waiting for the device".into(),
+                message: e.to_string(),
+            })?;
+        self.check("device work")
+    }
+
+    /// Copy `count` elements of `T` starting at element `offset` of `buf` back to the host.
+    pub fn read<T: Pod>(&self, buf: &wgpu::Buffer, offset: usize, count: usize) -> Result<Vec<T>> {
+        let sz = std::mem::size_of::<T>() as u64;
+        let bytes = (count as u64 * sz).next_multiple_of(4);
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("pdevi.readback"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.encoder("pdevi.readback");
+        enc.copy_buffer_to_buffer(buf, offset as u64 * sz, &staging, 0, bytes);
+        self.queue.submit([enc.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait()?;
+        let mapped = rx.recv().map_err(|e| Error::Gpu {
+            context: "readback".into(),
+            message: e.to_string(),
+        })?;
+        mapped.map_err(|e| Error::Gpu {
+            context: "readback".into(),
+            message: e.to_string(),
+        })?;
+        let out = {
+            let view = staging.get_mapped_range(..).map_err(|e| Error::Gpu {
+                context: "readback".into(),
+                message: e.to_string(),
+            })?;
+            bytemuck::pod_collect_to_vec::<u8, T>(&view[..(count as u64 * sz) as usize])
+        };
+        staging.unmap();
+        Ok(out)
+    }
+}

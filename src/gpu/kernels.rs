@@ -1,0 +1,112 @@
+//! The table of compute kernels: module, entry point and binding kinds.
+//! Bind-group layouts and pipelines are generated from it once, when the
+//! [`GpuContext`](super::GpuContext) is created.
+
+use super::shaders::ModuleId;
+
+/// How a binding is used by a kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bind {
+    Uniform,
+    Read,
+    ReadWrite,
+}
+
+/// One compute entry point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KernelId {
+    CgStartQ1,
+    CgIterateQ1,
+    JacobiRunQ1,
+    CgStartP1,
+    CgIterateP1,
+    JacobiRunP1,
+    KlMap,
+    KlPullback,
+    Q1Apply,
+    Q1Diag,
+    Q1AdjointGrad,
+    P1Apply,
+    P1Diag,
+    ObsMisfit,
+    StreamTriad,
+}
+
+use Bind::{Read as R, ReadWrite as W, Uniform as U};
+
+const SOLVER_BINDS: &[(u32, Bind)] = &[(0, U), (1, R), (2, R), (3, W), (4, W), (5, W)];
+
+impl KernelId {
+    pub const ALL: &'static [KernelId] = &[
+        KernelId::CgStartQ1,
+        KernelId::CgIterateQ1,
+        KernelId::JacobiRunQ1,
+        KernelId::CgStartP1,
+        KernelId::CgIterateP1,
+        KernelId::JacobiRunP1,
+        KernelId::KlMap,
+        KernelId::KlPullback,
+        KernelId::Q1Apply,
+        KernelId::Q1Diag,
+        KernelId::Q1AdjointGrad,
+        KernelId::P1Apply,
+        KernelId::P1Diag,
+        KernelId::ObsMisfit,
+        KernelId::StreamTriad,
+    ];
+
+    pub fn index(self) -> usize {
+        Self::ALL.iter().position(|&k| k == self).unwrap_or(0)
+    }
+
+    /// (module, entry point, bindings in binding order).
+    pub fn spec(self) -> (ModuleId, &'static str, &'static [(u32, Bind)]) {
+        use KernelId::*;
+        match self {
+            CgStartQ1 => (ModuleId::SolverQ1, "cg_start", SOLVER_BINDS),
+            CgIterateQ1 => (ModuleId::SolverQ1, "cg_iterate", SOLVER_BINDS),
+            JacobiRunQ1 => (ModuleId::SolverQ1, "jacobi_run", SOLVER_BINDS),
+            CgStartP1 => (ModuleId::SolverP1, "cg_start", SOLVER_BINDS),
+            CgIterateP1 => (ModuleId::SolverP1, "cg_iterate", SOLVER_BINDS),
+            JacobiRunP1 => (ModuleId::SolverP1, "jacobi_run", SOLVER_BINDS),
+            KlMap => (
+                ModuleId::Kl,
+                "kl_map",
+                &[(0, U), (1, R), (2, R), (3, W), (4, W)],
+            ),
+            KlPullback => (
+                ModuleId::Kl,
+                "kl_pullback",
+                &[(0, U), (2, R), (5, R), (6, W)],
+            ),
+            Q1Apply => (
+                ModuleId::Darcy,
+                "q1_apply",
+                &[(0, U), (1, R), (2, R), (4, W)],
+            ),
+            Q1Diag => (ModuleId::Darcy, "q1_diag", &[(0, U), (1, R), (4, W)]),
+            Q1AdjointGrad => (
+                ModuleId::Darcy,
+                "q1_adjoint_grad",
+                &[(0, U), (1, R), (2, R), (3, R), (5, W)],
+            ),
+            P1Apply => (ModuleId::Poisson1d, "p1_apply", &[(0, U), (2, R), (4, W)]),
+            P1Diag => (ModuleId::Poisson1d, "p1_diag", &[(0, U), (4, W)]),
+            ObsMisfit => (
+                ModuleId::Obs,
+                "obs_misfit",
+                &[(0, U), (1, R), (2, R), (3, R), (4, W), (5, W)],
+            ),
+            StreamTriad => (
+                ModuleId::Stream,
+                "stream_triad",
+                &[(0, U), (1, R), (2, R), (3, W)],
+            ),
+        }
+    }
+
+    pub fn label(self) -> String {
+        let (m, e, _) = self.spec();
+        format!("pdevi.{}.{}", m.name(), e)
+    }
+}

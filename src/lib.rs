@@ -1,0 +1,19 @@
+//! pdevi: a GPU compute-shader engine (wgpu + WGSL) for variational inference
+//! in physics-informed models.
+//!
+//! Layout: [`gpu`] owns the device and the kernels, [`cpu`] holds the f64
+//! mirror of every kernel, [`problem`] the reference problems of the spec,
+//! [`solver`] the batched forward/adjoint solves, [`io`] and [`plot`] the
+//! files people read.
+
+pub mod cpu;
+pub mod error;
+pub mod gpu;
+pub mod io;
+pub mod plot;
+pub mod problem;
+pub mod solver;
+
+pub use error::{Error, Result};
+pub use gpu::GpuContext;
+pub use problem::{Problem, ProblemKind};

@@ -1,0 +1,444 @@
+//! Batched forward and adjoint solves on the GPU.
+//!
+//! [`BatchedSolver`] holds, for B systems of one problem, every buffer and
+//! bind group of the pipeline
+//! `xi -> z (KL) -> A(z) u = b (CG) -> misfit, adjoint CG -> dmisfit/dz -> dmisfit/dxi`,
+//! built once. The `encode_*` methods only record work into a command
+//! encoder; callers submit once per step and read back scalars.
+
+use crate::error::{Error, Result};
+use crate::gpu::layout::{status, CgState, PdeParams};
+use crate::gpu::{GpuContext, KernelId};
+use crate::problem::{Problem, ProblemKind};
+
+/// Settings of the iterative solver (shared by the GPU and CPU paths).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CgParams {
+    /// Stop when ||b - A x|| <= rel_tol ||b|| (recursive residual).
+    pub rel_tol: f64,
+    /// Iteration cap per system.
+    pub max_iters: u32,
+    /// Iterations per dispatch (bounds one dispatch's run time).
+    pub chunk: u32,
+    /// Start from the previous solution instead of zero.
+    pub warm_start: bool,
+}
+
+impl Default for CgParams {
+    fn default() -> Self {
+        CgParams {
+            rel_tol: 1e-5,
+            max_iters: 4000,
+            chunk: 128,
+            warm_start: false,
+        }
+    }
+}
+
+/// Outcome of one system's solve.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct CgInfo {
+    pub iters: u32,
+    /// ||r|| / ||b|| (recursive residual).
+    pub rel_residual: f64,
+    pub converged: bool,
+    /// 1 converged, 2 iteration cap, 3 breakdown (not SPD or NaN).
+    pub status: u32,
+}
+
+impl CgInfo {
+    pub fn from_state(s: &CgState) -> Self {
+        let rel = if s.bnorm2 > 0.0 {
+            (s.rnorm2 as f64 / s.bnorm2 as f64).sqrt()
+        } else {
+            0.0
+        };
+        CgInfo {
+            iters: s.iters,
+            rel_residual: rel,
+            converged: s.status == status::CONVERGED,
+            status: s.status,
+        }
+    }
+}
+
+/// Turn per-system infos into an error if any system failed.
+pub fn check_converged(infos: &[CgInfo], what: &str, params: &CgParams) -> Result<()> {
+    let bad: Vec<(usize, &CgInfo)> = infos
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| !i.converged)
+        .collect();
+    if let Some(&(sys, info)) = bad.first() {
+        let why = match info.status {
+            status::BREAKDOWN => "breakdown: the operator is not positive definite or the data contain NaN/inf (check the coefficient field)".to_string(),
+            _ => format!(
+                "iteration cap {} reached with relative residual {:.3e} > {:.1e} (raise max_iters or loosen the tolerance)",
+                params.max_iters, info.rel_residual, params.rel_tol
+            ),
+        };
+        return Err(Error::NoConvergence(format!(
+            "{what}: {} of {} systems did not converge; first is system {sys}: {why}",
+            bad.len(),
+            infos.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Buffers and bind groups for B systems of one problem.
+pub struct BatchedSolver {
+    pub problem: Problem,
+    pub batch: usize,
+    pub cg: CgParams,
+    pub params: PdeParams,
+    // Buffers (f32 on the device).
+    pub xi: wgpu::Buffer,
+    pub basis: wgpu::Buffer,
+    pub z: wgpu::Buffer,
+    /// kappa = exp(z) (darcy2d) or the load h f (poisson1d).
+    pub aux: wgpu::Buffer,
+    /// Constant load h^2 (darcy2d only; poisson1d uses `aux`).
+    pub rhs_const: wgpu::Buffer,
+    pub u: wgpu::Buffer,
+    pub lam: wgpu::Buffer,
+    pub adj: wgpu::Buffer,
+    pub work: wgpu::Buffer,
+    pub state_fwd: wgpu::Buffer,
+    pub state_adj: wgpu::Buffer,
+    pub g: wgpu::Buffer,
+    pub gxi: wgpu::Buffer,
+    pub sensors: wgpu::Buffer,
+    pub data: wgpu::Buffer,
+    pub misfit: wgpu::Buffer,
+    nsens: usize,
+    per_system_data: bool,
+    /// Parameter blocks the bind groups use (kept alive with them).
+    _uniforms: Vec<wgpu::Buffer>,
+    bg_kl: wgpu::BindGroup,
+    bg_fwd: wgpu::BindGroup,
+    bg_adj: wgpu::BindGroup,
+    bg_obs: wgpu::BindGroup,
+    bg_grad: Option<wgpu::BindGroup>,
+    bg_pull: wgpu::BindGroup,
+}
+
+fn f32s(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
+}
+
+impl BatchedSolver {
+    /// Allocate for `batch` systems. `sensors` are unknown indices (the
+    /// problem's defaults when `None`); `per_system_data` gives every
+    /// system its own data vector.
+    pub fn new(
+        ctx: &GpuContext,
+        problem: &Problem,
+        batch: usize,
+        cg: CgParams,
+        sensors: Option<&[usize]>,
+        per_system_data: bool,
+    ) -> Result<Self> {
+        if batch == 0 {
+            return Err(Error::setting("batch", 0, "need at least one system"));
+        }
+        let max_groups = ctx.limits.max_compute_workgroups_per_dimension as usize;
+        if batch > max_groups {
+            return Err(Error::setting(
+                "batch",
+                batch,
+                format!("the device allows at most {max_groups} systems per dispatch"),
+            ));
+        }
+        let pb = problem;
+        let (nu, nc, d) = (pb.nunk(), pb.ncoef(), pb.d);
+        let sens: Vec<u32> = sensors
+            .unwrap_or(&pb.sensors)
+            .iter()
+            .map(|&s| s as u32)
+            .collect();
+        if sens.is_empty() {
+            return Err(Error::setting("sensors", 0, "need at least one sensor"));
+        }
+        if let Some(&bad) = sens.iter().find(|&&s| s as usize >= nu) {
+            return Err(Error::setting(
+                "sensor",
+                bad,
+                format!("unknown index out of range 0..{nu}"),
+            ));
+        }
+        let f = 4u64;
+        let b = batch as u64;
+        let mk = |label: &str, count: u64| ctx.storage(label, count * f);
+        let xi = mk("xi", b * d as u64)?;
+        let basis = ctx.upload("basis", &f32s(&pb.basis()))?;
+        let z = mk("z", b * nc as u64)?;
+        let aux = mk("aux", b * nc as u64)?;
+        let rhs_const = match pb.kind {
+            ProblemKind::Darcy2d => {
+                ctx.upload("rhs", &vec![(pb.h() * pb.h()) as f32; batch * nu])?
+            }
+            ProblemKind::Poisson1d => mk("rhs", 4)?,
+        };
+        let u = mk("u", b * nu as u64)?;
+        let lam = mk("lambda", b * nu as u64)?;
+        let adj = mk("adjoint rhs", b * nu as u64)?;
+        let work = mk("solver work (4 vectors per system)", 4 * b * nu as u64)?;
+        let state_bytes = (batch * std::mem::size_of::<CgState>()) as u64;
+        let state_fwd = ctx.storage("state_fwd", state_bytes)?;
+        let state_adj = ctx.storage("state_adj", state_bytes)?;
+        let g = mk("dmisfit/dz", b * nc as u64)?;
+        let gxi = mk("dmisfit/dxi", b * d as u64)?;
+        let sensors_buf = ctx.upload("sensors", &sens)?;
+        let data_len = if per_system_data {
+            batch * sens.len()
+        } else {
+            sens.len()
+        };
+        let data = mk("data", data_len as u64)?;
+        let misfit = mk("misfit", b)?;
+
+        let mut params = crate::cpu::params(pb.n, nu, nc, batch, d);
+        params.tol = cg.rel_tol as f32;
+        params.max_iter = cg.max_iters.max(1);
+        params.chunk = cg.chunk.max(1);
+        let mut p_kl = params;
+        match pb.kind {
+            ProblemKind::Darcy2d => p_kl.mode = 0,
+            ProblemKind::Poisson1d => {
+                p_kl.mode = 1;
+                p_kl.scale = pb.h() as f32;
+            }
+        }
+        let mut p_obs = params;
+        p_obs.aux = sens.len() as u32;
+        p_obs.scale = (1.0 / (pb.sigma_n * pb.sigma_n)) as f32;
+        p_obs.mode = per_system_data as u32;
+        let mut p_pull = params;
+        // dmisfit/dxi: darcy2d pulls back dmisfit/dz; poisson1d pulls back
+        // -h lambda (the load is h f and dmisfit/db = -lambda).
+        p_pull.scale = match pb.kind {
+            ProblemKind::Darcy2d => 1.0,
+            ProblemKind::Poisson1d => -(pb.h() as f32),
+        };
+        let u_kl = ctx.uniform("params.kl", &p_kl);
+        let u_solver = ctx.uniform("params.solver", &params);
+        let u_obs = ctx.uniform("params.obs", &p_obs);
+        let u_pull = ctx.uniform("params.pullback", &p_pull);
+
+        let (start, _, _) = Self::solver_kernels(pb.kind);
+        let rhs_fwd = match pb.kind {
+            ProblemKind::Darcy2d => &rhs_const,
+            ProblemKind::Poisson1d => &aux,
+        };
+        let bg_kl = ctx.bind(KernelId::KlMap, &[&u_kl, &xi, &basis, &z, &aux]);
+        let bg_fwd = ctx.bind(start, &[&u_solver, &aux, rhs_fwd, &u, &work, &state_fwd]);
+        let bg_adj = ctx.bind(start, &[&u_solver, &aux, &adj, &lam, &work, &state_adj]);
+        let bg_obs = ctx.bind(
+            KernelId::ObsMisfit,
+            &[&u_obs, &sensors_buf, &data, &u, &adj, &misfit],
+        );
+        let (bg_grad, bg_pull) = match pb.kind {
+            ProblemKind::Darcy2d => (
+                Some(ctx.bind(KernelId::Q1AdjointGrad, &[&u_solver, &aux, &u, &lam, &g])),
+                ctx.bind(KernelId::KlPullback, &[&u_pull, &basis, &g, &gxi]),
+            ),
+            ProblemKind::Poisson1d => (
+                None,
+                ctx.bind(KernelId::KlPullback, &[&u_pull, &basis, &lam, &gxi]),
+            ),
+        };
+        Ok(BatchedSolver {
+            problem: pb.clone(),
+            batch,
+            cg,
+            params,
+            xi,
+            basis,
+            z,
+            aux,
+            rhs_const,
+            u,
+            lam,
+            adj,
+            work,
+            state_fwd,
+            state_adj,
+            g,
+            gxi,
+            sensors: sensors_buf,
+            data,
+            misfit,
+            nsens: sens.len(),
+            per_system_data,
+            _uniforms: vec![u_kl, u_solver, u_obs, u_pull],
+            bg_kl,
+            bg_fwd,
+            bg_adj,
+            bg_obs,
+            bg_grad,
+            bg_pull,
+        })
+    }
+
+    fn solver_kernels(kind: ProblemKind) -> (KernelId, KernelId, KernelId) {
+        match kind {
+            ProblemKind::Darcy2d => (
+                KernelId::CgStartQ1,
+                KernelId::CgIterateQ1,
+                KernelId::JacobiRunQ1,
+            ),
+            ProblemKind::Poisson1d => (
+                KernelId::CgStartP1,
+                KernelId::CgIterateP1,
+                KernelId::JacobiRunP1,
+            ),
+        }
+    }
+
+    /// Number of `cg_iterate` dispatches recorded per solve.
+    pub fn iterate_dispatches(&self) -> u32 {
+        self.params.max_iter.div_ceil(self.params.chunk)
+    }
+
+    /// Upload B x d latent vectors.
+    pub fn set_xi(&self, ctx: &GpuContext, xi: &[f64]) -> Result<()> {
+        self.check_len("xi", xi.len(), self.batch * self.problem.d)?;
+        ctx.write(&self.xi, &f32s(xi));
+        Ok(())
+    }
+
+    /// Upload the observations (S values, or B x S with per-system data).
+    pub fn set_data(&self, ctx: &GpuContext, y: &[f64]) -> Result<()> {
+        let want = if self.per_system_data {
+            self.batch * self.nsens
+        } else {
+            self.nsens
+        };
+        self.check_len("data", y.len(), want)?;
+        if let Some(v) = y.iter().find(|v| !v.is_finite()) {
+            return Err(Error::setting("data", v, "observations must be finite"));
+        }
+        ctx.write(&self.data, &f32s(y));
+        Ok(())
+    }
+
+    fn check_len(&self, what: &str, got: usize, want: usize) -> Result<()> {
+        if got != want {
+            return Err(Error::setting(what, got, format!("expected {want} values")));
+        }
+        Ok(())
+    }
+
+    /// Record the KL map and the forward CG solve.
+    pub fn encode_forward(&self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder) {
+        if !self.cg.warm_start {
+            enc.clear_buffer(&self.u, 0, None);
+        }
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("pdevi.forward"),
+            timestamp_writes: None,
+        });
+        let groups = (self.problem.ncoef() as u32).div_ceil(256);
+        ctx.dispatch(
+            &mut pass,
+            KernelId::KlMap,
+            &self.bg_kl,
+            [groups, self.batch as u32, 1],
+        );
+        self.encode_cg(ctx, &mut pass, &self.bg_fwd);
+    }
+
+    fn encode_cg(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, bg: &wgpu::BindGroup) {
+        let (start, iterate, _) = Self::solver_kernels(self.problem.kind);
+        let b = self.batch as u32;
+        ctx.dispatch(pass, start, bg, [b, 1, 1]);
+        for _ in 0..self.iterate_dispatches() {
+            ctx.dispatch(pass, iterate, bg, [b, 1, 1]);
+        }
+    }
+
+    /// Record the misfit, the adjoint solve and the gradient with respect to
+    /// xi (after [`encode_forward`](Self::encode_forward)).
+    pub fn encode_gradient(&self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder) {
+        enc.clear_buffer(&self.adj, 0, None);
+        if !self.cg.warm_start {
+            enc.clear_buffer(&self.lam, 0, None);
+        }
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("pdevi.adjoint"),
+            timestamp_writes: None,
+        });
+        let b = self.batch as u32;
+        ctx.dispatch(&mut pass, KernelId::ObsMisfit, &self.bg_obs, [b, 1, 1]);
+        self.encode_cg(ctx, &mut pass, &self.bg_adj);
+        if let Some(bg) = &self.bg_grad {
+            let groups = (self.problem.ncoef() as u32).div_ceil(256);
+            ctx.dispatch(&mut pass, KernelId::Q1AdjointGrad, bg, [groups, b, 1]);
+        }
+        ctx.dispatch(
+            &mut pass,
+            KernelId::KlPullback,
+            &self.bg_pull,
+            [self.problem.d as u32, b, 1],
+        );
+    }
+
+    /// Forward solves for B latent vectors; returns per-system solver info.
+    pub fn solve(&self, ctx: &GpuContext, xi: &[f64]) -> Result<Vec<CgInfo>> {
+        self.set_xi(ctx, xi)?;
+        let mut enc = ctx.encoder("pdevi.solve");
+        self.encode_forward(ctx, &mut enc);
+        ctx.submit_wait(enc)?;
+        self.forward_info(ctx)
+    }
+
+    /// Forward + adjoint: returns (misfit per system, dmisfit/dxi (B x d),
+    /// forward infos, adjoint infos).
+    #[allow(clippy::type_complexity, reason = "a plain tuple of results")]
+    pub fn misfit_gradient(
+        &self,
+        ctx: &GpuContext,
+        xi: &[f64],
+    ) -> Result<(Vec<f64>, Vec<f64>, Vec<CgInfo>, Vec<CgInfo>)> {
+        self.set_xi(ctx, xi)?;
+        let mut enc = ctx.encoder("pdevi.gradient");
+        self.encode_forward(ctx, &mut enc);
+        self.encode_gradient(ctx, &mut enc);
+        ctx.submit_wait(enc)?;
+        let misfit = self.read_f64(ctx, &self.misfit, self.batch)?;
+        let gxi = self.read_f64(ctx, &self.gxi, self.batch * self.problem.d)?;
+        Ok((
+            misfit,
+            gxi,
+            self.forward_info(ctx)?,
+            self.adjoint_info(ctx)?,
+        ))
+    }
+
+    pub fn forward_info(&self, ctx: &GpuContext) -> Result<Vec<CgInfo>> {
+        let st: Vec<CgState> = ctx.read(&self.state_fwd, 0, self.batch)?;
+        Ok(st.iter().map(CgInfo::from_state).collect())
+    }
+
+    pub fn adjoint_info(&self, ctx: &GpuContext) -> Result<Vec<CgInfo>> {
+        let st: Vec<CgState> = ctx.read(&self.state_adj, 0, self.batch)?;
+        Ok(st.iter().map(CgInfo::from_state).collect())
+    }
+
+    /// Read `count` f32 values from a buffer as f64.
+    pub fn read_f64(&self, ctx: &GpuContext, buf: &wgpu::Buffer, count: usize) -> Result<Vec<f64>> {
+        let v: Vec<f32> = ctx.read(buf, 0, count)?;
+        Ok(v.into_iter().map(f64::from).collect())
+    }
+
+    /// The solutions u (B x nunk).
+    pub fn read_u(&self, ctx: &GpuContext) -> Result<Vec<f64>> {
+        self.read_f64(ctx, &self.u, self.batch * self.problem.nunk())
+    }
+
+    /// The fields z (darcy2d) or f (poisson1d), B x ncoef.
+    pub fn read_z(&self, ctx: &GpuContext) -> Result<Vec<f64>> {
+        self.read_f64(ctx, &self.z, self.batch * self.problem.ncoef())
+    }
+}

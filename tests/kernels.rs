@@ -1,0 +1,364 @@
+//! Each kernel on the GPU against its f64 CPU mirror, on seeded inputs of
+//! several sizes (odd sizes, batch 1 and batch > 1).
+
+mod common;
+
+use common::{assert_close, ctx, read, run, upload, Rng};
+use pdevi::cpu::{self, Op};
+use pdevi::gpu::layout::{CgState, PdeParams};
+use pdevi::gpu::KernelId;
+use pdevi::problem::{Problem, ProblemKind};
+
+fn params(n: usize, nunk: usize, ncoef: usize, batch: usize, d: usize) -> PdeParams {
+    cpu::params(n, nunk, ncoef, batch, d)
+}
+
+#[test]
+fn kl_map_and_pullback_match_cpu() {
+    let ctx = ctx();
+    for (kind, n, d, batch) in [
+        (ProblemKind::Darcy2d, 16, 7, 1),
+        (ProblemKind::Darcy2d, 24, 64, 3),
+        (ProblemKind::Poisson1d, 128, 32, 5),
+    ] {
+        let pb = Problem::new(kind, n, d).unwrap();
+        let mut rng = Rng::new(n as u64 * 31 + d as u64);
+        let xi = rng.vec_normal(batch * d);
+        let basis = pb.basis();
+        let nc = pb.ncoef();
+        for mode in [0u32, 1] {
+            let mut p = params(n, pb.nunk(), nc, batch, d);
+            p.mode = mode;
+            p.scale = 0.37;
+            let mut z = vec![0.0; batch * nc];
+            let mut aux = vec![0.0; batch * nc];
+            cpu::kl_map(&p, &xi, &basis, &mut z, &mut aux);
+            let u = ctx.uniform("p", &p);
+            let bxi = upload(ctx, "xi", &xi);
+            let bb = upload(ctx, "basis", &basis);
+            let bz = ctx.storage("z", (batch * nc * 4) as u64).unwrap();
+            let ba = ctx.storage("aux", (batch * nc * 4) as u64).unwrap();
+            run(
+                ctx,
+                KernelId::KlMap,
+                &[&u, &bxi, &bb, &bz, &ba],
+                [(nc as u32).div_ceil(256), batch as u32, 1],
+            );
+            assert_close("kl_map z", &read(ctx, &bz, batch * nc), &z, 1e-5, 1e-5);
+            assert_close("kl_map aux", &read(ctx, &ba, batch * nc), &aux, 1e-5, 1e-5);
+        }
+        let g = rng.vec_uniform(batch * nc, -1.0, 1.0);
+        let mut p = params(n, pb.nunk(), nc, batch, d);
+        p.scale = -1.5;
+        let mut gxi = vec![0.0; batch * d];
+        cpu::kl_pullback(&p, &basis, &g, &mut gxi);
+        let u = ctx.uniform("p", &p);
+        let bb = upload(ctx, "basis", &basis);
+        let bg = upload(ctx, "g", &g);
+        let bo = ctx.storage("gxi", (batch * d * 4) as u64).unwrap();
+        run(
+            ctx,
+            KernelId::KlPullback,
+            &[&u, &bb, &bg, &bo],
+            [d as u32, batch as u32, 1],
+        );
+        let scale = gxi.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+        assert_close(
+            "kl_pullback",
+            &read(ctx, &bo, batch * d),
+            &gxi,
+            1e-5 * scale,
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn q1_apply_diag_adjoint_grad_match_cpu() {
+    let ctx = ctx();
+    for (n, batch) in [(2usize, 1usize), (5, 2), (16, 3), (33, 1), (64, 2)] {
+        let (nu, nc) = ((n - 1) * (n - 1), n * n);
+        let mut rng = Rng::new(n as u64);
+        let coef: Vec<f64> = rng
+            .vec_uniform(batch * nc, -2.0, 2.0)
+            .iter()
+            .map(|z| z.exp())
+            .collect();
+        let v = rng.vec_uniform(batch * nu, -1.0, 1.0);
+        let w = rng.vec_uniform(batch * nu, -1.0, 1.0);
+        let p = params(n, nu, nc, batch, 1);
+        let mut y = vec![0.0; batch * nu];
+        let mut dg = vec![0.0; batch * nu];
+        let mut g = vec![0.0; batch * nc];
+        cpu::q1_apply(&p, &coef, &v, &mut y);
+        cpu::q1_diag(&p, &coef, &mut dg);
+        cpu::q1_adjoint_grad(&p, &coef, &v, &w, &mut g);
+        let u = ctx.uniform("p", &p);
+        let bc = upload(ctx, "coef", &coef);
+        let bv = upload(ctx, "v", &v);
+        let bw = upload(ctx, "w", &w);
+        let by = ctx.storage("y", (batch * nu * 4) as u64).unwrap();
+        let bg = ctx.storage("g", (batch * nc * 4) as u64).unwrap();
+        let gx = (nu as u32).div_ceil(256);
+        run(
+            ctx,
+            KernelId::Q1Apply,
+            &[&u, &bc, &bv, &by],
+            [gx, batch as u32, 1],
+        );
+        assert_close(
+            &format!("q1_apply n={n}"),
+            &read(ctx, &by, batch * nu),
+            &y,
+            1e-5,
+            1e-5,
+        );
+        run(
+            ctx,
+            KernelId::Q1Diag,
+            &[&u, &bc, &by],
+            [gx, batch as u32, 1],
+        );
+        assert_close(
+            &format!("q1_diag n={n}"),
+            &read(ctx, &by, batch * nu),
+            &dg,
+            1e-5,
+            1e-5,
+        );
+        run(
+            ctx,
+            KernelId::Q1AdjointGrad,
+            &[&u, &bc, &bv, &bw, &bg],
+            [(nc as u32).div_ceil(256), batch as u32, 1],
+        );
+        assert_close(
+            &format!("q1_adjoint_grad n={n}"),
+            &read(ctx, &bg, batch * nc),
+            &g,
+            1e-5,
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn q1_operator_is_symmetric_and_matches_assembly() {
+    // The matrix-free stencil against an explicit assembly of sum_c kappa_c K_c.
+    let n = 5;
+    let (nu, nc) = ((n - 1) * (n - 1), n * n);
+    let mut rng = Rng::new(7);
+    let coef: Vec<f64> = rng
+        .vec_uniform(nc, -1.0, 1.0)
+        .iter()
+        .map(|z| z.exp())
+        .collect();
+    let k = [
+        [4.0, -1.0, -2.0, -1.0],
+        [-1.0, 4.0, -1.0, -2.0],
+        [-2.0, -1.0, 4.0, -1.0],
+        [-1.0, -2.0, -1.0, 4.0],
+    ];
+    let mut a = vec![0.0; nu * nu];
+    let idx = |i: usize, j: usize| {
+        (i >= 1 && j >= 1 && i < n && j < n).then(|| (j - 1) * (n - 1) + i - 1)
+    };
+    for j in 0..n {
+        for i in 0..n {
+            let nodes = [(i, j), (i + 1, j), (i + 1, j + 1), (i, j + 1)];
+            for (a_, &(ia, ja)) in nodes.iter().enumerate() {
+                for (b_, &(ib, jb)) in nodes.iter().enumerate() {
+                    if let (Some(r), Some(c)) = (idx(ia, ja), idx(ib, jb)) {
+                        a[r * nu + c] += coef[j * n + i] * k[a_][b_] / 6.0;
+                    }
+                }
+            }
+        }
+    }
+    let p = params(n, nu, nc, 1, 1);
+    for col in 0..nu {
+        let mut e = vec![0.0; nu];
+        e[col] = 1.0;
+        let mut y = vec![0.0; nu];
+        cpu::q1_apply(&p, &coef, &e, &mut y);
+        for row in 0..nu {
+            assert!((y[row] - a[row * nu + col]).abs() < 1e-14, "A[{row},{col}]");
+            assert!((a[row * nu + col] - a[col * nu + row]).abs() < 1e-14);
+        }
+    }
+}
+
+#[test]
+fn p1_apply_diag_match_cpu() {
+    let ctx = ctx();
+    for (n, batch) in [(16usize, 1usize), (128, 4), (1000, 2)] {
+        let nu = n - 1;
+        let v = Rng::new(n as u64).vec_uniform(batch * nu, -1.0, 1.0);
+        let p = params(n, nu, nu, batch, 1);
+        let mut y = vec![0.0; batch * nu];
+        cpu::p1_apply(&p, &v, &mut y);
+        let u = ctx.uniform("p", &p);
+        let bv = upload(ctx, "v", &v);
+        let by = ctx.storage("y", (batch * nu * 4) as u64).unwrap();
+        run(
+            ctx,
+            KernelId::P1Apply,
+            &[&u, &bv, &by],
+            [(nu as u32).div_ceil(256), batch as u32, 1],
+        );
+        assert_close(
+            "p1_apply",
+            &read(ctx, &by, batch * nu),
+            &y,
+            1e-5 * n as f64,
+            1e-5,
+        );
+        cpu::p1_diag(&p, &mut y);
+        run(
+            ctx,
+            KernelId::P1Diag,
+            &[&u, &by],
+            [(nu as u32).div_ceil(256), batch as u32, 1],
+        );
+        assert_close("p1_diag", &read(ctx, &by, batch * nu), &y, 0.0, 1e-6);
+    }
+}
+
+#[test]
+fn obs_misfit_matches_cpu() {
+    let ctx = ctx();
+    let (nu, batch) = (63 * 63, 3);
+    let pb = Problem::new(ProblemKind::Darcy2d, 64, 8).unwrap();
+    let sensors: Vec<u32> = pb.sensors.iter().map(|&s| s as u32).collect();
+    let ns = sensors.len();
+    let mut rng = Rng::new(11);
+    let u = rng.vec_uniform(batch * nu, 0.0, 0.1);
+    for mode in [0u32, 1] {
+        let data = rng.vec_uniform(if mode == 1 { batch * ns } else { ns }, 0.0, 0.1);
+        let mut p = params(64, nu, 64 * 64, batch, 8);
+        p.aux = ns as u32;
+        p.scale = 1e6;
+        p.mode = mode;
+        let mut adj = vec![0.0; batch * nu];
+        let mut mis = vec![0.0; batch];
+        cpu::obs_misfit(&p, &sensors, &data, &u, &mut adj, &mut mis);
+        let bp = ctx.uniform("p", &p);
+        let bs = ctx.upload("sensors", &sensors).unwrap();
+        let bd = upload(ctx, "data", &data);
+        let bu = upload(ctx, "u", &u);
+        let ba = ctx.storage("adj", (batch * nu * 4) as u64).unwrap();
+        let bm = ctx.storage("misfit", (batch * 4) as u64).unwrap();
+        run(
+            ctx,
+            KernelId::ObsMisfit,
+            &[&bp, &bs, &bd, &bu, &ba, &bm],
+            [batch as u32, 1, 1],
+        );
+        assert_close("obs adj", &read(ctx, &ba, batch * nu), &adj, 1e-2, 1e-5);
+        assert_close("obs misfit", &read(ctx, &bm, batch), &mis, 0.0, 1e-4);
+    }
+}
+
+/// Run `cg_start` then `iters` single-iteration dispatches on GPU and CPU
+/// and compare the iterates (f32 vs f64 after a fixed number of steps).
+#[test]
+fn cg_and_jacobi_match_cpu_after_fixed_iterations() {
+    let ctx = ctx();
+    for (op, n, batch) in [(Op::Q1, 9usize, 2usize), (Op::Q1, 32, 3), (Op::P1, 64, 2)] {
+        let (nu, nc) = match op {
+            Op::Q1 => ((n - 1) * (n - 1), n * n),
+            Op::P1 => (n - 1, n - 1),
+        };
+        let mut rng = Rng::new(n as u64 + 100);
+        let coef: Vec<f64> = rng
+            .vec_uniform(batch * nc, -1.0, 1.0)
+            .iter()
+            .map(|z| z.exp())
+            .collect();
+        let rhs = rng.vec_uniform(batch * nu, 0.0, 1.0);
+        let mut p = params(n, nu, nc, batch, 1);
+        p.tol = 1e-30;
+        p.max_iter = 1000;
+        p.chunk = 5;
+        let (start, iterate, jacobi) = match op {
+            Op::Q1 => (
+                KernelId::CgStartQ1,
+                KernelId::CgIterateQ1,
+                KernelId::JacobiRunQ1,
+            ),
+            Op::P1 => (
+                KernelId::CgStartP1,
+                KernelId::CgIterateP1,
+                KernelId::JacobiRunP1,
+            ),
+        };
+        let mut x = vec![0.0; batch * nu];
+        let mut work = vec![0.0; 4 * batch * nu];
+        let mut st = vec![cpu::CgState::default(); batch];
+        cpu::cg_start(op, &p, &coef, &rhs, &mut x, &mut work, &mut st);
+        cpu::cg_iterate(op, &p, &coef, &mut x, &mut work, &mut st);
+        cpu::cg_iterate(op, &p, &coef, &mut x, &mut work, &mut st);
+        let bp = ctx.uniform("p", &p);
+        let bc = upload(ctx, "coef", &coef);
+        let br = upload(ctx, "rhs", &rhs);
+        let bx = ctx.storage("x", (batch * nu * 4) as u64).unwrap();
+        let bw = ctx.storage("work", (4 * batch * nu * 4) as u64).unwrap();
+        let bs = ctx.storage("state", (batch * 32) as u64).unwrap();
+        let bufs = [&bp, &bc, &br, &bx, &bw, &bs];
+        run(ctx, start, &bufs, [batch as u32, 1, 1]);
+        run(ctx, iterate, &bufs, [batch as u32, 1, 1]);
+        run(ctx, iterate, &bufs, [batch as u32, 1, 1]);
+        let gx = read(ctx, &bx, batch * nu);
+        let xmax = x.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+        assert_close(
+            &format!("cg x after 10 its ({op:?}, n={n})"),
+            &gx,
+            &x,
+            1e-3 * xmax,
+            1e-3,
+        );
+        let gst: Vec<CgState> = ctx.read(&bs, 0, batch).unwrap();
+        for (g, c) in gst.iter().zip(&st) {
+            assert_eq!(g.iters, c.iters, "iteration counts");
+            assert_eq!(g.status, c.status);
+            let (gr, cr) = ((g.rnorm2 as f64).sqrt(), c.rnorm2.sqrt());
+            assert!(
+                (gr - cr).abs() <= 1e-2 * cr + 1e-12,
+                "residual norm gpu {gr} cpu {cr}"
+            );
+        }
+
+        // Weighted Jacobi: 2 dispatches of `chunk` sweeps.
+        let mut pj = p;
+        pj.scale = 0.8;
+        pj.chunk = 7;
+        let mut x = vec![0.0; batch * nu];
+        let mut st = vec![cpu::CgState::default(); batch];
+        cpu::jacobi_run(op, &pj, &coef, &rhs, &mut x, &mut work, &mut st);
+        cpu::jacobi_run(op, &pj, &coef, &rhs, &mut x, &mut work, &mut st);
+        let bp = ctx.uniform("pj", &pj);
+        let bx = ctx.storage("x", (batch * nu * 4) as u64).unwrap();
+        let bs = ctx.storage("state", (batch * 32) as u64).unwrap();
+        let bufs = [&bp, &bc, &br, &bx, &bw, &bs];
+        run(ctx, jacobi, &bufs, [batch as u32, 1, 1]);
+        run(ctx, jacobi, &bufs, [batch as u32, 1, 1]);
+        let xmax = x.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+        assert_close(
+            &format!("jacobi x ({op:?}, n={n})"),
+            &read(ctx, &bx, batch * nu),
+            &x,
+            1e-4 * xmax,
+            1e-4,
+        );
+        let gst: Vec<CgState> = ctx.read(&bs, 0, batch).unwrap();
+        for (g, c) in gst.iter().zip(&st) {
+            assert_eq!(g.iters, 14);
+            assert_eq!(g.iters, c.iters);
+            let (gr, cr) = ((g.rnorm2 as f64).sqrt(), c.rnorm2.sqrt());
+            assert!(
+                (gr - cr).abs() <= 1e-3 * cr + 1e-9,
+                "jacobi residual gpu {gr} cpu {cr}"
+            );
+        }
+    }
+}
