@@ -6,12 +6,14 @@
 //! [`solver`] the batched forward/adjoint solves, [`io`] and [`plot`] the
 //! files people read.
 
+pub mod bench;
 pub mod cpu;
 pub mod error;
 pub mod gpu;
 pub mod io;
 pub mod plot;
 pub mod problem;
+pub mod rng;
 pub mod solver;
 
 pub use error::{Error, Result};

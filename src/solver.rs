@@ -86,6 +86,30 @@ pub fn check_converged(infos: &[CgInfo], what: &str, params: &CgParams) -> Resul
     Ok(())
 }
 
+/// Loop trips one invocation may make in one dispatch. llvmpipe (lavapipe,
+/// and Mesa's GL) silently leaves any loop after 65535 trips per invocation
+/// (gallivm's loop limiter), which corrupts a long CG dispatch without any
+/// error; real GPUs have watchdogs instead. Both are avoided by bounding the
+/// iterations per dispatch.
+pub const LOOP_TRIP_BUDGET: u32 = 60_000;
+
+/// Largest CG chunk (iterations per dispatch) that keeps one invocation
+/// under [`LOOP_TRIP_BUDGET`] for `nunk` unknowns per system: each
+/// iteration makes 3 strided passes of ceil(nunk / 256) trips plus 3 tree
+/// reductions of 8 trips.
+pub fn max_chunk(nunk: usize) -> Result<u32> {
+    let per_iter = 3 * (nunk as u32).div_ceil(256) + 24 + 2;
+    let c = LOOP_TRIP_BUDGET / per_iter;
+    if c == 0 {
+        return Err(Error::setting(
+            "n",
+            nunk,
+            "too many unknowns per system for the one-workgroup-per-system solver (at most about 5 million)",
+        ));
+    }
+    Ok(c)
+}
+
 /// Buffers and bind groups for B systems of one problem.
 pub struct BatchedSolver {
     pub problem: Problem,
@@ -201,7 +225,7 @@ impl BatchedSolver {
         let mut params = crate::cpu::params(pb.n, nu, nc, batch, d);
         params.tol = cg.rel_tol as f32;
         params.max_iter = cg.max_iters.max(1);
-        params.chunk = cg.chunk.max(1);
+        params.chunk = cg.chunk.max(1).min(max_chunk(nu)?);
         let mut p_kl = params;
         match pb.kind {
             ProblemKind::Darcy2d => p_kl.mode = 0,

@@ -14,9 +14,20 @@ use pdevi::solver::{check_converged, BatchedSolver, CgParams};
 #[test]
 fn kl_eigenvalues_match_spec() {
     let pb = Problem::new(ProblemKind::Darcy2d, 64, 64).unwrap();
-    assert_eq!(&pb.modes[..6], &[(0, 0), (0, 1), (1, 0), (1, 1), (0, 2), (2, 0)]);
-    assert!((pb.lambda[0] - 0.568758).abs() < 1e-6, "lambda_1 = {}", pb.lambda[0]);
-    assert!((pb.lambda[63] - 9.9592e-5).abs() < 1e-8, "lambda_64 = {}", pb.lambda[63]);
+    assert_eq!(
+        &pb.modes[..6],
+        &[(0, 0), (0, 1), (1, 0), (1, 1), (0, 2), (2, 0)]
+    );
+    assert!(
+        (pb.lambda[0] - 0.568758).abs() < 1e-6,
+        "lambda_1 = {}",
+        pb.lambda[0]
+    );
+    assert!(
+        (pb.lambda[63] - 9.9592e-5).abs() < 1e-8,
+        "lambda_64 = {}",
+        pb.lambda[63]
+    );
     let total: f64 = pb.lambda.iter().sum();
     assert!((total - 1.0).abs() < 1e-12);
     // Orthonormal modes: the cell-centre basis rows are orthogonal with weight h^2.
@@ -42,13 +53,19 @@ fn sanity_max_u_for_z_zero() {
     assert!((max_cpu - 0.0736855).abs() < 5e-7, "cpu max u = {max_cpu}");
     // GPU f32.
     let ctx = ctx();
-    let cg = CgParams { rel_tol: 1e-6, ..Default::default() };
+    let cg = CgParams {
+        rel_tol: 1e-6,
+        ..Default::default()
+    };
     let s = BatchedSolver::new(ctx, &pb, 2, cg, None, false).unwrap();
     let info = s.solve(ctx, &vec![0.0; 128]).unwrap();
     check_converged(&info, "sanity solve", &cg).unwrap();
     let u = s.read_u(ctx).unwrap();
     let max_gpu = u[..pb.nunk()].iter().cloned().fold(f64::MIN, f64::max);
-    eprintln!("max u (gpu f32) = {max_gpu:.9}, {} CG iterations", info[0].iters);
+    eprintln!(
+        "max u (gpu f32) = {max_gpu:.9}, {} CG iterations",
+        info[0].iters
+    );
     assert!((max_gpu - 0.0736855).abs() < 2e-6, "gpu max u = {max_gpu}");
     // Both systems of the batch give the same answer.
     assert_close("batch copies", &u[pb.nunk()..], &u[..pb.nunk()], 0.0, 0.0);
@@ -85,7 +102,10 @@ fn manufactured(n: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
 }
 
 fn max_err(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
 }
 
 fn orders(errs: &[(usize, f64)]) -> Vec<f64> {
@@ -110,7 +130,10 @@ fn q1_converges_at_second_order_cpu_and_gpu() {
     let o = orders(&cpu_errs);
     eprintln!("cpu f64 max nodal errors {cpu_errs:?}, observed orders {o:?}");
     for v in &o {
-        assert!((1.8..=2.2).contains(v), "cpu order {v} outside [1.8, 2.2]: {cpu_errs:?}");
+        assert!(
+            (1.8..=2.2).contains(v),
+            "cpu order {v} outside [1.8, 2.2]: {cpu_errs:?}"
+        );
     }
 
     let ctx = ctx();
@@ -132,17 +155,24 @@ fn q1_converges_at_second_order_cpu_and_gpu() {
         run(ctx, KernelId::CgStartQ1, &bufs, [1, 1, 1]);
         run(ctx, KernelId::CgIterateQ1, &bufs, [1, 1, 1]);
         let st: Vec<CgState> = ctx.read(&bs, 0, 1).unwrap();
-        gpu_errs.push((n, max_err(&read(ctx, &bx, nu), &exact), st[0].iters, st[0].status));
+        gpu_errs.push((
+            n,
+            max_err(&read(ctx, &bx, nu), &exact),
+            st[0].iters,
+            st[0].status,
+        ));
     }
     let ge: Vec<(usize, f64)> = gpu_errs.iter().map(|e| (e.0, e.1)).collect();
     let o = orders(&ge);
     eprintln!("gpu f32 (n, max error, iters, status) {gpu_errs:?}, observed orders {o:?}");
-    // f32 resolves the error down to n = 64; at n = 128 rounding (~1e-6
-    // relative, amplified by the condition number) meets the O(h^2) error.
-    for v in &o[..2] {
-        assert!((1.8..=2.2).contains(v), "gpu order {v} outside [1.8, 2.2]: {gpu_errs:?}");
+    // f32 still resolves the O(h^2) error at n = 128 (the solution error
+    // of the f32 solve is ~1e-6 relative, the discretisation error 1.5e-4).
+    for v in &o {
+        assert!(
+            (1.8..=2.2).contains(v),
+            "gpu order {v} outside [1.8, 2.2]: {gpu_errs:?}"
+        );
     }
-    assert!(o[2] > 1.5, "gpu order at n=128 collapsed: {gpu_errs:?}");
 }
 
 fn simulate_data(pb: &Problem, seed: u64) -> (Vec<f64>, Vec<f64>) {
@@ -159,7 +189,10 @@ fn simulate_data(pb: &Problem, seed: u64) -> (Vec<f64>, Vec<f64>) {
 
 #[test]
 fn adjoint_gradient_matches_finite_differences_on_cpu() {
-    for (kind, n, d) in [(ProblemKind::Darcy2d, 16, 12), (ProblemKind::Poisson1d, 64, 16)] {
+    for (kind, n, d) in [
+        (ProblemKind::Darcy2d, 16, 12),
+        (ProblemKind::Poisson1d, 64, 16),
+    ] {
         let pb = Problem::new(kind, n, d).unwrap();
         let (_, y) = simulate_data(&pb, 5);
         let xi = Rng::new(9).vec_normal(d);
@@ -179,7 +212,11 @@ fn adjoint_gradient_matches_finite_differences_on_cpu() {
             let gmax = g.iter().fold(0.0f64, |a, v| a.max(v.abs()));
             let rel = (fd - g[k]).abs() / gmax;
             worst = worst.max(rel);
-            assert!(rel < 1e-5, "{kind:?} dJ/dxi_{k}: adjoint {} fd {fd} (rel {rel:e})", g[k]);
+            assert!(
+                rel < 1e-5,
+                "{kind:?} dJ/dxi_{k}: adjoint {} fd {fd} (rel {rel:e})",
+                g[k]
+            );
         }
         eprintln!("{kind:?}: worst relative FD error {worst:e}");
     }
@@ -188,11 +225,17 @@ fn adjoint_gradient_matches_finite_differences_on_cpu() {
 #[test]
 fn gpu_gradient_matches_cpu() {
     let ctx = ctx();
-    for (kind, n, d, batch) in [(ProblemKind::Darcy2d, 32, 16, 3), (ProblemKind::Poisson1d, 128, 32, 4)] {
+    for (kind, n, d, batch) in [
+        (ProblemKind::Darcy2d, 32, 16, 3),
+        (ProblemKind::Poisson1d, 128, 32, 4),
+    ] {
         let pb = Problem::new(kind, n, d).unwrap();
         let (_, y) = simulate_data(&pb, 3);
         let xi = Rng::new(21).vec_normal(batch * d);
-        let cg = CgParams { rel_tol: 1e-6, ..Default::default() };
+        let cg = CgParams {
+            rel_tol: 1e-6,
+            ..Default::default()
+        };
         let s = BatchedSolver::new(ctx, &pb, batch, cg, None, false).unwrap();
         s.set_data(ctx, &y).unwrap();
         let (mis, gxi, fi, ai) = s.misfit_gradient(ctx, &xi).unwrap();
@@ -200,10 +243,23 @@ fn gpu_gradient_matches_cpu() {
         check_converged(&ai, "adjoint", &cg).unwrap();
         let scale = 1.0 / (pb.sigma_n * pb.sigma_n);
         for b in 0..batch {
-            let (m, g) = cpu::misfit_gradient(&pb, &xi[b * d..(b + 1) * d], &pb.sensors, &y, scale, 1e-12);
+            let (m, g) =
+                cpu::misfit_gradient(&pb, &xi[b * d..(b + 1) * d], &pb.sensors, &y, scale, 1e-12);
             let gmax = g.iter().fold(0.0f64, |a, v| a.max(v.abs()));
-            assert_close(&format!("{kind:?} misfit[{b}]"), &mis[b..b + 1], &[m], 1e-3, 2e-3);
-            assert_close(&format!("{kind:?} gradient[{b}]"), &gxi[b * d..(b + 1) * d], &g, 2e-3 * gmax, 2e-3);
+            assert_close(
+                &format!("{kind:?} misfit[{b}]"),
+                &mis[b..b + 1],
+                &[m],
+                1e-3,
+                2e-3,
+            );
+            assert_close(
+                &format!("{kind:?} gradient[{b}]"),
+                &gxi[b * d..(b + 1) * d],
+                &g,
+                2e-3 * gmax,
+                2e-3,
+            );
         }
     }
 }
@@ -214,7 +270,12 @@ fn cg_reaches_1e5_on_prior_draws_and_reports_caps() {
     let pb = Problem::new(ProblemKind::Darcy2d, 64, 64).unwrap();
     let batch = 8;
     let xi = Rng::new(2024).vec_normal(batch * pb.d);
-    let cg = CgParams { rel_tol: 1e-5, max_iters: 4000, chunk: 100, warm_start: false };
+    let cg = CgParams {
+        rel_tol: 1e-5,
+        max_iters: 4000,
+        chunk: 100,
+        warm_start: false,
+    };
     let s = BatchedSolver::new(ctx, &pb, batch, cg, None, false).unwrap();
     let info = s.solve(ctx, &xi).unwrap();
     eprintln!("prior draws n=64: {info:?}");
@@ -238,14 +299,30 @@ fn cg_reaches_1e5_on_prior_draws_and_reports_caps() {
         assert!(rel < 5e-4, "system {b}: true relative residual {rel:e}");
         let reference = cpu::forward(&pb, &xi[b * pb.d..(b + 1) * pb.d], 1e-12, 10_000);
         let ub = &u[b * nu..(b + 1) * nu];
-        let diff: f64 = ub.iter().zip(&reference.u).map(|(a, c)| (a - c).powi(2)).sum::<f64>().sqrt();
+        let diff: f64 = ub
+            .iter()
+            .zip(&reference.u)
+            .map(|(a, c)| (a - c).powi(2))
+            .sum::<f64>()
+            .sqrt();
         let norm: f64 = reference.u.iter().map(|c| c * c).sum::<f64>().sqrt();
-        eprintln!("system {b}: true rel. residual {rel:.2e}, rel. error vs f64 {:.2e}", diff / norm);
-        assert!(diff / norm < 1e-4, "system {b}: relative error vs f64 solve {:e}", diff / norm);
+        eprintln!(
+            "system {b}: true rel. residual {rel:.2e}, rel. error vs f64 {:.2e}",
+            diff / norm
+        );
+        assert!(
+            diff / norm < 1e-4,
+            "system {b}: relative error vs f64 solve {:e}",
+            diff / norm
+        );
     }
 
     // Capped: reported as not converged, with the cap and the residual.
-    let capped = CgParams { max_iters: 20, chunk: 7, ..cg };
+    let capped = CgParams {
+        max_iters: 20,
+        chunk: 7,
+        ..cg
+    };
     let s = BatchedSolver::new(ctx, &pb, batch, capped, None, false).unwrap();
     let info = s.solve(ctx, &xi).unwrap();
     for i in &info {
@@ -253,7 +330,9 @@ fn cg_reaches_1e5_on_prior_draws_and_reports_caps() {
         assert_eq!(i.iters, 20);
         assert!(!i.converged && i.rel_residual > 1e-5);
     }
-    let err = check_converged(&info, "capped solve", &capped).unwrap_err().to_string();
+    let err = check_converged(&info, "capped solve", &capped)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("iteration cap 20"), "{err}");
 
     // A NaN coefficient is a breakdown, not a wrong answer.
@@ -272,13 +351,19 @@ fn warm_start_saves_iterations() {
     let ctx = ctx();
     let pb = Problem::new(ProblemKind::Darcy2d, 32, 16).unwrap();
     let xi = Rng::new(4).vec_normal(2 * pb.d);
-    let cg = CgParams { warm_start: true, ..Default::default() };
+    let cg = CgParams {
+        warm_start: true,
+        ..Default::default()
+    };
     let s = BatchedSolver::new(ctx, &pb, 2, cg, None, false).unwrap();
     let cold = s.solve(ctx, &xi).unwrap();
     let near: Vec<f64> = xi.iter().map(|v| v + 1e-3).collect();
     let warm = s.solve(ctx, &near).unwrap();
     eprintln!("cold {cold:?}\nwarm {warm:?}");
     for (c, w) in cold.iter().zip(&warm) {
-        assert!(w.converged && 3 * w.iters < 2 * c.iters, "warm {w:?} cold {c:?}");
+        assert!(
+            w.converged && 3 * w.iters < 2 * c.iters,
+            "warm {w:?} cold {c:?}"
+        );
     }
 }
