@@ -6,6 +6,7 @@
 //! [`solver`] the batched forward/adjoint solves, [`io`] and [`plot`] the
 //! files people read.
 
+pub mod app;
 pub mod bench;
 pub mod cpu;
 pub mod error;

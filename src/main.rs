@@ -1,9 +1,147 @@
-fn main() {
-    match pdevi::GpuContext::new() {
-        Ok(ctx) => println!("{}", ctx.describe()),
+//! The `pdevi` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use pdevi::app::{self, ProblemArgs};
+use pdevi::problem::ProblemKind;
+use pdevi::solver::CgParams;
+
+#[derive(Parser)]
+#[command(name = "pdevi", version, about = "GPU variational inference for PDE inverse problems")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct ProblemOpts {
+    /// darcy2d or poisson1d.
+    #[arg(long, default_value = "darcy2d")]
+    problem: String,
+    /// Cells per side (default: the spec's, 64 for darcy2d, 128 for poisson1d).
+    #[arg(long)]
+    n: Option<usize>,
+    /// Number of KL modes (default: 64 for darcy2d, 32 for poisson1d).
+    #[arg(long)]
+    d: Option<usize>,
+}
+
+impl ProblemOpts {
+    fn args(&self) -> pdevi::Result<ProblemArgs> {
+        Ok(ProblemArgs {
+            kind: ProblemKind::parse(&self.problem)?,
+            n: self.n,
+            d: self.d,
+        })
+    }
+}
+
+#[derive(Args, Clone)]
+struct CgOpts {
+    /// Relative residual tolerance of the CG solves.
+    #[arg(long, default_value_t = 1e-5)]
+    tol: f64,
+    /// Iteration cap per solve.
+    #[arg(long, default_value_t = 4000)]
+    max_iters: u32,
+}
+
+impl CgOpts {
+    fn params(&self) -> CgParams {
+        CgParams {
+            rel_tol: self.tol,
+            max_iters: self.max_iters,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Show the GPU adapter pdevi would use.
+    Info,
+    /// Forward solve for given KL coefficients (or z = 0).
+    Solve {
+        #[command(flatten)]
+        problem: ProblemOpts,
+        /// KL coefficients xi (.npy or CSV/text of d numbers).
+        #[arg(long)]
+        xi: Option<PathBuf>,
+        #[command(flatten)]
+        cg: CgOpts,
+        #[arg(long, default_value = "out/solve")]
+        out: PathBuf,
+    },
+    /// Draw xi from the prior (or read it), solve, add noise; write the observation CSV and the truth.
+    Simulate {
+        #[command(flatten)]
+        problem: ProblemOpts,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Use these KL coefficients instead of a prior draw.
+        #[arg(long)]
+        xi: Option<PathBuf>,
+        /// Noise standard deviation (default: the spec's sigma_n).
+        #[arg(long)]
+        noise: Option<f64>,
+        #[arg(long, default_value = "out/simulate")]
+        out: PathBuf,
+    },
+    /// Benchmarks (one JSON object per line).
+    Bench {
+        #[command(subcommand)]
+        which: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Batched CG solves on darcy2d: solves/s and bandwidth against the device's streaming roofline.
+    Solver {
+        #[arg(long, value_delimiter = ',', default_value = "64,128,256")]
+        sizes: Vec<usize>,
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        batches: Vec<usize>,
+        /// Minimum timed seconds per configuration.
+        #[arg(long, default_value_t = 1.0)]
+        min_seconds: f64,
+    },
+}
+
+fn run(cli: Cli) -> pdevi::Result<()> {
+    match cli.cmd {
+        Cmd::Info => print!("{}", app::info()?),
+        Cmd::Solve { problem, xi, cg, out } => {
+            let s = app::solve(&problem.args()?, xi.as_deref(), cg.params(), &out)?;
+            println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+            println!("wrote {}", out.display());
+        }
+        Cmd::Simulate { problem, seed, xi, noise, out } => {
+            let s = app::simulate(&problem.args()?, seed, xi.as_deref(), noise, &out)?;
+            println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+            println!("wrote {}", out.display());
+        }
+        Cmd::Bench { which } => match which {
+            BenchCmd::Solver { sizes, batches, min_seconds } => {
+                let ctx = pdevi::GpuContext::new()?;
+                eprintln!("device: {}", ctx.describe());
+                pdevi::bench::solver(&ctx, &sizes, &batches, min_seconds, |r| {
+                    println!("{}", serde_json::to_string(r).unwrap_or_default())
+                })?;
+            }
+        },
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            std::process::exit(1);
+            ExitCode::FAILURE
         }
     }
 }
