@@ -7,11 +7,11 @@
 @group(0) @binding(2) var<storage, read> sc: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> sa: array<vec4<f32>>;
 
-// Dispatch (min(ceil(nunk / WG), 4096), 1, 1); a grid-stride loop covers the rest.
+// Dispatch (ceil(nunk / WG), 1, 1), one element per invocation.
 @compute @workgroup_size(256)
-fn stream_triad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let stride = nwg.x * WG;
-    for (var i = gid.x; i < P.nunk; i += stride) {
+fn stream_triad(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    if (i < P.nunk) {
         sa[i] = sb[i] + P.scale * sc[i];
     }
 }

@@ -33,7 +33,10 @@ pub fn info() -> Result<String> {
     s.push_str(&format!("adapter: {}\n", ctx.info.name));
     s.push_str(&format!("backend: {:?}\n", ctx.info.backend));
     s.push_str(&format!("type: {:?}\n", ctx.info.device_type));
-    s.push_str(&format!("driver: {} {}\n", ctx.info.driver, ctx.info.driver_info));
+    s.push_str(&format!(
+        "driver: {} {}\n",
+        ctx.info.driver, ctx.info.driver_info
+    ));
     s.push_str(&format!(
         "limits: max_storage_buffer_binding_size {} B, max_buffer_size {} B, max_storage_buffers_per_shader_stage {}, max_compute_workgroup_storage_size {} B, max_compute_invocations_per_workgroup {}, max_compute_workgroups_per_dimension {}\n",
         l.max_storage_buffer_binding_size,
@@ -50,7 +53,9 @@ pub fn info() -> Result<String> {
         f.contains(wgpu::Features::SUBGROUP),
         f.contains(wgpu::Features::TIMESTAMP_QUERY)
     ));
-    s.push_str("select with PDEVI_BACKEND=vulkan|metal|dx12|gl and PDEVI_ADAPTER=<name substring>\n");
+    s.push_str(
+        "select with PDEVI_BACKEND=vulkan|metal|dx12|gl and PDEVI_ADAPTER=<name substring>\n",
+    );
     Ok(s)
 }
 
@@ -94,14 +99,22 @@ pub fn write_fields(
             let zpng = out.join(format!("z{suffix}.png"));
             plot::write_field_png(
                 &zpng,
-                &Field2 { values: field, nx: n, ny: n },
+                &Field2 {
+                    values: field,
+                    nx: n,
+                    ny: n,
+                },
                 &format!("log-permeability z ({what})"),
                 "z",
             )?;
             let upng = out.join(format!("u{suffix}.png"));
             plot::write_field_png(
                 &upng,
-                &Field2 { values: &u, nx: n + 1, ny: n + 1 },
+                &Field2 {
+                    values: &u,
+                    nx: n + 1,
+                    ny: n + 1,
+                },
                 &format!("pressure u ({what})"),
                 "u",
             )?;
@@ -157,7 +170,12 @@ impl ProblemArgs {
 }
 
 /// `pdevi solve`: forward solve for `xi` (or z = 0), files into `out`.
-pub fn solve(args: &ProblemArgs, xi_file: Option<&Path>, cg: CgParams, out: &Path) -> Result<serde_json::Value> {
+pub fn solve(
+    args: &ProblemArgs,
+    xi_file: Option<&Path>,
+    cg: CgParams,
+    out: &Path,
+) -> Result<serde_json::Value> {
     let pb = args.build()?;
     let xi = match xi_file {
         Some(p) => {
@@ -210,7 +228,13 @@ pub fn read_obs(pb: &Problem, path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
     for o in &obs {
         let k = pb.node_unknown(o.i, o.j).ok_or_else(|| Error::Format {
             path: path.into(),
-            message: format!("node ({}, {}) is not an interior node of the {} grid with n = {}", o.i, o.j, pb.kind.name(), pb.n),
+            message: format!(
+                "node ({}, {}) is not an interior node of the {} grid with n = {}",
+                o.i,
+                o.j,
+                pb.kind.name(),
+                pb.n
+            ),
         })?;
         sensors.push(k);
         values.push(o.value);
@@ -231,7 +255,11 @@ pub fn simulate(
     let pb = args.build()?;
     let sigma = noise.unwrap_or(pb.sigma_n);
     if !(sigma.is_finite() && sigma >= 0.0) {
-        return Err(Error::setting("noise", sigma, "must be a finite, non-negative standard deviation"));
+        return Err(Error::setting(
+            "noise",
+            sigma,
+            "must be a finite, non-negative standard deviation",
+        ));
     }
     let xi = match xi_file {
         Some(p) => {

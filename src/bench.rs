@@ -25,7 +25,9 @@ pub fn stream_gbs(ctx: &GpuContext, n: usize, reps: usize) -> Result<f64> {
     };
     let u = ctx.uniform("stream.params", &p);
     let bg = ctx.bind(KernelId::StreamTriad, &[&u, &b, &c, &a]);
-    let groups = (nv as u32).div_ceil(256).min(4096);
+    let groups = (nv as u32)
+        .div_ceil(256)
+        .min(ctx.limits.max_compute_workgroups_per_dimension);
     let mut best = f64::INFINITY;
     for r in 0..=reps {
         let mut enc = ctx.encoder("stream");

@@ -9,7 +9,11 @@ use pdevi::problem::ProblemKind;
 use pdevi::solver::CgParams;
 
 #[derive(Parser)]
-#[command(name = "pdevi", version, about = "GPU variational inference for PDE inverse problems")]
+#[command(
+    name = "pdevi",
+    version,
+    about = "GPU variational inference for PDE inverse problems"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -113,18 +117,33 @@ enum BenchCmd {
 fn run(cli: Cli) -> pdevi::Result<()> {
     match cli.cmd {
         Cmd::Info => print!("{}", app::info()?),
-        Cmd::Solve { problem, xi, cg, out } => {
+        Cmd::Solve {
+            problem,
+            xi,
+            cg,
+            out,
+        } => {
             let s = app::solve(&problem.args()?, xi.as_deref(), cg.params(), &out)?;
             println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
             println!("wrote {}", out.display());
         }
-        Cmd::Simulate { problem, seed, xi, noise, out } => {
+        Cmd::Simulate {
+            problem,
+            seed,
+            xi,
+            noise,
+            out,
+        } => {
             let s = app::simulate(&problem.args()?, seed, xi.as_deref(), noise, &out)?;
             println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
             println!("wrote {}", out.display());
         }
         Cmd::Bench { which } => match which {
-            BenchCmd::Solver { sizes, batches, min_seconds } => {
+            BenchCmd::Solver {
+                sizes,
+                batches,
+                min_seconds,
+            } => {
                 let ctx = pdevi::GpuContext::new()?;
                 eprintln!("device: {}", ctx.describe());
                 pdevi::bench::solver(&ctx, &sizes, &batches, min_seconds, |r| {
