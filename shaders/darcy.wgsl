@@ -19,7 +19,7 @@ fn vec_at(base: u32, k: u32) -> f32 {
 }
 
 // y = A(z) v. Dispatch (ceil(nunk / WG), B, 1).
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn q1_apply(@builtin(global_invocation_id) gid: vec3<u32>) {
     let k = gid.x;
     let b = gid.y;
@@ -30,7 +30,7 @@ fn q1_apply(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 // y = diag(A(z)). Dispatch (ceil(nunk / WG), B, 1).
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn q1_diag(@builtin(global_invocation_id) gid: vec3<u32>) {
     let k = gid.x;
     let b = gid.y;
@@ -50,7 +50,7 @@ fn w_node(base: u32, i: u32, j: u32) -> f32 {
 
 // g_c = kappa_c lambda_c^T K u_c with u = v and lambda = w: the derivative of
 // lambda^T A(z) u with respect to z_c. Dispatch (ceil(ncoef / WG), B, 1).
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn q1_adjoint_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
     let c = gid.x;
     let b = gid.y;

@@ -15,7 +15,7 @@
 // z[b, c] = sum_k xi[b, k] basis[k, c]; aux = exp(z) (mode 0, kappa) or
 // scale * z (mode 1, the poisson1d load h f).
 // Dispatch (ceil(ncoef / WG), B, 1).
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn kl_map(@builtin(global_invocation_id) gid: vec3<u32>) {
     let c = gid.x;
     let b = gid.y;
@@ -37,7 +37,7 @@ fn kl_map(@builtin(global_invocation_id) gid: vec3<u32>) {
 // gxi[b, k] = scale * sum_c basis[k, c] g[b, c] (the transpose of kl_map,
 // pulling a gradient with respect to z back to xi).
 // Dispatch (d, B, 1): one workgroup per output, tree reduction.
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn kl_pullback(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let k = wid.x;
     let b = wid.y;

@@ -13,7 +13,7 @@
 
 // e = y - P u; adj = P^T e * scale (the adjoint right-hand side);
 // misfit = 0.5 scale |e|^2. Dispatch (B, 1, 1), one workgroup per system.
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn obs_misfit(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let b = wid.x;
     let ns = P.aux;

@@ -11,7 +11,7 @@ fn vec_at(base: u32, k: u32) -> f32 {
 }
 
 // y = A v. Dispatch (ceil(nunk / WG), B, 1).
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn p1_apply(@builtin(global_invocation_id) gid: vec3<u32>) {
     let k = gid.x;
     let b = gid.y;
@@ -22,7 +22,7 @@ fn p1_apply(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 // y = diag(A). Dispatch (ceil(nunk / WG), B, 1).
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn p1_diag(@builtin(global_invocation_id) gid: vec3<u32>) {
     let k = gid.x;
     let b = gid.y;

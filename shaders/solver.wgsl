@@ -46,7 +46,7 @@ fn vec_at(base: u32, k: u32) -> f32 {
 
 // Initialise: dinv, r = b - A x0, p = D^-1 r and the scalars of the state.
 // With ||b|| = 0 the solution is x = 0 and the system is marked converged.
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn cg_start(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let sys = wid.x;
     let nu = P.nunk;
@@ -104,7 +104,7 @@ var<workgroup> st_rz: f32;
 var<workgroup> st_bnorm2: f32;
 
 // Up to P.chunk CG iterations for system `sys`, resuming from its state.
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn cg_iterate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let sys = wid.x;
     let nu = P.nunk;
@@ -184,7 +184,7 @@ fn cg_iterate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
 // omega = P.scale, then the residual norm into the state (status converged
 // when ||b - A x|| <= tol ||b||, else iteration cap). The p slot holds the
 // current iterate and the ap slot the next one.
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn jacobi_run(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let sys = wid.x;
     let nu = P.nunk;

@@ -8,7 +8,7 @@
 @group(0) @binding(3) var<storage, read_write> sa: array<vec4<f32>>;
 
 // Dispatch (ceil(nunk / WG), 1, 1), one element per invocation.
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn stream_triad(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.x;
     if (i < P.nunk) {

@@ -93,7 +93,7 @@ pub fn solver(
                 rel_tol: 1e-5,
                 max_iters: 20 * n as u32,
                 chunk: 128,
-                warm_start: false,
+                ..Default::default()
             };
             let s = BatchedSolver::new(ctx, &pb, batch, cg, None, false)?;
             let xi = crate::rng::normals(7, crate::rng::streams::TRUTH, 0, batch * pb.d);

@@ -15,7 +15,10 @@ pub mod io;
 pub mod plot;
 pub mod problem;
 pub mod rng;
+pub mod run;
+pub mod optim;
 pub mod solver;
+pub mod vi;
 
 pub use error::{Error, Result};
 pub use gpu::GpuContext;

@@ -93,11 +93,98 @@ enum Cmd {
         #[arg(long, default_value = "out/simulate")]
         out: PathBuf,
     },
+    /// Variational inference: posterior of the KL coefficients given observations.
+    Run(Box<RunOpts>),
     /// Benchmarks (one JSON object per line).
     Bench {
         #[command(subcommand)]
         which: BenchCmd,
     },
+}
+
+#[derive(Args)]
+struct RunOpts {
+    /// TOML config (keys as the flags, e.g. examples/darcy2d.toml); flags win.
+    config: Option<PathBuf>,
+    #[arg(long)]
+    problem: Option<String>,
+    /// Observation CSV (x,y,value or x,value). Without it, data are simulated from the prior.
+    #[arg(long)]
+    obs: Option<PathBuf>,
+    /// Noise standard deviation sigma_n of the observations.
+    #[arg(long)]
+    noise: Option<f64>,
+    /// mean-field, full-rank or low-rank.
+    #[arg(long)]
+    family: Option<String>,
+    /// Rank of the low-rank family.
+    #[arg(long)]
+    rank: Option<usize>,
+    /// Monte Carlo samples per ELBO step.
+    #[arg(long)]
+    samples: Option<usize>,
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Adam learning rate (decays geometrically to lr * lr_final).
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    lr_final: Option<f64>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Seed of the simulated data when no --obs is given.
+    #[arg(long)]
+    simulate_seed: Option<u64>,
+    #[arg(long)]
+    n: Option<usize>,
+    #[arg(long)]
+    d: Option<usize>,
+    /// Truth for error maps: xi (.npy of length d) or the field.
+    #[arg(long)]
+    truth: Option<PathBuf>,
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Solver samples for the posterior mean/std of u.
+    #[arg(long)]
+    predictive_samples: Option<usize>,
+    /// CG relative tolerance.
+    #[arg(long)]
+    tol: Option<f64>,
+    #[arg(long)]
+    max_iters: Option<u32>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl RunOpts {
+    fn config(&self) -> pdevi::Result<pdevi::run::RunConfig> {
+        let base = match &self.config {
+            Some(p) => pdevi::run::RunConfig::load(p)?,
+            None => Default::default(),
+        };
+        Ok(base.merge(pdevi::run::RunConfig {
+            problem: self.problem.clone(),
+            obs: self.obs.clone(),
+            noise: self.noise,
+            family: self.family.clone(),
+            rank: self.rank,
+            samples: self.samples,
+            steps: self.steps,
+            lr: self.lr,
+            lr_final: self.lr_final,
+            seed: self.seed,
+            simulate_seed: self.simulate_seed,
+            n: self.n,
+            d: self.d,
+            truth: self.truth.clone(),
+            out: self.out.clone(),
+            predictive_samples: self.predictive_samples,
+            tol: self.tol,
+            max_iters: self.max_iters,
+            quiet: self.quiet.then_some(true),
+        }))
+    }
 }
 
 #[derive(Subcommand)]
@@ -137,6 +224,11 @@ fn run(cli: Cli) -> pdevi::Result<()> {
             let s = app::simulate(&problem.args()?, seed, xi.as_deref(), noise, &out)?;
             println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
             println!("wrote {}", out.display());
+        }
+        Cmd::Run(opts) => {
+            let cfg = opts.config()?;
+            let m = pdevi::run::run(&cfg)?;
+            println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
         }
         Cmd::Bench { which } => match which {
             BenchCmd::Solver {

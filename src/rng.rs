@@ -74,6 +74,8 @@ pub mod streams {
     pub const ELBO: u32 = 3;
     /// Posterior predictive samples.
     pub const PREDICTIVE: u32 = 4;
+    /// Initial values of variational parameters.
+    pub const INIT: u32 = 5;
 }
 
 #[cfg(test)]

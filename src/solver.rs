@@ -22,6 +22,9 @@ pub struct CgParams {
     pub chunk: u32,
     /// Start from the previous solution instead of zero.
     pub warm_start: bool,
+    /// poisson1d: solve the tridiagonal system directly (Thomas) instead of
+    /// by CG. Exact in one pass; CG stays available for comparison.
+    pub direct_1d: bool,
 }
 
 impl Default for CgParams {
@@ -31,6 +34,7 @@ impl Default for CgParams {
             max_iters: 4000,
             chunk: 128,
             warm_start: false,
+            direct_1d: true,
         }
     }
 }
@@ -95,10 +99,11 @@ pub const LOOP_TRIP_BUDGET: u32 = 60_000;
 
 /// Largest CG chunk (iterations per dispatch) that keeps one invocation
 /// under [`LOOP_TRIP_BUDGET`] for `nunk` unknowns per system: each
-/// iteration makes 3 strided passes of ceil(nunk / 256) trips plus 3 tree
-/// reductions of 8 trips.
-pub fn max_chunk(nunk: usize) -> Result<u32> {
-    let per_iter = 3 * (nunk as u32).div_ceil(256) + 24 + 2;
+/// iteration makes 3 strided passes of ceil(nunk / WG) trips plus 2
+/// two-level reductions of 2 sqrt(WG) trips.
+pub fn max_chunk(nunk: usize, wg: u32) -> Result<u32> {
+    let cols = (wg as f64).sqrt() as u32;
+    let per_iter = 3 * (nunk as u32).div_ceil(wg) + 4 * cols + 2;
     let c = LOOP_TRIP_BUDGET / per_iter;
     if c == 0 {
         return Err(Error::setting(
@@ -145,6 +150,8 @@ pub struct BatchedSolver {
     bg_obs: wgpu::BindGroup,
     bg_grad: Option<wgpu::BindGroup>,
     bg_pull: wgpu::BindGroup,
+    /// poisson1d direct solves (forward, adjoint) when `cg.direct_1d`.
+    bg_direct: Option<(wgpu::BindGroup, wgpu::BindGroup)>,
 }
 
 fn f32s(v: &[f64]) -> Vec<f32> {
@@ -225,7 +232,7 @@ impl BatchedSolver {
         let mut params = crate::cpu::params(pb.n, nu, nc, batch, d);
         params.tol = cg.rel_tol as f32;
         params.max_iter = cg.max_iters.max(1);
-        params.chunk = cg.chunk.max(1).min(max_chunk(nu)?);
+        params.chunk = cg.chunk.max(1).min(max_chunk(nu, ctx.solver_wg)?);
         let mut p_kl = params;
         match pb.kind {
             ProblemKind::Darcy2d => p_kl.mode = 0,
@@ -272,7 +279,14 @@ impl BatchedSolver {
                 ctx.bind(KernelId::KlPullback, &[&u_pull, &basis, &lam, &gxi]),
             ),
         };
+        let bg_direct = (pb.kind == ProblemKind::Poisson1d && cg.direct_1d).then(|| {
+            (
+                ctx.bind(KernelId::P1Direct, &[&u_solver, &aux, &u, &state_fwd]),
+                ctx.bind(KernelId::P1Direct, &[&u_solver, &adj, &lam, &state_adj]),
+            )
+        });
         Ok(BatchedSolver {
+            bg_direct,
             problem: pb.clone(),
             batch,
             cg,
@@ -320,8 +334,17 @@ impl BatchedSolver {
         }
     }
 
-    /// Number of `cg_iterate` dispatches recorded per solve.
+    fn encode_direct(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, bg: &wgpu::BindGroup) {
+        let groups = (self.batch as u32).div_ceil(crate::gpu::shaders::DEFAULT_WG);
+        ctx.dispatch(pass, KernelId::P1Direct, bg, [groups, 1, 1]);
+    }
+
+    /// Dispatches recorded per solve after the start (the CG iterations, or
+    /// none for a direct solve).
     pub fn iterate_dispatches(&self) -> u32 {
+        if self.bg_direct.is_some() {
+            return 0;
+        }
         self.params.max_iter.div_ceil(self.params.chunk)
     }
 
@@ -370,7 +393,10 @@ impl BatchedSolver {
             &self.bg_kl,
             [groups, self.batch as u32, 1],
         );
-        self.encode_cg(ctx, &mut pass, &self.bg_fwd);
+        match &self.bg_direct {
+            Some((fwd, _)) => self.encode_direct(ctx, &mut pass, fwd),
+            None => self.encode_cg(ctx, &mut pass, &self.bg_fwd),
+        }
     }
 
     fn encode_cg(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, bg: &wgpu::BindGroup) {
@@ -395,7 +421,10 @@ impl BatchedSolver {
         });
         let b = self.batch as u32;
         ctx.dispatch(&mut pass, KernelId::ObsMisfit, &self.bg_obs, [b, 1, 1]);
-        self.encode_cg(ctx, &mut pass, &self.bg_adj);
+        match &self.bg_direct {
+            Some((_, adj)) => self.encode_direct(ctx, &mut pass, adj),
+            None => self.encode_cg(ctx, &mut pass, &self.bg_adj),
+        }
         if let Some(bg) = &self.bg_grad {
             let groups = (self.problem.ncoef() as u32).div_ceil(256);
             ctx.dispatch(&mut pass, KernelId::Q1AdjointGrad, bg, [groups, b, 1]);

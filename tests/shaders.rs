@@ -10,8 +10,11 @@ use pdevi::gpu::shaders::{self, ModuleId, ALL_SOURCES};
 fn every_module_validates() {
     let mut failures = Vec::new();
     for &m in ModuleId::ALL {
-        if let Err(e) = shaders::validate(m) {
-            failures.push(e.to_string());
+        let sizes: &[u32] = if m.is_solver() { shaders::SOLVER_WGS } else { &[shaders::DEFAULT_WG] };
+        for &wg in sizes {
+            if let Err(e) = shaders::validate_with(m, wg) {
+                failures.push(format!("(WG = {wg}) {e}"));
+            }
         }
     }
     assert!(
@@ -95,7 +98,7 @@ fn shared_structs_match_rust() {
 fn broken_shader_reports_file_and_line() {
     // The error path must name the original file: check the line mapping.
     let asm = shaders::assemble(ModuleId::SolverQ1);
-    let first = asm.map[0];
+    let first = asm.map[1];
     let last = asm.map[asm.map.len() - 1];
     assert_eq!(asm.origin(first.1), (first.0, 1));
     assert_eq!(asm.origin(last.1 + 4), (last.0, 5));

@@ -144,7 +144,8 @@ fn q1_converges_at_second_order_cpu_and_gpu() {
         let mut p = cpu::params(n, nu, n * n, 1, 1);
         p.tol = 1e-7;
         p.max_iter = 5000;
-        p.chunk = 5000;
+        // Bounded dispatches, as BatchedSolver records them.
+        p.chunk = pdevi::solver::max_chunk(nu, ctx.solver_wg).unwrap();
         let bp = ctx.uniform("p", &p);
         let bc = upload(ctx, "coef", &coef);
         let br = upload(ctx, "rhs", &rhs);
@@ -153,7 +154,9 @@ fn q1_converges_at_second_order_cpu_and_gpu() {
         let bs = ctx.storage("state", 32).unwrap();
         let bufs = [&bp, &bc, &br, &bx, &bw, &bs];
         run(ctx, KernelId::CgStartQ1, &bufs, [1, 1, 1]);
-        run(ctx, KernelId::CgIterateQ1, &bufs, [1, 1, 1]);
+        for _ in 0..p.max_iter.div_ceil(p.chunk) {
+            run(ctx, KernelId::CgIterateQ1, &bufs, [1, 1, 1]);
+        }
         let st: Vec<CgState> = ctx.read(&bs, 0, 1).unwrap();
         gpu_errs.push((
             n,
@@ -274,7 +277,7 @@ fn cg_reaches_1e5_on_prior_draws_and_reports_caps() {
         rel_tol: 1e-5,
         max_iters: 4000,
         chunk: 100,
-        warm_start: false,
+        ..Default::default()
     };
     let s = BatchedSolver::new(ctx, &pb, batch, cg, None, false).unwrap();
     let info = s.solve(ctx, &xi).unwrap();
@@ -365,5 +368,42 @@ fn warm_start_saves_iterations() {
             w.converged && 3 * w.iters < 2 * c.iters,
             "warm {w:?} cold {c:?}"
         );
+    }
+}
+
+#[test]
+fn p1_direct_matches_cpu_and_cg() {
+    let ctx = ctx();
+    let (n, batch) = (128usize, 3usize);
+    let nu = n - 1;
+    let rhs = Rng::new(8).vec_uniform(batch * nu, -1.0, 1.0);
+    let mut p = cpu::params(n, nu, nu, batch, 1);
+    p.tol = 1e-13;
+    p.max_iter = 1000;
+    p.chunk = 1000;
+    let mut x = vec![0.0; batch * nu];
+    let mut st = vec![cpu::CgState::default(); batch];
+    cpu::p1_direct(&p, &rhs, &mut x, &mut st);
+    // The direct solution against f64 CG.
+    let mut xc = vec![0.0; batch * nu];
+    let mut work = vec![0.0; 4 * batch * nu];
+    let mut stc = vec![cpu::CgState::default(); batch];
+    cpu::cg_solve_tol(Op::P1, &p, 1e-13, &[], &rhs, &mut xc, &mut work, &mut stc);
+    assert_close("p1_direct vs f64 CG", &x, &xc, 1e-10, 1e-9);
+    for s in &st {
+        assert!(s.rnorm2.sqrt() < 1e-12 * s.bnorm2.sqrt().max(1.0), "{s:?}");
+    }
+    let bp = ctx.uniform("p", &p);
+    let br = upload(ctx, "rhs", &rhs);
+    let bx = ctx.storage("x", (batch * nu * 4) as u64).unwrap();
+    let bs = ctx.storage("state", (batch * 32) as u64).unwrap();
+    run(ctx, KernelId::P1Direct, &[&bp, &br, &bx, &bs], [1, 1, 1]);
+    let xmax = x.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+    assert_close("p1_direct gpu", &read(ctx, &bx, batch * nu), &x, 1e-5 * xmax, 1e-5);
+    let gst: Vec<CgState> = ctx.read(&bs, 0, batch).unwrap();
+    for g in &gst {
+        assert_eq!(g.status, status::CONVERGED);
+        // The f32 evaluation of A u (|A||u| >> |b|) floors the reported residual.
+        assert!(((g.rnorm2 / g.bnorm2) as f64).sqrt() < 1e-4, "{g:?}");
     }
 }

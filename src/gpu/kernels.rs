@@ -30,6 +30,13 @@ pub enum KernelId {
     P1Diag,
     ObsMisfit,
     StreamTriad,
+    ViNoise,
+    ViSample,
+    ViKl,
+    ViGrad,
+    ViElbo,
+    AdamStep,
+    P1Direct,
 }
 
 use Bind::{Read as R, ReadWrite as W, Uniform as U};
@@ -53,6 +60,13 @@ impl KernelId {
         KernelId::P1Diag,
         KernelId::ObsMisfit,
         KernelId::StreamTriad,
+        KernelId::ViNoise,
+        KernelId::ViSample,
+        KernelId::ViKl,
+        KernelId::ViGrad,
+        KernelId::ViElbo,
+        KernelId::AdamStep,
+        KernelId::P1Direct,
     ];
 
     pub fn index(self) -> usize {
@@ -102,6 +116,13 @@ impl KernelId {
                 "stream_triad",
                 &[(0, U), (1, R), (2, R), (3, W)],
             ),
+            ViNoise => (ModuleId::Vi, "vi_noise", &[(0, U), (2, W)]),
+            ViSample => (ModuleId::Vi, "vi_sample", &[(0, U), (1, R), (2, W), (3, W)]),
+            ViKl => (ModuleId::Vi, "vi_kl", &[(0, U), (1, R), (5, W), (7, W)]),
+            ViGrad => (ModuleId::Vi, "vi_grad", &[(0, U), (1, R), (2, W), (4, R), (5, W)]),
+            ViElbo => (ModuleId::Vi, "vi_elbo", &[(0, U), (6, R), (7, W)]),
+            AdamStep => (ModuleId::Adam, "adam_step", &[(0, U), (1, R), (2, W), (3, W), (4, W)]),
+            P1Direct => (ModuleId::P1Direct, "p1_direct", &[(0, U), (2, R), (3, W), (5, W)]),
         }
     }
 

@@ -33,11 +33,15 @@ pub const DARCY: Source = wgsl!("darcy.wgsl");
 pub const POISSON1D: Source = wgsl!("poisson1d.wgsl");
 pub const OBS: Source = wgsl!("obs.wgsl");
 pub const STREAM: Source = wgsl!("stream.wgsl");
+pub const RNG: Source = wgsl!("common/rng.wgsl");
+pub const VI: Source = wgsl!("vi.wgsl");
+pub const ADAM: Source = wgsl!("adam.wgsl");
+pub const P1_DIRECT: Source = wgsl!("p1_direct.wgsl");
 
 /// Every WGSL file of the project (a test checks that each is used by a module
 /// and that this list matches the `shaders/` folder).
 pub const ALL_SOURCES: &[Source] = &[
-    PARAMS, REDUCE, OP_Q1, OP_P1, SOLVER, KL, DARCY, POISSON1D, OBS, STREAM,
+    PARAMS, REDUCE, OP_Q1, OP_P1, SOLVER, KL, DARCY, POISSON1D, OBS, STREAM, RNG, VI, ADAM, P1_DIRECT,
 ];
 
 /// A shader module: a name and the files concatenated to form it.
@@ -50,6 +54,9 @@ pub enum ModuleId {
     Poisson1d,
     Obs,
     Stream,
+    Vi,
+    Adam,
+    P1Direct,
 }
 
 impl ModuleId {
@@ -61,6 +68,9 @@ impl ModuleId {
         ModuleId::Poisson1d,
         ModuleId::Obs,
         ModuleId::Stream,
+        ModuleId::Vi,
+        ModuleId::Adam,
+        ModuleId::P1Direct,
     ];
 
     pub fn name(self) -> &'static str {
@@ -72,7 +82,15 @@ impl ModuleId {
             ModuleId::Poisson1d => "poisson1d",
             ModuleId::Obs => "obs",
             ModuleId::Stream => "stream",
+            ModuleId::Vi => "vi",
+            ModuleId::Adam => "adam",
+            ModuleId::P1Direct => "p1_direct",
         }
+    }
+
+    /// Whether the module's workgroup size is chosen per device.
+    pub fn is_solver(self) -> bool {
+        matches!(self, ModuleId::SolverQ1 | ModuleId::SolverP1)
     }
 
     pub fn sources(self) -> &'static [Source] {
@@ -84,6 +102,9 @@ impl ModuleId {
             ModuleId::Poisson1d => &[PARAMS, OP_P1, POISSON1D],
             ModuleId::Obs => &[PARAMS, REDUCE, OBS],
             ModuleId::Stream => &[PARAMS, STREAM],
+            ModuleId::Vi => &[RNG, VI],
+            ModuleId::Adam => &[ADAM],
+            ModuleId::P1Direct => &[PARAMS, P1_DIRECT],
         }
     }
 }
@@ -107,10 +128,29 @@ impl Assembled {
     }
 }
 
+/// Workgroup size of every module except the solver's.
+pub const DEFAULT_WG: u32 = 256;
+
+/// Workgroup sizes the solver modules accept (squares, for the two-level reduction).
+pub const SOLVER_WGS: &[u32] = &[64, 256];
+
+/// `assemble_with` at the default workgroup size.
 pub fn assemble(id: ModuleId) -> Assembled {
+    assemble_with(id, DEFAULT_WG)
+}
+
+/// Assemble a module; modules built on common/params get `const WG` (and
+/// `WG_COLS` = sqrt(WG)) generated in front.
+pub fn assemble_with(id: ModuleId, wg: u32) -> Assembled {
     let mut text = String::new();
     let mut map = Vec::new();
     let mut line = 1;
+    if id.sources().iter().any(|s| s.path == PARAMS.path) {
+        let cols = (wg as f64).sqrt() as u32;
+        text.push_str(&format!("const WG: u32 = {wg}u;\nconst WG_COLS: u32 = {cols}u;\n"));
+        map.push(("<generated>", 1, 2));
+        line = 3;
+    }
     for src in id.sources() {
         let count = src.text.lines().count() + 1;
         map.push((src.path, line, count));
@@ -127,7 +167,12 @@ pub fn assemble(id: ModuleId) -> Assembled {
 /// Parse and validate a module with naga (no device needed). Errors name the
 /// original file and line.
 pub fn validate(id: ModuleId) -> Result<naga::Module> {
-    let asm = assemble(id);
+    validate_with(id, DEFAULT_WG)
+}
+
+/// [`validate`] at a given workgroup size.
+pub fn validate_with(id: ModuleId, wg: u32) -> Result<naga::Module> {
+    let asm = assemble_with(id, wg);
     let fail = |line: Option<usize>, detail: String| {
         let place = match line {
             Some(l) => {

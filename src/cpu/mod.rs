@@ -8,6 +8,8 @@
 
 use crate::gpu::layout::{status, PdeParams};
 
+pub mod vi;
+
 /// Which operator a solver mirror applies (the GPU picks it by module).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -210,6 +212,45 @@ pub fn obs_misfit(
             acc += e * e;
         }
         misfit[b] = 0.5 * scale * acc;
+    }
+}
+
+// ---- p1_direct.wgsl ----
+
+/// Thomas algorithm for A = (1/h) tridiag(-1, 2, -1) with closed-form pivots.
+pub fn p1_direct(p: &PdeParams, rhs: &[f64], x: &mut [f64], state: &mut [CgState]) {
+    let m = p.nunk as usize;
+    let inv_h = p.inv_h as f64;
+    let h = 1.0 / inv_h;
+    for sys in 0..p.batch as usize {
+        let b = &rhs[sys * m..(sys + 1) * m];
+        let u = &mut x[sys * m..(sys + 1) * m];
+        let mut dprev = 0.0;
+        let mut bb = 0.0;
+        for k in 0..m {
+            bb += b[k] * b[k];
+            let i = (k + 1) as f64;
+            dprev = (h * b[k] + dprev) * i / (i + 1.0);
+            u[k] = dprev;
+        }
+        let mut unext = 0.0;
+        for k in (0..m).rev() {
+            let i = (k + 1) as f64;
+            unext = u[k] + i / (i + 1.0) * unext;
+            u[k] = unext;
+        }
+        let mut rr = 0.0;
+        for k in 0..m {
+            let r = b[k] - p1_op_apply(p.n as usize, inv_h, u, k);
+            rr += r * r;
+        }
+        state[sys] = CgState {
+            iters: 1,
+            status: if rr.is_nan() { status::BREAKDOWN } else { status::CONVERGED },
+            rz: 0.0,
+            bnorm2: bb,
+            rnorm2: rr,
+        };
     }
 }
 

@@ -1,0 +1,278 @@
+//! f64 mirrors of `shaders/vi.wgsl` and `shaders/adam.wgsl` (same names,
+//! same argument order as the kernels' bindings).
+#![allow(
+    clippy::needless_range_loop,
+    reason = "index loops keep the code comparable to the shaders"
+)]
+
+use crate::optim::AdamParams;
+use crate::vi::ViParams;
+
+/// Noise entries per sample.
+pub fn noise_dim(v: &ViParams) -> usize {
+    if v.family == 2 {
+        (v.r + v.d) as usize
+    } else {
+        v.d as usize
+    }
+}
+
+/// eps = normals of (seed, ELBO stream, step).
+pub fn vi_noise(v: &ViParams, eps: &mut [f64]) {
+    let total = v.samples as usize * noise_dim(v);
+    let seed = v.seed_lo as u64 | ((v.seed_hi as u64) << 32);
+    let z = crate::rng::normals(seed, crate::rng::streams::ELBO, v.step, total);
+    eps[..total].copy_from_slice(&z);
+}
+
+/// xi[s, i] = m_i + (L eps_s)_i.
+pub fn vi_sample(v: &ViParams, theta: &[f64], eps: &[f64], xi: &mut [f64]) {
+    let (d, r) = (v.d as usize, v.r as usize);
+    let e = noise_dim(v);
+    for s in 0..v.samples as usize {
+        for i in 0..d {
+            let mut val = theta[i];
+            match v.family {
+                0 => val += theta[d + i].exp() * eps[s * e + i],
+                1 => {
+                    for j in 0..i {
+                        val += theta[d + i * d + j] * eps[s * e + j];
+                    }
+                    val += theta[d + i * d + i].exp() * eps[s * e + i];
+                }
+                _ => {
+                    for j in 0..r {
+                        val += theta[d + i * r + j] * eps[s * e + j];
+                    }
+                    val += theta[d + d * r + i].exp() * eps[s * e + r + i];
+                }
+            }
+            xi[s * d + i] = val;
+        }
+    }
+}
+
+/// KL(q || N(0, I)) into scalars[0] and its gradient into grad.
+pub fn vi_kl(v: &ViParams, theta: &[f64], grad: &mut [f64], scalars: &mut [f64]) {
+    let (d, r) = (v.d as usize, v.r as usize);
+    let mut acc = 0.0;
+    for i in 0..d {
+        grad[i] = theta[i];
+        acc += theta[i] * theta[i];
+    }
+    match v.family {
+        0 => {
+            for i in 0..d {
+                let w = theta[d + i];
+                let s2 = (2.0 * w).exp();
+                grad[d + i] = s2 - 1.0;
+                acc += s2 - 1.0 - 2.0 * w;
+            }
+        }
+        1 => {
+            for k in 0..d * d {
+                let (i, j) = (k / d, k % d);
+                let val = theta[d + k];
+                if j < i {
+                    grad[d + k] = val;
+                    acc += val * val;
+                } else if j == i {
+                    let l2 = (2.0 * val).exp();
+                    grad[d + k] = l2 - 1.0;
+                    acc += l2 - 1.0 - 2.0 * val;
+                } else {
+                    grad[d + k] = 0.0;
+                }
+            }
+        }
+        _ => {
+            let ow = d + d * r;
+            let w = |i: usize, a: usize| theta[d + i * r + a];
+            let dinv = |i: usize| (-2.0 * theta[ow + i]).exp();
+            let mut c = vec![0.0; r * r];
+            for a in 0..r {
+                for b in 0..r {
+                    let mut val = if a == b { 1.0 } else { 0.0 };
+                    for i in 0..d {
+                        val += w(i, a) * w(i, b) * dinv(i);
+                    }
+                    c[a * r + b] = val;
+                }
+            }
+            let (cinv, logdet_c) = spd_inverse(&c, r);
+            for k in 0..d * r {
+                let (i, b) = (k / r, k % r);
+                let mut wc = 0.0;
+                for a in 0..r {
+                    wc += w(i, a) * cinv[a * r + b];
+                }
+                grad[d + k] = theta[d + k] - dinv(i) * wc;
+                acc += theta[d + k] * theta[d + k];
+            }
+            for i in 0..d {
+                let om = theta[ow + i];
+                let mut q = 0.0;
+                for a in 0..r {
+                    let mut t = 0.0;
+                    for b in 0..r {
+                        t += cinv[a * r + b] * w(i, b);
+                    }
+                    q += w(i, a) * t;
+                }
+                let s2 = (2.0 * om).exp();
+                grad[ow + i] = s2 - 1.0 + q / s2;
+                acc += s2 - 1.0 - 2.0 * om;
+            }
+            acc -= logdet_c;
+        }
+    }
+    scalars[0] = 0.5 * acc;
+}
+
+/// Inverse and log-determinant of a small SPD matrix by Cholesky.
+pub fn spd_inverse(c: &[f64], r: usize) -> (Vec<f64>, f64) {
+    let mut l = vec![0.0; r * r];
+    let mut logdet = 0.0;
+    for j in 0..r {
+        let mut dj = c[j * r + j];
+        for k in 0..j {
+            dj -= l[j * r + k] * l[j * r + k];
+        }
+        let rj = dj.max(1e-300).sqrt();
+        l[j * r + j] = rj;
+        logdet += 2.0 * rj.ln();
+        for i in j + 1..r {
+            let mut val = c[i * r + j];
+            for k in 0..j {
+                val -= l[i * r + k] * l[j * r + k];
+            }
+            l[i * r + j] = val / rj;
+        }
+    }
+    // inverse = L^-T L^-1 via solving column by column
+    let mut inv = vec![0.0; r * r];
+    for col in 0..r {
+        let mut y = vec![0.0; r];
+        for i in 0..r {
+            let mut val = if i == col { 1.0 } else { 0.0 };
+            for k in 0..i {
+                val -= l[i * r + k] * y[k];
+            }
+            y[i] = val / l[i * r + i];
+        }
+        for i in (0..r).rev() {
+            let mut val = y[i];
+            for k in i + 1..r {
+                val -= l[k * r + i] * inv[k * r + col];
+            }
+            inv[i * r + col] = val / l[i * r + i];
+        }
+    }
+    (inv, logdet)
+}
+
+/// grad += (1/S) sum_s gxi_s (d xi_s / d theta).
+pub fn vi_grad(v: &ViParams, theta: &[f64], eps: &[f64], gxi: &[f64], grad: &mut [f64]) {
+    let (d, r) = (v.d as usize, v.r as usize);
+    let e = noise_dim(v);
+    let ns = v.samples as usize;
+    for p in 0..v.nparam as usize {
+        let mut acc = 0.0;
+        if p < d {
+            for s in 0..ns {
+                acc += gxi[s * d + p];
+            }
+        } else if v.family == 0 {
+            let i = p - d;
+            for s in 0..ns {
+                acc += gxi[s * d + i] * eps[s * e + i];
+            }
+            acc *= theta[p].exp();
+        } else if v.family == 1 {
+            let (i, j) = ((p - d) / d, (p - d) % d);
+            if j <= i {
+                for s in 0..ns {
+                    acc += gxi[s * d + i] * eps[s * e + j];
+                }
+                if j == i {
+                    acc *= theta[p].exp();
+                }
+            }
+        } else if p < d + d * r {
+            let (i, j) = ((p - d) / r, (p - d) % r);
+            for s in 0..ns {
+                acc += gxi[s * d + i] * eps[s * e + j];
+            }
+        } else {
+            let i = p - d - d * r;
+            for s in 0..ns {
+                acc += gxi[s * d + i] * eps[s * e + r + i];
+            }
+            acc *= theta[p].exp();
+        }
+        grad[p] += acc / ns as f64;
+    }
+}
+
+/// ELBO = -(1/S) sum misfit + log_norm - KL.
+pub fn vi_elbo(v: &ViParams, misfit: &[f64], scalars: &mut [f64]) {
+    let ns = v.samples as usize;
+    let m = misfit[..ns].iter().sum::<f64>() / ns as f64;
+    let elbo = -m + v.log_norm as f64 - scalars[0];
+    scalars[2] = m;
+    scalars[1] = elbo;
+    scalars[4 + (v.step % v.history) as usize] = elbo;
+}
+
+/// One Adam(W) step.
+pub fn adam_step(a: &AdamParams, grad: &[f64], param: &mut [f64], m1: &mut [f64], m2: &mut [f64]) {
+    let (b1, b2) = (a.beta1 as f64, a.beta2 as f64);
+    let t = a.step as f64;
+    let lr = a.lr as f64;
+    for i in 0..a.n as usize {
+        let g = grad[i] * a.grad_scale as f64;
+        let m = b1 * m1[i] + (1.0 - b1) * g;
+        let v = b2 * m2[i] + (1.0 - b2) * g * g;
+        m1[i] = m;
+        m2[i] = v;
+        let mhat = m / (1.0 - b1.powf(t));
+        let vhat = v / (1.0 - b2.powf(t));
+        let mut p = param[i];
+        p -= lr * a.weight_decay as f64 * p;
+        p -= lr * mhat / (vhat.sqrt() + a.eps as f64);
+        param[i] = p;
+    }
+}
+
+/// The whole ELBO step of the GPU in f64 for given noise: returns
+/// (elbo, kl, gradient of -ELBO with respect to theta).
+pub fn elbo_and_grad(
+    pb: &crate::problem::Problem,
+    v: &ViParams,
+    theta: &[f64],
+    eps: &[f64],
+    sensors: &[usize],
+    y: &[f64],
+) -> (f64, f64, Vec<f64>) {
+    let (d, ns) = (v.d as usize, v.samples as usize);
+    let mut xi = vec![0.0; ns * d];
+    vi_sample(v, theta, eps, &mut xi);
+    let scale = 1.0 / (pb.sigma_n * pb.sigma_n);
+    let mut misfit = vec![0.0; ns];
+    let mut gxi = vec![0.0; ns * d];
+    for s in 0..ns {
+        let (m, g) = super::misfit_gradient(pb, &xi[s * d..(s + 1) * d], sensors, y, scale, 1e-12);
+        misfit[s] = m;
+        gxi[s * d..(s + 1) * d].copy_from_slice(&g);
+    }
+    let mut grad = vec![0.0; v.nparam as usize];
+    let mut scalars = vec![0.0; 4 + v.history as usize];
+    vi_kl(v, theta, &mut grad, &mut scalars);
+    vi_grad(v, theta, eps, &gxi, &mut grad);
+    let mut vv = *v;
+    // log_norm in f64 (the f32 field is only for the GPU).
+    vv.log_norm = 0.0;
+    vi_elbo(&vv, &misfit, &mut scalars);
+    let log_norm = -0.5 * sensors.len() as f64 * (2.0 * std::f64::consts::PI / scale).ln();
+    (scalars[1] + log_norm, scalars[0], grad)
+}

@@ -1,0 +1,489 @@
+//! Variational inference with the exact forward model (the primer's Bayes
+//! VI, forward-model-based): Gaussian families over xi, the reparameterised
+//! ELBO with adjoint gradients, and Adam, every step recorded into one
+//! command encoder. Only scalars (the ELBO ring, solver states) come back
+//! during the run.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Error, Result};
+use crate::gpu::layout::status;
+use crate::gpu::{GpuContext, KernelId};
+use crate::optim::AdamParams;
+use crate::problem::Problem;
+use crate::solver::{BatchedSolver, CgInfo, CgParams};
+
+/// A Gaussian variational family over xi in R^d.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    MeanField,
+    FullRank,
+    LowRank { rank: usize },
+}
+
+impl Family {
+    pub fn parse(name: &str, rank: usize) -> Result<Self> {
+        match name.trim().to_ascii_lowercase().replace('_', "-").as_str() {
+            "mean-field" | "meanfield" | "mf" => Ok(Family::MeanField),
+            "full-rank" | "fullrank" | "fr" => Ok(Family::FullRank),
+            "low-rank" | "lowrank" | "lr" => {
+                if rank == 0 || rank > 32 {
+                    return Err(Error::setting("rank", rank, "the low-rank family needs 1 <= rank <= 32"));
+                }
+                Ok(Family::LowRank { rank })
+            }
+            other => Err(Error::setting(
+                "family",
+                other,
+                "expected mean-field, full-rank or low-rank",
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::MeanField => "mean-field",
+            Family::FullRank => "full-rank",
+            Family::LowRank { .. } => "low-rank",
+        }
+    }
+
+    pub fn code(self) -> u32 {
+        match self {
+            Family::MeanField => 0,
+            Family::FullRank => 1,
+            Family::LowRank { .. } => 2,
+        }
+    }
+
+    pub fn rank(self) -> usize {
+        match self {
+            Family::LowRank { rank } => rank,
+            _ => 0,
+        }
+    }
+
+    /// Number of variational parameters (see the layout in vi.wgsl).
+    pub fn nparam(self, d: usize) -> usize {
+        match self {
+            Family::MeanField => 2 * d,
+            Family::FullRank => d + d * d,
+            Family::LowRank { rank } => 2 * d + d * rank,
+        }
+    }
+
+    pub fn noise_dim(self, d: usize) -> usize {
+        match self {
+            Family::LowRank { rank } => rank + d,
+            _ => d,
+        }
+    }
+
+    /// q = N(0, I) (the prior), with a small seeded W for the low-rank family
+    /// (W = 0 is a saddle of the ELBO in W).
+    pub fn init_theta(self, d: usize, seed: u64) -> Vec<f64> {
+        let mut t = vec![0.0; self.nparam(d)];
+        if let Family::LowRank { rank } = self {
+            let z = crate::rng::normals(seed, crate::rng::streams::INIT, 0, d * rank);
+            for (k, v) in z.iter().enumerate() {
+                t[d + k] = 0.01 * v;
+            }
+        }
+        t
+    }
+
+    /// Mean and covariance (d x d, row-major) of q.
+    pub fn moments(self, d: usize, theta: &[f64]) -> (Vec<f64>, Vec<f64>) {
+        let m = theta[..d].to_vec();
+        let mut cov = vec![0.0; d * d];
+        match self {
+            Family::MeanField => {
+                for i in 0..d {
+                    cov[i * d + i] = (2.0 * theta[d + i]).exp();
+                }
+            }
+            Family::FullRank => {
+                let l = |i: usize, j: usize| {
+                    if j < i {
+                        theta[d + i * d + j]
+                    } else if j == i {
+                        theta[d + i * d + i].exp()
+                    } else {
+                        0.0
+                    }
+                };
+                for i in 0..d {
+                    for j in 0..d {
+                        cov[i * d + j] = (0..=i.min(j)).map(|k| l(i, k) * l(j, k)).sum();
+                    }
+                }
+            }
+            Family::LowRank { rank } => {
+                for i in 0..d {
+                    for j in 0..d {
+                        let mut v: f64 = (0..rank)
+                            .map(|a| theta[d + i * rank + a] * theta[d + j * rank + a])
+                            .sum();
+                        if i == j {
+                            v += (2.0 * theta[d + d * rank + i]).exp();
+                        }
+                        cov[i * d + j] = v;
+                    }
+                }
+            }
+        }
+        (m, cov)
+    }
+}
+
+/// Keep in sync with `ViParams` in shaders/vi.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq)]
+pub struct ViParams {
+    pub d: u32,
+    pub r: u32,
+    pub family: u32,
+    pub samples: u32,
+    pub step: u32,
+    pub seed_lo: u32,
+    pub seed_hi: u32,
+    pub nparam: u32,
+    pub nobs: u32,
+    pub history: u32,
+    pub log_norm: f32,
+    pub _pad: u32,
+}
+
+impl ViParams {
+    pub fn new(family: Family, d: usize, samples: usize, seed: u64, nobs: usize, sigma: f64) -> Self {
+        ViParams {
+            d: d as u32,
+            r: family.rank() as u32,
+            family: family.code(),
+            samples: samples as u32,
+            step: 0,
+            seed_lo: seed as u32,
+            seed_hi: (seed >> 32) as u32,
+            nparam: family.nparam(d) as u32,
+            nobs: nobs as u32,
+            history: HISTORY as u32,
+            log_norm: (-0.5 * nobs as f64 * (2.0 * std::f64::consts::PI * sigma * sigma).ln()) as f32,
+            _pad: 0,
+        }
+    }
+}
+
+/// Length of the ELBO ring on the device (read back every few steps).
+pub const HISTORY: usize = 1024;
+const SCALARS: usize = 4 + HISTORY;
+
+/// The ELBO loop on the GPU: the batched solver (one system per sample)
+/// plus the variational parameters, their gradient and Adam's moments.
+pub struct ViEngine {
+    pub solver: BatchedSolver,
+    pub family: Family,
+    pub vp: ViParams,
+    pub ap: AdamParams,
+    pub theta: wgpu::Buffer,
+    pub eps: wgpu::Buffer,
+    pub grad: wgpu::Buffer,
+    pub scalars: wgpu::Buffer,
+    m1: wgpu::Buffer,
+    m2: wgpu::Buffer,
+    u_vi: wgpu::Buffer,
+    u_adam: wgpu::Buffer,
+    bg: Vec<(KernelId, wgpu::BindGroup, [u32; 3])>,
+    bg_adam: wgpu::BindGroup,
+}
+
+impl ViEngine {
+    /// `sensors` (unknown indices) and `y` are the observations; sigma is the
+    /// problem's noise level.
+    #[allow(clippy::too_many_arguments, reason = "the settings of one inference")]
+    pub fn new(
+        ctx: &GpuContext,
+        problem: &Problem,
+        family: Family,
+        samples: usize,
+        sensors: &[usize],
+        y: &[f64],
+        seed: u64,
+        cg: CgParams,
+    ) -> Result<Self> {
+        if samples == 0 {
+            return Err(Error::setting("samples", 0, "need at least one sample per step"));
+        }
+        let d = problem.d;
+        if let Family::LowRank { rank } = family {
+            if rank > d {
+                return Err(Error::setting("rank", rank, format!("must not exceed d = {d}")));
+            }
+        }
+        let solver = BatchedSolver::new(ctx, problem, samples, cg, Some(sensors), false)?;
+        solver.set_data(ctx, y)?;
+        let np = family.nparam(d);
+        let vp = ViParams::new(family, d, samples, seed, sensors.len(), problem.sigma_n);
+        let ap = AdamParams::new(np, 0.01);
+        let theta0: Vec<f32> = family.init_theta(d, seed).iter().map(|&v| v as f32).collect();
+        let theta = ctx.upload("vi.theta", &theta0)?;
+        let eps = ctx.storage("vi.eps", (samples * family.noise_dim(d) * 4) as u64)?;
+        let grad = ctx.storage("vi.grad", (np * 4) as u64)?;
+        let scalars = ctx.storage("vi.scalars", (SCALARS * 4) as u64)?;
+        let m1 = ctx.storage("adam.m", (np * 4) as u64)?;
+        let m2 = ctx.storage("adam.v", (np * 4) as u64)?;
+        let u_vi = ctx.uniform("vi.params", &vp);
+        let u_adam = ctx.uniform("adam.params", &ap);
+        let s = &solver;
+        let blocks = ((samples * family.noise_dim(d)) as u32).div_ceil(4).div_ceil(256);
+        let bg = vec![
+            (KernelId::ViNoise, ctx.bind(KernelId::ViNoise, &[&u_vi, &eps]), [blocks, 1, 1]),
+            (
+                KernelId::ViSample,
+                ctx.bind(KernelId::ViSample, &[&u_vi, &theta, &eps, &s.xi]),
+                [((samples * d) as u32).div_ceil(256), 1, 1],
+            ),
+        ];
+        let bg_post = vec![
+            (KernelId::ViKl, ctx.bind(KernelId::ViKl, &[&u_vi, &theta, &grad, &scalars]), [1, 1, 1]),
+            (
+                KernelId::ViGrad,
+                ctx.bind(KernelId::ViGrad, &[&u_vi, &theta, &eps, &s.gxi, &grad]),
+                [(np as u32).div_ceil(256), 1, 1],
+            ),
+            (KernelId::ViElbo, ctx.bind(KernelId::ViElbo, &[&u_vi, &s.misfit, &scalars]), [1, 1, 1]),
+        ];
+        let bg_adam = ctx.bind(KernelId::AdamStep, &[&u_adam, &grad, &theta, &m1, &m2]);
+        let mut all = bg;
+        all.extend(bg_post);
+        Ok(ViEngine {
+            solver,
+            family,
+            vp,
+            ap,
+            theta,
+            eps,
+            grad,
+            scalars,
+            m1,
+            m2,
+            u_vi,
+            u_adam,
+            bg: all,
+            bg_adam,
+        })
+    }
+
+    /// Replace the variational parameters (and reset Adam's moments).
+    pub fn set_theta(&self, ctx: &GpuContext, theta: &[f64]) -> Result<()> {
+        if theta.len() != self.family.nparam(self.vp.d as usize) {
+            return Err(Error::setting("theta", theta.len(), "wrong number of variational parameters"));
+        }
+        let t: Vec<f32> = theta.iter().map(|&v| v as f32).collect();
+        ctx.write(&self.theta, &t);
+        let zeros = vec![0f32; theta.len()];
+        ctx.write(&self.m1, &zeros);
+        ctx.write(&self.m2, &zeros);
+        Ok(())
+    }
+
+    /// Record the ELBO and its gradient for `step` (no optimiser update).
+    pub fn encode_elbo(&self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder) {
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("pdevi.vi.sample"),
+                timestamp_writes: None,
+            });
+            for (k, bg, g) in &self.bg[..2] {
+                ctx.dispatch(&mut pass, *k, bg, *g);
+            }
+        }
+        self.solver.encode_forward(ctx, enc);
+        self.solver.encode_gradient(ctx, enc);
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("pdevi.vi.grad"),
+            timestamp_writes: None,
+        });
+        for (k, bg, g) in &self.bg[2..] {
+            ctx.dispatch(&mut pass, *k, bg, *g);
+        }
+    }
+
+    /// Compute the ELBO and gradient at the current parameters for `step`'s
+    /// noise, without updating (for tests and diagnostics).
+    pub fn evaluate(&mut self, ctx: &GpuContext, step: u32) -> Result<()> {
+        self.vp.step = step;
+        ctx.write(&self.u_vi, &[self.vp]);
+        let mut enc = ctx.encoder("pdevi.vi.evaluate");
+        self.encode_elbo(ctx, &mut enc);
+        ctx.submit_wait(enc)
+    }
+
+    /// One optimisation step (0-based `step`) at learning rate `lr`: one
+    /// command encoder, one submit, nothing read back.
+    pub fn step(&mut self, ctx: &GpuContext, step: u32, lr: f64) {
+        self.vp.step = step;
+        self.ap.step = step + 1;
+        self.ap.lr = lr as f32;
+        ctx.write(&self.u_vi, &[self.vp]);
+        ctx.write(&self.u_adam, &[self.ap]);
+        let mut enc = ctx.encoder("pdevi.vi.step");
+        self.encode_elbo(ctx, &mut enc);
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("pdevi.adam"),
+                timestamp_writes: None,
+            });
+            let groups = self.ap.n.div_ceil(256);
+            ctx.dispatch(&mut pass, KernelId::AdamStep, &self.bg_adam, [groups, 1, 1]);
+        }
+        ctx.queue.submit([enc.finish()]);
+    }
+
+    /// Dispatches recorded per step.
+    pub fn dispatches_per_step(&self) -> usize {
+        // noise, sample, kl_map, cg_start, iterates, obs, cg_start, iterates,
+        // adjoint grad (darcy2d), pullback, kl, grad, elbo, adam
+        let it = self.solver.iterate_dispatches() as usize;
+        let grad = usize::from(self.solver.problem.kind == crate::problem::ProblemKind::Darcy2d);
+        2 + 1 + (1 + it) + 1 + (1 + it) + grad + 1 + 3 + 1
+    }
+
+    pub fn read_theta(&self, ctx: &GpuContext) -> Result<Vec<f64>> {
+        let v: Vec<f32> = ctx.read(&self.theta, 0, self.family.nparam(self.vp.d as usize))?;
+        Ok(v.into_iter().map(f64::from).collect())
+    }
+
+    pub fn read_grad(&self, ctx: &GpuContext) -> Result<Vec<f64>> {
+        let v: Vec<f32> = ctx.read(&self.grad, 0, self.family.nparam(self.vp.d as usize))?;
+        Ok(v.into_iter().map(f64::from).collect())
+    }
+
+    /// [kl, elbo, mean misfit, _] of the last step.
+    pub fn read_scalars(&self, ctx: &GpuContext) -> Result<[f64; 4]> {
+        let v: Vec<f32> = ctx.read(&self.scalars, 0, 4)?;
+        Ok([v[0] as f64, v[1] as f64, v[2] as f64, v[3] as f64])
+    }
+
+    /// ELBO values of steps first..=last (at most HISTORY apart).
+    pub fn read_history(&self, ctx: &GpuContext, first: u32, last: u32) -> Result<Vec<f64>> {
+        let ring: Vec<f32> = ctx.read(&self.scalars, 4, HISTORY)?;
+        Ok((first..=last).map(|t| ring[t as usize % HISTORY] as f64).collect())
+    }
+}
+
+/// Settings of one inference run.
+#[derive(Clone, Debug)]
+pub struct FitSettings {
+    pub family: Family,
+    pub samples: usize,
+    pub steps: usize,
+    /// Initial learning rate; decays geometrically to `lr * lr_final`.
+    pub lr: f64,
+    pub lr_final: f64,
+    pub seed: u64,
+    pub cg: CgParams,
+    /// Read the ELBO back every this many steps.
+    pub report_every: usize,
+}
+
+impl Default for FitSettings {
+    fn default() -> Self {
+        FitSettings {
+            family: Family::FullRank,
+            samples: 16,
+            steps: 1000,
+            lr: 0.05,
+            lr_final: 0.05,
+            seed: 0,
+            cg: CgParams {
+                warm_start: true,
+                ..Default::default()
+            },
+            report_every: 10,
+        }
+    }
+}
+
+/// What a fit returns.
+#[derive(Clone, Debug)]
+pub struct FitResult {
+    pub theta: Vec<f64>,
+    /// (step, elbo, wall seconds) for every step.
+    pub trace: Vec<(usize, f64, f64)>,
+    pub seconds: f64,
+    pub mean_cg_iters: f64,
+    pub unconverged_solves: usize,
+}
+
+/// Learning rate of step t.
+pub fn lr_at(s: &FitSettings, t: usize) -> f64 {
+    let frac = t as f64 / s.steps.max(1) as f64;
+    s.lr * s.lr_final.powf(frac)
+}
+
+/// Run the ELBO optimisation. `progress(step, elbo)` is called at each
+/// read-back. On a non-finite ELBO the error names the step and the last
+/// good parameters are returned inside the error path via `last_good`.
+pub fn fit(
+    ctx: &GpuContext,
+    engine: &mut ViEngine,
+    s: &FitSettings,
+    last_good: &mut Vec<f64>,
+    mut progress: impl FnMut(usize, f64),
+) -> Result<FitResult> {
+    let t0 = std::time::Instant::now();
+    let mut trace = Vec::with_capacity(s.steps);
+    let mut iters_total = 0.0;
+    let mut solves = 0usize;
+    let mut unconverged = 0usize;
+    *last_good = engine.read_theta(ctx)?;
+    let every = s.report_every.clamp(1, HISTORY);
+    let mut first = 0usize;
+    for t in 0..s.steps {
+        engine.step(ctx, t as u32, lr_at(s, t));
+        if (t + 1) % every == 0 || t + 1 == s.steps {
+            let elbos = engine.read_history(ctx, first as u32, t as u32)?;
+            let now = t0.elapsed().as_secs_f64();
+            let infos: Vec<CgInfo> = engine
+                .solver
+                .forward_info(ctx)?
+                .into_iter()
+                .chain(engine.solver.adjoint_info(ctx)?)
+                .collect();
+            for i in &infos {
+                iters_total += i.iters as f64;
+                solves += 1;
+                if !i.converged {
+                    unconverged += 1;
+                }
+            }
+            if let Some(bad) = infos.iter().find(|i| i.status == status::BREAKDOWN) {
+                return Err(Error::Diverged(format!(
+                    "step {t}: a CG solve broke down (status {}, residual {:.2e}): the sampled field is extreme or NaN; lower the learning rate (--lr) or check the data",
+                    bad.status, bad.rel_residual
+                )));
+            }
+            for (k, e) in elbos.iter().enumerate() {
+                let step = first + k;
+                if !e.is_finite() {
+                    return Err(Error::Diverged(format!(
+                        "the ELBO became {e} at step {step}: lower the learning rate (--lr, now {:.3e}) or raise the noise level (--noise) if the data are very precise; the last good parameters were kept",
+                        lr_at(s, step)
+                    )));
+                }
+                trace.push((step, *e, now));
+            }
+            *last_good = engine.read_theta(ctx)?;
+            progress(t, *elbos.last().unwrap_or(&f64::NAN));
+            first = t + 1;
+        }
+    }
+    let theta = engine.read_theta(ctx)?;
+    Ok(FitResult {
+        theta,
+        trace,
+        seconds: t0.elapsed().as_secs_f64(),
+        mean_cg_iters: if solves > 0 { iters_total / solves as f64 } else { 0.0 },
+        unconverged_solves: unconverged,
+    })
+}
