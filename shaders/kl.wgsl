@@ -50,3 +50,30 @@ fn kl_pullback(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         gxi[b * P.d + k] = P.scale * s;
     }
 }
+
+// The same pullback with one invocation per output (b, k), for small ncoef:
+// no barriers, which on coroutine-based drivers (lavapipe) is 10x cheaper
+// than a workgroup reduction per output. Dispatch (ceil(d B / WG), 1, 1).
+@compute @workgroup_size(WG)
+fn kl_pullback_serial(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let idx = gid.x;
+    if (idx >= P.d * P.batch) {
+        return;
+    }
+    let b = idx / P.d;
+    let k = idx % P.d;
+    let nc = P.ncoef;
+    var acc = vec4<f32>(0.0);
+    var c = 0u;
+    for (; c + 4u <= nc; c += 4u) {
+        let bb = k * nc + c;
+        let gg = b * nc + c;
+        acc += vec4<f32>(basis[bb], basis[bb + 1u], basis[bb + 2u], basis[bb + 3u])
+            * vec4<f32>(g[gg], g[gg + 1u], g[gg + 2u], g[gg + 3u]);
+    }
+    var tail = 0.0;
+    for (; c < nc; c++) {
+        tail += basis[k * nc + c] * g[b * nc + c];
+    }
+    gxi[b * P.d + k] = P.scale * (acc.x + acc.y + acc.z + acc.w + tail);
+}

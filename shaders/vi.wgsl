@@ -105,14 +105,19 @@ fn vi_sample(@builtin(global_invocation_id) gid: vec3<u32>) {
     xi[idx] = v;
 }
 
-var<workgroup> red: array<f32, 256>;
+// vi_kl runs as one small workgroup: on drivers that run a workgroup as
+// coroutines (lavapipe) its cost grows with the invocation count (47 ms at
+// 256 invocations for d = 32, measured), and d is small.
+const KL_WG: u32 = 64u;
+
+var<workgroup> red: array<f32, 64>;
 var<workgroup> cmat: array<f32, 1024>; // C, then its inverse (low-rank family)
 var<workgroup> kl_out: f32;
 
 fn wg_sum(v: f32, lid: u32) -> f32 {
     red[lid] = v;
     workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+    for (var s = KL_WG / 2u; s > 0u; s = s >> 1u) {
         if (lid < s) {
             red[lid] += red[lid + s];
         }
@@ -127,25 +132,26 @@ fn wg_sum(v: f32, lid: u32) -> f32 {
 }
 
 // KL(q || N(0, I)) into scalars[S_KL] and its gradient into grad (which the
-// reparameterisation term of vi_grad then adds to). Dispatch (1, 1, 1).
-@compute @workgroup_size(256)
+// reparameterisation term of vi_grad then adds to), mean-field and
+// full-rank families. Dispatch (1, 1, 1).
+@compute @workgroup_size(64)
 fn vi_kl(@builtin(local_invocation_index) lid: u32) {
     let d = V.d;
     var acc = 0.0;
-    for (var i = lid; i < d; i += WG) {
+    for (var i = lid; i < d; i += KL_WG) {
         let m = theta[i];
         grad[i] = m;
         acc += m * m;
     }
     if (V.family == 0u) {
-        for (var i = lid; i < d; i += WG) {
+        for (var i = lid; i < d; i += KL_WG) {
             let w = theta[d + i];
             let s2 = exp(2.0 * w);
             grad[d + i] = s2 - 1.0;
             acc += s2 - 1.0 - 2.0 * w;
         }
-    } else if (V.family == 1u) {
-        for (var k = lid; k < d * d; k += WG) {
+    } else {
+        for (var k = lid; k < d * d; k += KL_WG) {
             let i = k / d;
             let j = k % d;
             let v = theta[d + k];
@@ -160,102 +166,120 @@ fn vi_kl(@builtin(local_invocation_index) lid: u32) {
                 grad[d + k] = 0.0;
             }
         }
-    } else {
-        let r = V.r;
-        let ow = d + d * r;
-        // C = I_r + W^T D^-1 W, D = diag(s^2).
-        for (var ab = lid; ab < r * r; ab += WG) {
-            let a = ab / r;
-            let b = ab % r;
-            var c = select(0.0, 1.0, a == b);
-            for (var i = 0u; i < d; i++) {
-                c += theta[d + i * r + a] * theta[d + i * r + b] * exp(-2.0 * theta[ow + i]);
-            }
-            cmat[ab] = c;
+    }
+    let total = wg_sum(acc, lid);
+    if (lid == 0u) {
+        scalars[S_KL] = 0.5 * total;
+    }
+}
+
+// The same for the low-rank family, by the matrix determinant lemma on the
+// r x r capacitance C = I + W^T D^-1 W (D = diag(s^2)):
+// KL = 0.5 (|W|^2 + sum s^2 + |m|^2 - d - log det C - sum log s^2),
+// dKL/dW = W - D^-1 W C^-1, dKL/domega_i = s_i^2 - 1 + W_i C^-1 W_i^T / s_i^2.
+// Dispatch (1, 1, 1).
+@compute @workgroup_size(64)
+fn vi_kl_lowrank(@builtin(local_invocation_index) lid: u32) {
+    let d = V.d;
+    let r = V.r;
+    let ow = d + d * r;
+    var acc = 0.0;
+    for (var i = lid; i < d; i += KL_WG) {
+        let m = theta[i];
+        grad[i] = m;
+        acc += m * m;
+    }
+    for (var ab = lid; ab < r * r; ab += KL_WG) {
+        let a = ab / r;
+        let b = ab % r;
+        var c = select(0.0, 1.0, a == b);
+        for (var i = 0u; i < d; i++) {
+            c += theta[d + i * r + a] * theta[d + i * r + b] * exp(-2.0 * theta[ow + i]);
         }
-        workgroupBarrier();
-        // Cholesky C = R R^T in place (lower), then C^-1 = R^-T R^-1, by one
-        // invocation: r is small (at most MAX_RANK).
-        var logdet_c = 0.0;
-        if (lid == 0u) {
-            for (var j = 0u; j < r; j++) {
-                var dj = cmat[j * r + j];
+        cmat[ab] = c;
+    }
+    workgroupBarrier();
+    // Cholesky C = R R^T in place (lower), then C^-1 = R^-T R^-1, by one
+    // invocation: r is small (at most MAX_RANK).
+    var logdet_c = 0.0;
+    if (lid == 0u) {
+        for (var j = 0u; j < r; j++) {
+            var dj = cmat[j * r + j];
+            for (var k = 0u; k < j; k++) {
+                dj -= cmat[j * r + k] * cmat[j * r + k];
+            }
+            let rj = sqrt(max(dj, 1e-30));
+            cmat[j * r + j] = rj;
+            logdet_c += 2.0 * log(rj);
+            for (var i = j + 1u; i < r; i++) {
+                var v = cmat[i * r + j];
                 for (var k = 0u; k < j; k++) {
-                    dj -= cmat[j * r + k] * cmat[j * r + k];
+                    v -= cmat[i * r + k] * cmat[j * r + k];
                 }
-                let rj = sqrt(max(dj, 1e-30));
-                cmat[j * r + j] = rj;
-                logdet_c += 2.0 * log(rj);
-                for (var i = j + 1u; i < r; i++) {
-                    var v = cmat[i * r + j];
-                    for (var k = 0u; k < j; k++) {
-                        v -= cmat[i * r + k] * cmat[j * r + k];
-                    }
-                    cmat[i * r + j] = v / rj;
-                }
+                cmat[i * r + j] = v / rj;
             }
-            // Invert the lower factor in place (R^-1 lower).
-            for (var j = 0u; j < r; j++) {
-                cmat[j * r + j] = 1.0 / cmat[j * r + j];
-                for (var i = j + 1u; i < r; i++) {
-                    var v = 0.0;
-                    for (var k = j; k < i; k++) {
-                        v -= cmat[i * r + k] * cmat[k * r + j];
-                    }
-                    cmat[i * r + j] = v / cmat[i * r + i];
-                }
-            }
-            // C^-1 = R^-T R^-1 (symmetric; compute the lower part, then mirror).
-            for (var i = 0u; i < r; i++) {
-                for (var j = 0u; j <= i; j++) {
-                    var v = 0.0;
-                    for (var k = i; k < r; k++) {
-                        v += cmat[k * r + i] * cmat[k * r + j];
-                    }
-                    // Row i (lower part, j <= i) is read later only at k >= i.
-                    cmat[j * r + i] = v;
-                }
-            }
-            for (var i = 0u; i < r; i++) {
-                for (var j = 0u; j < i; j++) {
-                    cmat[i * r + j] = cmat[j * r + i];
-                }
-            }
-            kl_out = logdet_c;
         }
-        let ldc = workgroupUniformLoad(&kl_out);
-        workgroupBarrier();
-        // W terms: ||W||^2; grad W = W - D^-1 W C^-1.
-        for (var k = lid; k < d * r; k += WG) {
-            let i = k / r;
-            let b = k % r;
-            let wv = theta[d + k];
-            var wc = 0.0;
-            for (var a = 0u; a < r; a++) {
-                wc += theta[d + i * r + a] * cmat[a * r + b];
-            }
-            grad[d + k] = wv - exp(-2.0 * theta[ow + i]) * wc;
-            acc += wv * wv;
-        }
-        // s terms: s^2 - 1 - log s^2; grad omega = s^2 - 1 + q_i / s^2 with
-        // q_i = W_i C^-1 W_i^T.
-        for (var i = lid; i < d; i += WG) {
-            let w = theta[ow + i];
-            var q = 0.0;
-            for (var a = 0u; a < r; a++) {
-                var t = 0.0;
-                for (var b = 0u; b < r; b++) {
-                    t += cmat[a * r + b] * theta[d + i * r + b];
+        // Invert the lower factor in place (R^-1 lower).
+        for (var j = 0u; j < r; j++) {
+            cmat[j * r + j] = 1.0 / cmat[j * r + j];
+            for (var i = j + 1u; i < r; i++) {
+                var v = 0.0;
+                for (var k = j; k < i; k++) {
+                    v -= cmat[i * r + k] * cmat[k * r + j];
                 }
-                q += theta[d + i * r + a] * t;
+                cmat[i * r + j] = v / cmat[i * r + i];
             }
-            let s2 = exp(2.0 * w);
-            grad[ow + i] = s2 - 1.0 + q / s2;
-            acc += s2 - 1.0 - 2.0 * w;
         }
-        if (lid == 0u) {
-            acc -= ldc;
+        // C^-1 = R^-T R^-1 (symmetric; compute the lower part, then mirror).
+        for (var i = 0u; i < r; i++) {
+            for (var j = 0u; j <= i; j++) {
+                var v = 0.0;
+                for (var k = i; k < r; k++) {
+                    v += cmat[k * r + i] * cmat[k * r + j];
+                }
+                // Row i (lower part, j <= i) is read later only at k >= i.
+                cmat[j * r + i] = v;
+            }
         }
+        for (var i = 0u; i < r; i++) {
+            for (var j = 0u; j < i; j++) {
+                cmat[i * r + j] = cmat[j * r + i];
+            }
+        }
+        kl_out = logdet_c;
+    }
+    let ldc = workgroupUniformLoad(&kl_out);
+    workgroupBarrier();
+    // W terms: ||W||^2; grad W = W - D^-1 W C^-1.
+    for (var k = lid; k < d * r; k += KL_WG) {
+        let i = k / r;
+        let b = k % r;
+        let wv = theta[d + k];
+        var wc = 0.0;
+        for (var a = 0u; a < r; a++) {
+            wc += theta[d + i * r + a] * cmat[a * r + b];
+        }
+        grad[d + k] = wv - exp(-2.0 * theta[ow + i]) * wc;
+        acc += wv * wv;
+    }
+    // s terms: s^2 - 1 - log s^2; grad omega = s^2 - 1 + q_i / s^2 with
+    // q_i = W_i C^-1 W_i^T.
+    for (var i = lid; i < d; i += KL_WG) {
+        let w = theta[ow + i];
+        var q = 0.0;
+        for (var a = 0u; a < r; a++) {
+            var t = 0.0;
+            for (var b = 0u; b < r; b++) {
+                t += cmat[a * r + b] * theta[d + i * r + b];
+            }
+            q += theta[d + i * r + a] * t;
+        }
+        let s2 = exp(2.0 * w);
+        grad[ow + i] = s2 - 1.0 + q / s2;
+        acc += s2 - 1.0 - 2.0 * w;
+    }
+    if (lid == 0u) {
+        acc -= ldc;
     }
     let total = wg_sum(acc, lid);
     if (lid == 0u) {

@@ -12,11 +12,11 @@ pub mod cpu;
 pub mod error;
 pub mod gpu;
 pub mod io;
+pub mod optim;
 pub mod plot;
 pub mod problem;
 pub mod rng;
 pub mod run;
-pub mod optim;
 pub mod solver;
 pub mod vi;
 

@@ -51,7 +51,7 @@ impl RunConfig {
         toml::from_str(&text).map_err(|e| {
             let line = e
                 .span()
-                .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
                 .unwrap_or(0);
             Error::Input {
                 file: path.into(),
@@ -141,7 +141,10 @@ pub fn field_moments(pb: &Problem, m: &[f64], cov: &[f64]) -> (Vec<f64>, Vec<f64
 /// Lower Cholesky factor of an SPD matrix (with a tiny jitter if needed).
 pub fn cholesky(a: &[f64], d: usize) -> Vec<f64> {
     let mut l = vec![0.0; d * d];
-    let scale = (0..d).map(|i| a[i * d + i]).fold(0.0f64, f64::max).max(1e-300);
+    let scale = (0..d)
+        .map(|i| a[i * d + i])
+        .fold(0.0f64, f64::max)
+        .max(1e-300);
     for j in 0..d {
         let mut dj = a[j * d + j];
         for k in 0..j {
@@ -198,7 +201,10 @@ pub fn predictive_u(
             }
         }
     }
-    let std = m2.iter().map(|v| (v / (seen.max(2) - 1) as f64).sqrt()).collect();
+    let std = m2
+        .iter()
+        .map(|v| (v / (seen.max(2) - 1) as f64).sqrt())
+        .collect();
     Ok((mean, std, seen))
 }
 
@@ -213,13 +219,23 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
     let mut pb = args.build()?;
     if let Some(s) = cfg.noise {
         if !(s.is_finite() && s > 0.0) {
-            return Err(Error::setting("noise", s, "must be a positive, finite standard deviation"));
+            return Err(Error::setting(
+                "noise",
+                s,
+                "must be a positive, finite standard deviation",
+            ));
         }
         pb.sigma_n = s;
     }
-    let out = cfg.out.clone().unwrap_or_else(|| PathBuf::from(format!("out/{}", kind.name())));
+    let out = cfg
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("out/{}", kind.name())));
     ensure_dir(&out)?;
-    let family = Family::parse(cfg.family.as_deref().unwrap_or("full-rank"), cfg.rank.unwrap_or(8))?;
+    let family = Family::parse(
+        cfg.family.as_deref().unwrap_or("full-rank"),
+        cfg.rank.unwrap_or(8),
+    )?;
     let samples = cfg.samples.unwrap_or(16);
     let steps = cfg.steps.unwrap_or(1000);
     let lr = cfg.lr.unwrap_or(0.05);
@@ -228,7 +244,11 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
         return Err(Error::setting("lr", lr, "must be positive"));
     }
     if !(lr_final.is_finite() && lr_final > 0.0 && lr_final <= 1.0) {
-        return Err(Error::setting("lr_final", lr_final, "must be in (0, 1] (a fraction of lr)"));
+        return Err(Error::setting(
+            "lr_final",
+            lr_final,
+            "must be in (0, 1] (a fraction of lr)",
+        ));
     }
     let seed = cfg.seed.unwrap_or(0);
     let quiet = cfg.quiet.unwrap_or(false);
@@ -241,7 +261,10 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
             let data_dir = out.join("data");
             app::simulate(&args, sim_seed, None, Some(pb.sigma_n), &data_dir)?;
             if !quiet {
-                eprintln!("no --obs given: simulated data from a prior draw (seed {sim_seed}) into {}", data_dir.display());
+                eprintln!(
+                    "no --obs given: simulated data from a prior draw (seed {sim_seed}) into {}",
+                    data_dir.display()
+                );
             }
             (data_dir.join("obs.csv"), Some(data_dir.join("xi_true.npy")))
         }
@@ -311,7 +334,16 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
     let npred = cfg.predictive_samples.unwrap_or(64);
     let (umean, ustd, nseen) = predictive_u(&ctx, &engine, &m, &cov, npred, seed)?;
     let mut metrics = serde_json::Map::new();
-    write_posterior_files(&out, &pb, &fmean, &fstd, &umean, &ustd, truth.as_ref().map(|t| &t.1[..]), &mut metrics)?;
+    write_posterior_files(
+        &out,
+        &pb,
+        &fmean,
+        &fstd,
+        &umean,
+        &ustd,
+        truth.as_ref().map(|t| &t.1[..]),
+        &mut metrics,
+    )?;
 
     // ELBO trace.
     let mut csv = String::from("step,elbo,wall_seconds\n");
@@ -388,12 +420,25 @@ fn write_posterior_files(
     let um = pb.nodal(umean);
     let us = pb.nodal(ustd);
     if let Some(t) = truth {
-        let err: f64 = t.iter().zip(fmean).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
+        let err: f64 = t
+            .iter()
+            .zip(fmean)
+            .map(|(a, b)| (a - b).powi(2))
+            .sum::<f64>()
+            .sqrt();
         let norm: f64 = t.iter().map(|a| a * a).sum::<f64>().sqrt();
         let inside = |k: f64| {
-            t.iter().zip(fmean).zip(fstd).filter(|((a, b), s)| (*a - *b).abs() <= k * **s).count() as f64 / t.len() as f64
+            t.iter()
+                .zip(fmean)
+                .zip(fstd)
+                .filter(|((a, b), s)| (*a - *b).abs() <= k * **s)
+                .count() as f64
+                / t.len() as f64
         };
-        metrics.insert("rel_l2_error_posterior_mean".into(), (err / norm.max(1e-300)).into());
+        metrics.insert(
+            "rel_l2_error_posterior_mean".into(),
+            (err / norm.max(1e-300)).into(),
+        );
         metrics.insert("rel_l2_error_prior_mean".into(), 1.0.into());
         metrics.insert("truth_within_2sd".into(), inside(2.0).into());
         metrics.insert("truth_within_3sd".into(), inside(3.0).into());
@@ -407,32 +452,108 @@ fn write_posterior_files(
             let var: Vec<f64> = fstd.iter().map(|s| s * s).collect();
             io::write_npy(&out.join("posterior_var_z.npy"), &[n, n], &var)?;
             fn cell(v: &[f64], n: usize) -> Field2<'_> {
-                Field2 { values: v, nx: n, ny: n }
+                Field2 {
+                    values: v,
+                    nx: n,
+                    ny: n,
+                }
             }
             fn node(v: &[f64], n: usize) -> Field2<'_> {
-                Field2 { values: v, nx: n + 1, ny: n + 1 }
+                Field2 {
+                    values: v,
+                    nx: n + 1,
+                    ny: n + 1,
+                }
             }
-            plot::write_field_png(&out.join("posterior_mean_z.png"), &cell(fmean, n), "posterior mean of z", "z")?;
-            plot::write_field_png(&out.join("posterior_std_z.png"), &cell(fstd, n), "posterior std of z", "std z")?;
-            plot::write_field_png(&out.join("posterior_var_z.png"), &cell(&var, n), "posterior variance of z", "var z")?;
-            plot::write_field_png(&out.join("posterior_mean_u.png"), &node(&um, n), "posterior mean of u", "u")?;
-            plot::write_field_png(&out.join("posterior_std_u.png"), &node(&us, n), "posterior std of u", "std u")?;
+            plot::write_field_png(
+                &out.join("posterior_mean_z.png"),
+                &cell(fmean, n),
+                "posterior mean of z",
+                "z",
+            )?;
+            plot::write_field_png(
+                &out.join("posterior_std_z.png"),
+                &cell(fstd, n),
+                "posterior std of z",
+                "std z",
+            )?;
+            plot::write_field_png(
+                &out.join("posterior_var_z.png"),
+                &cell(&var, n),
+                "posterior variance of z",
+                "var z",
+            )?;
+            plot::write_field_png(
+                &out.join("posterior_mean_u.png"),
+                &node(&um, n),
+                "posterior mean of u",
+                "u",
+            )?;
+            plot::write_field_png(
+                &out.join("posterior_std_u.png"),
+                &node(&us, n),
+                "posterior std of u",
+                "std u",
+            )?;
             let mut panels = Vec::new();
             let abs_err: Vec<f64>;
             if let Some(t) = truth {
                 let lo = t.iter().chain(fmean).cloned().fold(f64::INFINITY, f64::min);
-                let hi = t.iter().chain(fmean).cloned().fold(f64::NEG_INFINITY, f64::max);
+                let hi = t
+                    .iter()
+                    .chain(fmean)
+                    .cloned()
+                    .fold(f64::NEG_INFINITY, f64::max);
                 abs_err = t.iter().zip(fmean).map(|(a, b)| (a - b).abs()).collect();
-                panels.push(Panel { title: "truth z".into(), field: cell(t, n), range: Some((lo, hi)), cmap: Colormap::Viridis });
-                panels.push(Panel { title: "posterior mean z".into(), field: cell(fmean, n), range: Some((lo, hi)), cmap: Colormap::Viridis });
-                panels.push(Panel { title: "posterior std z".into(), field: cell(fstd, n), range: None, cmap: Colormap::Viridis });
-                panels.push(Panel { title: "|error| of mean".into(), field: cell(&abs_err, n), range: None, cmap: Colormap::Viridis });
+                panels.push(Panel {
+                    title: "truth z".into(),
+                    field: cell(t, n),
+                    range: Some((lo, hi)),
+                    cmap: Colormap::Viridis,
+                });
+                panels.push(Panel {
+                    title: "posterior mean z".into(),
+                    field: cell(fmean, n),
+                    range: Some((lo, hi)),
+                    cmap: Colormap::Viridis,
+                });
+                panels.push(Panel {
+                    title: "posterior std z".into(),
+                    field: cell(fstd, n),
+                    range: None,
+                    cmap: Colormap::Viridis,
+                });
+                panels.push(Panel {
+                    title: "|error| of mean".into(),
+                    field: cell(&abs_err, n),
+                    range: None,
+                    cmap: Colormap::Viridis,
+                });
             } else {
-                panels.push(Panel { title: "posterior mean z".into(), field: cell(fmean, n), range: None, cmap: Colormap::Viridis });
-                panels.push(Panel { title: "posterior std z".into(), field: cell(fstd, n), range: None, cmap: Colormap::Viridis });
-                panels.push(Panel { title: "posterior mean u".into(), field: node(&um, n), range: None, cmap: Colormap::Viridis });
+                panels.push(Panel {
+                    title: "posterior mean z".into(),
+                    field: cell(fmean, n),
+                    range: None,
+                    cmap: Colormap::Viridis,
+                });
+                panels.push(Panel {
+                    title: "posterior std z".into(),
+                    field: cell(fstd, n),
+                    range: None,
+                    cmap: Colormap::Viridis,
+                });
+                panels.push(Panel {
+                    title: "posterior mean u".into(),
+                    field: node(&um, n),
+                    range: None,
+                    cmap: Colormap::Viridis,
+                });
             }
-            plot::write_panels_png(&out.join("summary.png"), "darcy2d: log-permeability posterior", &panels)?;
+            plot::write_panels_png(
+                &out.join("summary.png"),
+                "darcy2d: log-permeability posterior",
+                &panels,
+            )?;
         }
         ProblemKind::Poisson1d => {
             let mut f = vec![0.0; n + 1];
@@ -452,14 +573,59 @@ fn write_posterior_files(
                 v
             });
             let blue = [31, 119, 180];
-            let mut series = vec![Series { label: "posterior mean +- 2 sd".into(), x: &x, y: &f, band: Some(&fb), rgb: blue, dashed: false }];
+            let mut series = vec![Series {
+                label: "posterior mean +- 2 sd".into(),
+                x: &x,
+                y: &f,
+                band: Some(&fb),
+                rgb: blue,
+                dashed: false,
+            }];
             if let Some(t) = &tf {
-                series.push(Series { label: "truth".into(), x: &x, y: t, band: None, rgb: [214, 39, 40], dashed: true });
+                series.push(Series {
+                    label: "truth".into(),
+                    x: &x,
+                    y: t,
+                    band: None,
+                    rgb: [214, 39, 40],
+                    dashed: true,
+                });
             }
-            plot::write_line_plot(&out.join("summary.png"), "poisson1d: source f, posterior", "x", "f", &series, false, None)?;
-            plot::write_line_plot(&out.join("posterior_mean_f.png"), "posterior of f (mean +- 2 sd)", "x", "f", &series[..1], false, None)?;
-            let useries = [Series { label: "posterior mean +- 2 sd".into(), x: &x, y: &um, band: Some(&ub), rgb: blue, dashed: false }];
-            plot::write_line_plot(&out.join("posterior_mean_u.png"), "posterior of u (mean +- 2 sd)", "x", "u", &useries, false, None)?;
+            plot::write_line_plot(
+                &out.join("summary.png"),
+                "poisson1d: source f, posterior",
+                "x",
+                "f",
+                &series,
+                false,
+                None,
+            )?;
+            plot::write_line_plot(
+                &out.join("posterior_mean_f.png"),
+                "posterior of f (mean +- 2 sd)",
+                "x",
+                "f",
+                &series[..1],
+                false,
+                None,
+            )?;
+            let useries = [Series {
+                label: "posterior mean +- 2 sd".into(),
+                x: &x,
+                y: &um,
+                band: Some(&ub),
+                rgb: blue,
+                dashed: false,
+            }];
+            plot::write_line_plot(
+                &out.join("posterior_mean_u.png"),
+                "posterior of u (mean +- 2 sd)",
+                "x",
+                "u",
+                &useries,
+                false,
+                None,
+            )?;
         }
     }
     Ok(())

@@ -150,6 +150,7 @@ pub struct BatchedSolver {
     bg_obs: wgpu::BindGroup,
     bg_grad: Option<wgpu::BindGroup>,
     bg_pull: wgpu::BindGroup,
+    pullback: (KernelId, [u32; 3]),
     /// poisson1d direct solves (forward, adjoint) when `cg.direct_1d`.
     bg_direct: Option<(wgpu::BindGroup, wgpu::BindGroup)>,
 }
@@ -269,15 +270,20 @@ impl BatchedSolver {
             KernelId::ObsMisfit,
             &[&u_obs, &sensors_buf, &data, &u, &adj, &misfit],
         );
+        // Small fields: one invocation per output; large: a workgroup per
+        // output (keeps each invocation's loop short).
+        let pullback = if nc <= 16_384 {
+            let groups = ((d * batch) as u32).div_ceil(crate::gpu::shaders::DEFAULT_WG);
+            (KernelId::KlPullbackSerial, [groups, 1, 1])
+        } else {
+            (KernelId::KlPullback, [d as u32, batch as u32, 1])
+        };
         let (bg_grad, bg_pull) = match pb.kind {
             ProblemKind::Darcy2d => (
                 Some(ctx.bind(KernelId::Q1AdjointGrad, &[&u_solver, &aux, &u, &lam, &g])),
-                ctx.bind(KernelId::KlPullback, &[&u_pull, &basis, &g, &gxi]),
+                ctx.bind(pullback.0, &[&u_pull, &basis, &g, &gxi]),
             ),
-            ProblemKind::Poisson1d => (
-                None,
-                ctx.bind(KernelId::KlPullback, &[&u_pull, &basis, &lam, &gxi]),
-            ),
+            ProblemKind::Poisson1d => (None, ctx.bind(pullback.0, &[&u_pull, &basis, &lam, &gxi])),
         };
         let bg_direct = (pb.kind == ProblemKind::Poisson1d && cg.direct_1d).then(|| {
             (
@@ -316,6 +322,7 @@ impl BatchedSolver {
             bg_obs,
             bg_grad,
             bg_pull,
+            pullback,
         })
     }
 
@@ -334,7 +341,12 @@ impl BatchedSolver {
         }
     }
 
-    fn encode_direct(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, bg: &wgpu::BindGroup) {
+    fn encode_direct(
+        &self,
+        ctx: &GpuContext,
+        pass: &mut wgpu::ComputePass<'_>,
+        bg: &wgpu::BindGroup,
+    ) {
         let groups = (self.batch as u32).div_ceil(crate::gpu::shaders::DEFAULT_WG);
         ctx.dispatch(pass, KernelId::P1Direct, bg, [groups, 1, 1]);
     }
@@ -429,12 +441,7 @@ impl BatchedSolver {
             let groups = (self.problem.ncoef() as u32).div_ceil(256);
             ctx.dispatch(&mut pass, KernelId::Q1AdjointGrad, bg, [groups, b, 1]);
         }
-        ctx.dispatch(
-            &mut pass,
-            KernelId::KlPullback,
-            &self.bg_pull,
-            [self.problem.d as u32, b, 1],
-        );
+        ctx.dispatch(&mut pass, self.pullback.0, &self.bg_pull, self.pullback.1);
     }
 
     /// Forward solves for B latent vectors; returns per-system solver info.

@@ -10,7 +10,11 @@ use pdevi::gpu::shaders::{self, ModuleId, ALL_SOURCES};
 fn every_module_validates() {
     let mut failures = Vec::new();
     for &m in ModuleId::ALL {
-        let sizes: &[u32] = if m.is_solver() { shaders::SOLVER_WGS } else { &[shaders::DEFAULT_WG] };
+        let sizes: &[u32] = if m.is_solver() {
+            shaders::SOLVER_WGS
+        } else {
+            &[shaders::DEFAULT_WG]
+        };
         for &wg in sizes {
             if let Err(e) = shaders::validate_with(m, wg) {
                 failures.push(format!("(WG = {wg}) {e}"));

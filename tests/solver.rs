@@ -399,7 +399,13 @@ fn p1_direct_matches_cpu_and_cg() {
     let bs = ctx.storage("state", (batch * 32) as u64).unwrap();
     run(ctx, KernelId::P1Direct, &[&bp, &br, &bx, &bs], [1, 1, 1]);
     let xmax = x.iter().fold(0.0f64, |a, v| a.max(v.abs()));
-    assert_close("p1_direct gpu", &read(ctx, &bx, batch * nu), &x, 1e-5 * xmax, 1e-5);
+    assert_close(
+        "p1_direct gpu",
+        &read(ctx, &bx, batch * nu),
+        &x,
+        1e-5 * xmax,
+        1e-5,
+    );
     let gst: Vec<CgState> = ctx.read(&bs, 0, batch).unwrap();
     for g in &gst {
         assert_eq!(g.status, status::CONVERGED);

@@ -246,7 +246,11 @@ pub fn p1_direct(p: &PdeParams, rhs: &[f64], x: &mut [f64], state: &mut [CgState
         }
         state[sys] = CgState {
             iters: 1,
-            status: if rr.is_nan() { status::BREAKDOWN } else { status::CONVERGED },
+            status: if rr.is_nan() {
+                status::BREAKDOWN
+            } else {
+                status::CONVERGED
+            },
             rz: 0.0,
             bnorm2: bb,
             rnorm2: rr,

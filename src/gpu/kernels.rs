@@ -23,6 +23,7 @@ pub enum KernelId {
     JacobiRunP1,
     KlMap,
     KlPullback,
+    KlPullbackSerial,
     Q1Apply,
     Q1Diag,
     Q1AdjointGrad,
@@ -33,6 +34,7 @@ pub enum KernelId {
     ViNoise,
     ViSample,
     ViKl,
+    ViKlLowRank,
     ViGrad,
     ViElbo,
     AdamStep,
@@ -53,6 +55,7 @@ impl KernelId {
         KernelId::JacobiRunP1,
         KernelId::KlMap,
         KernelId::KlPullback,
+        KernelId::KlPullbackSerial,
         KernelId::Q1Apply,
         KernelId::Q1Diag,
         KernelId::Q1AdjointGrad,
@@ -63,6 +66,7 @@ impl KernelId {
         KernelId::ViNoise,
         KernelId::ViSample,
         KernelId::ViKl,
+        KernelId::ViKlLowRank,
         KernelId::ViGrad,
         KernelId::ViElbo,
         KernelId::AdamStep,
@@ -93,6 +97,11 @@ impl KernelId {
                 "kl_pullback",
                 &[(0, U), (2, R), (5, R), (6, W)],
             ),
+            KlPullbackSerial => (
+                ModuleId::Kl,
+                "kl_pullback_serial",
+                &[(0, U), (2, R), (5, R), (6, W)],
+            ),
             Q1Apply => (
                 ModuleId::Darcy,
                 "q1_apply",
@@ -119,10 +128,27 @@ impl KernelId {
             ViNoise => (ModuleId::Vi, "vi_noise", &[(0, U), (2, W)]),
             ViSample => (ModuleId::Vi, "vi_sample", &[(0, U), (1, R), (2, W), (3, W)]),
             ViKl => (ModuleId::Vi, "vi_kl", &[(0, U), (1, R), (5, W), (7, W)]),
-            ViGrad => (ModuleId::Vi, "vi_grad", &[(0, U), (1, R), (2, W), (4, R), (5, W)]),
+            ViKlLowRank => (
+                ModuleId::Vi,
+                "vi_kl_lowrank",
+                &[(0, U), (1, R), (5, W), (7, W)],
+            ),
+            ViGrad => (
+                ModuleId::Vi,
+                "vi_grad",
+                &[(0, U), (1, R), (2, W), (4, R), (5, W)],
+            ),
             ViElbo => (ModuleId::Vi, "vi_elbo", &[(0, U), (6, R), (7, W)]),
-            AdamStep => (ModuleId::Adam, "adam_step", &[(0, U), (1, R), (2, W), (3, W), (4, W)]),
-            P1Direct => (ModuleId::P1Direct, "p1_direct", &[(0, U), (2, R), (3, W), (5, W)]),
+            AdamStep => (
+                ModuleId::Adam,
+                "adam_step",
+                &[(0, U), (1, R), (2, W), (3, W), (4, W)],
+            ),
+            P1Direct => (
+                ModuleId::P1Direct,
+                "p1_direct",
+                &[(0, U), (2, R), (3, W), (5, W)],
+            ),
         }
     }
 

@@ -41,7 +41,8 @@ pub const P1_DIRECT: Source = wgsl!("p1_direct.wgsl");
 /// Every WGSL file of the project (a test checks that each is used by a module
 /// and that this list matches the `shaders/` folder).
 pub const ALL_SOURCES: &[Source] = &[
-    PARAMS, REDUCE, OP_Q1, OP_P1, SOLVER, KL, DARCY, POISSON1D, OBS, STREAM, RNG, VI, ADAM, P1_DIRECT,
+    PARAMS, REDUCE, OP_Q1, OP_P1, SOLVER, KL, DARCY, POISSON1D, OBS, STREAM, RNG, VI, ADAM,
+    P1_DIRECT,
 ];
 
 /// A shader module: a name and the files concatenated to form it.
@@ -147,7 +148,9 @@ pub fn assemble_with(id: ModuleId, wg: u32) -> Assembled {
     let mut line = 1;
     if id.sources().iter().any(|s| s.path == PARAMS.path) {
         let cols = (wg as f64).sqrt() as u32;
-        text.push_str(&format!("const WG: u32 = {wg}u;\nconst WG_COLS: u32 = {cols}u;\n"));
+        text.push_str(&format!(
+            "const WG: u32 = {wg}u;\nconst WG_COLS: u32 = {cols}u;\n"
+        ));
         map.push(("<generated>", 1, 2));
         line = 3;
     }
