@@ -130,3 +130,74 @@ pub fn solver(
     }
     Ok(out)
 }
+
+/// One VI benchmark result.
+#[derive(Debug, serde::Serialize)]
+pub struct ViBench {
+    pub bench: &'static str,
+    pub problem: &'static str,
+    pub n: usize,
+    pub d: usize,
+    pub samples: usize,
+    pub family: &'static str,
+    pub steps: usize,
+    pub steps_per_s: f64,
+    pub mean_cg_iters: f64,
+    pub dispatches_per_step: usize,
+    pub device: String,
+}
+
+/// ELBO steps per second on darcy2d for each family (warm-started CG),
+/// data simulated from a prior draw.
+pub fn vi(
+    ctx: &GpuContext,
+    n: usize,
+    d: usize,
+    samples: usize,
+    steps: usize,
+    mut emit: impl FnMut(&ViBench),
+) -> Result<Vec<ViBench>> {
+    use crate::vi::{fit, Family, FitSettings, ViEngine};
+    let pb = Problem::new(ProblemKind::Darcy2d, n, d)?;
+    let xi = crate::rng::normals(7, crate::rng::streams::TRUTH, 0, d);
+    let fwd = crate::cpu::forward(&pb, &xi, 1e-10, 100_000);
+    let eps = crate::rng::normals(7, crate::rng::streams::NOISE, 0, pb.sensors.len());
+    let y: Vec<f64> = pb
+        .sensors
+        .iter()
+        .zip(&eps)
+        .map(|(&k, e)| fwd.u[k] + pb.sigma_n * e)
+        .collect();
+    let mut out = Vec::new();
+    for family in [Family::MeanField, Family::FullRank, Family::LowRank { rank: 8 }] {
+        let s = FitSettings {
+            family,
+            samples,
+            steps,
+            report_every: steps,
+            ..Default::default()
+        };
+        let mut eng = ViEngine::new(ctx, &pb, family, samples, &pb.sensors, &y, 0, s.cg)?;
+        // One warm-up step (pipeline first use).
+        eng.step(ctx, 0, 1e-3);
+        ctx.wait()?;
+        let mut good = Vec::new();
+        let r = fit(ctx, &mut eng, &s, &mut good, |_, _| {})?;
+        let b = ViBench {
+            bench: "vi",
+            problem: "darcy2d",
+            n,
+            d,
+            samples,
+            family: family.name(),
+            steps,
+            steps_per_s: steps as f64 / r.seconds,
+            mean_cg_iters: r.mean_cg_iters,
+            dispatches_per_step: eng.dispatches_per_step(),
+            device: ctx.describe(),
+        };
+        emit(&b);
+        out.push(b);
+    }
+    Ok(out)
+}

@@ -199,6 +199,17 @@ enum BenchCmd {
         #[arg(long, default_value_t = 1.0)]
         min_seconds: f64,
     },
+    /// ELBO steps per second on darcy2d for each variational family.
+    Vi {
+        #[arg(long, default_value_t = 64)]
+        n: usize,
+        #[arg(long, default_value_t = 64)]
+        d: usize,
+        #[arg(long, default_value_t = 16)]
+        samples: usize,
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+    },
 }
 
 fn run(cli: Cli) -> pdevi::Result<()> {
@@ -239,6 +250,13 @@ fn run(cli: Cli) -> pdevi::Result<()> {
                 let ctx = pdevi::GpuContext::new()?;
                 eprintln!("device: {}", ctx.describe());
                 pdevi::bench::solver(&ctx, &sizes, &batches, min_seconds, |r| {
+                    println!("{}", serde_json::to_string(r).unwrap_or_default())
+                })?;
+            }
+            BenchCmd::Vi { n, d, samples, steps } => {
+                let ctx = pdevi::GpuContext::new()?;
+                eprintln!("device: {}", ctx.describe());
+                pdevi::bench::vi(&ctx, n, d, samples, steps, |r| {
                     println!("{}", serde_json::to_string(r).unwrap_or_default())
                 })?;
             }
