@@ -169,7 +169,11 @@ pub fn vi(
         .map(|(&k, e)| fwd.u[k] + pb.sigma_n * e)
         .collect();
     let mut out = Vec::new();
-    for family in [Family::MeanField, Family::FullRank, Family::LowRank { rank: 8 }] {
+    for family in [
+        Family::MeanField,
+        Family::FullRank,
+        Family::LowRank { rank: 8 },
+    ] {
         let s = FitSettings {
             family,
             samples,

@@ -253,7 +253,12 @@ fn run(cli: Cli) -> pdevi::Result<()> {
                     println!("{}", serde_json::to_string(r).unwrap_or_default())
                 })?;
             }
-            BenchCmd::Vi { n, d, samples, steps } => {
+            BenchCmd::Vi {
+                n,
+                d,
+                samples,
+                steps,
+            } => {
                 let ctx = pdevi::GpuContext::new()?;
                 eprintln!("device: {}", ctx.describe());
                 pdevi::bench::vi(&ctx, n, d, samples, steps, |r| {

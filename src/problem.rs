@@ -74,7 +74,7 @@ impl Problem {
         }
         match kind {
             ProblemKind::Darcy2d => {
-                if n < 8 || n % 8 != 0 {
+                if n < 8 || !n.is_multiple_of(8) {
                     return Err(Error::setting(
                         "n",
                         n,
@@ -106,7 +106,7 @@ impl Problem {
                 })
             }
             ProblemKind::Poisson1d => {
-                if n < 16 || n % 16 != 0 {
+                if n < 16 || !n.is_multiple_of(16) {
                     return Err(Error::setting(
                         "n",
                         n,

@@ -362,3 +362,30 @@ fn cg_and_jacobi_match_cpu_after_fixed_iterations() {
         }
     }
 }
+
+#[test]
+fn stream_triad_matches_cpu() {
+    let ctx = ctx();
+    let nv = 1000usize;
+    let mut rng = Rng::new(9);
+    let b = rng.vec_uniform(4 * nv, -1.0, 1.0);
+    let c = rng.vec_uniform(4 * nv, -1.0, 1.0);
+    let p = PdeParams {
+        nunk: nv as u32,
+        scale: 0.5,
+        ..Default::default()
+    };
+    let mut a = vec![0.0; 4 * nv];
+    cpu::stream_triad(&p, &b, &c, &mut a);
+    let bp = ctx.uniform("p", &p);
+    let bb = upload(ctx, "b", &b);
+    let bc = upload(ctx, "c", &c);
+    let ba = ctx.storage("a", (16 * nv) as u64).unwrap();
+    run(
+        ctx,
+        KernelId::StreamTriad,
+        &[&bp, &bb, &bc, &ba],
+        [(nv as u32).div_ceil(256), 1, 1],
+    );
+    assert_close("stream_triad", &read(ctx, &ba, 4 * nv), &a, 1e-6, 1e-6);
+}

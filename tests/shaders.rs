@@ -99,6 +99,29 @@ fn shared_structs_match_rust() {
 }
 
 #[test]
+fn broken_shader_error_names_file_and_line() {
+    // A module whose third line (in its own file) calls an undefined function.
+    let good = "fn ok() -> f32 {\n    return 1.0;\n}\n";
+    let bad = "// a kernel\n@compute @workgroup_size(1)\nfn main() { let x = missing_fn(); }\n";
+    let mut text = String::from(good);
+    text.push('\n');
+    let start = text.lines().count() + 1;
+    text.push_str(bad);
+    let asm = shaders::Assembled {
+        text,
+        map: vec![
+            ("shaders/good.wgsl", 1, start - 1),
+            ("shaders/bad.wgsl", start, 4),
+        ],
+    };
+    let err = shaders::validate_assembled("broken", &asm)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("shaders/bad.wgsl:3"), "{err}");
+    assert!(err.contains("missing_fn"), "{err}");
+}
+
+#[test]
 fn broken_shader_reports_file_and_line() {
     // The error path must name the original file: check the line mapping.
     let asm = shaders::assemble(ModuleId::SolverQ1);

@@ -215,6 +215,15 @@ pub fn obs_misfit(
     }
 }
 
+// ---- stream.wgsl ----
+
+/// a = b + scale c (the bandwidth probe).
+pub fn stream_triad(p: &PdeParams, b: &[f64], c: &[f64], a: &mut [f64]) {
+    for i in 0..4 * p.nunk as usize {
+        a[i] = b[i] + p.scale as f64 * c[i];
+    }
+}
+
 // ---- p1_direct.wgsl ----
 
 /// Thomas algorithm for A = (1/h) tridiag(-1, 2, -1) with closed-form pivots.

@@ -339,7 +339,9 @@ impl GpuContext {
 
     /// Largest storage binding the device allows, in bytes.
     pub fn max_binding(&self) -> u64 {
-        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
     }
 
     fn check_size(&self, what: &str, bytes: u64) -> Result<()> {

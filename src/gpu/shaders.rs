@@ -175,7 +175,11 @@ pub fn validate(id: ModuleId) -> Result<naga::Module> {
 
 /// [`validate`] at a given workgroup size.
 pub fn validate_with(id: ModuleId, wg: u32) -> Result<naga::Module> {
-    let asm = assemble_with(id, wg);
+    validate_assembled(id.name(), &assemble_with(id, wg))
+}
+
+/// Validate assembled text (also used on deliberately broken sources in tests).
+pub fn validate_assembled(name: &str, asm: &Assembled) -> Result<naga::Module> {
     let fail = |line: Option<usize>, detail: String| {
         let place = match line {
             Some(l) => {
@@ -185,7 +189,7 @@ pub fn validate_with(id: ModuleId, wg: u32) -> Result<naga::Module> {
             None => String::new(),
         };
         Error::Shader {
-            kernel: id.name().to_string(),
+            kernel: name.to_string(),
             message: format!("{place}{detail}"),
         }
     };
