@@ -103,6 +103,11 @@ var<workgroup> st_iters: u32;
 var<workgroup> st_rz: f32;
 var<workgroup> st_bnorm2: f32;
 
+// op_pass writes ap through this.
+fn store_at(idx: u32, v: f32) {
+    work[idx] = v;
+}
+
 // Up to P.chunk CG iterations for system `sys`, resuming from its state.
 @compute @workgroup_size(WG)
 fn cg_iterate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -129,12 +134,9 @@ fn cg_iterate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     }
     for (var t = 0u; t < P.chunk; t++) {
         // ap = A p and p^T A p in one pass.
-        var part = 0.0;
-        for (var k = lid; k < nu; k += WG) {
-            let a = op_apply(sys, wp, k);
-            work[wa + k] = a;
-            part += a * work[wp + k];
-        }
+        let part = op_pass(sys, wp, wa, lid);
+        // ap entries are read next by other invocations than their writers.
+        storageBarrier();
         let pap = wg_sum(part, lid);
         if (!(pap > 0.0) || !(rz > 0.0)) {
             status = BREAKDOWN;

@@ -85,6 +85,11 @@ pub fn solver(
     mut emit: impl FnMut(&SolverBench),
 ) -> Result<Vec<SolverBench>> {
     let stream = stream_gbs(ctx, 1 << 24, 5)?;
+    // Warm-up once: drivers compile a pipeline at its first dispatch.
+    {
+        let pb = Problem::new(ProblemKind::Darcy2d, 16, 4)?;
+        BatchedSolver::new(ctx, &pb, 1, CgParams::default(), None, false)?.solve(ctx, &[0.0; 4])?;
+    }
     let mut out = Vec::new();
     for &n in sizes {
         let pb = Problem::new(ProblemKind::Darcy2d, n, 64)?;
@@ -97,8 +102,6 @@ pub fn solver(
             };
             let s = BatchedSolver::new(ctx, &pb, batch, cg, None, false)?;
             let xi = crate::rng::normals(7, crate::rng::streams::TRUTH, 0, batch * pb.d);
-            // Warm-up (first use compiles and allocates on some drivers).
-            s.solve(ctx, &xi)?;
             let mut reps = 0;
             let mut iters = 0.0;
             let t = Instant::now();

@@ -27,6 +27,8 @@ pub const PARAMS: Source = wgsl!("common/params.wgsl");
 pub const REDUCE: Source = wgsl!("common/reduce.wgsl");
 pub const OP_Q1: Source = wgsl!("common/op_q1.wgsl");
 pub const OP_P1: Source = wgsl!("common/op_p1.wgsl");
+pub const PASS_Q1: Source = wgsl!("common/pass_q1.wgsl");
+pub const PASS_P1: Source = wgsl!("common/pass_p1.wgsl");
 pub const SOLVER: Source = wgsl!("solver.wgsl");
 pub const KL: Source = wgsl!("kl.wgsl");
 pub const DARCY: Source = wgsl!("darcy.wgsl");
@@ -41,8 +43,8 @@ pub const P1_DIRECT: Source = wgsl!("p1_direct.wgsl");
 /// Every WGSL file of the project (a test checks that each is used by a module
 /// and that this list matches the `shaders/` folder).
 pub const ALL_SOURCES: &[Source] = &[
-    PARAMS, REDUCE, OP_Q1, OP_P1, SOLVER, KL, DARCY, POISSON1D, OBS, STREAM, RNG, VI, ADAM,
-    P1_DIRECT,
+    PARAMS, REDUCE, OP_Q1, OP_P1, PASS_Q1, PASS_P1, SOLVER, KL, DARCY, POISSON1D, OBS, STREAM, RNG,
+    VI, ADAM, P1_DIRECT,
 ];
 
 /// A shader module: a name and the files concatenated to form it.
@@ -96,8 +98,8 @@ impl ModuleId {
 
     pub fn sources(self) -> &'static [Source] {
         match self {
-            ModuleId::SolverQ1 => &[PARAMS, REDUCE, OP_Q1, SOLVER],
-            ModuleId::SolverP1 => &[PARAMS, REDUCE, OP_P1, SOLVER],
+            ModuleId::SolverQ1 => &[PARAMS, REDUCE, OP_Q1, PASS_Q1, SOLVER],
+            ModuleId::SolverP1 => &[PARAMS, REDUCE, OP_P1, PASS_P1, SOLVER],
             ModuleId::Kl => &[PARAMS, REDUCE, KL],
             ModuleId::Darcy => &[PARAMS, OP_Q1, DARCY],
             ModuleId::Poisson1d => &[PARAMS, OP_P1, POISSON1D],
