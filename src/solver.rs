@@ -32,7 +32,8 @@ impl Default for CgParams {
         CgParams {
             rel_tol: 1e-5,
             max_iters: 4000,
-            chunk: 128,
+            // Capped by max_chunk (the loop-trip budget) per problem size.
+            chunk: 1024,
             warm_start: false,
             direct_1d: true,
         }
