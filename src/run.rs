@@ -238,6 +238,13 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
     )?;
     let samples = cfg.samples.unwrap_or(16);
     let steps = cfg.steps.unwrap_or(1000);
+    if steps == 0 {
+        return Err(Error::setting(
+            "steps",
+            0,
+            "need at least one optimisation step",
+        ));
+    }
     let lr = cfg.lr.unwrap_or(0.05);
     let lr_final = cfg.lr_final.unwrap_or(0.1);
     if !(lr.is_finite() && lr > 0.0) {

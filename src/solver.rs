@@ -202,6 +202,22 @@ impl BatchedSolver {
         }
         let f = 4u64;
         let b = batch as u64;
+        // Check the largest buffers before building anything (the basis of a
+        // huge grid takes minutes to compute on the CPU).
+        for (what, count) in [
+            ("KL basis (d x n^2 floats)", d as u64 * nc as u64),
+            ("solver work (4 vectors per system)", 4 * b * nu as u64),
+            ("fields (batch x n^2 floats)", b * nc as u64),
+        ] {
+            if count * f > ctx.max_binding() {
+                return Err(Error::TooLarge {
+                    what: what.to_string(),
+                    bytes: count * f,
+                    limit: ctx.max_binding(),
+                    limit_name: "storage buffer binding",
+                });
+            }
+        }
         let mk = |label: &str, count: u64| ctx.storage(label, count * f);
         let xi = mk("xi", b * d as u64)?;
         let basis = ctx.upload("basis", &f32s(&pb.basis()))?;
