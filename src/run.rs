@@ -472,36 +472,36 @@ fn write_posterior_files(
                     ny: n + 1,
                 }
             }
-            plot::write_field_png(
-                &out.join("posterior_mean_z.png"),
-                &cell(fmean, n),
-                "posterior mean of z",
-                "z",
-            )?;
-            plot::write_field_png(
-                &out.join("posterior_std_z.png"),
-                &cell(fstd, n),
-                "posterior std of z",
-                "std z",
-            )?;
-            plot::write_field_png(
-                &out.join("posterior_var_z.png"),
-                &cell(&var, n),
-                "posterior variance of z",
-                "var z",
-            )?;
-            plot::write_field_png(
-                &out.join("posterior_mean_u.png"),
-                &node(&um, n),
-                "posterior mean of u",
-                "u",
-            )?;
-            plot::write_field_png(
-                &out.join("posterior_std_u.png"),
-                &node(&us, n),
-                "posterior std of u",
-                "std u",
-            )?;
+            let images: [(&str, Field2, &str, &str); 5] = [
+                (
+                    "posterior_mean_z",
+                    cell(fmean, n),
+                    "posterior mean of z",
+                    "z",
+                ),
+                (
+                    "posterior_std_z",
+                    cell(fstd, n),
+                    "posterior std of z",
+                    "std z",
+                ),
+                (
+                    "posterior_var_z",
+                    cell(&var, n),
+                    "posterior variance of z",
+                    "var z",
+                ),
+                ("posterior_mean_u", node(&um, n), "posterior mean of u", "u"),
+                (
+                    "posterior_std_u",
+                    node(&us, n),
+                    "posterior std of u",
+                    "std u",
+                ),
+            ];
+            for (stem, field, title, label) in &images {
+                plot::write_field_png(&out.join(format!("{stem}.png")), field, title, label)?;
+            }
             let mut panels = Vec::new();
             let abs_err: Vec<f64>;
             if let Some(t) = truth {

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use pdevi::gpu::{GpuContext, KernelId};
 
-/// The test binary's GPU context. No adapter is a test failure, never a skip.
+/// The test binary's GPU context; a missing adapter fails the test with install instructions.
 pub fn ctx() -> &'static GpuContext {
     static CTX: OnceLock<GpuContext> = OnceLock::new();
     CTX.get_or_init(|| match GpuContext::new() {
