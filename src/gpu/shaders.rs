@@ -135,7 +135,7 @@ impl Assembled {
 pub const DEFAULT_WG: u32 = 256;
 
 /// Workgroup sizes the solver modules accept (squares, for the two-level reduction).
-pub const SOLVER_WGS: &[u32] = &[64, 256];
+pub const SOLVER_WGS: &[u32] = &[16, 64, 256];
 
 /// `assemble_with` at the default workgroup size.
 pub fn assemble(id: ModuleId) -> Assembled {
