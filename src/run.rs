@@ -502,9 +502,17 @@ fn write_posterior_files(
             for (stem, field, title, label) in &images {
                 plot::write_field_png(&out.join(format!("{stem}.png")), field, title, label)?;
             }
-            let mut panels = Vec::new();
+            fn panel<'a>(title: &str, field: Field2<'a>, range: Option<(f64, f64)>) -> Panel<'a> {
+                Panel {
+                    title: title.into(),
+                    field,
+                    range,
+                    cmap: Colormap::Viridis,
+                }
+            }
             let abs_err: Vec<f64>;
-            if let Some(t) = truth {
+            let panels = if let Some(t) = truth {
+                // Truth and mean share one colour scale.
                 let lo = t.iter().chain(fmean).cloned().fold(f64::INFINITY, f64::min);
                 let hi = t
                     .iter()
@@ -512,50 +520,19 @@ fn write_posterior_files(
                     .cloned()
                     .fold(f64::NEG_INFINITY, f64::max);
                 abs_err = t.iter().zip(fmean).map(|(a, b)| (a - b).abs()).collect();
-                panels.push(Panel {
-                    title: "truth z".into(),
-                    field: cell(t, n),
-                    range: Some((lo, hi)),
-                    cmap: Colormap::Viridis,
-                });
-                panels.push(Panel {
-                    title: "posterior mean z".into(),
-                    field: cell(fmean, n),
-                    range: Some((lo, hi)),
-                    cmap: Colormap::Viridis,
-                });
-                panels.push(Panel {
-                    title: "posterior std z".into(),
-                    field: cell(fstd, n),
-                    range: None,
-                    cmap: Colormap::Viridis,
-                });
-                panels.push(Panel {
-                    title: "|error| of mean".into(),
-                    field: cell(&abs_err, n),
-                    range: None,
-                    cmap: Colormap::Viridis,
-                });
+                vec![
+                    panel("truth z", cell(t, n), Some((lo, hi))),
+                    panel("posterior mean z", cell(fmean, n), Some((lo, hi))),
+                    panel("posterior std z", cell(fstd, n), None),
+                    panel("|error| of mean", cell(&abs_err, n), None),
+                ]
             } else {
-                panels.push(Panel {
-                    title: "posterior mean z".into(),
-                    field: cell(fmean, n),
-                    range: None,
-                    cmap: Colormap::Viridis,
-                });
-                panels.push(Panel {
-                    title: "posterior std z".into(),
-                    field: cell(fstd, n),
-                    range: None,
-                    cmap: Colormap::Viridis,
-                });
-                panels.push(Panel {
-                    title: "posterior mean u".into(),
-                    field: node(&um, n),
-                    range: None,
-                    cmap: Colormap::Viridis,
-                });
-            }
+                vec![
+                    panel("posterior mean z", cell(fmean, n), None),
+                    panel("posterior std z", cell(fstd, n), None),
+                    panel("posterior mean u", node(&um, n), None),
+                ]
+            };
             plot::write_panels_png(
                 &out.join("summary.png"),
                 "darcy2d: log-permeability posterior",
