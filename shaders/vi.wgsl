@@ -28,7 +28,15 @@ struct ViParams {
     nobs: u32,
     history: u32,   // length of the ELBO ring in scalars
     log_norm: f32,  // -0.5 nobs log(2 pi sigma^2)
-    _pad: u32,
+    // 0: one theta shared by all samples (VI); 1: sample s has its own theta
+    // at s * nparam (a batch of Gaussian heads of an MLP encoder).
+    per_row: u32,
+    grad_scale: f32, // vi_grad: multiplies the summed reparameterisation term (1/S for VI)
+    kl_scale: f32,   // vi_kl: multiplies the KL gradient (1 for VI; beta / batch for heads)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+    _pad3: u32,
 }
 
 @group(0) @binding(0) var<uniform> V: ViParams;
@@ -87,20 +95,21 @@ fn vi_sample(@builtin(global_invocation_id) gid: vec3<u32>) {
     let s = idx / d;
     let i = idx % d;
     let e = noise_dim();
-    var v = theta[i];
+    let tb = s * V.nparam * V.per_row;
+    var v = theta[tb + i];
     if (V.family == 0u) {
-        v += exp(theta[d + i]) * eps[s * e + i];
+        v += exp(theta[tb + d + i]) * eps[s * e + i];
     } else if (V.family == 1u) {
         for (var j = 0u; j < i; j++) {
-            v += theta[d + i * d + j] * eps[s * e + j];
+            v += theta[tb + d + i * d + j] * eps[s * e + j];
         }
-        v += exp(theta[d + i * d + i]) * eps[s * e + i];
+        v += exp(theta[tb + d + i * d + i]) * eps[s * e + i];
     } else {
         let r = V.r;
         for (var j = 0u; j < r; j++) {
-            v += theta[d + i * r + j] * eps[s * e + j];
+            v += theta[tb + d + i * r + j] * eps[s * e + j];
         }
-        v += exp(theta[d + d * r + i]) * eps[s * e + r + i];
+        v += exp(theta[tb + d + d * r + i]) * eps[s * e + r + i];
     }
     xi[idx] = v;
 }
@@ -135,41 +144,44 @@ fn wg_sum(v: f32, lid: u32) -> f32 {
 // reparameterisation term of vi_grad then adds to), mean-field and
 // full-rank families. Dispatch (1, 1, 1).
 @compute @workgroup_size(64)
-fn vi_kl(@builtin(local_invocation_index) lid: u32) {
+fn vi_kl(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let d = V.d;
+    // Workgroup g handles theta row g (per_row) and writes its KL to scalars[g].
+    let tb = wid.x * V.nparam * V.per_row;
+    let ks = V.kl_scale;
     var acc = 0.0;
     for (var i = lid; i < d; i += KL_WG) {
-        let m = theta[i];
-        grad[i] = m;
+        let m = theta[tb + i];
+        grad[tb + i] = ks * (m);
         acc += m * m;
     }
     if (V.family == 0u) {
         for (var i = lid; i < d; i += KL_WG) {
-            let w = theta[d + i];
+            let w = theta[tb + d + i];
             let s2 = exp(2.0 * w);
-            grad[d + i] = s2 - 1.0;
+            grad[tb + d + i] = ks * (s2 - 1.0);
             acc += s2 - 1.0 - 2.0 * w;
         }
     } else {
         for (var k = lid; k < d * d; k += KL_WG) {
             let i = k / d;
             let j = k % d;
-            let v = theta[d + k];
+            let v = theta[tb + d + k];
             if (j < i) {
-                grad[d + k] = v;
+                grad[tb + d + k] = ks * (v);
                 acc += v * v;
             } else if (j == i) {
                 let l2 = exp(2.0 * v);
-                grad[d + k] = l2 - 1.0;
+                grad[tb + d + k] = ks * (l2 - 1.0);
                 acc += l2 - 1.0 - 2.0 * v;
             } else {
-                grad[d + k] = 0.0;
+                grad[tb + d + k] = ks * (0.0);
             }
         }
     }
     let total = wg_sum(acc, lid);
     if (lid == 0u) {
-        scalars[S_KL] = 0.5 * total;
+        scalars[S_KL + wid.x] = 0.5 * total;
     }
 }
 
@@ -179,14 +191,17 @@ fn vi_kl(@builtin(local_invocation_index) lid: u32) {
 // dKL/dW = W - D^-1 W C^-1, dKL/domega_i = s_i^2 - 1 + W_i C^-1 W_i^T / s_i^2.
 // Dispatch (1, 1, 1).
 @compute @workgroup_size(64)
-fn vi_kl_lowrank(@builtin(local_invocation_index) lid: u32) {
+fn vi_kl_lowrank(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let d = V.d;
+    // Workgroup g handles theta row g (per_row) and writes its KL to scalars[g].
+    let tb = wid.x * V.nparam * V.per_row;
+    let ks = V.kl_scale;
     let r = V.r;
     let ow = d + d * r;
     var acc = 0.0;
     for (var i = lid; i < d; i += KL_WG) {
-        let m = theta[i];
-        grad[i] = m;
+        let m = theta[tb + i];
+        grad[tb + i] = ks * (m);
         acc += m * m;
     }
     for (var ab = lid; ab < r * r; ab += KL_WG) {
@@ -194,7 +209,7 @@ fn vi_kl_lowrank(@builtin(local_invocation_index) lid: u32) {
         let b = ab % r;
         var c = select(0.0, 1.0, a == b);
         for (var i = 0u; i < d; i++) {
-            c += theta[d + i * r + a] * theta[d + i * r + b] * exp(-2.0 * theta[ow + i]);
+            c += theta[tb + d + i * r + a] * theta[tb + d + i * r + b] * exp(-2.0 * theta[tb + ow + i]);
         }
         cmat[ab] = c;
     }
@@ -254,28 +269,28 @@ fn vi_kl_lowrank(@builtin(local_invocation_index) lid: u32) {
     for (var k = lid; k < d * r; k += KL_WG) {
         let i = k / r;
         let b = k % r;
-        let wv = theta[d + k];
+        let wv = theta[tb + d + k];
         var wc = 0.0;
         for (var a = 0u; a < r; a++) {
-            wc += theta[d + i * r + a] * cmat[a * r + b];
+            wc += theta[tb + d + i * r + a] * cmat[a * r + b];
         }
-        grad[d + k] = wv - exp(-2.0 * theta[ow + i]) * wc;
+        grad[tb + d + k] = ks * (wv - exp(-2.0 * theta[tb + ow + i]) * wc);
         acc += wv * wv;
     }
     // s terms: s^2 - 1 - log s^2; grad omega = s^2 - 1 + q_i / s^2 with
     // q_i = W_i C^-1 W_i^T.
     for (var i = lid; i < d; i += KL_WG) {
-        let w = theta[ow + i];
+        let w = theta[tb + ow + i];
         var q = 0.0;
         for (var a = 0u; a < r; a++) {
             var t = 0.0;
             for (var b = 0u; b < r; b++) {
-                t += cmat[a * r + b] * theta[d + i * r + b];
+                t += cmat[a * r + b] * theta[tb + d + i * r + b];
             }
-            q += theta[d + i * r + a] * t;
+            q += theta[tb + d + i * r + a] * t;
         }
         let s2 = exp(2.0 * w);
-        grad[ow + i] = s2 - 1.0 + q / s2;
+        grad[tb + ow + i] = ks * (s2 - 1.0 + q / s2);
         acc += s2 - 1.0 - 2.0 * w;
     }
     if (lid == 0u) {
@@ -283,41 +298,55 @@ fn vi_kl_lowrank(@builtin(local_invocation_index) lid: u32) {
     }
     let total = wg_sum(acc, lid);
     if (lid == 0u) {
-        scalars[S_KL] = 0.5 * total;
+        scalars[S_KL + wid.x] = 0.5 * total;
     }
 }
 
-// grad += (1/S) sum_s (d misfit_s / d xi_s) (d xi_s / d theta): the gradient
-// of -E_q[log p(y | xi)]. Run after vi_kl. Dispatch (ceil(nparam / WG), 1, 1).
+// grad += grad_scale sum_s (d misfit_s / d xi_s) (d xi_s / d theta): the
+// gradient of -E_q[log p(y | xi)] (grad_scale = 1/S). Run after vi_kl.
+// With per_row, entry p of row s only sees sample s.
+// Dispatch (ceil(nparam * (per_row ? S : 1) / WG), 1, 1).
 @compute @workgroup_size(256)
 fn vi_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let p = gid.x;
     let d = V.d;
-    if (p >= V.nparam) {
+    let np = V.nparam;
+    var rows = 1u;
+    if (V.per_row == 1u) {
+        rows = V.samples;
+    }
+    if (gid.x >= np * rows) {
         return;
     }
+    let row = gid.x / np;
+    let p = gid.x % np;
+    let tb = row * np;
+    var s0 = 0u;
+    var s1 = V.samples;
+    if (V.per_row == 1u) {
+        s0 = row;
+        s1 = row + 1u;
+    }
     let e = noise_dim();
-    let ns = V.samples;
     var acc = 0.0;
     if (p < d) {
-        for (var s = 0u; s < ns; s++) {
+        for (var s = s0; s < s1; s++) {
             acc += gxi[s * d + p];
         }
     } else if (V.family == 0u) {
         let i = p - d;
-        for (var s = 0u; s < ns; s++) {
+        for (var s = s0; s < s1; s++) {
             acc += gxi[s * d + i] * eps[s * e + i];
         }
-        acc *= exp(theta[p]);
+        acc *= exp(theta[tb + p]);
     } else if (V.family == 1u) {
         let i = (p - d) / d;
         let j = (p - d) % d;
         if (j <= i) {
-            for (var s = 0u; s < ns; s++) {
+            for (var s = s0; s < s1; s++) {
                 acc += gxi[s * d + i] * eps[s * e + j];
             }
             if (j == i) {
-                acc *= exp(theta[p]);
+                acc *= exp(theta[tb + p]);
             }
         }
     } else {
@@ -325,18 +354,18 @@ fn vi_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
         if (p < d + d * r) {
             let i = (p - d) / r;
             let j = (p - d) % r;
-            for (var s = 0u; s < ns; s++) {
+            for (var s = s0; s < s1; s++) {
                 acc += gxi[s * d + i] * eps[s * e + j];
             }
         } else {
             let i = p - d - d * r;
-            for (var s = 0u; s < ns; s++) {
+            for (var s = s0; s < s1; s++) {
                 acc += gxi[s * d + i] * eps[s * e + r + i];
             }
-            acc *= exp(theta[p]);
+            acc *= exp(theta[tb + p]);
         }
     }
-    grad[p] += acc / f32(ns);
+    grad[tb + p] += acc * V.grad_scale;
 }
 
 // ELBO = -(1/S) sum_s misfit_s + log_norm - KL, into scalars and the ring.

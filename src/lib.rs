@@ -8,16 +8,20 @@
 
 pub mod app;
 pub mod bench;
+pub mod compare;
 pub mod cpu;
 pub mod error;
 pub mod gpu;
 pub mod io;
+pub mod mlp;
 pub mod optim;
 pub mod plot;
 pub mod problem;
 pub mod rng;
 pub mod run;
 pub mod solver;
+pub mod stats;
+pub mod train;
 pub mod vi;
 
 pub use error::{Error, Result};

@@ -95,6 +95,17 @@ enum Cmd {
     },
     /// Variational inference: posterior of the KL coefficients given observations.
     Run(Box<RunOpts>),
+    /// Compare a posterior with a reference (output folders of `pdevi run`): field error, std
+    /// ratios, KL and W2 in xi, coverage of REF's draws; writes compare.json and figures.
+    Compare {
+        /// Reference folder (e.g. an MCMC run; its samples_xi.npy gives the coverage).
+        reference: PathBuf,
+        /// Folder whose posterior is checked against the reference.
+        other: PathBuf,
+        /// Output folder (default: OTHER/compare_vs_<name of REF>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Benchmarks (one JSON object per line).
     Bench {
         #[command(subcommand)]
@@ -240,6 +251,16 @@ fn run(cli: Cli) -> pdevi::Result<()> {
             let cfg = opts.config()?;
             let m = pdevi::run::run(&cfg)?;
             println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
+        }
+        Cmd::Compare {
+            reference,
+            other,
+            out,
+        } => {
+            let out = out.unwrap_or_else(|| pdevi::compare::default_out_dir(&reference, &other));
+            let v = pdevi::compare::compare(&reference, &other, Some(&out))?;
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            eprintln!("wrote {}", out.display());
         }
         Cmd::Bench { which } => match which {
             BenchCmd::Solver {

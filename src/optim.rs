@@ -16,8 +16,11 @@ pub struct AdamParams {
     pub eps: f32,
     /// AdamW's decoupled weight decay (0 for Adam).
     pub weight_decay: f32,
-    /// Multiplies the gradient (gradient-norm clipping factor, 1 = none).
+    /// Multiplies the gradient (1 = as is).
     pub grad_scale: f32,
+    /// `grad_clip`: the largest gradient norm let through (0 = no clipping).
+    pub clip_norm: f32,
+    pub _pad: [u32; 3],
 }
 
 impl AdamParams {
@@ -31,6 +34,8 @@ impl AdamParams {
             eps: 1e-8,
             weight_decay: 0.0,
             grad_scale: 1.0,
+            clip_norm: 0.0,
+            _pad: [0; 3],
         }
     }
 }

@@ -64,6 +64,20 @@ pub fn normals(seed: u64, stream: u32, step: u32, count: usize) -> Vec<f64> {
     out
 }
 
+/// A uniformly random permutation of 0..n for (seed, stream, step): the
+/// indices sorted by one Philox draw each (ties, vanishingly rare, by index).
+pub fn permutation(seed: u64, stream: u32, step: u32, n: usize) -> Vec<u32> {
+    let key = [seed as u32, (seed >> 32) as u32];
+    let mut keyed: Vec<(u64, u32)> = (0..n as u32)
+        .map(|i| {
+            let r = philox4x32([i, stream, step, 0x7065_726d], key);
+            (((r[0] as u64) << 32) | r[1] as u64, i)
+        })
+        .collect();
+    keyed.sort_unstable();
+    keyed.into_iter().map(|(_, i)| i).collect()
+}
+
 /// Streams used by the engine (documented so users can reproduce draws).
 pub mod streams {
     /// Prior draw of the true xi in `simulate`.
@@ -76,6 +90,8 @@ pub mod streams {
     pub const PREDICTIVE: u32 = 4;
     /// Initial values of variational parameters.
     pub const INIT: u32 = 5;
+    /// Minibatch order of MLP training (step = epoch).
+    pub const SHUFFLE: u32 = 6;
 }
 
 #[cfg(test)]

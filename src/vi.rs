@@ -155,7 +155,14 @@ pub struct ViParams {
     pub nobs: u32,
     pub history: u32,
     pub log_norm: f32,
-    pub _pad: u32,
+    /// 0: one theta shared by all samples (VI); 1: sample s has its own
+    /// theta at `s * nparam` (a batch of Gaussian heads).
+    pub per_row: u32,
+    /// `vi_grad` multiplies its sum over samples by this (1/S for VI).
+    pub grad_scale: f32,
+    /// `vi_kl` multiplies the KL gradient by this (1 for VI).
+    pub kl_scale: f32,
+    pub _pad: [u32; 4],
 }
 
 impl ViParams {
@@ -180,7 +187,10 @@ impl ViParams {
             history: HISTORY as u32,
             log_norm: (-0.5 * nobs as f64 * (2.0 * std::f64::consts::PI * sigma * sigma).ln())
                 as f32,
-            _pad: 0,
+            per_row: 0,
+            grad_scale: (1.0 / samples as f64) as f32,
+            kl_scale: 1.0,
+            _pad: [0; 4],
         }
     }
 }

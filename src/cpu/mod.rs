@@ -8,6 +8,7 @@
 
 use crate::gpu::layout::{status, PdeParams};
 
+pub mod mlp;
 pub mod vi;
 
 /// Which operator a solver mirror applies (the GPU picks it by module).

@@ -25,11 +25,12 @@ pub fn vi_noise(v: &ViParams, eps: &mut [f64]) {
     eps[..total].copy_from_slice(&z);
 }
 
-/// xi[s, i] = m_i + (L eps_s)_i.
+/// xi[s, i] = m_i + (L eps_s)_i (theta of row s when `per_row`).
 pub fn vi_sample(v: &ViParams, theta: &[f64], eps: &[f64], xi: &mut [f64]) {
     let (d, r) = (v.d as usize, v.r as usize);
     let e = noise_dim(v);
     for s in 0..v.samples as usize {
+        let theta = &theta[s * v.nparam as usize * v.per_row as usize..];
         for i in 0..d {
             let mut val = theta[i];
             match v.family {
@@ -52,8 +53,26 @@ pub fn vi_sample(v: &ViParams, theta: &[f64], eps: &[f64], xi: &mut [f64]) {
     }
 }
 
-/// KL(q || N(0, I)) into scalars[0] and its gradient into grad.
+/// KL(q || N(0, I)) into scalars[0] and `kl_scale` times its gradient into
+/// grad; with `per_row`, one KL per theta row into scalars[row].
 pub fn vi_kl(v: &ViParams, theta: &[f64], grad: &mut [f64], scalars: &mut [f64]) {
+    let np = v.nparam as usize;
+    let rows = if v.per_row == 1 {
+        v.samples as usize
+    } else {
+        1
+    };
+    for g in 0..rows {
+        let t = &theta[g * np..(g + 1) * np];
+        let gr = &mut grad[g * np..(g + 1) * np];
+        scalars[g] = kl_one(v, t, gr);
+        for x in gr.iter_mut() {
+            *x *= v.kl_scale as f64;
+        }
+    }
+}
+
+fn kl_one(v: &ViParams, theta: &[f64], grad: &mut [f64]) -> f64 {
     let (d, r) = (v.d as usize, v.r as usize);
     let mut acc = 0.0;
     for i in 0..d {
@@ -126,7 +145,7 @@ pub fn vi_kl(v: &ViParams, theta: &[f64], grad: &mut [f64], scalars: &mut [f64])
             acc -= logdet_c;
         }
     }
-    scalars[0] = 0.5 * acc;
+    0.5 * acc
 }
 
 /// Inverse and log-determinant of a small SPD matrix by Cholesky.
@@ -171,46 +190,60 @@ pub fn spd_inverse(c: &[f64], r: usize) -> (Vec<f64>, f64) {
     (inv, logdet)
 }
 
-/// grad += (1/S) sum_s gxi_s (d xi_s / d theta).
+/// grad += grad_scale sum_s gxi_s (d xi_s / d theta); with `per_row`,
+/// row s of grad only sees sample s.
 pub fn vi_grad(v: &ViParams, theta: &[f64], eps: &[f64], gxi: &[f64], grad: &mut [f64]) {
     let (d, r) = (v.d as usize, v.r as usize);
     let e = noise_dim(v);
-    let ns = v.samples as usize;
-    for p in 0..v.nparam as usize {
-        let mut acc = 0.0;
-        if p < d {
-            for s in 0..ns {
-                acc += gxi[s * d + p];
-            }
-        } else if v.family == 0 {
-            let i = p - d;
-            for s in 0..ns {
-                acc += gxi[s * d + i] * eps[s * e + i];
-            }
-            acc *= theta[p].exp();
-        } else if v.family == 1 {
-            let (i, j) = ((p - d) / d, (p - d) % d);
-            if j <= i {
-                for s in 0..ns {
+    let np = v.nparam as usize;
+    let rows = if v.per_row == 1 {
+        v.samples as usize
+    } else {
+        1
+    };
+    for row in 0..rows {
+        let (s0, s1) = if v.per_row == 1 {
+            (row, row + 1)
+        } else {
+            (0, v.samples as usize)
+        };
+        let tb = row * np;
+        for p in 0..np {
+            let mut acc = 0.0;
+            if p < d {
+                for s in s0..s1 {
+                    acc += gxi[s * d + p];
+                }
+            } else if v.family == 0 {
+                let i = p - d;
+                for s in s0..s1 {
+                    acc += gxi[s * d + i] * eps[s * e + i];
+                }
+                acc *= theta[tb + p].exp();
+            } else if v.family == 1 {
+                let (i, j) = ((p - d) / d, (p - d) % d);
+                if j <= i {
+                    for s in s0..s1 {
+                        acc += gxi[s * d + i] * eps[s * e + j];
+                    }
+                    if j == i {
+                        acc *= theta[tb + p].exp();
+                    }
+                }
+            } else if p < d + d * r {
+                let (i, j) = ((p - d) / r, (p - d) % r);
+                for s in s0..s1 {
                     acc += gxi[s * d + i] * eps[s * e + j];
                 }
-                if j == i {
-                    acc *= theta[p].exp();
+            } else {
+                let i = p - d - d * r;
+                for s in s0..s1 {
+                    acc += gxi[s * d + i] * eps[s * e + r + i];
                 }
+                acc *= theta[tb + p].exp();
             }
-        } else if p < d + d * r {
-            let (i, j) = ((p - d) / r, (p - d) % r);
-            for s in 0..ns {
-                acc += gxi[s * d + i] * eps[s * e + j];
-            }
-        } else {
-            let i = p - d - d * r;
-            for s in 0..ns {
-                acc += gxi[s * d + i] * eps[s * e + r + i];
-            }
-            acc *= theta[p].exp();
+            grad[tb + p] += acc * v.grad_scale as f64;
         }
-        grad[p] += acc / ns as f64;
     }
 }
 
@@ -226,11 +259,22 @@ pub fn vi_elbo(v: &ViParams, misfit: &[f64], scalars: &mut [f64]) {
 
 /// One Adam(W) step.
 pub fn adam_step(a: &AdamParams, grad: &[f64], param: &mut [f64], m1: &mut [f64], m2: &mut [f64]) {
+    adam_scaled(a, 1.0, grad, param, m1, m2);
+}
+
+fn adam_scaled(
+    a: &AdamParams,
+    extra: f64,
+    grad: &[f64],
+    param: &mut [f64],
+    m1: &mut [f64],
+    m2: &mut [f64],
+) {
     let (b1, b2) = (a.beta1 as f64, a.beta2 as f64);
     let t = a.step as f64;
     let lr = a.lr as f64;
     for i in 0..a.n as usize {
-        let g = grad[i] * a.grad_scale as f64;
+        let g = grad[i] * a.grad_scale as f64 * extra;
         let m = b1 * m1[i] + (1.0 - b1) * g;
         let v = b2 * m2[i] + (1.0 - b2) * g * g;
         m1[i] = m;
@@ -242,6 +286,47 @@ pub fn adam_step(a: &AdamParams, grad: &[f64], param: &mut [f64], m1: &mut [f64]
         p -= lr * mhat / (vhat.sqrt() + a.eps as f64);
         param[i] = p;
     }
+}
+
+/// Adam(W) with the gradient also scaled by clip[0] (from `grad_clip`).
+pub fn adam_step_clipped(
+    a: &AdamParams,
+    grad: &[f64],
+    param: &mut [f64],
+    m1: &mut [f64],
+    m2: &mut [f64],
+    clip: &[f64],
+) {
+    adam_scaled(a, clip[0], grad, param, m1, m2);
+}
+
+/// clip[1] = |grad_scale grad|, clip[0] = min(1, clip_norm / clip[1]).
+/// Same order as the kernel: 256 strided partial sums, then a tree.
+pub fn grad_clip(a: &AdamParams, grad: &[f64], clip: &mut [f64]) {
+    let mut part = [0.0f64; 256];
+    for (l, p) in part.iter_mut().enumerate() {
+        let mut i = l;
+        while i < a.n as usize {
+            let g = grad[i] * a.grad_scale as f64;
+            *p += g * g;
+            i += 256;
+        }
+    }
+    let mut s = 128;
+    while s > 0 {
+        for l in 0..s {
+            part[l] += part[l + s];
+        }
+        s >>= 1;
+    }
+    let norm = part[0].sqrt();
+    let cn = a.clip_norm as f64;
+    clip[0] = if cn > 0.0 && norm > cn {
+        cn / norm
+    } else {
+        1.0
+    };
+    clip[1] = norm;
 }
 
 /// The whole ELBO step of the GPU in f64 for given noise: returns

@@ -39,11 +39,24 @@ pub enum KernelId {
     ViElbo,
     AdamStep,
     P1Direct,
+    AdamStepClipped,
+    GradClip,
+    Matmul,
+    ActBackward,
+    BiasGrad,
+    LossMse,
+    LossGaussNll,
+    LossReduce,
+    GatherRows,
+    FmaPeak,
 }
 
 use Bind::{Read as R, ReadWrite as W, Uniform as U};
 
 const SOLVER_BINDS: &[(u32, Bind)] = &[(0, U), (1, R), (2, R), (3, W), (4, W), (5, W)];
+
+/// Uniform, A, B (read), C, Z (read-write): products and losses of shaders/mlp.wgsl.
+const MLP_ABCZ: &[(u32, Bind)] = &[(0, U), (1, R), (2, R), (3, W), (4, W)];
 
 impl KernelId {
     pub const ALL: &'static [KernelId] = &[
@@ -71,6 +84,16 @@ impl KernelId {
         KernelId::ViElbo,
         KernelId::AdamStep,
         KernelId::P1Direct,
+        KernelId::AdamStepClipped,
+        KernelId::GradClip,
+        KernelId::Matmul,
+        KernelId::ActBackward,
+        KernelId::BiasGrad,
+        KernelId::LossMse,
+        KernelId::LossGaussNll,
+        KernelId::LossReduce,
+        KernelId::GatherRows,
+        KernelId::FmaPeak,
     ];
 
     pub fn index(self) -> usize {
@@ -149,6 +172,24 @@ impl KernelId {
                 "p1_direct",
                 &[(0, U), (2, R), (3, W), (5, W)],
             ),
+            AdamStepClipped => (
+                ModuleId::Adam,
+                "adam_step_clipped",
+                &[(0, U), (1, R), (2, W), (3, W), (4, W), (5, W)],
+            ),
+            GradClip => (ModuleId::Adam, "grad_clip", &[(0, U), (1, R), (5, W)]),
+            Matmul => (ModuleId::Mlp, "matmul", MLP_ABCZ),
+            ActBackward => (ModuleId::Mlp, "act_backward", &[(0, U), (1, R), (3, W)]),
+            BiasGrad => (ModuleId::Mlp, "bias_grad", &[(0, U), (1, R), (3, W)]),
+            LossMse => (ModuleId::Mlp, "loss_mse", MLP_ABCZ),
+            LossGaussNll => (ModuleId::Mlp, "loss_gauss_nll", MLP_ABCZ),
+            LossReduce => (ModuleId::Mlp, "loss_reduce", &[(0, U), (4, W)]),
+            GatherRows => (
+                ModuleId::Mlp,
+                "gather_rows",
+                &[(0, U), (1, R), (3, W), (5, R)],
+            ),
+            FmaPeak => (ModuleId::Mlp, "fma_peak", &[(0, U), (3, W)]),
         }
     }
 

@@ -39,12 +39,13 @@ pub const RNG: Source = wgsl!("common/rng.wgsl");
 pub const VI: Source = wgsl!("vi.wgsl");
 pub const ADAM: Source = wgsl!("adam.wgsl");
 pub const P1_DIRECT: Source = wgsl!("p1_direct.wgsl");
+pub const MLP: Source = wgsl!("mlp.wgsl");
 
 /// Every WGSL file of the project (a test checks that each is used by a module
 /// and that this list matches the `shaders/` folder).
 pub const ALL_SOURCES: &[Source] = &[
     PARAMS, REDUCE, OP_Q1, OP_P1, PASS_Q1, PASS_P1, SOLVER, KL, DARCY, POISSON1D, OBS, STREAM, RNG,
-    VI, ADAM, P1_DIRECT,
+    VI, ADAM, P1_DIRECT, MLP,
 ];
 
 /// A shader module: a name and the files concatenated to form it.
@@ -60,6 +61,7 @@ pub enum ModuleId {
     Vi,
     Adam,
     P1Direct,
+    Mlp,
 }
 
 impl ModuleId {
@@ -74,6 +76,7 @@ impl ModuleId {
         ModuleId::Vi,
         ModuleId::Adam,
         ModuleId::P1Direct,
+        ModuleId::Mlp,
     ];
 
     pub fn name(self) -> &'static str {
@@ -88,6 +91,7 @@ impl ModuleId {
             ModuleId::Vi => "vi",
             ModuleId::Adam => "adam",
             ModuleId::P1Direct => "p1_direct",
+            ModuleId::Mlp => "mlp",
         }
     }
 
@@ -108,6 +112,7 @@ impl ModuleId {
             ModuleId::Vi => &[RNG, VI],
             ModuleId::Adam => &[ADAM],
             ModuleId::P1Direct => &[PARAMS, P1_DIRECT],
+            ModuleId::Mlp => &[MLP],
         }
     }
 }

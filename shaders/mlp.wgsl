@@ -1,0 +1,344 @@
+// Dense layers of an MLP, Y = act(X W + b), with their backward pass:
+// one tiled matrix product that takes the three shapes of backprop
+// (X W, dZ W^T, X^T dZ) through general strides, bias and activation fused
+// into its epilogue; the activation's derivative; the bias gradient (a
+// column sum); losses; the minibatch gather; and an FMA-bound probe that
+// measures the device's arithmetic peak for the benchmark.
+//
+// Matrices are flat f32 arrays: element (i, j) of an operand lives at
+// off + i * rs + j * cs, so a transpose is a swap of strides.
+
+// Keep in sync with `MlpParams` in src/mlp.rs (64 bytes). Fields are read
+// as documented at each entry point.
+struct MlpParams {
+    m: u32,        // rows of the output
+    n: u32,        // columns of the output
+    k: u32,        // inner dimension (matmul)
+    act: u32,      // activation code (see act_f)
+    a_off: u32,
+    a_rs: u32,
+    a_cs: u32,
+    b_off: u32,
+    b_rs: u32,
+    b_cs: u32,
+    c_off: u32,
+    c_rs: u32,
+    bias_off: u32,
+    flags: u32,    // matmul: bit 0 add bias (from xb), bit 1 store pre-activation in xz
+    scale: f32,
+    slot: u32,
+}
+
+@group(0) @binding(0) var<uniform> M: MlpParams;
+@group(0) @binding(1) var<storage, read> xa: array<f32>;
+@group(0) @binding(2) var<storage, read> xb: array<f32>;
+@group(0) @binding(3) var<storage, read_write> xc: array<f32>;
+@group(0) @binding(4) var<storage, read_write> xz: array<f32>;
+@group(0) @binding(5) var<storage, read> idx: array<u32>;
+
+const ACT_IDENTITY: u32 = 0u;
+const ACT_TANH: u32 = 1u;
+const ACT_RELU: u32 = 2u;
+const ACT_SILU: u32 = 3u;
+const ACT_GELU: u32 = 4u;
+const ACT_SOFTPLUS: u32 = 5u;
+const GELU_C: f32 = 0.7978845608028654; // sqrt(2 / pi)
+const GELU_A: f32 = 0.044715;
+
+// tanh through exp(-2|x|): never inf / inf, unlike exp(2x) for large x.
+fn tanh_safe(x: f32) -> f32 {
+    let e = exp(-2.0 * abs(x));
+    return sign(x) * (1.0 - e) / (1.0 + e);
+}
+
+fn sigmoid(x: f32) -> f32 {
+    return 1.0 / (1.0 + exp(-x));
+}
+
+fn act_f(code: u32, x: f32) -> f32 {
+    switch code {
+        case 1u: {
+            return tanh_safe(x);
+        }
+        case 2u: {
+            return max(x, 0.0);
+        }
+        case 3u: {
+            return x * sigmoid(x);
+        }
+        case 4u: {
+            return 0.5 * x * (1.0 + tanh_safe(GELU_C * (x + GELU_A * x * x * x)));
+        }
+        case 5u: {
+            return max(x, 0.0) + log(1.0 + exp(-abs(x)));
+        }
+        default: {
+            return x;
+        }
+    }
+}
+
+// d act / dz at the pre-activation z.
+fn act_df(code: u32, z: f32) -> f32 {
+    switch code {
+        case 1u: {
+            let t = tanh_safe(z);
+            return 1.0 - t * t;
+        }
+        case 2u: {
+            return select(0.0, 1.0, z > 0.0);
+        }
+        case 3u: {
+            let s = sigmoid(z);
+            return s * (1.0 + z * (1.0 - s));
+        }
+        case 4u: {
+            let t = tanh_safe(GELU_C * (z + GELU_A * z * z * z));
+            return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * GELU_C * (1.0 + 3.0 * GELU_A * z * z);
+        }
+        case 5u: {
+            return sigmoid(z);
+        }
+        default: {
+            return 1.0;
+        }
+    }
+}
+
+// ---- tiled product ---------------------------------------------------------
+// C (m x n) = A (m x k) B (k x n) [+ bias]; xc = act(C), xz = C if flags & 2.
+// A from xa, B and the bias from xb. A workgroup of 16 x 16 invocations
+// computes a 64 x 64 tile, 4 x 4 outputs per invocation, through K tiles of
+// 16 staged in workgroup memory as vec4s (A transposed): per inner step an
+// invocation reads 2 vec4s and does 16 FMAs.
+// Dispatch (ceil(n / 64), ceil(m / 64), 1).
+
+const TILE: u32 = 64u;
+const TK: u32 = 16u;
+var<workgroup> ta: array<vec4<f32>, 256>; // [kk * 16 + row quad]
+var<workgroup> tb: array<vec4<f32>, 256>; // [kk * 16 + column quad]
+
+fn load_a(r: u32, kk: u32) -> f32 {
+    if (r < M.m && kk < M.k) {
+        return xa[M.a_off + r * M.a_rs + kk * M.a_cs];
+    }
+    return 0.0;
+}
+
+fn load_b(kk: u32, c: u32) -> f32 {
+    if (kk < M.k && c < M.n) {
+        return xb[M.b_off + kk * M.b_rs + c * M.b_cs];
+    }
+    return 0.0;
+}
+
+fn store_c(r: u32, c: u32, v: f32) {
+    if (r < M.m && c < M.n) {
+        var y = v;
+        if ((M.flags & 1u) != 0u) {
+            y += xb[M.bias_off + c];
+        }
+        let o = M.c_off + r * M.c_rs + c;
+        if ((M.flags & 2u) != 0u) {
+            xz[o] = y;
+        }
+        xc[o] = act_f(M.act, y);
+    }
+}
+
+@compute @workgroup_size(256)
+fn matmul(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let row0 = wid.y * TILE;
+    let col0 = wid.x * TILE;
+    let tx = lid % 16u; // column quad of the outputs
+    let ty = lid / 16u; // row quad of the outputs
+    // Staging: invocation lid loads 4 rows of A at one k and 4 columns of B at one k.
+    let lk = lid / 16u;
+    let lq = lid % 16u;
+    let full_rows = row0 + TILE <= M.m;
+    let full_cols = col0 + TILE <= M.n;
+    var c0 = vec4<f32>(0.0);
+    var c1 = vec4<f32>(0.0);
+    var c2 = vec4<f32>(0.0);
+    var c3 = vec4<f32>(0.0);
+    let ntiles = (M.k + TK - 1u) / TK;
+    for (var t = 0u; t < ntiles; t++) {
+        let kk = t * TK + lk;
+        let ra = row0 + 4u * lq;
+        let cb = col0 + 4u * lq;
+        var av: vec4<f32>;
+        var bv: vec4<f32>;
+        if (full_rows && kk < M.k) {
+            let base = M.a_off + kk * M.a_cs + ra * M.a_rs;
+            av = vec4<f32>(xa[base], xa[base + M.a_rs], xa[base + 2u * M.a_rs], xa[base + 3u * M.a_rs]);
+        } else {
+            av = vec4<f32>(load_a(ra, kk), load_a(ra + 1u, kk), load_a(ra + 2u, kk), load_a(ra + 3u, kk));
+        }
+        if (full_cols && kk < M.k) {
+            let base = M.b_off + kk * M.b_rs + cb * M.b_cs;
+            bv = vec4<f32>(xb[base], xb[base + M.b_cs], xb[base + 2u * M.b_cs], xb[base + 3u * M.b_cs]);
+        } else {
+            bv = vec4<f32>(load_b(kk, cb), load_b(kk, cb + 1u), load_b(kk, cb + 2u), load_b(kk, cb + 3u));
+        }
+        ta[lk * 16u + lq] = av;
+        tb[lk * 16u + lq] = bv;
+        workgroupBarrier();
+        for (var j = 0u; j < TK; j++) {
+            let a = ta[j * 16u + ty];
+            let b = tb[j * 16u + tx];
+            c0 += a.x * b;
+            c1 += a.y * b;
+            c2 += a.z * b;
+            c3 += a.w * b;
+        }
+        workgroupBarrier();
+    }
+    let r = row0 + 4u * ty;
+    let c = col0 + 4u * tx;
+    for (var q = 0u; q < 4u; q++) {
+        store_c(r, c + q, c0[q]);
+        store_c(r + 1u, c + q, c1[q]);
+        store_c(r + 2u, c + q, c2[q]);
+        store_c(r + 3u, c + q, c3[q]);
+    }
+}
+
+// ---- elementwise and reductions ----------------------------------------------
+
+// xc[c_off + r c_rs + j] *= act'(xa[a_off + r a_rs + j]) for r < m, j < n:
+// the upstream gradient times the activation's derivative at the
+// pre-activation. Dispatch (ceil(m n / 256), 1, 1).
+@compute @workgroup_size(256)
+fn act_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let e = gid.x;
+    if (e >= M.m * M.n) {
+        return;
+    }
+    let r = e / M.n;
+    let j = e % M.n;
+    let o = M.c_off + r * M.c_rs + j;
+    xc[o] *= act_df(M.act, xa[M.a_off + r * M.a_rs + j]);
+}
+
+// xc[c_off + j] = sum_r xa[a_off + r a_rs + j], rows in order (the bias
+// gradient). Dispatch (ceil(n / 256), 1, 1).
+@compute @workgroup_size(256)
+fn bias_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let j = gid.x;
+    if (j >= M.n) {
+        return;
+    }
+    var acc = 0.0;
+    for (var r = 0u; r < M.m; r++) {
+        acc += xa[M.a_off + r * M.a_rs + j];
+    }
+    xc[M.c_off + j] = acc;
+}
+
+// Loss buffer xz: [0, 16) scalar slots, then one partial loss per row.
+const LOSS_ROWS: u32 = 16u;
+
+// Mean squared error over m rows x n outputs: outputs xa (row stride a_rs),
+// targets xb (row stride b_rs); gradient 2 (y - t) scale into xc (row
+// stride c_rs), row sums of squares into xz. scale = 1 / (m n).
+// Dispatch (ceil(m / 256), 1, 1).
+@compute @workgroup_size(256)
+fn loss_mse(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let r = gid.x;
+    if (r >= M.m) {
+        return;
+    }
+    var acc = 0.0;
+    for (var j = 0u; j < M.n; j++) {
+        let d = xa[M.a_off + r * M.a_rs + j] - xb[M.b_off + r * M.b_rs + j];
+        acc += d * d;
+        xc[M.c_off + r * M.c_rs + j] = 2.0 * d * M.scale;
+    }
+    xz[LOSS_ROWS + r] = acc;
+}
+
+// Gaussian negative log-likelihood with a predicted log-variance: row r of
+// xa holds n means then n log-variances; targets xb (n per row).
+// Row loss 0.5 sum_j (lv + (t - mu)^2 exp(-lv) + log 2 pi); gradients (times
+// scale = 1 / m) into xc (2n per row). Dispatch (ceil(m / 256), 1, 1).
+@compute @workgroup_size(256)
+fn loss_gauss_nll(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let r = gid.x;
+    if (r >= M.m) {
+        return;
+    }
+    let n = M.n;
+    var acc = 0.0;
+    for (var j = 0u; j < n; j++) {
+        let ya = M.a_off + r * M.a_rs;
+        let mu = xa[ya + j];
+        let lv = xa[ya + n + j];
+        let d = xb[M.b_off + r * M.b_rs + j] - mu;
+        let w = exp(-lv);
+        acc += lv + d * d * w + 1.8378770664093453;
+        let yc = M.c_off + r * M.c_rs;
+        xc[yc + j] = -d * w * M.scale;
+        xc[yc + n + j] = 0.5 * (1.0 - d * d * w) * M.scale;
+    }
+    xz[LOSS_ROWS + r] = 0.5 * acc;
+}
+
+// xz[slot] = scale * sum of the m row losses, in row order (added to
+// xz[slot] when flags & 1, to average over an epoch on the device).
+// Dispatch (1, 1, 1).
+@compute @workgroup_size(1)
+fn loss_reduce() {
+    var acc = 0.0;
+    for (var r = 0u; r < M.m; r++) {
+        acc += xz[LOSS_ROWS + r];
+    }
+    if ((M.flags & 1u) != 0u) {
+        xz[M.slot] += acc * M.scale;
+    } else {
+        xz[M.slot] = acc * M.scale;
+    }
+}
+
+// Minibatch gather: row r of xc (n columns) = row idx[k + r] of xa.
+// Dispatch (ceil(m n / 256), 1, 1).
+@compute @workgroup_size(256)
+fn gather_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let e = gid.x;
+    if (e >= M.m * M.n) {
+        return;
+    }
+    let r = e / M.n;
+    let j = e % M.n;
+    xc[M.c_off + r * M.n + j] = xa[idx[M.k + r] * M.n + j];
+}
+
+// FMA-bound probe: 8 independent vec4 chains of k steps per invocation
+// (64 flops a step), in the same `acc += a * b` form as the product above.
+// Writes one value per invocation so nothing is optimised away.
+// Dispatch (m, 1, 1).
+@compute @workgroup_size(256)
+fn fma_peak(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let x = f32(gid.x) * 1e-9;
+    let a = vec4<f32>(0.999, 0.998, 0.997, 0.996) + x;
+    let b = vec4<f32>(1e-3, 2e-3, 3e-3, 4e-3);
+    var s0 = vec4<f32>(x);
+    var s1 = vec4<f32>(x + 1.0);
+    var s2 = vec4<f32>(x + 2.0);
+    var s3 = vec4<f32>(x + 3.0);
+    var s4 = vec4<f32>(x + 4.0);
+    var s5 = vec4<f32>(x + 5.0);
+    var s6 = vec4<f32>(x + 6.0);
+    var s7 = vec4<f32>(x + 7.0);
+    for (var i = 0u; i < M.k; i++) {
+        s0 = s0 * a + b;
+        s1 = s1 * a + b;
+        s2 = s2 * a + b;
+        s3 = s3 * a + b;
+        s4 = s4 * a + b;
+        s5 = s5 * a + b;
+        s6 = s6 * a + b;
+        s7 = s7 * a + b;
+    }
+    let s = s0 + s1 + s2 + s3 + s4 + s5 + s6 + s7;
+    xc[gid.x] = s.x + s.y + s.z + s.w;
+}

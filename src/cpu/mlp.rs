@@ -1,0 +1,215 @@
+//! f64 mirrors of `shaders/mlp.wgsl` (same names, same argument order as the
+//! kernels' bindings), and a whole-network forward / backward built from
+//! them for finite-difference checks.
+#![allow(
+    clippy::needless_range_loop,
+    reason = "index loops keep the code comparable to the shaders"
+)]
+
+use crate::mlp::{Activation, Arch, MlpParams};
+
+const GELU_C: f64 = 0.797_884_560_802_865_4;
+const GELU_A: f64 = 0.044715;
+/// Index of the first row loss in the loss buffer.
+pub const LOSS_ROWS: usize = 16;
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+fn tanh_safe(x: f64) -> f64 {
+    let e = (-2.0 * x.abs()).exp();
+    x.signum() * (1.0 - e) / (1.0 + e)
+}
+
+/// The activation.
+pub fn act_f(act: Activation, x: f64) -> f64 {
+    match act {
+        Activation::Identity => x,
+        Activation::Tanh => tanh_safe(x),
+        Activation::Relu => x.max(0.0),
+        Activation::Silu => x * sigmoid(x),
+        Activation::Gelu => 0.5 * x * (1.0 + tanh_safe(GELU_C * (x + GELU_A * x * x * x))),
+        Activation::Softplus => x.max(0.0) + (-x.abs()).exp().ln_1p(),
+    }
+}
+
+/// Its derivative at the pre-activation z.
+pub fn act_df(act: Activation, z: f64) -> f64 {
+    match act {
+        Activation::Identity => 1.0,
+        Activation::Tanh => {
+            let t = tanh_safe(z);
+            1.0 - t * t
+        }
+        Activation::Relu => {
+            if z > 0.0 {
+                1.0
+            } else {
+                0.0
+            }
+        }
+        Activation::Silu => {
+            let s = sigmoid(z);
+            s * (1.0 + z * (1.0 - s))
+        }
+        Activation::Gelu => {
+            let t = tanh_safe(GELU_C * (z + GELU_A * z * z * z));
+            0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * GELU_C * (1.0 + 3.0 * GELU_A * z * z)
+        }
+        Activation::Softplus => sigmoid(z),
+    }
+}
+
+fn act_of(p: &MlpParams) -> Activation {
+    Activation::from_code(p.act).unwrap_or(Activation::Identity)
+}
+
+/// C = A B [+ bias]; xc = act(C), xz = C when flags & 2 (see the kernel).
+pub fn matmul(p: &MlpParams, xa: &[f64], xb: &[f64], xc: &mut [f64], xz: &mut [f64]) {
+    let act = act_of(p);
+    let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
+    for r in 0..m {
+        for c in 0..n {
+            let mut acc = 0.0;
+            for l in 0..k {
+                acc += xa[(p.a_off + r as u32 * p.a_rs + l as u32 * p.a_cs) as usize]
+                    * xb[(p.b_off + l as u32 * p.b_rs + c as u32 * p.b_cs) as usize];
+            }
+            if p.flags & 1 != 0 {
+                acc += xb[p.bias_off as usize + c];
+            }
+            let o = p.c_off as usize + r * p.c_rs as usize + c;
+            if p.flags & 2 != 0 {
+                xz[o] = acc;
+            }
+            xc[o] = act_f(act, acc);
+        }
+    }
+}
+
+/// xc *= act'(xa) elementwise over m x n.
+pub fn act_backward(p: &MlpParams, xa: &[f64], xc: &mut [f64]) {
+    let act = act_of(p);
+    for r in 0..p.m as usize {
+        for j in 0..p.n as usize {
+            let o = p.c_off as usize + r * p.c_rs as usize + j;
+            xc[o] *= act_df(act, xa[p.a_off as usize + r * p.a_rs as usize + j]);
+        }
+    }
+}
+
+/// xc[c_off + j] = sum over rows of xa (rows in order).
+pub fn bias_grad(p: &MlpParams, xa: &[f64], xc: &mut [f64]) {
+    for j in 0..p.n as usize {
+        let mut acc = 0.0;
+        for r in 0..p.m as usize {
+            acc += xa[p.a_off as usize + r * p.a_rs as usize + j];
+        }
+        xc[p.c_off as usize + j] = acc;
+    }
+}
+
+/// Mean squared error: gradient into xc, row sums of squares into xz.
+pub fn loss_mse(p: &MlpParams, xa: &[f64], xb: &[f64], xc: &mut [f64], xz: &mut [f64]) {
+    for r in 0..p.m as usize {
+        let mut acc = 0.0;
+        for j in 0..p.n as usize {
+            let d = xa[p.a_off as usize + r * p.a_rs as usize + j]
+                - xb[p.b_off as usize + r * p.b_rs as usize + j];
+            acc += d * d;
+            xc[p.c_off as usize + r * p.c_rs as usize + j] = 2.0 * d * p.scale as f64;
+        }
+        xz[LOSS_ROWS + r] = acc;
+    }
+}
+
+/// Gaussian NLL with predicted log-variance (means then log-variances per row).
+pub fn loss_gauss_nll(p: &MlpParams, xa: &[f64], xb: &[f64], xc: &mut [f64], xz: &mut [f64]) {
+    let n = p.n as usize;
+    let ln2pi = (2.0 * std::f64::consts::PI).ln();
+    for r in 0..p.m as usize {
+        let ya = p.a_off as usize + r * p.a_rs as usize;
+        let yc = p.c_off as usize + r * p.c_rs as usize;
+        let mut acc = 0.0;
+        for j in 0..n {
+            let mu = xa[ya + j];
+            let lv = xa[ya + n + j];
+            let d = xb[p.b_off as usize + r * p.b_rs as usize + j] - mu;
+            let w = (-lv).exp();
+            acc += lv + d * d * w + ln2pi;
+            xc[yc + j] = -d * w * p.scale as f64;
+            xc[yc + n + j] = 0.5 * (1.0 - d * d * w) * p.scale as f64;
+        }
+        xz[LOSS_ROWS + r] = 0.5 * acc;
+    }
+}
+
+/// xz[slot] = scale * sum of the row losses (added when flags & 1).
+pub fn loss_reduce(p: &MlpParams, xz: &mut [f64]) {
+    let s: f64 = xz[LOSS_ROWS..LOSS_ROWS + p.m as usize].iter().sum();
+    let v = s * p.scale as f64;
+    if p.flags & 1 != 0 {
+        xz[p.slot as usize] += v;
+    } else {
+        xz[p.slot as usize] = v;
+    }
+}
+
+/// Row r of xc = row idx[k + r] of xa (n columns).
+pub fn gather_rows(p: &MlpParams, xa: &[f64], xc: &mut [f64], idx: &[u32]) {
+    let n = p.n as usize;
+    for r in 0..p.m as usize {
+        let src = idx[p.k as usize + r] as usize;
+        for j in 0..n {
+            xc[p.c_off as usize + r * n + j] = xa[src * n + j];
+        }
+    }
+}
+
+/// Activations of a forward pass: `a[0]` is the input, `a[l + 1]` the output
+/// of layer l, `z[l]` its pre-activation.
+pub struct Trace {
+    pub a: Vec<Vec<f64>>,
+    pub z: Vec<Vec<f64>>,
+}
+
+/// Forward pass of a batch (row-major, `batch x arch.input`).
+pub fn forward(arch: &Arch, params: &[f64], x: &[f64], batch: usize) -> Trace {
+    let mut a = vec![x.to_vec()];
+    let mut zs = Vec::new();
+    for (l, p) in arch.forward_params(batch).iter().enumerate() {
+        let size = batch * arch.layers[l].out;
+        let mut out = vec![0.0; size];
+        let mut z = vec![0.0; size];
+        matmul(p, &a[l], params, &mut out, &mut z);
+        a.push(out);
+        zs.push(z);
+    }
+    Trace { a, z: zs }
+}
+
+/// Backward pass: the gradient of a loss with output gradient `dy` with
+/// respect to the parameters, and to the input.
+pub fn backward(
+    arch: &Arch,
+    params: &[f64],
+    trace: &Trace,
+    dy: &[f64],
+    batch: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let mut grad = vec![0.0; arch.nparam()];
+    let mut delta = dy.to_vec();
+    let steps = arch.backward_params(batch);
+    for l in (0..arch.layers.len()).rev() {
+        let s = &steps[l];
+        act_backward(&s.act, &trace.z[l], &mut delta);
+        let mut dummy = vec![];
+        matmul(&s.dw, &trace.a[l], &delta, &mut grad, &mut dummy);
+        bias_grad(&s.db, &delta, &mut grad);
+        let mut prev = vec![0.0; batch * arch.width(l)];
+        matmul(&s.dx, &delta, params, &mut prev, &mut dummy);
+        delta = prev;
+    }
+    (grad, delta)
+}

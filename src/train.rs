@@ -1,0 +1,367 @@
+//! Supervised training of an [`Mlp`] on a data set held on the GPU:
+//! seeded shuffles, minibatches gathered on the device, one encoder and one
+//! submit per step (gather, forward, loss, backward, clipping, Adam), the
+//! epoch's training loss accumulated on the device and read once per epoch,
+//! validation loss, early stopping that keeps the best weights.
+
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::gpu::{GpuContext, KernelId};
+use crate::mlp::{slot, Loss, Mlp, MlpParams, Workspace};
+
+/// Inputs and targets, row-major (`n x input`, `n x target width`).
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    pub x: Vec<f64>,
+    pub t: Vec<f64>,
+    pub n: usize,
+    pub input: usize,
+    pub target: usize,
+}
+
+impl Dataset {
+    /// Checks shapes and that every value is finite.
+    pub fn new(x: Vec<f64>, t: Vec<f64>, input: usize, target: usize) -> Result<Self> {
+        if input == 0 || target == 0 || !x.len().is_multiple_of(input) {
+            return Err(Error::setting(
+                "dataset",
+                format!("{} inputs of width {input}", x.len()),
+                "the input length must be a positive multiple of the width",
+            ));
+        }
+        let n = x.len() / input;
+        if t.len() != n * target {
+            return Err(Error::setting(
+                "dataset",
+                format!("{} targets", t.len()),
+                format!("expected {n} rows of {target}"),
+            ));
+        }
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            return Err(Error::setting(
+                "dataset",
+                x[i],
+                format!(
+                    "input row {}, column {} is not finite",
+                    i / input,
+                    i % input
+                ),
+            ));
+        }
+        if let Some(i) = t.iter().position(|v| !v.is_finite()) {
+            return Err(Error::setting(
+                "dataset",
+                t[i],
+                format!(
+                    "target row {}, column {} is not finite",
+                    i / target,
+                    i % target
+                ),
+            ));
+        }
+        Ok(Dataset {
+            x,
+            t,
+            n,
+            input,
+            target,
+        })
+    }
+
+    /// The first `n - k` rows and the last `k` rows.
+    pub fn split(&self, k: usize) -> Result<(Dataset, Dataset)> {
+        if k == 0 || k >= self.n {
+            return Err(Error::setting(
+                "validation rows",
+                k,
+                format!("must be in 1..{}", self.n),
+            ));
+        }
+        let m = self.n - k;
+        let a = Dataset::new(
+            self.x[..m * self.input].to_vec(),
+            self.t[..m * self.target].to_vec(),
+            self.input,
+            self.target,
+        )?;
+        let b = Dataset::new(
+            self.x[m * self.input..].to_vec(),
+            self.t[m * self.target..].to_vec(),
+            self.input,
+            self.target,
+        )?;
+        Ok((a, b))
+    }
+}
+
+/// Settings of [`train`].
+#[derive(Clone, Debug)]
+pub struct TrainSettings {
+    pub loss: Loss,
+    pub epochs: usize,
+    pub batch: usize,
+    pub lr: f64,
+    /// Final learning rate as a fraction of `lr` (geometric decay per epoch).
+    pub lr_final: f64,
+    /// AdamW's decoupled weight decay.
+    pub weight_decay: f64,
+    /// Largest gradient norm (0 = no clipping).
+    pub clip_norm: f64,
+    pub seed: u64,
+    /// Stop after this many epochs without a better validation loss (0 = never).
+    pub patience: usize,
+    pub quiet: bool,
+}
+
+impl Default for TrainSettings {
+    fn default() -> Self {
+        TrainSettings {
+            loss: Loss::Mse,
+            epochs: 100,
+            batch: 64,
+            lr: 1e-3,
+            lr_final: 1.0,
+            weight_decay: 0.0,
+            clip_norm: 0.0,
+            seed: 0,
+            patience: 0,
+            quiet: true,
+        }
+    }
+}
+
+/// What [`train`] did.
+#[derive(Clone, Debug)]
+pub struct TrainReport {
+    pub epochs: usize,
+    pub steps: usize,
+    /// Mean training loss of each epoch.
+    pub train_loss: Vec<f64>,
+    /// Validation loss after each epoch (empty without validation data).
+    pub val_loss: Vec<f64>,
+    /// Epoch (0-based) whose weights were kept.
+    pub best_epoch: usize,
+    pub stopped_early: bool,
+    pub seconds: f64,
+    pub samples_per_s: f64,
+}
+
+/// A data set uploaded once, with the permutation of the current epoch.
+struct GpuData {
+    x: wgpu::Buffer,
+    t: wgpu::Buffer,
+    perm: wgpu::Buffer,
+}
+
+impl GpuData {
+    fn new(ctx: &GpuContext, d: &Dataset) -> Result<Self> {
+        Ok(GpuData {
+            x: ctx.upload("data.x", &crate::mlp::to_f32(&d.x))?,
+            t: ctx.upload("data.t", &crate::mlp::to_f32(&d.t))?,
+            perm: ctx.upload("data.perm", &(0..d.n as u32).collect::<Vec<u32>>())?,
+        })
+    }
+}
+
+/// Train `net` on `data`, validating on `val` after every epoch; on return
+/// the network holds the weights of the best validation epoch (the last
+/// epoch without validation data).
+pub fn train(
+    ctx: &GpuContext,
+    net: &mut Mlp,
+    data: &Dataset,
+    val: Option<&Dataset>,
+    s: &TrainSettings,
+) -> Result<TrainReport> {
+    if s.batch == 0 || s.batch > data.n {
+        return Err(Error::setting(
+            "batch",
+            s.batch,
+            format!("must be in 1..={} (the training rows)", data.n),
+        ));
+    }
+    if s.epochs == 0 {
+        return Err(Error::setting("epochs", 0, "need at least one epoch"));
+    }
+    if !(s.lr.is_finite() && s.lr > 0.0) {
+        return Err(Error::setting("lr", s.lr, "must be positive"));
+    }
+    if !(s.clip_norm.is_finite() && s.clip_norm >= 0.0) {
+        return Err(Error::setting("clip_norm", s.clip_norm, "must be >= 0"));
+    }
+    if data.input != net.arch.input {
+        return Err(Error::setting(
+            "dataset",
+            data.input,
+            format!("the network takes {} inputs", net.arch.input),
+        ));
+    }
+    let mut ws = Workspace::new(ctx, net, s.batch, s.loss)?;
+    let tw = (ws.t.size() / 4) as usize / s.batch;
+    if data.target != tw {
+        return Err(Error::setting(
+            "dataset",
+            data.target,
+            format!("the loss expects targets of width {tw}"),
+        ));
+    }
+    let gd = GpuData::new(ctx, data)?;
+    let steps_per_epoch = data.n / s.batch;
+    // Gathers: the uniform's k (offset into the permutation) changes per step.
+    let gather = |cols: usize| MlpParams {
+        m: s.batch as u32,
+        n: cols as u32,
+        ..Default::default()
+    };
+    let mut gx = gather(data.input);
+    let mut gt = gather(data.target);
+    let u_gx = ctx.uniform("train.gather.x", &gx);
+    let u_gt = ctx.uniform("train.gather.t", &gt);
+    let bg_gx = ctx.bind(KernelId::GatherRows, &[&u_gx, &gd.x, &ws.x, &gd.perm]);
+    let bg_gt = ctx.bind(KernelId::GatherRows, &[&u_gt, &gd.t, &ws.t, &gd.perm]);
+    let g_x = [((s.batch * data.input) as u32).div_ceil(256), 1, 1];
+    let g_t = [((s.batch * data.target) as u32).div_ceil(256), 1, 1];
+    ws.set_reduce(ctx, slot::TRAIN, 1.0 / steps_per_epoch as f64, true);
+
+    let val_ws = match val {
+        Some(v) => {
+            if v.input != data.input || v.target != data.target {
+                return Err(Error::setting(
+                    "validation set",
+                    format!("{} x {}", v.input, v.target),
+                    "must have the training set's widths",
+                ));
+            }
+            let w = Workspace::new(ctx, net, v.n, s.loss)?;
+            w.set_input(ctx, &v.x)?;
+            w.set_targets(ctx, &v.t)?;
+            Some(w)
+        }
+        None => None,
+    };
+    let best = ctx.storage("train.best", (net.nparam() * 4) as u64)?;
+    net.adam.weight_decay = s.weight_decay as f32;
+    net.adam.clip_norm = s.clip_norm as f32;
+
+    let bar = if s.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let b = indicatif::ProgressBar::new(s.epochs as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} epochs  {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    };
+    let t0 = Instant::now();
+    let mut report = TrainReport {
+        epochs: 0,
+        steps: 0,
+        train_loss: Vec::new(),
+        val_loss: Vec::new(),
+        best_epoch: 0,
+        stopped_early: false,
+        seconds: 0.0,
+        samples_per_s: 0.0,
+    };
+    let mut best_val = f64::INFINITY;
+    let mut since_best = 0;
+    let mut step = 0u32;
+    for epoch in 0..s.epochs {
+        let perm =
+            crate::rng::permutation(s.seed, crate::rng::streams::SHUFFLE, epoch as u32, data.n);
+        ctx.write(&gd.perm, &perm);
+        ctx.write(&ws.losses, &[0f32]);
+        let decay = s.lr_final.powf(epoch as f64 / (s.epochs.max(2) - 1) as f64);
+        for b in 0..steps_per_epoch {
+            step += 1;
+            gx.k = (b * s.batch) as u32;
+            gt.k = gx.k;
+            ctx.write(&u_gx, &[gx]);
+            ctx.write(&u_gt, &[gt]);
+            net.prepare_adam(ctx, step, s.lr * decay);
+            let mut enc = ctx.encoder("train.step");
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                ctx.dispatch(&mut pass, KernelId::GatherRows, &bg_gx, g_x);
+                ctx.dispatch(&mut pass, KernelId::GatherRows, &bg_gt, g_t);
+                ws.encode_forward(ctx, &mut pass);
+                ws.encode_loss(ctx, &mut pass);
+                ws.encode_backward(ctx, &mut pass, false);
+                net.encode_adam(ctx, &mut pass);
+            }
+            ctx.queue.submit([enc.finish()]);
+        }
+        report.steps += steps_per_epoch;
+        let tl = ws.read_loss(ctx, slot::TRAIN)?;
+        if !tl.is_finite() {
+            return Err(Error::Diverged(format!(
+                "training loss is {tl} in epoch {epoch}: lower the learning rate (now {}) or set a gradient clip norm",
+                s.lr
+            )));
+        }
+        report.train_loss.push(tl);
+        report.epochs = epoch + 1;
+        let mut msg = format!("loss {tl:.4e}");
+        if let Some(vw) = &val_ws {
+            let mut enc = ctx.encoder("train.validate");
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                vw.encode_forward(ctx, &mut pass);
+                vw.encode_loss(ctx, &mut pass);
+            }
+            ctx.submit_wait(enc)?;
+            let vl = vw.read_loss(ctx, slot::EVAL)?;
+            report.val_loss.push(vl);
+            msg.push_str(&format!("  val {vl:.4e}"));
+            if vl < best_val {
+                best_val = vl;
+                report.best_epoch = epoch;
+                since_best = 0;
+                let mut enc = ctx.encoder("train.keep_best");
+                enc.copy_buffer_to_buffer(&net.params, 0, &best, 0, (net.nparam() * 4) as u64);
+                ctx.queue.submit([enc.finish()]);
+            } else {
+                since_best += 1;
+                if s.patience > 0 && since_best >= s.patience {
+                    report.stopped_early = true;
+                    bar.set_position(epoch as u64 + 1);
+                    break;
+                }
+            }
+        } else {
+            report.best_epoch = epoch;
+        }
+        bar.set_position(epoch as u64 + 1);
+        bar.set_message(msg);
+    }
+    bar.finish_and_clear();
+    if val_ws.is_some() {
+        let mut enc = ctx.encoder("train.restore_best");
+        enc.copy_buffer_to_buffer(&best, 0, &net.params, 0, (net.nparam() * 4) as u64);
+        ctx.submit_wait(enc)?;
+    } else {
+        ctx.wait()?;
+    }
+    report.seconds = t0.elapsed().as_secs_f64();
+    report.samples_per_s = (report.steps * s.batch) as f64 / report.seconds;
+    Ok(report)
+}
+
+/// Mean loss of `net` on `data` (one batch of all rows).
+pub fn evaluate(ctx: &GpuContext, net: &Mlp, data: &Dataset, loss: Loss) -> Result<f64> {
+    let ws = Workspace::new(ctx, net, data.n, loss)?;
+    ws.set_input(ctx, &data.x)?;
+    ws.set_targets(ctx, &data.t)?;
+    let mut enc = ctx.encoder("mlp.evaluate");
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        ws.encode_forward(ctx, &mut pass);
+        ws.encode_loss(ctx, &mut pass);
+    }
+    ctx.submit_wait(enc)?;
+    ws.read_loss(ctx, slot::EVAL)
+}

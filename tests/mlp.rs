@@ -1,0 +1,632 @@
+//! MLPs: every kernel against its f64 mirror (odd sizes, batch 1, wide and
+//! narrow layers), whole-network gradients against central differences and
+//! GPU against CPU for every activation, Gaussian heads through the VI
+//! kernels, two small learning problems, and weights on disk.
+
+mod common;
+
+use common::{assert_close, ctx, read, run, upload, Rng};
+use pdevi::cpu::{mlp as cm, vi as cvi};
+use pdevi::gpu::KernelId;
+use pdevi::mlp::{self, Activation, Arch, Head, Layer, Loss, Mlp, MlpParams, Workspace};
+use pdevi::optim::AdamParams;
+use pdevi::train::{self, Dataset, TrainSettings};
+use pdevi::vi::Family;
+
+/// (m, k, n): batch 1, tile-aligned, odd, wide and narrow.
+const SHAPES: &[(u32, u32, u32)] = &[
+    (1, 1, 1),
+    (1, 49, 256),
+    (64, 64, 64),
+    (65, 33, 17),
+    (3, 200, 5),
+    (70, 130, 190),
+    (129, 7, 1),
+];
+
+#[test]
+fn matmul_matches_cpu_in_the_three_backprop_shapes() {
+    let ctx = ctx();
+    let mut rng = Rng::new(11);
+    for &(m, k, n) in SHAPES {
+        // 0: A B (+ bias, activation, stored pre-activation), 1: A^T B, 2: A B^T.
+        for shape in 0..3 {
+            let act = Activation::ALL[(m + k + n + shape) as usize % 6];
+            let (a_rs, a_cs) = if shape == 1 { (1, m) } else { (k, 1) };
+            let (b_rs, b_cs) = if shape == 2 { (1, k) } else { (n, 1) };
+            let a_off = 3;
+            let b_off = 5;
+            let bias_off = b_off + k * n + 2;
+            let p = MlpParams {
+                m,
+                n,
+                k,
+                act: if shape == 0 { act.code() } else { 0 },
+                a_off,
+                a_rs,
+                a_cs,
+                b_off,
+                b_rs,
+                b_cs,
+                c_off: 4,
+                c_rs: n + 1,
+                bias_off,
+                flags: if shape == 0 { 3 } else { 0 },
+                ..Default::default()
+            };
+            let a = rng.vec_uniform((a_off + m * k) as usize, -1.0, 1.0);
+            let b = rng.vec_uniform((bias_off + n) as usize, -1.0, 1.0);
+            let clen = (4 + m * (n + 1)) as usize;
+            let c0 = rng.vec_uniform(clen, -1.0, 1.0);
+            let mut c = c0.clone();
+            let mut z = c0.clone();
+            cm::matmul(&p, &a, &b, &mut c, &mut z);
+            let (ba, bb, bc, bz) = (
+                upload(ctx, "a", &a),
+                upload(ctx, "b", &b),
+                upload(ctx, "c", &c0),
+                upload(ctx, "z", &c0),
+            );
+            let u = ctx.uniform("p", &p);
+            run(
+                ctx,
+                KernelId::Matmul,
+                &[&u, &ba, &bb, &bc, &bz],
+                mlp::matmul_groups(&p),
+            );
+            let tol = 2e-6 * (k as f64).sqrt();
+            let name = format!("matmul m{m} k{k} n{n} shape {shape} {}", act.name());
+            assert_close(&name, &read(ctx, &bc, clen), &c, tol, 1e-4);
+            if shape == 0 {
+                assert_close(&format!("{name} z"), &read(ctx, &bz, clen), &z, tol, 1e-4);
+            }
+        }
+    }
+}
+
+#[test]
+fn elementwise_losses_and_gather_match_cpu() {
+    let ctx = ctx();
+    let mut rng = Rng::new(12);
+    let (m, n) = (37u32, 5u32);
+    // Activation derivatives, over a range that reaches the saturated parts.
+    for act in Activation::ALL {
+        let p = MlpParams {
+            m,
+            n,
+            act: act.code(),
+            a_off: 2,
+            a_rs: n + 3,
+            c_off: 1,
+            c_rs: n,
+            ..Default::default()
+        };
+        let za = rng.vec_uniform((2 + m * (n + 3)) as usize, -30.0, 30.0);
+        let mut zz: Vec<f64> = za.iter().map(|v| v / 6.0).collect();
+        zz[2] = 0.0;
+        let d0 = rng.vec_uniform((1 + m * n) as usize, -1.0, 1.0);
+        let mut d = d0.clone();
+        cm::act_backward(&p, &zz, &mut d);
+        let (bz, bd) = (upload(ctx, "z", &zz), upload(ctx, "d", &d0));
+        let u = ctx.uniform("p", &p);
+        run(
+            ctx,
+            KernelId::ActBackward,
+            &[&u, &bz, &bd],
+            [(m * n).div_ceil(256), 1, 1],
+        );
+        assert_close(
+            &format!("act_backward {}", act.name()),
+            &read(ctx, &bd, d.len()),
+            &d,
+            1e-6,
+            1e-5,
+        );
+    }
+    // Bias gradient.
+    let p = MlpParams {
+        m,
+        n,
+        a_off: 3,
+        a_rs: n,
+        c_off: 2,
+        ..Default::default()
+    };
+    let x = rng.vec_uniform((3 + m * n) as usize, -1.0, 1.0);
+    let mut g = vec![0.0; (2 + n) as usize];
+    cm::bias_grad(&p, &x, &mut g);
+    let (bx, bg) = (upload(ctx, "x", &x), upload(ctx, "g", &vec![0.0; g.len()]));
+    let u = ctx.uniform("p", &p);
+    run(ctx, KernelId::BiasGrad, &[&u, &bx, &bg], [1, 1, 1]);
+    assert_close(
+        "bias_grad",
+        &read(ctx, &bg, g.len())[2..],
+        &g[2..],
+        1e-5,
+        1e-5,
+    );
+
+    // Losses and their reduction.
+    for (kernel, width) in [(KernelId::LossMse, n), (KernelId::LossGaussNll, 2 * n)] {
+        let p = MlpParams {
+            m,
+            n,
+            a_rs: width,
+            b_rs: n,
+            c_rs: width,
+            scale: 1.0 / (m * n) as f32,
+            ..Default::default()
+        };
+        let y = rng.vec_uniform((m * width) as usize, -2.0, 2.0);
+        let t = rng.vec_uniform((m * n) as usize, -2.0, 2.0);
+        let mut gr = vec![0.0; y.len()];
+        let mut losses = vec![0.0; 16 + m as usize];
+        losses[1] = 0.25;
+        let l0 = losses.clone();
+        if kernel == KernelId::LossMse {
+            cm::loss_mse(&p, &y, &t, &mut gr, &mut losses);
+        } else {
+            cm::loss_gauss_nll(&p, &y, &t, &mut gr, &mut losses);
+        }
+        let r = MlpParams {
+            m,
+            scale: 0.5,
+            slot: 1,
+            flags: 1,
+            ..Default::default()
+        };
+        cm::loss_reduce(&r, &mut losses);
+        let (by, bt, bgr, bl) = (
+            upload(ctx, "y", &y),
+            upload(ctx, "t", &t),
+            upload(ctx, "g", &vec![0.0; gr.len()]),
+            upload(ctx, "l", &l0),
+        );
+        let u = ctx.uniform("p", &p);
+        run(ctx, kernel, &[&u, &by, &bt, &bgr, &bl], [1, 1, 1]);
+        let ur = ctx.uniform("r", &r);
+        run(ctx, KernelId::LossReduce, &[&ur, &bl], [1, 1, 1]);
+        let name = format!("{kernel:?}");
+        assert_close(&name, &read(ctx, &bgr, gr.len()), &gr, 1e-6, 1e-5);
+        assert_close(&name, &read(ctx, &bl, losses.len()), &losses, 1e-5, 1e-5);
+    }
+
+    // Gather.
+    let rows = 50u32;
+    let idx: Vec<u32> = pdevi::rng::permutation(3, 6, 0, rows as usize);
+    let p = MlpParams {
+        m: 9,
+        n: 3,
+        k: 7,
+        c_off: 0,
+        ..Default::default()
+    };
+    // Exactly representable in f32: a gather copies, so the match is exact.
+    let src: Vec<f64> = rng
+        .vec_uniform((rows * 3) as usize, -1.0, 1.0)
+        .iter()
+        .map(|&v| v as f32 as f64)
+        .collect();
+    let mut dst = vec![0.0; 27];
+    cm::gather_rows(&p, &src, &mut dst, &idx);
+    let bsrc = upload(ctx, "src", &src);
+    let bidx = ctx.upload("idx", &idx).unwrap();
+    let bdst = upload(ctx, "dst", &vec![0.0; 27]);
+    let u = ctx.uniform("p", &p);
+    run(
+        ctx,
+        KernelId::GatherRows,
+        &[&u, &bsrc, &bdst, &bidx],
+        [1, 1, 1],
+    );
+    assert_close("gather_rows", &read(ctx, &bdst, 27), &dst, 0.0, 0.0);
+}
+
+#[test]
+fn grad_clip_and_adamw_match_cpu() {
+    let ctx = ctx();
+    let mut rng = Rng::new(13);
+    let n = 1000;
+    for clip_norm in [0.0f32, 0.5, 1e6] {
+        let mut a = AdamParams::new(n, 0.01);
+        a.step = 3;
+        a.weight_decay = 0.1;
+        a.grad_scale = 0.7;
+        a.clip_norm = clip_norm;
+        let g = rng.vec_uniform(n, -0.1, 0.1);
+        let p0 = rng.vec_uniform(n, -1.0, 1.0);
+        let m0 = rng.vec_uniform(n, -0.01, 0.01);
+        let v0 = rng.vec_uniform(n, 0.0, 0.01);
+        let (mut p, mut m1, mut m2, mut clip) = (p0.clone(), m0.clone(), v0.clone(), vec![0.0; 2]);
+        cvi::grad_clip(&a, &g, &mut clip);
+        cvi::adam_step_clipped(&a, &g, &mut p, &mut m1, &mut m2, &clip);
+        let u = ctx.uniform("a", &a);
+        let (bg, bp, bm, bv, bc) = (
+            upload(ctx, "g", &g),
+            upload(ctx, "p", &p0),
+            upload(ctx, "m", &m0),
+            upload(ctx, "v", &v0),
+            upload(ctx, "c", &[0.0, 0.0]),
+        );
+        run(ctx, KernelId::GradClip, &[&u, &bg, &bc], [1, 1, 1]);
+        run(
+            ctx,
+            KernelId::AdamStepClipped,
+            &[&u, &bg, &bp, &bm, &bv, &bc],
+            [4, 1, 1],
+        );
+        let name = format!("clip {clip_norm}");
+        assert_close(&name, &read(ctx, &bc, 2), &clip, 1e-6, 1e-5);
+        if clip_norm == 0.5 {
+            assert!(clip[0] < 0.5, "the 0.5 case must clip (factor {})", clip[0]);
+        }
+        assert_close(&name, &read(ctx, &bp, n), &p, 1e-6, 1e-5);
+        assert_close(&name, &read(ctx, &bm, n), &m1, 1e-7, 1e-5);
+        assert_close(&name, &read(ctx, &bv, n), &m2, 1e-9, 1e-5);
+    }
+}
+
+fn mse_loss_cpu(arch: &Arch, p: &[f64], x: &[f64], t: &[f64], batch: usize) -> f64 {
+    let tr = cm::forward(arch, p, x, batch);
+    let y = &tr.a[arch.layers.len()];
+    y.iter().zip(t).map(|(a, b)| (a - b) * (a - b)).sum::<f64>() / y.len() as f64
+}
+
+/// Forward, loss and backward of one batch on the GPU: (loss, grad, dx, output).
+fn gpu_pass(net: &Mlp, ws: &Workspace, x: &[f64], t: &[f64]) -> (f64, Vec<f64>, Vec<f64>) {
+    let ctx = ctx();
+    ws.set_input(ctx, x).unwrap();
+    ws.set_targets(ctx, t).unwrap();
+    let mut enc = ctx.encoder("test.pass");
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        ws.encode_forward(ctx, &mut pass);
+        ws.encode_loss(ctx, &mut pass);
+        ws.encode_backward(ctx, &mut pass, true);
+    }
+    ctx.submit_wait(enc).unwrap();
+    (
+        ws.read_loss(ctx, mlp::slot::EVAL).unwrap(),
+        net.read_grad(ctx).unwrap(),
+        read(ctx, &ws.dx, x.len()),
+    )
+}
+
+#[test]
+fn network_gradients_match_finite_differences_and_gpu_for_every_activation() {
+    let ctx = ctx();
+    let mut rng = Rng::new(14);
+    let batch = 7;
+    for act in Activation::ALL {
+        let arch = Arch::mlp(3, &[9, 6], act, 2);
+        let p = arch.init(5);
+        let x = rng.vec_uniform(batch * 3, -1.5, 1.5);
+        let t = rng.vec_uniform(batch * 2, -1.0, 1.0);
+        // CPU mirror: backward against central differences.
+        let tr = cm::forward(&arch, &p, &x, batch);
+        let y = &tr.a[arch.layers.len()];
+        let dy: Vec<f64> = y
+            .iter()
+            .zip(&t)
+            .map(|(a, b)| 2.0 * (a - b) / y.len() as f64)
+            .collect();
+        let (g, dx) = cm::backward(&arch, &p, &tr, &dy, batch);
+        let h = 1e-6;
+        let mut worst: f64 = 0.0;
+        for i in 0..p.len() {
+            let (mut pp, mut pm) = (p.clone(), p.clone());
+            pp[i] += h;
+            pm[i] -= h;
+            let fd = (mse_loss_cpu(&arch, &pp, &x, &t, batch)
+                - mse_loss_cpu(&arch, &pm, &x, &t, batch))
+                / (2.0 * h);
+            let err = (fd - g[i]).abs() / (g[i].abs().max(1e-3));
+            worst = worst.max(err);
+        }
+        assert!(
+            worst < 1e-5,
+            "{}: parameter gradient vs FD rel err {worst:.2e}",
+            act.name()
+        );
+        for i in 0..x.len() {
+            let (mut xp, mut xm) = (x.clone(), x.clone());
+            xp[i] += h;
+            xm[i] -= h;
+            let fd = (mse_loss_cpu(&arch, &p, &xp, &t, batch)
+                - mse_loss_cpu(&arch, &p, &xm, &t, batch))
+                / (2.0 * h);
+            assert!(
+                (fd - dx[i]).abs() <= 1e-6 + 1e-5 * fd.abs(),
+                "{}: input gradient [{i}] {} vs FD {fd}",
+                act.name(),
+                dx[i]
+            );
+        }
+        // GPU against the mirror.
+        let net = Mlp::new(ctx, arch.clone(), Some(&p), 0).unwrap();
+        let ws = Workspace::new(ctx, &net, batch, Loss::Mse).unwrap();
+        let (loss, gg, gdx) = gpu_pass(&net, &ws, &x, &t);
+        let lc = mse_loss_cpu(&arch, &p, &x, &t, batch);
+        assert!(
+            (loss - lc).abs() < 1e-5 * lc.abs() + 1e-7,
+            "{}: loss {loss} vs {lc}",
+            act.name()
+        );
+        let gmax = g.iter().fold(0.0f64, |a, b| a.max(b.abs()));
+        assert_close(&format!("{} grad", act.name()), &gg, &g, 2e-5 * gmax, 1e-3);
+        assert_close(&format!("{} dx", act.name()), &gdx, &dx, 1e-6, 1e-3);
+    }
+}
+
+#[test]
+fn gaussian_heads_use_the_vi_kernels_and_match_cpu() {
+    let ctx = ctx();
+    let mut rng = Rng::new(15);
+    let (batch, d) = (5usize, 4usize);
+    for (family, fname, rank) in [
+        (Family::MeanField, "mean-field", 0),
+        (Family::FullRank, "full-rank", 0),
+        (Family::LowRank { rank: 2 }, "low-rank", 2),
+    ] {
+        let np = family.nparam(d);
+        let arch = Arch {
+            input: 3,
+            layers: vec![
+                Layer {
+                    out: 8,
+                    act: Activation::Tanh,
+                },
+                Layer {
+                    out: np,
+                    act: Activation::Identity,
+                },
+            ],
+            head: Head::Gaussian {
+                family: fname.into(),
+                d,
+                rank,
+            },
+        };
+        let mut p = arch.init(2);
+        for v in p.iter_mut() {
+            *v *= 0.5;
+        }
+        let net = Mlp::new(ctx, arch.clone(), Some(&p), 0).unwrap();
+        let ws = Workspace::new(ctx, &net, batch, Loss::External).unwrap();
+        let mut head = mlp::GaussianHead::new(ctx, &net, &ws, 9, 0.7).unwrap();
+        head.set_step(ctx, 4);
+        let x = rng.vec_uniform(batch * 3, -1.0, 1.0);
+        let gxi = rng.vec_uniform(batch * d, -1.0, 1.0);
+        ws.set_input(ctx, &x).unwrap();
+        ctx.write(&head.gxi, &common::f32s(&gxi));
+        let mut enc = ctx.encoder("test.head");
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            ws.encode_forward(ctx, &mut pass);
+            head.encode_sample(ctx, &mut pass);
+            head.encode_backward(ctx, &mut pass);
+        }
+        ctx.submit_wait(enc).unwrap();
+        // CPU: the same VI mirrors, row by row.
+        let theta = read(ctx, ws.output(), batch * np);
+        let v = head.vp;
+        let mut eps = vec![0.0; batch * family.noise_dim(d)];
+        cvi::vi_noise(&v, &mut eps);
+        let mut xi = vec![0.0; batch * d];
+        cvi::vi_sample(&v, &theta, &eps, &mut xi);
+        let mut grad = vec![0.0; batch * np];
+        let mut kl = vec![0.0; batch];
+        cvi::vi_kl(&v, &theta, &mut grad, &mut kl);
+        cvi::vi_grad(&v, &theta, &eps, &gxi, &mut grad);
+        // Per row, the KL is the family's closed form for that row's theta.
+        for (r, klr) in kl.iter().enumerate() {
+            let (m, cov) = family.moments(d, &theta[r * np..(r + 1) * np]);
+            let tr: f64 = (0..d).map(|i| cov[i * d + i]).sum();
+            let mm: f64 = m.iter().map(|a| a * a).sum();
+            let (_, ld) = cvi::spd_inverse(&cov, d);
+            let want = 0.5 * (tr + mm - d as f64 - ld);
+            assert!(
+                (klr - want).abs() < 1e-9,
+                "{fname} row {r}: kl {klr} vs {want}"
+            );
+        }
+        assert_close(
+            &format!("{fname} xi"),
+            &read(ctx, &head.xi, xi.len()),
+            &xi,
+            1e-5,
+            1e-4,
+        );
+        assert_close(
+            &format!("{fname} kl"),
+            &read(ctx, &head.kl, batch),
+            &kl,
+            1e-5,
+            1e-4,
+        );
+        assert_close(
+            &format!("{fname} output grad"),
+            &read(ctx, ws.output_grad(), grad.len()),
+            &grad,
+            1e-5,
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn mlp_learns_a_smooth_2d_function() {
+    let ctx = ctx();
+    let f =
+        |x: f64, y: f64| (std::f64::consts::PI * x).sin() * (0.5 * std::f64::consts::PI * y).cos();
+    let grid = 40;
+    let mut xs = Vec::new();
+    let mut ts = Vec::new();
+    let mut rng = Rng::new(16);
+    for _ in 0..grid * grid {
+        let (a, b) = (rng.uniform(-1.0, 1.0), rng.uniform(-1.0, 1.0));
+        xs.extend([a, b]);
+        ts.push(f(a, b));
+    }
+    let data = Dataset::new(xs, ts, 2, 1).unwrap();
+    let (tr, val) = data.split(320).unwrap();
+    let arch = Arch::mlp(2, &[32, 32], Activation::Tanh, 1);
+    let mut net = Mlp::new(ctx, arch, None, 1).unwrap();
+    let s = TrainSettings {
+        epochs: 150,
+        batch: 64,
+        lr: 1e-2,
+        lr_final: 0.05,
+        seed: 3,
+        patience: 40,
+        ..Default::default()
+    };
+    let t0 = std::time::Instant::now();
+    let rep = train::train(ctx, &mut net, &tr, Some(&val), &s).unwrap();
+    let secs = t0.elapsed().as_secs_f64();
+    let val_mse = train::evaluate(ctx, &net, &val, Loss::Mse).unwrap();
+    // Independent check on a fresh grid, through predict.
+    let ws = Workspace::new(ctx, &net, 100, Loss::Mse).unwrap();
+    let mut x = Vec::new();
+    let mut want = Vec::new();
+    for i in 0..10 {
+        for j in 0..10 {
+            let (a, b) = (-0.9 + 0.2 * i as f64, -0.9 + 0.2 * j as f64);
+            x.extend([a, b]);
+            want.push(f(a, b));
+        }
+    }
+    let y = ws.predict(ctx, &x).unwrap();
+    let max_err = y
+        .iter()
+        .zip(&want)
+        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+    eprintln!(
+        "smooth 2-D fit: {} epochs, {:.1} s, {:.0} samples/s, val MSE {val_mse:.2e}, max error on grid {max_err:.3}",
+        rep.epochs, secs, rep.samples_per_s
+    );
+    assert!(val_mse < 1e-3, "validation MSE {val_mse}");
+    assert!(max_err < 0.08, "max error on the grid {max_err}");
+    assert!(rep.train_loss[rep.train_loss.len() - 1] < rep.train_loss[0] * 0.05);
+}
+
+#[test]
+fn gaussian_head_learns_a_heteroscedastic_noise_level() {
+    let ctx = ctx();
+    let sd = |x: f64| 0.05 + 0.25 * (x + 1.0) / 2.0;
+    let mean = |x: f64| (2.0 * x).sin();
+    let n = 4000;
+    let mut rng = Rng::new(17);
+    let mut xs = Vec::new();
+    let mut ts = Vec::new();
+    for _ in 0..n {
+        let x = rng.uniform(-1.0, 1.0);
+        xs.push(x);
+        ts.push(mean(x) + sd(x) * rng.normal());
+    }
+    let data = Dataset::new(xs, ts, 1, 1).unwrap();
+    let (tr, val) = data.split(500).unwrap();
+    let mut arch = Arch::mlp(1, &[32, 32], Activation::Silu, 2);
+    arch.head = Head::MeanLogvar { dim: 1 };
+    let mut net = Mlp::new(ctx, arch, None, 2).unwrap();
+    let s = TrainSettings {
+        loss: Loss::GaussNll,
+        epochs: 60,
+        batch: 100,
+        lr: 5e-3,
+        lr_final: 0.1,
+        clip_norm: 10.0,
+        seed: 4,
+        ..Default::default()
+    };
+    let rep = train::train(ctx, &mut net, &tr, Some(&val), &s).unwrap();
+    let ws = Workspace::new(ctx, &net, 9, Loss::External).unwrap();
+    let x: Vec<f64> = (0..9).map(|i| -0.8 + 0.2 * i as f64).collect();
+    let y = ws.predict(ctx, &x).unwrap();
+    let mut worst: f64 = 0.0;
+    for (i, &xi) in x.iter().enumerate() {
+        let (mu, lv) = (y[2 * i], y[2 * i + 1]);
+        let s_hat = (0.5 * lv).exp();
+        let rel = (s_hat / sd(xi) - 1.0).abs();
+        eprintln!(
+            "x {xi:+.1}: mean {mu:+.3} (true {:+.3}), sd {s_hat:.3} (true {:.3})",
+            mean(xi),
+            sd(xi)
+        );
+        assert!(
+            (mu - mean(xi)).abs() < 0.05,
+            "mean at {xi}: {mu} vs {}",
+            mean(xi)
+        );
+        worst = worst.max(rel);
+    }
+    eprintln!(
+        "heteroscedastic fit: {} epochs, {:.1} s, worst relative sd error {worst:.3}",
+        rep.epochs, rep.seconds
+    );
+    assert!(
+        worst < 0.25,
+        "worst relative error of the predicted sd {worst}"
+    );
+}
+
+#[test]
+fn weights_round_trip_through_safetensors_and_mismatches_are_refused() {
+    let ctx = ctx();
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("mlp_weights");
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut arch = Arch::mlp(4, &[16, 8], Activation::Gelu, 6);
+    arch.head = Head::MeanLogvar { dim: 3 };
+    let net = Mlp::new(ctx, arch.clone(), None, 7).unwrap();
+    let (st, js) = net.save(ctx, &dir.join("enc")).unwrap();
+    assert!(st.ends_with("enc.safetensors") && js.ends_with("enc.json"));
+    let back = Mlp::load(ctx, &st).unwrap();
+    assert_eq!(back.arch, arch);
+    let x = Rng::new(18).vec_uniform(5 * 4, -1.0, 1.0);
+    let y0 = Workspace::new(ctx, &net, 5, Loss::External)
+        .unwrap()
+        .predict(ctx, &x)
+        .unwrap();
+    let y1 = Workspace::new(ctx, &back, 5, Loss::External)
+        .unwrap()
+        .predict(ctx, &x)
+        .unwrap();
+    assert_eq!(y0, y1, "outputs differ after save and load");
+
+    // Another architecture beside the same weights: refused, naming the tensor.
+    let mut other = arch.clone();
+    other.layers[0].out = 12;
+    std::fs::write(&js, serde_json::to_string(&other).unwrap()).unwrap();
+    let err = Mlp::load(ctx, &st)
+        .err()
+        .expect("a mismatched architecture must fail")
+        .to_string();
+    assert!(
+        err.contains("layers.0.weight") && err.contains("[4, 16]"),
+        "{err}"
+    );
+    // Fewer layers than the file holds.
+    let fewer = Arch {
+        input: 4,
+        layers: vec![Layer {
+            out: 16,
+            act: Activation::Gelu,
+        }],
+        head: Head::Plain,
+    };
+    std::fs::write(&js, serde_json::to_string(&fewer).unwrap()).unwrap();
+    let err = Mlp::load(ctx, &st)
+        .err()
+        .expect("extra tensors must fail")
+        .to_string();
+    assert!(err.contains("not part of the architecture"), "{err}");
+    // A broken JSON names its line; a missing file its path.
+    std::fs::write(&js, "{\n \"input\": 4,\n oops }").unwrap();
+    let err = Mlp::load(ctx, &st).err().unwrap().to_string();
+    assert!(err.contains("enc.json:3"), "{err}");
+    let err = Mlp::load(ctx, &dir.join("absent"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("absent.json"), "{err}");
+}
