@@ -203,6 +203,92 @@ fn matmul(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
     }
 }
 
+// ---- register-blocked product for CPU devices -------------------------------
+// The same product for devices that run invocations as SIMD lanes of a CPU
+// (lavapipe). There workgroup memory is no faster than cached memory, and a
+// storage or workgroup load inside a loop costs a scalar load per lane
+// (measured: about 60 FMAs' time), so throughput is set by FMAs per loaded
+// value. Each invocation computes an 8 x 8 block straight from A and B
+// (16 loads, 64 FMAs per k): 1.8 GFLOP/s on lavapipe against 0.84 for the
+// tiled kernel. A workgroup of 64 still covers 64 x 64 outputs.
+// Dispatch (ceil(n / 64), ceil(m / 64), 1).
+
+fn ld_a(r: u32, kk: u32) -> f32 {
+    return xa[M.a_off + min(r, M.m - 1u) * M.a_rs + kk * M.a_cs];
+}
+
+fn ld_b(kk: u32, c: u32) -> f32 {
+    return xb[M.b_off + kk * M.b_rs + min(c, M.n - 1u) * M.b_cs];
+}
+
+@compute @workgroup_size(64)
+fn matmul_blocked(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let r = wid.y * 64u + (lid / 8u) * 8u;
+    let c = wid.x * 64u + (lid % 8u) * 8u;
+    var p0 = vec4<f32>(0.0);
+    var q0 = vec4<f32>(0.0);
+    var p1 = vec4<f32>(0.0);
+    var q1 = vec4<f32>(0.0);
+    var p2 = vec4<f32>(0.0);
+    var q2 = vec4<f32>(0.0);
+    var p3 = vec4<f32>(0.0);
+    var q3 = vec4<f32>(0.0);
+    var p4 = vec4<f32>(0.0);
+    var q4 = vec4<f32>(0.0);
+    var p5 = vec4<f32>(0.0);
+    var q5 = vec4<f32>(0.0);
+    var p6 = vec4<f32>(0.0);
+    var q6 = vec4<f32>(0.0);
+    var p7 = vec4<f32>(0.0);
+    var q7 = vec4<f32>(0.0);
+    for (var kk = 0u; kk < M.k; kk++) {
+        let b0 = vec4<f32>(ld_b(kk, c), ld_b(kk, c + 1u), ld_b(kk, c + 2u), ld_b(kk, c + 3u));
+        let b1 = vec4<f32>(ld_b(kk, c + 4u), ld_b(kk, c + 5u), ld_b(kk, c + 6u), ld_b(kk, c + 7u));
+        var a = ld_a(r, kk);
+        p0 += a * b0;
+        q0 += a * b1;
+        a = ld_a(r + 1u, kk);
+        p1 += a * b0;
+        q1 += a * b1;
+        a = ld_a(r + 2u, kk);
+        p2 += a * b0;
+        q2 += a * b1;
+        a = ld_a(r + 3u, kk);
+        p3 += a * b0;
+        q3 += a * b1;
+        a = ld_a(r + 4u, kk);
+        p4 += a * b0;
+        q4 += a * b1;
+        a = ld_a(r + 5u, kk);
+        p5 += a * b0;
+        q5 += a * b1;
+        a = ld_a(r + 6u, kk);
+        p6 += a * b0;
+        q6 += a * b1;
+        a = ld_a(r + 7u, kk);
+        p7 += a * b0;
+        q7 += a * b1;
+    }
+    for (var q = 0u; q < 4u; q++) {
+        store_c(r, c + q, p0[q]);
+        store_c(r, c + 4u + q, q0[q]);
+        store_c(r + 1u, c + q, p1[q]);
+        store_c(r + 1u, c + 4u + q, q1[q]);
+        store_c(r + 2u, c + q, p2[q]);
+        store_c(r + 2u, c + 4u + q, q2[q]);
+        store_c(r + 3u, c + q, p3[q]);
+        store_c(r + 3u, c + 4u + q, q3[q]);
+        store_c(r + 4u, c + q, p4[q]);
+        store_c(r + 4u, c + 4u + q, q4[q]);
+        store_c(r + 5u, c + q, p5[q]);
+        store_c(r + 5u, c + 4u + q, q5[q]);
+        store_c(r + 6u, c + q, p6[q]);
+        store_c(r + 6u, c + 4u + q, q6[q]);
+        store_c(r + 7u, c + q, p7[q]);
+        store_c(r + 7u, c + 4u + q, q7[q]);
+    }
+}
+
 // ---- elementwise and reductions ----------------------------------------------
 
 // xc[c_off + r c_rs + j] *= act'(xa[a_off + r a_rs + j]) for r < m, j < n:

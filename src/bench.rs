@@ -208,3 +208,219 @@ pub fn vi(
     }
     Ok(out)
 }
+
+/// One line of `pdevi bench mlp`.
+#[derive(Debug, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum MlpBench {
+    /// Square product `size^3` (2 size^3 flops) against the FMA probe.
+    Matmul {
+        size: usize,
+        seconds: f64,
+        gflops: f64,
+        fma_peak_gflops: f64,
+        fraction_of_peak: f64,
+        device: String,
+    },
+    /// Whole-network gradient, GPU (f32) against the f64 mirror:
+    /// max |gpu - cpu| / max |cpu| over all parameters.
+    Gradcheck {
+        activation: &'static str,
+        max_rel_err: f64,
+        arch: String,
+        batch: usize,
+    },
+    /// Training throughput (gather, forward, MSE, backward, Adam per step).
+    Train {
+        arch: String,
+        batch: usize,
+        steps: usize,
+        seconds: f64,
+        samples_per_s: f64,
+        steps_per_s: f64,
+        dispatches_per_step: usize,
+        device: String,
+    },
+}
+
+/// GFLOP/s of the FMA probe (8 independent vec4 chains per invocation).
+pub fn fma_peak_gflops(ctx: &GpuContext) -> Result<f64> {
+    use crate::mlp::MlpParams;
+    let groups = 256u32;
+    let iters = 4096u32;
+    let out = ctx.storage("fma.out", groups as u64 * 256 * 4)?;
+    let p = MlpParams {
+        k: iters,
+        ..Default::default()
+    };
+    let u = ctx.uniform("fma.params", &p);
+    let bg = ctx.bind(KernelId::FmaPeak, &[&u, &out]);
+    let mut best = f64::INFINITY;
+    for r in 0..3 {
+        let mut enc = ctx.encoder("fma");
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            ctx.dispatch(&mut pass, KernelId::FmaPeak, &bg, [groups, 1, 1]);
+        }
+        let t = Instant::now();
+        ctx.submit_wait(enc)?;
+        if r > 0 {
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+    }
+    Ok(groups as f64 * 256.0 * iters as f64 * 64.0 / best / 1e9)
+}
+
+/// Best time of a square product C = A B of `size` (seconds).
+pub fn matmul_seconds(ctx: &GpuContext, size: usize, min_seconds: f64) -> Result<f64> {
+    use crate::mlp::{matmul_groups, MlpParams};
+    let n = size as u32;
+    let bytes = (size * size * 4) as u64;
+    let init: Vec<f32> = (0..size * size)
+        .map(|i| ((i % 7) as f32 - 3.0) * 0.1)
+        .collect();
+    let a = ctx.upload("mm.a", &init)?;
+    let b = ctx.upload("mm.b", &init)?;
+    let c = ctx.storage("mm.c", bytes)?;
+    let z = ctx.storage("mm.z", 16)?;
+    let p = MlpParams {
+        m: n,
+        n,
+        k: n,
+        a_rs: n,
+        a_cs: 1,
+        b_rs: n,
+        b_cs: 1,
+        c_rs: n,
+        ..Default::default()
+    };
+    let u = ctx.uniform("mm.params", &p);
+    let kernel = ctx.matmul;
+    let groups = matmul_groups(&p);
+    let bg = ctx.bind(kernel, &[&u, &a, &b, &c, &z]);
+    let once = || -> Result<f64> {
+        let mut enc = ctx.encoder("mm");
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            ctx.dispatch(&mut pass, kernel, &bg, groups);
+        }
+        let t = Instant::now();
+        ctx.submit_wait(enc)?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let first = once()?;
+    let mut best = first;
+    let mut spent = first;
+    while spent < min_seconds {
+        let t = once()?;
+        best = best.min(t);
+        spent += t;
+    }
+    Ok(best)
+}
+
+/// `pdevi bench mlp`: products, gradient checks per activation, training.
+pub fn mlp(
+    ctx: &GpuContext,
+    sizes: &[usize],
+    train_steps: usize,
+    mut emit: impl FnMut(&MlpBench),
+) -> Result<()> {
+    use crate::mlp::{Activation, Arch, Loss, Mlp, Workspace};
+    let device = ctx.describe();
+    for &s in sizes {
+        // The peak is measured beside each product (same run, same state).
+        let peak = fma_peak_gflops(ctx)?;
+        let secs = matmul_seconds(ctx, s, if s >= 4096 { 0.0 } else { 1.0 })?;
+        let gflops = 2.0 * (s as f64).powi(3) / secs / 1e9;
+        emit(&MlpBench::Matmul {
+            size: s,
+            seconds: secs,
+            gflops,
+            fma_peak_gflops: peak,
+            fraction_of_peak: gflops / peak,
+            device: device.clone(),
+        });
+    }
+    let batch = 16;
+    for act in Activation::ALL {
+        let arch = Arch::mlp(49, &[64, 64], act, 8);
+        let p = arch.init(1);
+        let x: Vec<f64> = crate::rng::normals(2, 0, 0, batch * 49);
+        let t: Vec<f64> = crate::rng::normals(3, 0, 0, batch * 8);
+        let tr = crate::cpu::mlp::forward(&arch, &p, &x, batch);
+        let y = &tr.a[arch.layers.len()];
+        let dy: Vec<f64> = y
+            .iter()
+            .zip(&t)
+            .map(|(a, b)| 2.0 * (a - b) / y.len() as f64)
+            .collect();
+        let (g, _) = crate::cpu::mlp::backward(&arch, &p, &tr, &dy, batch);
+        let net = Mlp::new(ctx, arch, Some(&p), 0)?;
+        let ws = Workspace::new(ctx, &net, batch, Loss::Mse)?;
+        ws.set_input(ctx, &x)?;
+        ws.set_targets(ctx, &t)?;
+        let mut enc = ctx.encoder("bench.gradcheck");
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            ws.encode_forward(ctx, &mut pass);
+            ws.encode_loss(ctx, &mut pass);
+            ws.encode_backward(ctx, &mut pass, false);
+        }
+        ctx.submit_wait(enc)?;
+        let gg = net.read_grad(ctx)?;
+        let gmax = g.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let err = gg
+            .iter()
+            .zip(&g)
+            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()))
+            / gmax;
+        emit(&MlpBench::Gradcheck {
+            activation: act.name(),
+            max_rel_err: err,
+            arch: "49-64-64-8".into(),
+            batch,
+        });
+    }
+    // Training throughput on random data.
+    let batch = 256;
+    let rows = batch * 8;
+    let arch = Arch::mlp(49, &[256, 256], Activation::Tanh, 128);
+    let data = crate::train::Dataset::new(
+        crate::rng::normals(4, 0, 0, rows * 49),
+        crate::rng::normals(5, 0, 0, rows * 128),
+        49,
+        128,
+    )?;
+    let mut net = Mlp::new(ctx, arch, None, 1)?;
+    let epochs = train_steps.div_ceil(rows / batch).max(1);
+    let s = crate::train::TrainSettings {
+        epochs,
+        batch,
+        lr: 1e-3,
+        ..Default::default()
+    };
+    // Warm-up epoch, then the timed run.
+    crate::train::train(
+        ctx,
+        &mut net,
+        &data,
+        None,
+        &crate::train::TrainSettings {
+            epochs: 1,
+            ..s.clone()
+        },
+    )?;
+    let rep = crate::train::train(ctx, &mut net, &data, None, &s)?;
+    emit(&MlpBench::Train {
+        arch: "49-256-256-128".into(),
+        batch,
+        steps: rep.steps,
+        seconds: rep.seconds,
+        samples_per_s: rep.samples_per_s,
+        steps_per_s: rep.steps as f64 / rep.seconds,
+        dispatches_per_step: crate::train::dispatches_per_step(&net),
+        device,
+    });
+    Ok(())
+}

@@ -221,6 +221,15 @@ enum BenchCmd {
         #[arg(long, default_value_t = 20)]
         steps: usize,
     },
+    /// MLP kernels: square products against the device's FMA peak, gradient
+    /// checks per activation, training throughput of a 49-256-256-128 MLP.
+    Mlp {
+        #[arg(long, value_delimiter = ',', default_value = "256,1024,4096")]
+        sizes: Vec<usize>,
+        /// Timed training steps (batch 256).
+        #[arg(long, default_value_t = 64)]
+        steps: usize,
+    },
 }
 
 fn run(cli: Cli) -> pdevi::Result<()> {
@@ -283,6 +292,13 @@ fn run(cli: Cli) -> pdevi::Result<()> {
                 let ctx = pdevi::GpuContext::new()?;
                 eprintln!("device: {}", ctx.describe());
                 pdevi::bench::vi(&ctx, n, d, samples, steps, |r| {
+                    println!("{}", serde_json::to_string(r).unwrap_or_default())
+                })?;
+            }
+            BenchCmd::Mlp { sizes, steps } => {
+                let ctx = pdevi::GpuContext::new()?;
+                eprintln!("device: {}", ctx.describe());
+                pdevi::bench::mlp(&ctx, &sizes, steps, |r| {
                     println!("{}", serde_json::to_string(r).unwrap_or_default())
                 })?;
             }

@@ -370,7 +370,7 @@ impl Arch {
     }
 }
 
-/// Groups for a product of `m x n` outputs (64 x 64 tiles).
+/// Groups for a product of `m x n` outputs (64 x 64 per workgroup, both kernels).
 pub fn matmul_groups(p: &MlpParams) -> [u32; 3] {
     [p.n.div_ceil(64), p.m.div_ceil(64), 1]
 }
@@ -755,11 +755,8 @@ impl Workspace {
         for (l, p) in arch.forward_params(batch).iter().enumerate() {
             let u = un(p);
             let input = if l == 0 { &x } else { &acts[l - 1] };
-            let bg = ctx.bind(
-                KernelId::Matmul,
-                &[&u, input, &net.params, &acts[l], &pre[l]],
-            );
-            fwd.push((KernelId::Matmul, bg, matmul_groups(p)));
+            let bg = ctx.bind(ctx.matmul, &[&u, input, &net.params, &acts[l], &pre[l]]);
+            fwd.push((ctx.matmul, bg, matmul_groups(p)));
         }
         let mut bwd = Vec::new();
         let mut bwd_dx = None;
@@ -773,18 +770,15 @@ impl Workspace {
             }
             let input = if l == 0 { &x } else { &acts[l - 1] };
             let u = un(&s.dw);
-            let bg = ctx.bind(KernelId::Matmul, &[&u, input, &delta[l], &net.grad, &dummy]);
-            bwd.push((KernelId::Matmul, bg, matmul_groups(&s.dw)));
+            let bg = ctx.bind(ctx.matmul, &[&u, input, &delta[l], &net.grad, &dummy]);
+            bwd.push((ctx.matmul, bg, matmul_groups(&s.dw)));
             let u = un(&s.db);
             let bg = ctx.bind(KernelId::BiasGrad, &[&u, &delta[l], &net.grad]);
             bwd.push((KernelId::BiasGrad, bg, groups_1d(s.db.n)));
             let u = un(&s.dx);
             let target = if l == 0 { &dx } else { &delta[l - 1] };
-            let bg = ctx.bind(
-                KernelId::Matmul,
-                &[&u, &delta[l], &net.params, target, &dummy],
-            );
-            let d = (KernelId::Matmul, bg, matmul_groups(&s.dx));
+            let bg = ctx.bind(ctx.matmul, &[&u, &delta[l], &net.params, target, &dummy]);
+            let d = (ctx.matmul, bg, matmul_groups(&s.dx));
             if l == 0 {
                 bwd_dx = Some(d);
             } else {

@@ -365,3 +365,16 @@ pub fn evaluate(ctx: &GpuContext, net: &Mlp, data: &Dataset, loss: Loss) -> Resu
     ctx.submit_wait(enc)?;
     ws.read_loss(ctx, slot::EVAL)
 }
+
+/// Dispatches one training step records (gathers, forward, loss, backward, optimiser).
+pub fn dispatches_per_step(net: &Mlp) -> usize {
+    let l = net.arch.layers.len();
+    let acts = net
+        .arch
+        .layers
+        .iter()
+        .filter(|x| x.act != crate::mlp::Activation::Identity)
+        .count();
+    let adam = if net.adam.clip_norm > 0.0 { 2 } else { 1 };
+    2 + l + 2 + acts + 3 * l - 1 + adam
+}

@@ -68,17 +68,22 @@ fn matmul_matches_cpu_in_the_three_backprop_shapes() {
                 upload(ctx, "z", &c0),
             );
             let u = ctx.uniform("p", &p);
-            run(
-                ctx,
-                KernelId::Matmul,
-                &[&u, &ba, &bb, &bc, &bz],
-                mlp::matmul_groups(&p),
-            );
-            let tol = 2e-6 * (k as f64).sqrt();
-            let name = format!("matmul m{m} k{k} n{n} shape {shape} {}", act.name());
-            assert_close(&name, &read(ctx, &bc, clen), &c, tol, 1e-4);
-            if shape == 0 {
-                assert_close(&format!("{name} z"), &read(ctx, &bz, clen), &z, tol, 1e-4);
+            // Both products run on every device (each is the default somewhere).
+            for kernel in [KernelId::Matmul, KernelId::MatmulBlocked] {
+                ctx.write(&bc, &common::f32s(&c0));
+                ctx.write(&bz, &common::f32s(&c0));
+                run(
+                    ctx,
+                    kernel,
+                    &[&u, &ba, &bb, &bc, &bz],
+                    mlp::matmul_groups(&p),
+                );
+                let tol = 2e-6 * (k as f64).sqrt();
+                let name = format!("{kernel:?} m{m} k{k} n{n} shape {shape} {}", act.name());
+                assert_close(&name, &read(ctx, &bc, clen), &c, tol, 1e-4);
+                if shape == 0 {
+                    assert_close(&format!("{name} z"), &read(ctx, &bz, clen), &z, tol, 1e-4);
+                }
             }
         }
     }

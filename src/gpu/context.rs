@@ -23,6 +23,9 @@ pub struct GpuContext {
     /// poisson1d, 1.9x for darcy2d n = 32), 256 on GPUs.
     /// `PDEVI_SOLVER_WG` (64 or 256) overrides.
     pub solver_wg: u32,
+    /// The MLP product kernel: workgroup-memory tiles on GPUs, register
+    /// blocks on CPU devices (`PDEVI_MATMUL=tiled|blocked` overrides).
+    pub matmul: KernelId,
     pipelines: Vec<(wgpu::ComputePipeline, wgpu::BindGroupLayout)>,
     /// wgpu errors outside an error scope land here instead of panicking;
     /// [`GpuContext::check`] turns them into [`Error::Gpu`].
@@ -176,6 +179,19 @@ impl GpuContext {
             Err(_) if info.device_type == wgpu::DeviceType::Cpu => 64,
             Err(_) => 256,
         };
+        let matmul = match std::env::var("PDEVI_MATMUL").as_deref() {
+            Ok("tiled") => KernelId::Matmul,
+            Ok("blocked") => KernelId::MatmulBlocked,
+            Ok(v) => {
+                return Err(Error::setting(
+                    "PDEVI_MATMUL",
+                    v,
+                    "expected `tiled` or `blocked`",
+                ))
+            }
+            Err(_) if info.device_type == wgpu::DeviceType::Cpu => KernelId::MatmulBlocked,
+            Err(_) => KernelId::Matmul,
+        };
         let mut ctx = GpuContext {
             adapter,
             device,
@@ -183,6 +199,7 @@ impl GpuContext {
             info,
             limits,
             solver_wg,
+            matmul,
             pipelines: Vec::new(),
             uncaptured,
         };
