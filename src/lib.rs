@@ -13,6 +13,7 @@ pub mod cpu;
 pub mod error;
 pub mod gpu;
 pub mod io;
+pub mod laplace;
 pub mod mlp;
 pub mod optim;
 pub mod plot;

@@ -166,6 +166,24 @@ struct RunOpts {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// mcmc: pcn or mala.
+    #[arg(long)]
+    sampler: Option<String>,
+    /// mcmc: chains run at once (one batch slot of the solver each).
+    #[arg(long)]
+    chains: Option<usize>,
+    /// mcmc: warm-up steps per chain (step size adapted, draws not kept).
+    #[arg(long)]
+    warmup: Option<usize>,
+    /// mcmc: keep every thin-th step after warm-up.
+    #[arg(long)]
+    thin: Option<usize>,
+    /// mcmc: reference Gaussian of the proposals, laplace or prior.
+    #[arg(long)]
+    precondition: Option<String>,
+    /// laplace (and the mcmc preconditioner): Gauss-Newton iterations at most.
+    #[arg(long)]
+    gn_iters: Option<usize>,
 }
 
 impl RunOpts {
@@ -194,6 +212,12 @@ impl RunOpts {
             tol: self.tol,
             max_iters: self.max_iters,
             quiet: self.quiet.then_some(true),
+            sampler: self.sampler.clone(),
+            chains: self.chains,
+            warmup: self.warmup,
+            thin: self.thin,
+            precondition: self.precondition.clone(),
+            gn_iters: self.gn_iters,
         }))
     }
 }

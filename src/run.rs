@@ -11,7 +11,7 @@ use crate::gpu::GpuContext;
 use crate::io;
 use crate::plot::{self, Colormap, Field2, Panel, Series};
 use crate::problem::{Problem, ProblemKind};
-use crate::solver::CgParams;
+use crate::solver::{BatchedSolver, CgParams};
 use crate::vi::{fit, Family, FitSettings, ViEngine};
 
 /// Settings of `pdevi run`, from a TOML file; flags override each key.
@@ -42,6 +42,18 @@ pub struct RunConfig {
     pub tol: Option<f64>,
     pub max_iters: Option<u32>,
     pub quiet: Option<bool>,
+    /// `pdevi mcmc`: pcn or mala.
+    pub sampler: Option<String>,
+    /// `pdevi mcmc`: chains run at once (one batch slot each).
+    pub chains: Option<usize>,
+    /// `pdevi mcmc`: warm-up steps per chain (step size adapted, not kept).
+    pub warmup: Option<usize>,
+    /// `pdevi mcmc`: keep every thin-th step.
+    pub thin: Option<usize>,
+    /// `pdevi mcmc`: reference Gaussian of the proposals: laplace or prior.
+    pub precondition: Option<String>,
+    /// `pdevi laplace` (and the MCMC preconditioner): Gauss-Newton iterations at most.
+    pub gn_iters: Option<usize>,
 }
 
 impl RunConfig {
@@ -85,7 +97,13 @@ impl RunConfig {
             predictive_samples,
             tol,
             max_iters,
-            quiet
+            quiet,
+            sampler,
+            chains,
+            warmup,
+            thin,
+            precondition,
+            gn_iters
         )
     }
 }
@@ -163,35 +181,55 @@ pub fn cholesky(a: &[f64], d: usize) -> Vec<f64> {
     l
 }
 
-/// Monte Carlo mean and std of u through the GPU solver (in batches of the
-/// engine's sample count), xi drawn from N(m, cov) with the predictive stream.
+/// Monte Carlo mean and std of u through the GPU solver, xi drawn from
+/// N(m, cov) with the predictive stream (in batches of the solver's size).
 pub fn predictive_u(
     ctx: &GpuContext,
-    engine: &ViEngine,
+    solver: &BatchedSolver,
     m: &[f64],
     cov: &[f64],
     count: usize,
     seed: u64,
 ) -> Result<(Vec<f64>, Vec<f64>, usize)> {
-    let s = &engine.solver;
-    let (d, nu, b) = (s.problem.d, s.problem.nunk(), s.batch);
+    let (d, b) = (solver.problem.d, solver.batch);
     let l = cholesky(cov, d);
     let batches = count.div_ceil(b).max(1);
+    let mut xis = Vec::with_capacity(batches * b * d);
+    for batch in 0..batches {
+        let eps = crate::rng::normals(seed, crate::rng::streams::PREDICTIVE, batch as u32, b * d);
+        for k in 0..b {
+            for i in 0..d {
+                xis.push(m[i] + (0..=i).map(|j| l[i * d + j] * eps[k * d + j]).sum::<f64>());
+            }
+        }
+    }
+    predictive_u_draws(ctx, solver, &xis)
+}
+
+/// Mean and std of u over the given draws of xi (`count x d`), solved in
+/// batches of the solver's size (a final partial batch is padded with the
+/// first draw and not counted).
+pub fn predictive_u_draws(
+    ctx: &GpuContext,
+    solver: &BatchedSolver,
+    xis: &[f64],
+) -> Result<(Vec<f64>, Vec<f64>, usize)> {
+    let s = solver;
+    let (d, nu, b) = (s.problem.d, s.problem.nunk(), s.batch);
+    let count = xis.len() / d;
     let mut mean = vec![0.0; nu];
     let mut m2 = vec![0.0; nu];
     let mut seen = 0usize;
-    for batch in 0..batches {
-        let eps = crate::rng::normals(seed, crate::rng::streams::PREDICTIVE, batch as u32, b * d);
-        let mut xi = vec![0.0; b * d];
-        for k in 0..b {
-            for i in 0..d {
-                xi[k * d + i] = m[i] + (0..=i).map(|j| l[i * d + j] * eps[k * d + j]).sum::<f64>();
-            }
+    for chunk in xis.chunks(b * d) {
+        let used = chunk.len() / d;
+        let mut xi = chunk.to_vec();
+        while xi.len() < b * d {
+            xi.extend_from_slice(&chunk[..d]);
         }
         let info = s.solve(ctx, &xi)?;
         crate::solver::check_converged(&info, "posterior predictive solves", &s.cg)?;
         let u = s.read_u(ctx)?;
-        for k in 0..b {
+        for k in 0..used {
             seen += 1;
             for i in 0..nu {
                 let x = u[k * nu + i];
@@ -201,6 +239,7 @@ pub fn predictive_u(
             }
         }
     }
+    debug_assert_eq!(seen, count);
     let std = m2
         .iter()
         .map(|v| (v / (seen.max(2) - 1) as f64).sqrt())
@@ -208,8 +247,75 @@ pub fn predictive_u(
     Ok((mean, std, seen))
 }
 
-/// Run inference as configured; returns the metrics written to metrics.json.
-pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
+/// Write a posterior given by its mean and covariance in xi (from any
+/// method): `posterior_mean_xi.npy`, `posterior_cov_xi.npy`, the field
+/// mean / std (exact, the field is linear in xi), the predictive u from
+/// `predictive` (mean, std) or else by `npred` solver draws, the images and
+/// the summary figure; error metrics against the truth go into `metrics`.
+pub fn write_posterior(
+    ctx: &GpuContext,
+    solver: &BatchedSolver,
+    st: &Setup,
+    m: &[f64],
+    cov: &[f64],
+    predictive: Option<(Vec<f64>, Vec<f64>, usize)>,
+    npred: usize,
+    metrics: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
+    let d = st.pb.d;
+    io::write_npy(&st.out.join("posterior_mean_xi.npy"), &[d], m)?;
+    io::write_npy(&st.out.join("posterior_cov_xi.npy"), &[d, d], cov)?;
+    let (fmean, fstd) = field_moments(&st.pb, m, cov);
+    let (umean, ustd, nseen) = match predictive {
+        Some(p) => p,
+        None => predictive_u(ctx, solver, m, cov, npred, st.seed)?,
+    };
+    metrics.insert("predictive_samples".into(), nseen.into());
+    write_posterior_files(
+        &st.out,
+        &st.pb,
+        &fmean,
+        &fstd,
+        &umean,
+        &ustd,
+        st.truth.as_ref().map(|t| &t.1[..]),
+        metrics,
+    )
+}
+
+/// Problem, data, truth and output folder of one inference, from the
+/// settings every inference command shares (`run`, `mcmc`, `laplace`).
+pub struct Setup {
+    pub kind: ProblemKind,
+    pub args: ProblemArgs,
+    pub pb: Problem,
+    pub out: PathBuf,
+    pub obs_path: PathBuf,
+    pub truth_path: Option<PathBuf>,
+    /// Sensor unknown indices and observed values.
+    pub sensors: Vec<usize>,
+    pub y: Vec<f64>,
+    /// (xi if known, the field).
+    pub truth: Option<(Option<Vec<f64>>, Vec<f64>)>,
+    pub seed: u64,
+    pub quiet: bool,
+    pub cg: CgParams,
+}
+
+impl Setup {
+    /// The settings block of metrics.json shared by every method.
+    pub fn settings_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "problem": self.kind.name(), "n": self.pb.n, "d": self.pb.d, "noise": self.pb.sigma_n,
+            "seed": self.seed, "obs": self.obs_path.display().to_string(),
+            "truth": self.truth_path.as_ref().map(|p| p.display().to_string()),
+            "cg_tol": self.cg.rel_tol, "cg_max_iters": self.cg.max_iters,
+        })
+    }
+}
+
+/// Build the problem, read or simulate the data, create the output folder.
+pub fn setup(cfg: &RunConfig) -> Result<Setup> {
     let kind = ProblemKind::parse(cfg.problem.as_deref().unwrap_or("darcy2d"))?;
     let args = ProblemArgs {
         kind,
@@ -232,31 +338,6 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("out/{}", kind.name())));
     ensure_dir(&out)?;
-    let family = Family::parse(
-        cfg.family.as_deref().unwrap_or("full-rank"),
-        cfg.rank.unwrap_or(8),
-    )?;
-    let samples = cfg.samples.unwrap_or(16);
-    let steps = cfg.steps.unwrap_or(1000);
-    if steps == 0 {
-        return Err(Error::setting(
-            "steps",
-            0,
-            "need at least one optimisation step",
-        ));
-    }
-    let lr = cfg.lr.unwrap_or(0.05);
-    let lr_final = cfg.lr_final.unwrap_or(0.1);
-    if !(lr.is_finite() && lr > 0.0) {
-        return Err(Error::setting("lr", lr, "must be positive"));
-    }
-    if !(lr_final.is_finite() && lr_final > 0.0 && lr_final <= 1.0) {
-        return Err(Error::setting(
-            "lr_final",
-            lr_final,
-            "must be in (0, 1] (a fraction of lr)",
-        ));
-    }
     let seed = cfg.seed.unwrap_or(0);
     let quiet = cfg.quiet.unwrap_or(false);
 
@@ -285,13 +366,68 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
         None => None,
     };
 
-    let ctx = GpuContext::new()?;
     let cg = CgParams {
         rel_tol: cfg.tol.unwrap_or(1e-5),
         max_iters: cfg.max_iters.unwrap_or(4000),
         warm_start: true,
         ..Default::default()
     };
+    Ok(Setup {
+        kind,
+        args,
+        pb,
+        out,
+        obs_path,
+        truth_path,
+        sensors,
+        y,
+        truth,
+        seed,
+        quiet,
+        cg,
+    })
+}
+
+/// Run inference as configured; returns the metrics written to metrics.json.
+pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
+    let st = setup(cfg)?;
+    let Setup {
+        pb,
+        out,
+        sensors,
+        y,
+        seed,
+        quiet,
+        cg,
+        ..
+    } = &st;
+    let (seed, quiet, cg) = (*seed, *quiet, *cg);
+    let family = Family::parse(
+        cfg.family.as_deref().unwrap_or("full-rank"),
+        cfg.rank.unwrap_or(8),
+    )?;
+    let samples = cfg.samples.unwrap_or(16);
+    let steps = cfg.steps.unwrap_or(1000);
+    if steps == 0 {
+        return Err(Error::setting(
+            "steps",
+            0,
+            "need at least one optimisation step",
+        ));
+    }
+    let lr = cfg.lr.unwrap_or(0.05);
+    let lr_final = cfg.lr_final.unwrap_or(0.1);
+    if !(lr.is_finite() && lr > 0.0) {
+        return Err(Error::setting("lr", lr, "must be positive"));
+    }
+    if !(lr_final.is_finite() && lr_final > 0.0 && lr_final <= 1.0) {
+        return Err(Error::setting(
+            "lr_final",
+            lr_final,
+            "must be in (0, 1] (a fraction of lr)",
+        ));
+    }
+    let ctx = GpuContext::new()?;
     let settings = FitSettings {
         family,
         samples,
@@ -333,22 +469,17 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
     };
 
     // Posterior in xi, fields, predictive.
-    let d = pb.d;
-    let (m, cov) = family.moments(d, &r.theta);
-    io::write_npy(&out.join("posterior_mean_xi.npy"), &[d], &m)?;
-    io::write_npy(&out.join("posterior_cov_xi.npy"), &[d, d], &cov)?;
-    let (fmean, fstd) = field_moments(&pb, &m, &cov);
-    let npred = cfg.predictive_samples.unwrap_or(64);
-    let (umean, ustd, nseen) = predictive_u(&ctx, &engine, &m, &cov, npred, seed)?;
+    let (m, cov) = family.moments(pb.d, &r.theta);
     let mut metrics = serde_json::Map::new();
-    write_posterior_files(
-        &out,
-        &pb,
-        &fmean,
-        &fstd,
-        &umean,
-        &ustd,
-        truth.as_ref().map(|t| &t.1[..]),
+    let npred = cfg.predictive_samples.unwrap_or(64);
+    write_posterior(
+        &ctx,
+        &engine.solver,
+        &st,
+        &m,
+        &cov,
+        None,
+        npred,
         &mut metrics,
     )?;
 
@@ -387,17 +518,18 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
         "mean_cg_iters": r.mean_cg_iters,
         "unconverged_solves_sampled": r.unconverged_solves,
         "dispatches_per_step": engine.dispatches_per_step(),
-        "predictive_samples": nseen,
         "device": ctx.describe(),
-        "settings": {
-            "problem": kind.name(), "n": pb.n, "d": d, "noise": pb.sigma_n,
-            "family": family.name(), "rank": family.rank(), "samples": samples,
-            "steps": steps, "lr": lr, "lr_final": lr_final, "seed": seed,
-            "obs": obs_path.display().to_string(),
-            "truth": truth_path.as_ref().map(|p| p.display().to_string()),
-            "cg_tol": cg.rel_tol, "cg_max_iters": cg.max_iters,
-        },
+        "method": "vi",
+        "settings": st.settings_json(),
     });
+    if let Some(s) = all.get_mut("settings").and_then(|v| v.as_object_mut()) {
+        s.insert("family".into(), family.name().into());
+        s.insert("rank".into(), family.rank().into());
+        s.insert("samples".into(), samples.into());
+        s.insert("steps".into(), steps.into());
+        s.insert("lr".into(), lr.into());
+        s.insert("lr_final".into(), lr_final.into());
+    }
     if let Some(obj) = all.as_object_mut() {
         obj.extend(metrics);
     }
