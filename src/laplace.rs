@@ -1,9 +1,21 @@
 //! MAP by Gauss-Newton with adjoint Jacobians, and the Laplace posterior
 //! N(MAP, (I + J^T J / sigma^2)^-1) (`pdevi laplace`).
+//!
+//! The Jacobian J = dG/dxi (sensors x d) comes from one batched adjoint
+//! solve: system k of a solver with per-system data and unit noise is given
+//! the data `G(x) - e_k`, so its misfit gradient `-J^T (y_k - G) = J^T e_k`
+//! is row k of J. The line search evaluates several step lengths in one
+//! batched forward solve.
 
-use crate::error::Result;
+use std::time::Instant;
+
+use crate::app::write_json;
+use crate::cpu::vi::spd_inverse;
+use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
-use crate::run::Setup;
+use crate::problem::Problem;
+use crate::run::{setup, write_posterior, RunConfig, Setup};
+use crate::solver::{check_converged, BatchedSolver, CgParams};
 
 /// The Laplace approximation at the MAP.
 #[derive(Clone, Debug)]
@@ -14,22 +26,273 @@ pub struct Laplace {
     pub cov: Vec<f64>,
     /// Gauss-Newton iterations taken.
     pub iterations: usize,
-    /// Negative log-posterior (up to a constant) at the MAP.
+    /// Negative log-posterior Phi + |xi|^2 / 2 at the MAP.
     pub objective: f64,
+    /// Objective after each iteration (the first entry is the start).
+    pub history: Vec<f64>,
+    /// Newton decrement^2 / 2 of the last step (the predicted decrease).
+    pub decrement: f64,
+    /// Laplace estimate of log p(y).
+    pub log_evidence: f64,
+    pub seconds: f64,
 }
 
-/// Gauss-Newton MAP and Laplace covariance for the problem and data of `st`.
-pub fn fit_laplace(_ctx: &GpuContext, st: &Setup, _max_iters: usize) -> Result<Laplace> {
-    // Placeholder until the Gauss-Newton solver lands: the prior.
-    let d = st.pb.d;
-    let mut cov = vec![0.0; d * d];
-    for i in 0..d {
-        cov[i * d + i] = 1.0;
+/// Forward values and adjoint Jacobians through one batched solver.
+pub struct GaussNewton {
+    pub solver: BatchedSolver,
+    pb: Problem,
+    sensors: Vec<usize>,
+    y: Vec<f64>,
+}
+
+/// Step lengths tried by the line search, in one batched solve.
+const STEPS: [f64; 4] = [1.0, 0.5, 0.25, 0.0625];
+
+impl GaussNewton {
+    pub fn new(
+        ctx: &GpuContext,
+        pb: &Problem,
+        sensors: &[usize],
+        y: &[f64],
+        cg: CgParams,
+    ) -> Result<Self> {
+        if y.len() != sensors.len() {
+            return Err(Error::setting(
+                "data",
+                y.len(),
+                format!("expected one value per sensor ({})", sensors.len()),
+            ));
+        }
+        // Unit noise: the adjoint right-hand side is then -e_k exactly (a
+        // 1/sigma^2 scale would be applied to a difference of f32 values).
+        let mut unit = pb.clone();
+        unit.sigma_n = 1.0;
+        let batch = sensors.len().max(STEPS.len());
+        let solver = BatchedSolver::new(ctx, &unit, batch, cg, Some(sensors), true)?;
+        Ok(GaussNewton {
+            solver,
+            pb: pb.clone(),
+            sensors: sensors.to_vec(),
+            y: y.to_vec(),
+        })
     }
+
+    /// G(x) at the sensors for each x (at most the batch; padded with the first).
+    pub fn forward(&self, ctx: &GpuContext, xs: &[Vec<f64>]) -> Result<Vec<Vec<f64>>> {
+        let (d, b, nu) = (self.pb.d, self.solver.batch, self.pb.nunk());
+        let mut all = Vec::with_capacity(b * d);
+        for k in 0..b {
+            all.extend_from_slice(&xs[k.min(xs.len() - 1)]);
+        }
+        debug_assert_eq!(all.len(), b * d);
+        let info = self.solver.solve(ctx, &all)?;
+        check_converged(
+            &info[..xs.len()],
+            "Gauss-Newton forward solves",
+            &self.solver.cg,
+        )?;
+        let u = self.solver.read_u(ctx)?;
+        Ok((0..xs.len())
+            .map(|k| self.sensors.iter().map(|&s| u[k * nu + s]).collect())
+            .collect())
+    }
+
+    /// (G(x), J) with J row-major (sensors x d).
+    pub fn jacobian(&self, ctx: &GpuContext, x: &[f64]) -> Result<(Vec<f64>, Vec<f64>)> {
+        let (d, b, ns) = (self.pb.d, self.solver.batch, self.sensors.len());
+        let g = self.forward(ctx, &vec![x.to_vec(); b])?.swap_remove(0);
+        let mut data = vec![0.0; b * ns];
+        for k in 0..b {
+            data[k * ns..(k + 1) * ns].copy_from_slice(&g);
+            if k < ns {
+                data[k * ns + k] -= 1.0;
+            }
+        }
+        self.solver.set_data(ctx, &data)?;
+        let mut enc = ctx.encoder("laplace.jacobian");
+        // The forward solution is still in place (same x): only the adjoint.
+        self.solver.encode_gradient(ctx, &mut enc);
+        ctx.submit_wait(enc)?;
+        check_converged(
+            &self.solver.adjoint_info(ctx)?[..ns],
+            "Jacobian adjoint solves",
+            &self.solver.cg,
+        )?;
+        let j = self.solver.read_f64(ctx, &self.solver.gxi, ns * d)?;
+        Ok((g, j))
+    }
+
+    /// Phi(x) + |x|^2 / 2 from the sensor values G(x).
+    pub fn objective(&self, x: &[f64], g: &[f64]) -> f64 {
+        let s2 = self.pb.sigma_n * self.pb.sigma_n;
+        let phi: f64 = self
+            .y
+            .iter()
+            .zip(g)
+            .map(|(a, b)| (a - b) * (a - b))
+            .sum::<f64>()
+            / (2.0 * s2);
+        phi + 0.5 * x.iter().map(|v| v * v).sum::<f64>()
+    }
+
+    /// H = I + J^T J / sigma^2 and the gradient x - J^T r / sigma^2.
+    fn normal_equations(&self, x: &[f64], g: &[f64], j: &[f64]) -> (Vec<f64>, Vec<f64>) {
+        let (d, ns) = (self.pb.d, self.sensors.len());
+        let s2 = self.pb.sigma_n * self.pb.sigma_n;
+        let mut h = vec![0.0; d * d];
+        for a in 0..d {
+            h[a * d + a] = 1.0;
+            for b in 0..d {
+                let mut acc = 0.0;
+                for k in 0..ns {
+                    acc += j[k * d + a] * j[k * d + b];
+                }
+                h[a * d + b] += acc / s2;
+            }
+        }
+        let grad = (0..d)
+            .map(|a| {
+                x[a] - (0..ns)
+                    .map(|k| j[k * d + a] * (self.y[k] - g[k]))
+                    .sum::<f64>()
+                    / s2
+            })
+            .collect();
+        (h, grad)
+    }
+}
+
+fn matvec(a: &[f64], v: &[f64]) -> Vec<f64> {
+    let d = v.len();
+    (0..d)
+        .map(|i| (0..d).map(|j| a[i * d + j] * v[j]).sum())
+        .collect()
+}
+
+/// Gauss-Newton from `x0` until the Newton decrement is negligible, then the
+/// Laplace covariance at the MAP.
+pub fn gauss_newton(
+    ctx: &GpuContext,
+    gn: &GaussNewton,
+    x0: &[f64],
+    max_iters: usize,
+) -> Result<Laplace> {
+    let t0 = Instant::now();
+    let d = gn.pb.d;
+    let mut x = x0.to_vec();
+    let (mut g, mut j) = gn.jacobian(ctx, &x)?;
+    let mut f = gn.objective(&x, &g);
+    if !f.is_finite() {
+        return Err(Error::NoConvergence(format!(
+            "the objective at the starting point is {f}: check the data for huge values"
+        )));
+    }
+    let mut history = vec![f];
+    let mut iterations = 0;
+    let mut decrement;
+    loop {
+        let (h, grad) = gn.normal_equations(&x, &g, &j);
+        let (hinv, _) = spd_inverse(&h, d);
+        let step: Vec<f64> = matvec(&hinv, &grad).iter().map(|v| -v).collect();
+        // Newton decrement^2 / 2 = the decrease the quadratic model predicts.
+        decrement = -0.5 * step.iter().zip(&grad).map(|(a, b)| a * b).sum::<f64>();
+        if decrement <= 1e-9 * (1.0 + f.abs()) || iterations >= max_iters {
+            break;
+        }
+        let trials: Vec<Vec<f64>> = STEPS
+            .iter()
+            .map(|&a| x.iter().zip(&step).map(|(xi, s)| xi + a * s).collect())
+            .collect();
+        let gs = gn.forward(ctx, &trials)?;
+        // Armijo: the first step length that gives a quarter of the predicted decrease.
+        let mut accepted = None;
+        for (k, &a) in STEPS.iter().enumerate() {
+            let fk = gn.objective(&trials[k], &gs[k]);
+            if fk.is_finite() && fk <= f - 0.25 * a * (2.0 - a) * decrement {
+                accepted = Some(k);
+                break;
+            }
+        }
+        let Some(k) = accepted else {
+            // No step decreases the objective by more than f32 noise: at the MAP.
+            break;
+        };
+        x = trials[k].clone();
+        iterations += 1;
+        let (g2, j2) = gn.jacobian(ctx, &x)?;
+        g = g2;
+        j = j2;
+        f = gn.objective(&x, &g);
+        history.push(f);
+    }
+    let (h, _) = gn.normal_equations(&x, &g, &j);
+    let (cov, logdet_h) = spd_inverse(&h, d);
+    let ns = gn.sensors.len() as f64;
+    let s2 = gn.pb.sigma_n * gn.pb.sigma_n;
+    // log p(y) ~ -f(MAP) - 1/2 log det H - ns/2 log(2 pi sigma^2).
+    let log_evidence = -f - 0.5 * logdet_h - 0.5 * ns * (2.0 * std::f64::consts::PI * s2).ln();
     Ok(Laplace {
-        map: vec![0.0; d],
+        map: x,
         cov,
-        iterations: 0,
-        objective: f64::NAN,
+        iterations,
+        objective: f,
+        history,
+        decrement,
+        log_evidence,
+        seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// Gauss-Newton MAP and Laplace covariance for the problem and data of `st`,
+/// started at the prior mean.
+pub fn fit_laplace(ctx: &GpuContext, st: &Setup, max_iters: usize) -> Result<Laplace> {
+    let gn = GaussNewton::new(ctx, &st.pb, &st.sensors, &st.y, st.cg)?;
+    gauss_newton(ctx, &gn, &vec![0.0; st.pb.d], max_iters)
+}
+
+/// `pdevi laplace`: the same inputs and output files as `pdevi run`, with
+/// the MAP as the mean.
+pub fn run_laplace(cfg: &RunConfig) -> Result<serde_json::Value> {
+    let st = setup(cfg)?;
+    let ctx = GpuContext::new()?;
+    let max_iters = cfg.gn_iters.unwrap_or(30);
+    let gn = GaussNewton::new(&ctx, &st.pb, &st.sensors, &st.y, st.cg)?;
+    let lp = gauss_newton(&ctx, &gn, &vec![0.0; st.pb.d], max_iters)?;
+    if lp.iterations >= max_iters && !st.quiet {
+        eprintln!(
+            "warning: Gauss-Newton stopped at --gn-iters {max_iters} with a predicted decrease of {:.3e}; raise --gn-iters",
+            lp.decrement
+        );
+    }
+    let mut metrics = serde_json::Map::new();
+    let npred = cfg.predictive_samples.unwrap_or(64);
+    write_posterior(
+        &ctx,
+        &gn.solver,
+        &st,
+        &lp.map,
+        &lp.cov,
+        None,
+        npred,
+        &mut metrics,
+    )?;
+    let mut all = serde_json::json!({
+        "method": "laplace",
+        "gauss_newton_iterations": lp.iterations,
+        "map_objective": lp.objective,
+        "objective_history": lp.history,
+        "newton_decrement": lp.decrement,
+        "log_evidence_laplace": lp.log_evidence,
+        "wall_seconds": lp.seconds,
+        "device": ctx.describe(),
+        "settings": st.settings_json(),
+    });
+    if let Some(s) = all.get_mut("settings").and_then(|v| v.as_object_mut()) {
+        s.insert("gn_iters".into(), max_iters.into());
+    }
+    if let Some(obj) = all.as_object_mut() {
+        obj.extend(metrics);
+    }
+    write_json(&st.out.join("metrics.json"), &all)?;
+    Ok(all)
 }

@@ -95,6 +95,9 @@ enum Cmd {
     },
     /// Variational inference: posterior of the KL coefficients given observations.
     Run(Box<RunOpts>),
+    /// Laplace approximation: MAP by Gauss-Newton with adjoint Jacobians and the
+    /// covariance (I + J^T J / sigma^2)^-1; same flags and output files as `run`.
+    Laplace(Box<RunOpts>),
     /// Compare a posterior with a reference (output folders of `pdevi run`): field error, std
     /// ratios, KL and W2 in xi, coverage of REF's draws; writes compare.json and figures.
     Compare {
@@ -283,6 +286,11 @@ fn run(cli: Cli) -> pdevi::Result<()> {
         Cmd::Run(opts) => {
             let cfg = opts.config()?;
             let m = pdevi::run::run(&cfg)?;
+            println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
+        }
+        Cmd::Laplace(opts) => {
+            let cfg = opts.config()?;
+            let m = pdevi::laplace::run_laplace(&cfg)?;
             println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
         }
         Cmd::Compare {
