@@ -77,6 +77,22 @@ impl GaussNewton {
         })
     }
 
+    /// Replace the observations (same sensors): one solver serves many data sets.
+    pub fn set_observations(&mut self, y: &[f64]) -> Result<()> {
+        if y.len() != self.sensors.len() {
+            return Err(Error::setting(
+                "data",
+                y.len(),
+                format!("expected one value per sensor ({})", self.sensors.len()),
+            ));
+        }
+        if let Some(v) = y.iter().find(|v| !v.is_finite()) {
+            return Err(Error::setting("data", v, "observations must be finite"));
+        }
+        self.y = y.to_vec();
+        Ok(())
+    }
+
     /// G(x) at the sensors for each x (at most the batch; padded with the first).
     pub fn forward(&self, ctx: &GpuContext, xs: &[Vec<f64>]) -> Result<Vec<Vec<f64>>> {
         let (d, b, nu) = (self.pb.d, self.solver.batch, self.pb.nunk());

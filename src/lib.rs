@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod bench;
+pub mod calibrate;
 pub mod compare;
 pub mod cpu;
 pub mod error;

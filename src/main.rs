@@ -98,6 +98,9 @@ enum Cmd {
     /// Laplace approximation: MAP by Gauss-Newton with adjoint Jacobians and the
     /// covariance (I + J^T J / sigma^2)^-1; same flags and output files as `run`.
     Laplace(Box<RunOpts>),
+    /// Simulation-based calibration: infer M prior draws, report the coverage of central
+    /// intervals (50/80/90/95 %), SBC rank histograms and the expected coverage error.
+    Calibrate(Box<CalibrateOpts>),
     /// Compare a posterior with a reference (output folders of `pdevi run`): field error, std
     /// ratios, KL and W2 in xi, coverage of REF's draws; writes compare.json and figures.
     Compare {
@@ -187,6 +190,27 @@ struct RunOpts {
     /// laplace (and the mcmc preconditioner): Gauss-Newton iterations at most.
     #[arg(long)]
     gn_iters: Option<usize>,
+}
+
+#[derive(Args)]
+struct CalibrateOpts {
+    #[command(flatten)]
+    run: RunOpts,
+    /// exact (poisson1d only: checks the checker), laplace, vi (with --family) or mcmc.
+    #[arg(long, default_value = "laplace")]
+    method: String,
+    /// Number of problems drawn from the prior.
+    #[arg(long, default_value_t = 100)]
+    problems: usize,
+    /// Posterior draws per problem for the SBC ranks.
+    #[arg(long, default_value_t = 99)]
+    draws: usize,
+    /// Bins of the rank histogram.
+    #[arg(long, default_value_t = 20)]
+    bins: usize,
+    /// Multiply every posterior std by this (e.g. 0.5 to see an over-confident posterior flagged).
+    #[arg(long, default_value_t = 1.0)]
+    std_scale: f64,
 }
 
 impl RunOpts {
@@ -286,6 +310,22 @@ fn run(cli: Cli) -> pdevi::Result<()> {
         Cmd::Run(opts) => {
             let cfg = opts.config()?;
             let m = pdevi::run::run(&cfg)?;
+            println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
+        }
+        Cmd::Calibrate(opts) => {
+            let cfg = opts.run.config()?;
+            let settings = pdevi::calibrate::CalibrateSettings {
+                method: pdevi::calibrate::Method::parse(
+                    &opts.method,
+                    cfg.family.as_deref(),
+                    cfg.rank.unwrap_or(8),
+                )?,
+                problems: opts.problems,
+                draws: opts.draws,
+                bins: opts.bins,
+                std_scale: opts.std_scale,
+            };
+            let m = pdevi::calibrate::calibrate(&cfg, &settings)?;
             println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
         }
         Cmd::Laplace(opts) => {
