@@ -635,3 +635,61 @@ fn weights_round_trip_through_safetensors_and_mismatches_are_refused() {
         .to_string();
     assert!(err.contains("absent.json"), "{err}");
 }
+
+#[test]
+fn early_stopping_keeps_the_best_weights_and_divergence_is_an_error() {
+    let ctx = ctx();
+    // Targets are pure noise: the validation loss stops improving quickly.
+    let mut rng = Rng::new(19);
+    let n = 600;
+    let x = rng.vec_uniform(n * 3, -1.0, 1.0);
+    let t = rng.vec_normal(n);
+    let data = Dataset::new(x, t, 3, 1).unwrap();
+    let (tr, val) = data.split(200).unwrap();
+    let mut net = Mlp::new(ctx, Arch::mlp(3, &[64, 64], Activation::Relu, 1), None, 3).unwrap();
+    let s = TrainSettings {
+        epochs: 200,
+        batch: 50,
+        lr: 1e-2,
+        patience: 5,
+        seed: 1,
+        ..Default::default()
+    };
+    let rep = train::train(ctx, &mut net, &tr, Some(&val), &s).unwrap();
+    assert!(
+        rep.stopped_early,
+        "should stop early: {} epochs",
+        rep.epochs
+    );
+    assert_eq!(rep.epochs, rep.best_epoch + 1 + 5);
+    let best = rep.val_loss[rep.best_epoch];
+    assert!(rep.val_loss.iter().all(|&v| v >= best));
+    // The network holds the best epoch's weights.
+    let now = train::evaluate(ctx, &net, &val, Loss::Mse).unwrap();
+    assert!(
+        (now - best).abs() < 1e-5 * best,
+        "restored {now} vs best {best}"
+    );
+
+    // A learning rate far too large: an error that says what to do, not NaN weights.
+    let mut net = Mlp::new(ctx, Arch::mlp(3, &[64], Activation::Identity, 1), None, 3).unwrap();
+    let big: Vec<f64> = data.t.iter().map(|v| v * 1e30).collect();
+    let wild = Dataset::new(data.x.clone(), big, 3, 1).unwrap();
+    let s = TrainSettings {
+        epochs: 5,
+        batch: 50,
+        lr: 1e3,
+        ..Default::default()
+    };
+    let err = train::train(ctx, &mut net, &wild, None, &s)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("learning rate"), "{err}");
+    // Bad settings are errors too.
+    let s = TrainSettings {
+        batch: 10_000,
+        ..Default::default()
+    };
+    assert!(train::train(ctx, &mut net, &tr, None, &s).is_err());
+    assert!(Dataset::new(vec![f64::NAN, 1.0], vec![1.0], 2, 1).is_err());
+}
