@@ -424,3 +424,114 @@ pub fn mlp(
     });
     Ok(())
 }
+
+/// One line of `pdevi bench mcmc`.
+#[derive(Debug, serde::Serialize)]
+pub struct McmcBench {
+    pub bench: &'static str,
+    pub problem: &'static str,
+    pub n: usize,
+    pub d: usize,
+    pub chains: usize,
+    pub sampler: &'static str,
+    pub precondition: &'static str,
+    pub warmup: usize,
+    pub kept_per_chain: usize,
+    pub acceptance: f64,
+    pub step_size: f64,
+    pub min_ess_bulk: f64,
+    pub median_ess_bulk: f64,
+    pub max_rhat: f64,
+    pub sampling_seconds: f64,
+    pub steps_per_s: f64,
+    /// Min bulk ESS over xi per second of sampling (after warm-up).
+    pub ess_per_s: f64,
+    pub dispatches_per_step: usize,
+    pub device: String,
+}
+
+/// Effective samples per second of pCN and MALA on darcy2d (data simulated
+/// from a prior draw), `steps` per chain: half warm-up, half kept.
+pub fn mcmc(
+    ctx: &GpuContext,
+    n: usize,
+    d: usize,
+    chains: usize,
+    steps: usize,
+    precondition: &str,
+    mut emit: impl FnMut(&McmcBench),
+) -> Result<Vec<McmcBench>> {
+    use crate::mcmc::{reference_for, sample_posterior, McmcSettings, Precondition, Sampler};
+    let precondition = Precondition::parse(precondition)?;
+    let pb = Problem::new(ProblemKind::Darcy2d, n, d)?;
+    let xi = crate::rng::normals(7, crate::rng::streams::TRUTH, 0, d);
+    let fwd = crate::cpu::forward(&pb, &xi, 1e-10, 100_000);
+    let eps = crate::rng::normals(7, crate::rng::streams::NOISE, 0, pb.sensors.len());
+    let y: Vec<f64> = pb
+        .sensors
+        .iter()
+        .zip(&eps)
+        .map(|(&k, e)| fwd.u[k] + pb.sigma_n * e)
+        .collect();
+    let cg = CgParams {
+        warm_start: true,
+        ..Default::default()
+    };
+    // The reference needs a Setup; nothing is read from or written to `out`.
+    let st = crate::run::Setup {
+        kind: ProblemKind::Darcy2d,
+        args: crate::app::ProblemArgs {
+            kind: ProblemKind::Darcy2d,
+            n: Some(n),
+            d: Some(d),
+        },
+        pb: pb.clone(),
+        out: std::env::temp_dir().join("pdevi-bench-mcmc"),
+        obs_path: "<simulated>".into(),
+        truth_path: None,
+        sensors: pb.sensors.clone(),
+        y: y.clone(),
+        truth: None,
+        seed: 0,
+        quiet: true,
+        cg,
+    };
+    let (m, l, _) = reference_for(ctx, &st, precondition, 30)?;
+    let mut out = Vec::new();
+    for sampler in [Sampler::Pcn, Sampler::Mala] {
+        let s = McmcSettings {
+            sampler,
+            chains,
+            warmup: steps / 2,
+            samples: (steps - steps / 2).max(4),
+            precondition,
+            seed: 1,
+            ..Default::default()
+        };
+        let r = sample_posterior(ctx, &pb, &pb.sensors, &y, cg, &s, (&m, &l), |_, _| {})?;
+        let b = McmcBench {
+            bench: "mcmc",
+            problem: "darcy2d",
+            n,
+            d,
+            chains,
+            sampler: sampler.name(),
+            precondition: precondition.name(),
+            warmup: s.warmup,
+            kept_per_chain: s.samples,
+            acceptance: r.acceptance,
+            step_size: r.step,
+            min_ess_bulk: r.min_ess(),
+            median_ess_bulk: r.median_ess(),
+            max_rhat: r.max_rhat(),
+            sampling_seconds: r.sampling_seconds,
+            steps_per_s: (s.samples * s.thin) as f64 / r.sampling_seconds,
+            ess_per_s: r.ess_per_second(),
+            dispatches_per_step: r.dispatches_per_step,
+            device: ctx.describe(),
+        };
+        emit(&b);
+        out.push(b);
+    }
+    Ok(out)
+}

@@ -15,6 +15,7 @@ pub mod error;
 pub mod gpu;
 pub mod io;
 pub mod laplace;
+pub mod mcmc;
 pub mod mlp;
 pub mod optim;
 pub mod plot;

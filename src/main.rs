@@ -95,6 +95,9 @@ enum Cmd {
     },
     /// Variational inference: posterior of the KL coefficients given observations.
     Run(Box<RunOpts>),
+    /// MCMC (pCN or MALA, many chains on the GPU, Laplace- or prior-preconditioned): the gold
+    /// standard posterior; same flags and output files as `run`, plus samples_xi.npy.
+    Mcmc(Box<RunOpts>),
     /// Laplace approximation: MAP by Gauss-Newton with adjoint Jacobians and the
     /// covariance (I + J^T J / sigma^2)^-1; same flags and output files as `run`.
     Laplace(Box<RunOpts>),
@@ -137,7 +140,7 @@ struct RunOpts {
     /// Rank of the low-rank family.
     #[arg(long)]
     rank: Option<usize>,
-    /// Monte Carlo samples per ELBO step.
+    /// Monte Carlo samples per ELBO step (mcmc: draws kept per chain, default 1000).
     #[arg(long)]
     samples: Option<usize>,
     #[arg(long)]
@@ -272,6 +275,22 @@ enum BenchCmd {
         #[arg(long, default_value_t = 20)]
         steps: usize,
     },
+    /// MCMC effective samples per second (min bulk ESS over xi / sampling time) on darcy2d,
+    /// pCN and MALA with many chains.
+    Mcmc {
+        #[arg(long, default_value_t = 64)]
+        n: usize,
+        #[arg(long, default_value_t = 64)]
+        d: usize,
+        #[arg(long, default_value_t = 64)]
+        chains: usize,
+        /// Steps per chain: half warm-up, half kept.
+        #[arg(long, default_value_t = 200)]
+        steps: usize,
+        /// Reference Gaussian of the proposals: laplace or prior.
+        #[arg(long, default_value = "laplace")]
+        precondition: String,
+    },
     /// MLP kernels: square products against the device's FMA peak, gradient
     /// checks per activation, training throughput of a 49-256-256-128 MLP.
     Mlp {
@@ -310,6 +329,11 @@ fn run(cli: Cli) -> pdevi::Result<()> {
         Cmd::Run(opts) => {
             let cfg = opts.config()?;
             let m = pdevi::run::run(&cfg)?;
+            println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
+        }
+        Cmd::Mcmc(opts) => {
+            let cfg = opts.config()?;
+            let m = pdevi::mcmc::run_mcmc(&cfg)?;
             println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
         }
         Cmd::Calibrate(opts) => {
@@ -364,6 +388,19 @@ fn run(cli: Cli) -> pdevi::Result<()> {
                 let ctx = pdevi::GpuContext::new()?;
                 eprintln!("device: {}", ctx.describe());
                 pdevi::bench::vi(&ctx, n, d, samples, steps, |r| {
+                    println!("{}", serde_json::to_string(r).unwrap_or_default())
+                })?;
+            }
+            BenchCmd::Mcmc {
+                n,
+                d,
+                chains,
+                steps,
+                precondition,
+            } => {
+                let ctx = pdevi::GpuContext::new()?;
+                eprintln!("device: {}", ctx.describe());
+                pdevi::bench::mcmc(&ctx, n, d, chains, steps, &precondition, |r| {
                     println!("{}", serde_json::to_string(r).unwrap_or_default())
                 })?;
             }

@@ -92,6 +92,12 @@ pub mod streams {
     pub const INIT: u32 = 5;
     /// Minibatch order of MLP training (step = epoch).
     pub const SHUFFLE: u32 = 6;
+    /// MCMC proposal noise (step = MCMC step, blocks by chain).
+    pub const MCMC: u32 = 7;
+    /// MCMC accept/reject uniforms (step = MCMC step, block = chain).
+    pub const MCMC_ACCEPT: u32 = 8;
+    /// MCMC initial states (draws of the reference Gaussian).
+    pub const MCMC_INIT: u32 = 9;
 }
 
 #[cfg(test)]

@@ -437,6 +437,18 @@ impl BatchedSolver {
         }
     }
 
+    /// Record the misfit only (after [`encode_forward`](Self::encode_forward)),
+    /// for callers that need no gradient (pCN). It also writes the adjoint
+    /// right-hand side at the sensors, which nothing then reads.
+    pub fn encode_misfit(&self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder) {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("pdevi.misfit"),
+            timestamp_writes: None,
+        });
+        let b = self.batch as u32;
+        ctx.dispatch(&mut pass, KernelId::ObsMisfit, &self.bg_obs, [b, 1, 1]);
+    }
+
     /// Record the misfit, the adjoint solve and the gradient with respect to
     /// xi (after [`encode_forward`](Self::encode_forward)).
     pub fn encode_gradient(&self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder) {

@@ -8,6 +8,7 @@
 
 use crate::gpu::layout::{status, PdeParams};
 
+pub mod mcmc;
 pub mod mlp;
 pub mod vi;
 

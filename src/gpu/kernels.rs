@@ -50,6 +50,10 @@ pub enum KernelId {
     LossReduce,
     GatherRows,
     FmaPeak,
+    McmcPropose,
+    McmcMap,
+    McmcGrad,
+    McmcAccept,
 }
 
 use Bind::{Read as R, ReadWrite as W, Uniform as U};
@@ -96,6 +100,10 @@ impl KernelId {
         KernelId::LossReduce,
         KernelId::GatherRows,
         KernelId::FmaPeak,
+        KernelId::McmcPropose,
+        KernelId::McmcMap,
+        KernelId::McmcGrad,
+        KernelId::McmcAccept,
     ];
 
     pub fn index(self) -> usize {
@@ -193,6 +201,36 @@ impl KernelId {
                 &[(0, U), (1, R), (3, W), (5, R)],
             ),
             FmaPeak => (ModuleId::Mlp, "fma_peak", &[(0, U), (3, W)]),
+            McmcPropose => (
+                ModuleId::Mcmc,
+                "mcmc_propose",
+                &[(0, R), (2, W), (3, W), (4, W)],
+            ),
+            McmcMap => (
+                ModuleId::Mcmc,
+                "mcmc_map",
+                &[(0, R), (1, R), (3, W), (5, W)],
+            ),
+            McmcGrad => (
+                ModuleId::Mcmc,
+                "mcmc_grad",
+                &[(0, R), (1, R), (3, W), (5, W), (6, R)],
+            ),
+            McmcAccept => (
+                ModuleId::Mcmc,
+                "mcmc_accept",
+                &[
+                    (0, R),
+                    (2, W),
+                    (3, W),
+                    (4, W),
+                    (5, W),
+                    (7, R),
+                    (8, R),
+                    (9, R),
+                    (10, W),
+                ],
+            ),
         }
     }
 

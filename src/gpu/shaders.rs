@@ -40,12 +40,13 @@ pub const VI: Source = wgsl!("vi.wgsl");
 pub const ADAM: Source = wgsl!("adam.wgsl");
 pub const P1_DIRECT: Source = wgsl!("p1_direct.wgsl");
 pub const MLP: Source = wgsl!("mlp.wgsl");
+pub const MCMC: Source = wgsl!("mcmc.wgsl");
 
 /// Every WGSL file of the project (a test checks that each is used by a module
 /// and that this list matches the `shaders/` folder).
 pub const ALL_SOURCES: &[Source] = &[
     PARAMS, REDUCE, OP_Q1, OP_P1, PASS_Q1, PASS_P1, SOLVER, KL, DARCY, POISSON1D, OBS, STREAM, RNG,
-    VI, ADAM, P1_DIRECT, MLP,
+    VI, ADAM, P1_DIRECT, MLP, MCMC,
 ];
 
 /// A shader module: a name and the files concatenated to form it.
@@ -62,6 +63,7 @@ pub enum ModuleId {
     Adam,
     P1Direct,
     Mlp,
+    Mcmc,
 }
 
 impl ModuleId {
@@ -77,6 +79,7 @@ impl ModuleId {
         ModuleId::Adam,
         ModuleId::P1Direct,
         ModuleId::Mlp,
+        ModuleId::Mcmc,
     ];
 
     pub fn name(self) -> &'static str {
@@ -92,6 +95,7 @@ impl ModuleId {
             ModuleId::Adam => "adam",
             ModuleId::P1Direct => "p1_direct",
             ModuleId::Mlp => "mlp",
+            ModuleId::Mcmc => "mcmc",
         }
     }
 
@@ -113,6 +117,7 @@ impl ModuleId {
             ModuleId::Adam => &[ADAM],
             ModuleId::P1Direct => &[PARAMS, P1_DIRECT],
             ModuleId::Mlp => &[MLP],
+            ModuleId::Mcmc => &[RNG, MCMC],
         }
     }
 }

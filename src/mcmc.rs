@@ -1,0 +1,1164 @@
+//! MCMC on the GPU (`pdevi mcmc`): many chains of pCN or MALA at once, one
+//! chain per batch slot of a [`BatchedSolver`], in whitened coordinates of
+//! a reference Gaussian N(m, L L^T) (the prior, or the Laplace
+//! approximation at the MAP), so the prior- and Laplace-preconditioned
+//! samplers are the same code: chain state w, x = m + L w.
+//!
+//! * pCN, generalised w.r.t. the reference: `w' = rho w + beta eps`,
+//!   `rho = sqrt(1 - beta^2)`, `log alpha = l(x') - l(x)` with
+//!   `l(x) = -Phi(x) - |x|^2/2 + |w|^2/2` (textbook pCN with the prior as
+//!   reference). Needs forward solves only.
+//! * MALA in w: `w' = w + (h/2) g_w + sqrt(h) eps`, `g_w = L^T (-dPhi/dx - x)`
+//!   from the adjoint, with the usual Metropolis-Hastings correction.
+//!
+//! Every step (propose, map, forward solve, misfit, [adjoint, L^T g],
+//! accept) is recorded into one command encoder, many steps per submit; the
+//! kept draws stay on the device until the end. During warm-up the step
+//! size is adapted (Robbins-Monro on its logarithm) toward the acceptance
+//! rate 0.3 (pCN) or 0.57 (MALA) from the mean acceptance over the chains,
+//! read back (a few scalars per chain) every `adapt_every` steps.
+
+use std::path::Path;
+use std::time::Instant;
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::app::write_json;
+use crate::error::{Error, Result};
+use crate::gpu::{GpuContext, KernelId};
+use crate::io;
+use crate::plot::{self, Series};
+use crate::problem::Problem;
+use crate::run::{setup, write_posterior, RunConfig, Setup};
+use crate::solver::{BatchedSolver, CgParams};
+
+/// The proposal kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sampler {
+    /// Preconditioned Crank-Nicolson (forward solves only).
+    Pcn,
+    /// Metropolis-adjusted Langevin (forward and adjoint solves).
+    Mala,
+}
+
+impl Sampler {
+    pub fn parse(name: &str) -> Result<Self> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "pcn" => Ok(Sampler::Pcn),
+            "mala" => Ok(Sampler::Mala),
+            other => Err(Error::setting("sampler", other, "expected pcn or mala")),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Sampler::Pcn => "pcn",
+            Sampler::Mala => "mala",
+        }
+    }
+
+    pub fn code(self) -> u32 {
+        match self {
+            Sampler::Pcn => 0,
+            Sampler::Mala => 1,
+        }
+    }
+
+    /// Acceptance rate the warm-up adapts the step size toward.
+    pub fn target_acceptance(self) -> f64 {
+        match self {
+            Sampler::Pcn => 0.3,
+            Sampler::Mala => 0.57,
+        }
+    }
+
+    /// Largest step size: beta <= 1 for pCN; h <= 4 for MALA (in whitened
+    /// coordinates of a good reference the optimal h is about 1).
+    pub fn max_step(self) -> f64 {
+        match self {
+            Sampler::Pcn => 1.0,
+            Sampler::Mala => 4.0,
+        }
+    }
+
+    /// Initial step size: the warm-up adapts it, this only sets where it starts.
+    pub fn default_step(self, precondition: Precondition) -> f64 {
+        match (self, precondition) {
+            (Sampler::Pcn, Precondition::Laplace) => 0.5,
+            (Sampler::Pcn, Precondition::Prior) => 0.1,
+            (Sampler::Mala, Precondition::Laplace) => 0.5,
+            (Sampler::Mala, Precondition::Prior) => 1e-3,
+        }
+    }
+}
+
+/// The reference Gaussian of the proposals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precondition {
+    /// N(0, I): textbook pCN / prior-preconditioned MALA.
+    Prior,
+    /// N(MAP, Laplace covariance) from Gauss-Newton.
+    Laplace,
+}
+
+impl Precondition {
+    pub fn parse(name: &str) -> Result<Self> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "prior" | "none" => Ok(Precondition::Prior),
+            "laplace" => Ok(Precondition::Laplace),
+            other => Err(Error::setting(
+                "precondition",
+                other,
+                "expected laplace or prior",
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precondition::Prior => "prior",
+            Precondition::Laplace => "laplace",
+        }
+    }
+}
+
+/// Keep in sync with `McmcParams` in shaders/mcmc.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq)]
+pub struct McmcParams {
+    pub d: u32,
+    pub chains: u32,
+    /// 0 pCN, 1 MALA.
+    pub sampler: u32,
+    /// 0 step; 1 initialise (accept unconditionally, count nothing).
+    pub mode: u32,
+    pub seed_lo: u32,
+    pub seed_hi: u32,
+    pub warmup: u32,
+    pub thin: u32,
+    /// Kept draws per chain (capacity of the sample buffer).
+    pub kept: u32,
+    /// pCN: beta; MALA: h.
+    pub step_size: f32,
+    pub _pad: [u32; 2],
+}
+
+impl McmcParams {
+    pub fn seed(&self) -> u64 {
+        self.seed_lo as u64 | ((self.seed_hi as u64) << 32)
+    }
+}
+
+/// Keep in sync with `Chain` in shaders/mcmc.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq)]
+pub struct McmcChain {
+    /// Steps taken (the Philox step counter).
+    pub step: u32,
+    pub accepts: u32,
+    /// Draws written to the sample buffer.
+    pub kept: u32,
+    /// Proposals rejected because a solve did not converge.
+    pub failed: u32,
+    /// logpi(x) = -Phi(x) - |x|^2/2 of the current state.
+    pub lp: f32,
+    /// Phi(x) of the current state.
+    pub phi: f32,
+    pub _pad: [u32; 2],
+}
+
+/// Settings of one MCMC run.
+#[derive(Clone, Debug)]
+pub struct McmcSettings {
+    pub sampler: Sampler,
+    /// Chains run at once (one batch slot of the solver each).
+    pub chains: usize,
+    /// Warm-up steps per chain (step size adapted, nothing kept).
+    pub warmup: usize,
+    /// Draws kept per chain after warm-up.
+    pub samples: usize,
+    /// Keep every thin-th step.
+    pub thin: usize,
+    /// Initial step size (beta for pCN, h for MALA); `None`: the sampler's default.
+    pub step: Option<f64>,
+    pub seed: u64,
+    pub precondition: Precondition,
+    /// Steps between acceptance read-backs (and step-size updates) in warm-up.
+    pub adapt_every: usize,
+    /// Steps recorded per submit after warm-up.
+    pub steps_per_submit: usize,
+    /// Error if more than this fraction of proposals had a failed solve.
+    pub max_failed_fraction: f64,
+}
+
+/// The defaults: MALA with the Laplace reference, 64 chains, 500 warm-up
+/// and 1000 kept steps each. R-hat < 1.01 needs about 100 autocorrelation times per
+/// chain; MALA's is ~6 steps on poisson1d (64 x 500 kept gave R-hat 1.013,
+/// 64 x 1000 stays below 1.01; 15 s on lavapipe).
+impl Default for McmcSettings {
+    fn default() -> Self {
+        McmcSettings {
+            sampler: Sampler::Mala,
+            chains: 64,
+            warmup: 500,
+            samples: 1000,
+            thin: 1,
+            step: None,
+            seed: 0,
+            precondition: Precondition::Laplace,
+            adapt_every: 20,
+            steps_per_submit: 50,
+            max_failed_fraction: 0.01,
+        }
+    }
+}
+
+impl McmcSettings {
+    /// The settings of `pdevi mcmc` from a run config (defaults for unset keys).
+    pub fn from_config(cfg: &RunConfig, seed: u64) -> Result<Self> {
+        let d = McmcSettings::default();
+        let s = McmcSettings {
+            sampler: Sampler::parse(cfg.sampler.as_deref().unwrap_or("mala"))?,
+            chains: cfg.chains.unwrap_or(d.chains),
+            warmup: cfg.warmup.unwrap_or(d.warmup),
+            samples: cfg.samples.unwrap_or(d.samples),
+            thin: cfg.thin.unwrap_or(d.thin),
+            precondition: Precondition::parse(cfg.precondition.as_deref().unwrap_or("laplace"))?,
+            seed,
+            ..d
+        };
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Initial step size.
+    pub fn initial_step(&self) -> f64 {
+        self.step
+            .unwrap_or_else(|| self.sampler.default_step(self.precondition))
+    }
+
+    /// Total steps per chain.
+    pub fn total_steps(&self) -> usize {
+        self.warmup + self.samples * self.thin
+    }
+
+    /// Reject settings that cannot give a result.
+    pub fn validate(&self) -> Result<()> {
+        if self.chains == 0 {
+            return Err(Error::setting("chains", 0, "need at least one chain"));
+        }
+        if self.thin == 0 {
+            return Err(Error::setting(
+                "thin",
+                0,
+                "must be at least 1 (1 keeps every step)",
+            ));
+        }
+        if self.samples < 4 {
+            return Err(Error::setting(
+                "samples",
+                self.samples,
+                "need at least 4 kept draws per chain (split R-hat halves each chain)",
+            ));
+        }
+        let total = self
+            .samples
+            .checked_mul(self.thin)
+            .and_then(|k| k.checked_add(self.warmup));
+        if total.is_none_or(|t| t >= u32::MAX as usize) {
+            return Err(Error::setting(
+                "warmup",
+                self.warmup,
+                format!(
+                    "warmup + samples x thin (= {} + {} x {}) must stay below 2^32 steps",
+                    self.warmup, self.samples, self.thin
+                ),
+            ));
+        }
+        if self.adapt_every == 0 || self.steps_per_submit == 0 {
+            return Err(Error::setting(
+                "adapt_every",
+                self.adapt_every,
+                "read-back intervals must be at least one step",
+            ));
+        }
+        let s = self.initial_step();
+        if !(s.is_finite() && s > 0.0 && s <= self.sampler.max_step()) {
+            return Err(Error::setting(
+                "step",
+                s,
+                format!(
+                    "the {} step size must be in (0, {}]",
+                    self.sampler.name(),
+                    self.sampler.max_step()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The chains on the GPU: the batched solver (one system per chain), the
+/// reference, chain states, proposals and the kept draws.
+pub struct McmcEngine {
+    pub solver: BatchedSolver,
+    pub params: McmcParams,
+    pub sampler: Sampler,
+    params_buf: wgpu::Buffer,
+    /// [m (d) | L (d x d)].
+    pub reference: wgpu::Buffer,
+    /// C x 3d: [w | g_w | x] per chain.
+    pub state: wgpu::Buffer,
+    /// C x 2d: [w' | g_w'] per chain.
+    pub prop: wgpu::Buffer,
+    pub chains: wgpu::Buffer,
+    /// C x kept x (d + 1): x, logpi(x).
+    pub samples: wgpu::Buffer,
+    bg_propose: wgpu::BindGroup,
+    bg_map: wgpu::BindGroup,
+    bg_grad: wgpu::BindGroup,
+    bg_accept: wgpu::BindGroup,
+}
+
+/// Check a reference Gaussian (m, lower Cholesky factor L).
+pub fn check_reference(d: usize, m: &[f64], l: &[f64]) -> Result<()> {
+    if m.len() != d || l.len() != d * d {
+        return Err(Error::setting(
+            "reference",
+            format!("({}, {})", m.len(), l.len()),
+            format!("expected a mean of length {d} and a {d} x {d} factor"),
+        ));
+    }
+    if let Some(v) = m.iter().chain(l).find(|v| !v.is_finite()) {
+        return Err(Error::setting(
+            "reference",
+            v,
+            "the reference Gaussian must be finite (did the Laplace fit fail?)",
+        ));
+    }
+    if let Some(i) = (0..d).find(|&i| l[i * d + i] <= 0.0) {
+        return Err(Error::setting(
+            "reference",
+            l[i * d + i],
+            format!("the Cholesky factor needs a positive diagonal (entry {i})"),
+        ));
+    }
+    Ok(())
+}
+
+impl McmcEngine {
+    /// Allocate for `settings.chains` chains on the posterior of `problem`
+    /// given `y` at `sensors`, with reference N(m, L L^T) (L lower, row-major).
+    #[allow(clippy::too_many_arguments, reason = "the inputs of one posterior")]
+    pub fn new(
+        ctx: &GpuContext,
+        problem: &Problem,
+        sensors: &[usize],
+        y: &[f64],
+        cg: CgParams,
+        settings: &McmcSettings,
+        m: &[f64],
+        l: &[f64],
+    ) -> Result<Self> {
+        settings.validate()?;
+        let d = problem.d;
+        check_reference(d, m, l)?;
+        let c = settings.chains;
+        let max_groups = ctx.limits.max_compute_workgroups_per_dimension as usize;
+        if c > max_groups {
+            return Err(Error::setting(
+                "chains",
+                c,
+                format!("the device runs at most {max_groups} systems per dispatch"),
+            ));
+        }
+        let sample_floats = (c as u64) * (settings.samples as u64) * (d as u64 + 1);
+        if sample_floats * 4 > ctx.max_binding() {
+            return Err(Error::TooLarge {
+                what: format!(
+                    "the kept draws ({c} chains x {} draws x {} floats; raise --thin or lower --samples)",
+                    settings.samples,
+                    d + 1
+                ),
+                bytes: sample_floats * 4,
+                limit: ctx.max_binding(),
+                limit_name: "storage buffer binding",
+            });
+        }
+        let solver = BatchedSolver::new(ctx, problem, c, cg, Some(sensors), false)?;
+        solver.set_data(ctx, y)?;
+        let params = McmcParams {
+            d: d as u32,
+            chains: c as u32,
+            sampler: settings.sampler.code(),
+            mode: 0,
+            seed_lo: settings.seed as u32,
+            seed_hi: (settings.seed >> 32) as u32,
+            warmup: settings.warmup as u32,
+            thin: settings.thin as u32,
+            kept: settings.samples as u32,
+            step_size: settings.initial_step() as f32,
+            _pad: [0; 2],
+        };
+        let refv: Vec<f32> = m.iter().chain(l).map(|&v| v as f32).collect();
+        let reference = ctx.upload("mcmc.reference", &refv)?;
+        let state = ctx.storage("mcmc.state", (c * 3 * d * 4) as u64)?;
+        let prop = ctx.storage("mcmc.proposal", (c * 2 * d * 4) as u64)?;
+        let chains = ctx.storage("mcmc.chains", (c * std::mem::size_of::<McmcChain>()) as u64)?;
+        let samples = ctx.storage("mcmc.samples", sample_floats * 4)?;
+        let params_buf = ctx.upload("mcmc.params", &[params])?;
+        let s = &solver;
+        let bg_propose = ctx.bind(
+            KernelId::McmcPropose,
+            &[&params_buf, &state, &prop, &chains],
+        );
+        let bg_map = ctx.bind(KernelId::McmcMap, &[&params_buf, &reference, &prop, &s.xi]);
+        let bg_grad = ctx.bind(
+            KernelId::McmcGrad,
+            &[&params_buf, &reference, &prop, &s.xi, &s.gxi],
+        );
+        let bg_accept = ctx.bind(
+            KernelId::McmcAccept,
+            &[
+                &params_buf,
+                &state,
+                &prop,
+                &chains,
+                &s.xi,
+                &s.misfit,
+                &s.state_fwd,
+                &s.state_adj,
+                &samples,
+            ],
+        );
+        Ok(McmcEngine {
+            solver,
+            params,
+            sampler: settings.sampler,
+            params_buf,
+            reference,
+            state,
+            prop,
+            chains,
+            samples,
+            bg_propose,
+            bg_map,
+            bg_grad,
+            bg_accept,
+        })
+    }
+
+    fn d(&self) -> usize {
+        self.params.d as usize
+    }
+
+    fn c(&self) -> usize {
+        self.params.chains as usize
+    }
+
+    /// Set the chains to w0 (C x d, whitened): solves at x = m + L w0 and
+    /// stores logpi and its gradient; counters restart at zero.
+    pub fn init(&mut self, ctx: &GpuContext, w0: &[f64]) -> Result<()> {
+        let (c, d) = (self.c(), self.d());
+        if w0.len() != c * d {
+            return Err(Error::setting(
+                "w0",
+                w0.len(),
+                format!("expected {c} x {d} values"),
+            ));
+        }
+        let mut prop = vec![0f32; c * 2 * d];
+        for k in 0..c {
+            for i in 0..d {
+                prop[k * 2 * d + i] = w0[k * d + i] as f32;
+            }
+        }
+        ctx.write(&self.prop, &prop);
+        ctx.write(&self.chains, &vec![McmcChain::default(); c]);
+        let mut p = self.params;
+        p.mode = 1;
+        ctx.write(&self.params_buf, &[p]);
+        let mut enc = ctx.encoder("pdevi.mcmc.init");
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("pdevi.mcmc.map"),
+                timestamp_writes: None,
+            });
+            ctx.dispatch(&mut pass, KernelId::McmcMap, &self.bg_map, self.groups_cd());
+        }
+        self.encode_evaluate(ctx, &mut enc);
+        ctx.submit_wait(enc)?;
+        ctx.write(&self.params_buf, &[self.params]);
+        let ch = self.read_chains(ctx)?;
+        let bad: Vec<usize> = (0..c).filter(|&k| ch[k].failed > 0).collect();
+        if let Some(&first) = bad.first() {
+            let x = self.read_state(ctx)?;
+            let x0: Vec<String> = x[first * 3 * d + 2 * d..first * 3 * d + 2 * d + d.min(4)]
+                .iter()
+                .map(|v| format!("{v:.3}"))
+                .collect();
+            return Err(Error::NoConvergence(format!(
+                "MCMC initial states: the solves of {} of {c} chains did not converge or gave a non-finite log-density (first: chain {first}, x starts [{}, ...]); raise --max-iters or loosen --tol, or check the reference Gaussian",
+                bad.len(),
+                x0.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    fn groups_cd(&self) -> [u32; 3] {
+        [((self.c() * self.d()) as u32).div_ceil(256), 1, 1]
+    }
+
+    /// Forward solve and misfit (and for MALA the adjoint and g_w') at the
+    /// proposal already in the solver's xi, then the accept kernel.
+    fn encode_evaluate(&self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder) {
+        self.solver.encode_forward(ctx, enc);
+        match self.sampler {
+            Sampler::Pcn => self.solver.encode_misfit(ctx, enc),
+            Sampler::Mala => self.solver.encode_gradient(ctx, enc),
+        }
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("pdevi.mcmc.accept"),
+            timestamp_writes: None,
+        });
+        if self.sampler == Sampler::Mala {
+            ctx.dispatch(
+                &mut pass,
+                KernelId::McmcGrad,
+                &self.bg_grad,
+                self.groups_cd(),
+            );
+        }
+        let groups = (self.c() as u32).div_ceil(64);
+        ctx.dispatch(
+            &mut pass,
+            KernelId::McmcAccept,
+            &self.bg_accept,
+            [groups, 1, 1],
+        );
+    }
+
+    /// Record one MCMC step of every chain.
+    pub fn encode_step(&self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder) {
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("pdevi.mcmc.propose"),
+                timestamp_writes: None,
+            });
+            let blocks = (self.c() * self.d().div_ceil(4)) as u32;
+            ctx.dispatch(
+                &mut pass,
+                KernelId::McmcPropose,
+                &self.bg_propose,
+                [blocks.div_ceil(256), 1, 1],
+            );
+            ctx.dispatch(&mut pass, KernelId::McmcMap, &self.bg_map, self.groups_cd());
+        }
+        self.encode_evaluate(ctx, enc);
+    }
+
+    /// Record `n` steps into one encoder, submit and wait.
+    pub fn run_steps(&self, ctx: &GpuContext, n: usize) -> Result<()> {
+        let mut enc = ctx.encoder("pdevi.mcmc.steps");
+        for _ in 0..n {
+            self.encode_step(ctx, &mut enc);
+        }
+        ctx.submit_wait(enc)
+    }
+
+    /// Change the step size (beta or h) for the following steps.
+    pub fn set_step_size(&mut self, ctx: &GpuContext, s: f64) {
+        self.params.step_size = s as f32;
+        ctx.write(&self.params_buf, &[self.params]);
+    }
+
+    /// Dispatches recorded per step.
+    pub fn dispatches_per_step(&self) -> usize {
+        let it = self.solver.iterate_dispatches() as usize;
+        let solve = 1 + it;
+        let fwd = 1 + solve + 1; // kl_map, solve, misfit
+        let grad = usize::from(self.solver.problem.kind == crate::problem::ProblemKind::Darcy2d);
+        match self.sampler {
+            Sampler::Pcn => 2 + fwd + 1,
+            Sampler::Mala => 2 + fwd + solve + grad + 1 + 1 + 1,
+        }
+    }
+
+    pub fn read_chains(&self, ctx: &GpuContext) -> Result<Vec<McmcChain>> {
+        ctx.read(&self.chains, 0, self.c())
+    }
+
+    /// The chain states, C x 3d: [w | g_w | x] per chain.
+    pub fn read_state(&self, ctx: &GpuContext) -> Result<Vec<f64>> {
+        self.solver
+            .read_f64(ctx, &self.state, self.c() * 3 * self.d())
+    }
+
+    /// The proposals, C x 2d: [w' | g_w'] per chain.
+    pub fn read_proposal(&self, ctx: &GpuContext) -> Result<Vec<f64>> {
+        self.solver
+            .read_f64(ctx, &self.prop, self.c() * 2 * self.d())
+    }
+
+    /// The kept draws: x (C x kept x d) and logpi (C x kept).
+    pub fn read_samples(&self, ctx: &GpuContext) -> Result<(Vec<f64>, Vec<f64>)> {
+        let (c, d, k) = (self.c(), self.d(), self.params.kept as usize);
+        let raw = self.solver.read_f64(ctx, &self.samples, c * k * (d + 1))?;
+        let mut x = Vec::with_capacity(c * k * d);
+        let mut lp = Vec::with_capacity(c * k);
+        for row in raw.chunks(d + 1) {
+            x.extend_from_slice(&row[..d]);
+            lp.push(row[d]);
+        }
+        Ok((x, lp))
+    }
+}
+
+/// What [`run_chains`] returns.
+#[derive(Clone, Debug)]
+pub struct McmcResult {
+    pub sampler: Sampler,
+    pub chains: usize,
+    /// Kept draws per chain.
+    pub kept: usize,
+    pub d: usize,
+    /// x of the kept draws, chains x kept x d (pooled chain-major: N x d).
+    pub samples: Vec<f64>,
+    /// logpi(x) = -Phi - |x|^2/2 of the kept draws, chains x kept.
+    pub logpost: Vec<f64>,
+    /// Acceptance rate after warm-up (mean over chains).
+    pub acceptance: f64,
+    /// Acceptance rate of each chain after warm-up.
+    pub acceptance_per_chain: Vec<f64>,
+    /// Step size after warm-up (beta for pCN, h for MALA).
+    pub step: f64,
+    /// (step, step size, acceptance over the interval) at each warm-up read-back.
+    pub adaptation: Vec<(usize, f64, f64)>,
+    /// (step, logpi per chain) at each warm-up read-back.
+    pub warmup_trace: Vec<(usize, Vec<f64>)>,
+    /// Rank-normalised split R-hat per coordinate of xi.
+    pub rhat: Vec<f64>,
+    /// Bulk effective sample size per coordinate of xi.
+    pub ess_bulk: Vec<f64>,
+    /// Proposals rejected because a solve failed, and all proposals.
+    pub failed_solves: u64,
+    pub proposals: u64,
+    pub warmup_seconds: f64,
+    pub sampling_seconds: f64,
+    pub seconds: f64,
+    pub dispatches_per_step: usize,
+}
+
+impl McmcResult {
+    /// Number of pooled draws.
+    pub fn n(&self) -> usize {
+        self.chains * self.kept
+    }
+
+    /// Largest R-hat over xi (NaN-aware: NaN if any is NaN).
+    pub fn max_rhat(&self) -> f64 {
+        self.rhat.iter().fold(f64::NEG_INFINITY, |a, &b| {
+            if a.is_nan() || b.is_nan() {
+                f64::NAN
+            } else {
+                a.max(b)
+            }
+        })
+    }
+
+    pub fn min_ess(&self) -> f64 {
+        self.ess_bulk.iter().fold(f64::INFINITY, |a, &b| {
+            if a.is_nan() || b.is_nan() {
+                f64::NAN
+            } else {
+                a.min(b)
+            }
+        })
+    }
+
+    pub fn median_ess(&self) -> f64 {
+        let mut v = self.ess_bulk.clone();
+        v.sort_by(f64::total_cmp);
+        crate::stats::quantile(&v, 0.5)
+    }
+
+    /// Minimum bulk ESS over xi per second of sampling (after warm-up).
+    pub fn ess_per_second(&self) -> f64 {
+        self.min_ess() / self.sampling_seconds.max(1e-12)
+    }
+
+    /// The draws of coordinate i, one vector per chain.
+    pub fn coordinate(&self, i: usize) -> Vec<Vec<f64>> {
+        let (k, d) = (self.kept, self.d);
+        (0..self.chains)
+            .map(|c| (0..k).map(|t| self.samples[(c * k + t) * d + i]).collect())
+            .collect()
+    }
+
+    /// Mean and covariance (d x d, divisor N - 1) of the pooled draws.
+    pub fn moments(&self) -> (Vec<f64>, Vec<f64>) {
+        sample_moments(&self.samples, self.d)
+    }
+}
+
+/// Mean and covariance (divisor N - 1) of draws stored N x d.
+pub fn sample_moments(x: &[f64], d: usize) -> (Vec<f64>, Vec<f64>) {
+    let n = x.len() / d;
+    let mut mean = vec![0.0; d];
+    for row in x.chunks(d) {
+        for (m, v) in mean.iter_mut().zip(row) {
+            *m += v;
+        }
+    }
+    for m in mean.iter_mut() {
+        *m /= n.max(1) as f64;
+    }
+    let mut cov = vec![0.0; d * d];
+    let mut c = vec![0.0; d];
+    for row in x.chunks(d) {
+        for i in 0..d {
+            c[i] = row[i] - mean[i];
+        }
+        for i in 0..d {
+            for j in 0..=i {
+                cov[i * d + j] += c[i] * c[j];
+            }
+        }
+    }
+    let div = (n.max(2) - 1) as f64;
+    for i in 0..d {
+        for j in 0..=i {
+            let v = cov[i * d + j] / div;
+            cov[i * d + j] = v;
+            cov[j * d + i] = v;
+        }
+    }
+    (mean, cov)
+}
+
+/// Robbins-Monro gain on log(step) after k - 1 read-backs near the target.
+fn adapt_gain(k: usize) -> f64 {
+    2.0 / (k as f64).powf(0.6)
+}
+
+/// Acceptance within this of the target counts as near it (gain decays).
+const ADAPT_NEAR: f64 = 0.2;
+
+/// Initial whitened states: draws of the reference Gaussian, w ~ N(0, I).
+pub fn initial_states(seed: u64, chains: usize, d: usize) -> Vec<f64> {
+    crate::rng::normals(seed, crate::rng::streams::MCMC_INIT, 0, chains * d)
+}
+
+/// Run the chains for the problem and data of `st` with the reference
+/// Gaussian N(m, L L^T) (`reference` = (m, L), L lower and row-major).
+pub fn run_chains(
+    ctx: &GpuContext,
+    st: &Setup,
+    settings: &McmcSettings,
+    reference: (&[f64], &[f64]),
+    progress: impl FnMut(usize, usize),
+) -> Result<McmcResult> {
+    sample_posterior(
+        ctx,
+        &st.pb,
+        &st.sensors,
+        &st.y,
+        st.cg,
+        settings,
+        reference,
+        progress,
+    )
+}
+
+/// [`run_chains`] for any problem and data. `progress(step, total)` is
+/// called at every read-back.
+#[allow(clippy::too_many_arguments, reason = "the inputs of one posterior")]
+pub fn sample_posterior(
+    ctx: &GpuContext,
+    pb: &Problem,
+    sensors: &[usize],
+    y: &[f64],
+    cg: CgParams,
+    settings: &McmcSettings,
+    reference: (&[f64], &[f64]),
+    mut progress: impl FnMut(usize, usize),
+) -> Result<McmcResult> {
+    let t0 = Instant::now();
+    let s = settings;
+    let (c, d) = (s.chains, pb.d);
+    let mut eng = McmcEngine::new(ctx, pb, sensors, y, cg, s, reference.0, reference.1)?;
+    eng.init(ctx, &initial_states(s.seed, c, d))?;
+    let total = s.total_steps();
+    let target = s.sampler.target_acceptance();
+    let max_log = s.sampler.max_step().ln();
+    let mut log_step = s.initial_step().ln();
+    let mut adaptation = Vec::new();
+    let mut warmup_trace = Vec::new();
+    let mut prev = vec![0u32; c];
+    let mut t = 0usize;
+    let mut k = 0usize;
+    let check_failed = |ch: &[McmcChain], t: usize| -> Result<u64> {
+        let failed: u64 = ch.iter().map(|x| x.failed as u64).sum();
+        let props = (t * c) as u64;
+        if failed > 0 && failed as f64 > s.max_failed_fraction * props as f64 {
+            return Err(Error::NoConvergence(format!(
+                "MCMC step {t}: {failed} of {props} proposals had a solve that did not converge (more than {:.1} %); raise --max-iters or loosen --tol (the proposals reach fields the solver cannot handle)",
+                100.0 * s.max_failed_fraction
+            )));
+        }
+        Ok(failed)
+    };
+    while t < s.warmup {
+        let n = s.adapt_every.min(s.warmup - t);
+        eng.run_steps(ctx, n)?;
+        t += n;
+        let ch = eng.read_chains(ctx)?;
+        check_failed(&ch, t)?;
+        let acc: u64 = ch
+            .iter()
+            .zip(&prev)
+            .map(|(x, p)| (x.accepts - p) as u64)
+            .sum();
+        let rate = acc as f64 / (c * n) as f64;
+        adaptation.push((t, log_step.exp(), rate));
+        warmup_trace.push((t, ch.iter().map(|x| x.lp as f64).collect()));
+        prev = ch.iter().map(|x| x.accepts).collect();
+        // The gain decays only once the acceptance is near the target, so a
+        // poor initial step is corrected at full speed (x2.4 or /3 per read-back).
+        if (rate - target).abs() <= ADAPT_NEAR {
+            k += 1;
+        }
+        log_step = (log_step + adapt_gain(k + 1) * (rate - target)).min(max_log);
+        if !log_step.is_finite() {
+            log_step = s.initial_step().ln();
+        }
+        eng.set_step_size(ctx, log_step.exp());
+        progress(t, total);
+    }
+    let warmup_seconds = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let mut ch = eng.read_chains(ctx)?;
+    let at_warmup: Vec<u32> = ch.iter().map(|x| x.accepts).collect();
+    while t < total {
+        let n = s.steps_per_submit.min(total - t);
+        eng.run_steps(ctx, n)?;
+        t += n;
+        ch = eng.read_chains(ctx)?;
+        check_failed(&ch, t)?;
+        progress(t, total);
+    }
+    let (samples, logpost) = eng.read_samples(ctx)?;
+    let sampling_seconds = t1.elapsed().as_secs_f64();
+    if let Some((i, x)) = ch
+        .iter()
+        .enumerate()
+        .find(|(_, x)| x.kept as usize != s.samples)
+    {
+        return Err(Error::Gpu {
+            context: "MCMC".into(),
+            message: format!("chain {i} kept {} draws, expected {}", x.kept, s.samples),
+        });
+    }
+    let steps_after = (total - s.warmup) as f64;
+    let acceptance_per_chain: Vec<f64> = ch
+        .iter()
+        .zip(&at_warmup)
+        .map(|(x, a)| (x.accepts - a) as f64 / steps_after)
+        .collect();
+    let acceptance = acceptance_per_chain.iter().sum::<f64>() / c as f64;
+    let failed_solves = check_failed(&ch, t)?;
+    let mut r = McmcResult {
+        sampler: s.sampler,
+        chains: c,
+        kept: s.samples,
+        d,
+        samples,
+        logpost,
+        acceptance,
+        acceptance_per_chain,
+        step: eng.params.step_size as f64,
+        adaptation,
+        warmup_trace,
+        rhat: Vec::new(),
+        ess_bulk: Vec::new(),
+        failed_solves,
+        proposals: (total * c) as u64,
+        warmup_seconds,
+        sampling_seconds,
+        seconds: 0.0,
+        dispatches_per_step: eng.dispatches_per_step(),
+    };
+    if let Some(i) = r.samples.iter().position(|v| !v.is_finite()) {
+        return Err(Error::Diverged(format!(
+            "MCMC draw {} of chain {} holds a non-finite value",
+            (i / d) % s.samples,
+            i / d / s.samples
+        )));
+    }
+    for i in 0..d {
+        let chains_i = r.coordinate(i);
+        r.rhat.push(crate::stats::split_rhat(&chains_i));
+        r.ess_bulk.push(crate::stats::ess_bulk(&chains_i));
+    }
+    r.seconds = t0.elapsed().as_secs_f64();
+    Ok(r)
+}
+
+/// The reference Gaussian of `settings.precondition` for the data of `st`:
+/// (m, L, description for metrics.json).
+pub fn reference_for(
+    ctx: &GpuContext,
+    st: &Setup,
+    precondition: Precondition,
+    gn_iters: usize,
+) -> Result<(Vec<f64>, Vec<f64>, serde_json::Value)> {
+    let d = st.pb.d;
+    match precondition {
+        Precondition::Prior => {
+            let mut l = vec![0.0; d * d];
+            for i in 0..d {
+                l[i * d + i] = 1.0;
+            }
+            Ok((vec![0.0; d], l, serde_json::json!({ "kind": "prior" })))
+        }
+        Precondition::Laplace => {
+            let lap = crate::laplace::fit_laplace(ctx, st, gn_iters)?;
+            if lap.map.len() != d
+                || lap.cov.len() != d * d
+                || lap.map.iter().chain(&lap.cov).any(|v| !v.is_finite())
+            {
+                return Err(Error::Diverged(
+                    "the Laplace fit for the MCMC reference is not finite; use --precondition prior"
+                        .into(),
+                ));
+            }
+            let l = crate::run::cholesky(&lap.cov, d);
+            Ok((
+                lap.map,
+                l,
+                serde_json::json!({
+                    "kind": "laplace",
+                    "gn_iterations": lap.iterations,
+                    "objective": lap.objective,
+                }),
+            ))
+        }
+    }
+}
+
+/// `pdevi mcmc`: the same inputs and output files as `pdevi run`, plus the
+/// draws (`samples_xi.npy` N x d, `chains_xi.npy` chains x kept x d,
+/// `chains_logpost.npy`), per-coordinate diagnostics and a trace figure.
+pub fn run_mcmc(cfg: &RunConfig) -> Result<serde_json::Value> {
+    // Settings first: a bad one fails before any data are simulated.
+    let mut settings = McmcSettings::from_config(cfg, cfg.seed.unwrap_or(0))?;
+    let st = setup(cfg)?;
+    settings.seed = st.seed;
+    let ctx = GpuContext::new()?;
+    let d = st.pb.d;
+    let gn_iters = cfg.gn_iters.unwrap_or(30);
+    let t_ref = Instant::now();
+    let (m, l, ref_json) = reference_for(&ctx, &st, settings.precondition, gn_iters)?;
+    let reference_seconds = t_ref.elapsed().as_secs_f64();
+
+    let total = settings.total_steps();
+    let bar = if st.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let b = indicatif::ProgressBar::new(total as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {per_sec}  {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b.set_message(format!(
+            "{} x {} chains",
+            settings.sampler.name(),
+            settings.chains
+        ));
+        b
+    };
+    let r = run_chains(&ctx, &st, &settings, (&m, &l), |t, _| {
+        bar.set_position(t as u64)
+    });
+    bar.finish_and_clear();
+    let r = r?;
+    let out = &st.out;
+    let (c, k, n) = (r.chains, r.kept, r.n());
+    io::write_npy(&out.join("samples_xi.npy"), &[n, d], &r.samples)?;
+    io::write_npy(&out.join("chains_xi.npy"), &[c, k, d], &r.samples)?;
+    io::write_npy(&out.join("chains_logpost.npy"), &[c, k], &r.logpost)?;
+    let (mean, cov) = r.moments();
+    write_diagnostics(&out.join("diagnostics.csv"), &r, &mean, &cov)?;
+
+    // Posterior predictive of u over evenly spaced kept draws.
+    let npred = cfg.predictive_samples.unwrap_or(64).clamp(1, 64).min(n);
+    let picks: Vec<f64> = (0..npred)
+        .flat_map(|j| {
+            let idx = j * n / npred;
+            r.samples[idx * d..(idx + 1) * d].to_vec()
+        })
+        .collect();
+    let pred_solver = BatchedSolver::new(&ctx, &st.pb, npred, st.cg, Some(&st.sensors), false)?;
+    let pred = crate::run::predictive_u_draws(&ctx, &pred_solver, &picks)?;
+    let mut metrics = serde_json::Map::new();
+    write_posterior(
+        &ctx,
+        &pred_solver,
+        &st,
+        &mean,
+        &cov,
+        Some(pred),
+        npred,
+        &mut metrics,
+    )?;
+    write_trace(&out.join("trace.png"), &r, settings.warmup, settings.thin)?;
+
+    let (max_rhat, min_ess) = (r.max_rhat(), r.min_ess());
+    let finite_or_null = |v: f64| {
+        if v.is_finite() {
+            serde_json::json!(v)
+        } else {
+            serde_json::Value::Null
+        }
+    };
+    let mut all = serde_json::json!({
+        "method": "mcmc",
+        "sampler": r.sampler.name(),
+        "precondition": settings.precondition.name(),
+        "reference": ref_json,
+        "chains": c,
+        "kept_per_chain": k,
+        "draws": n,
+        "acceptance": r.acceptance,
+        "acceptance_min_chain": r.acceptance_per_chain.iter().cloned().fold(f64::INFINITY, f64::min),
+        "step_size": r.step,
+        "max_rhat": finite_or_null(max_rhat),
+        "min_ess_bulk": finite_or_null(min_ess),
+        "median_ess_bulk": finite_or_null(r.median_ess()),
+        "ess_per_s": finite_or_null(r.ess_per_second()),
+        "failed_solves": r.failed_solves,
+        "proposals": r.proposals,
+        "warmup_seconds": r.warmup_seconds,
+        "sampling_seconds": r.sampling_seconds,
+        "reference_seconds": reference_seconds,
+        "seconds": r.seconds + reference_seconds,
+        "steps_per_s": total as f64 / r.seconds,
+        "dispatches_per_step": r.dispatches_per_step,
+        "device": ctx.describe(),
+        "settings": st.settings_json(),
+    });
+    if let Some(sj) = all.get_mut("settings").and_then(|v| v.as_object_mut()) {
+        sj.insert("sampler".into(), settings.sampler.name().into());
+        sj.insert("chains".into(), c.into());
+        sj.insert("warmup".into(), settings.warmup.into());
+        sj.insert("samples".into(), settings.samples.into());
+        sj.insert("thin".into(), settings.thin.into());
+        sj.insert("initial_step".into(), settings.initial_step().into());
+        sj.insert("precondition".into(), settings.precondition.name().into());
+        sj.insert("gn_iters".into(), gn_iters.into());
+        sj.insert("adapt_every".into(), settings.adapt_every.into());
+    }
+    if let Some(obj) = all.as_object_mut() {
+        obj.extend(metrics);
+    }
+    write_json(&out.join("metrics.json"), &all)?;
+    if max_rhat.is_nan() || max_rhat > 1.01 {
+        let hint = match settings.precondition {
+            Precondition::Prior => " or use --precondition laplace",
+            Precondition::Laplace => "",
+        };
+        eprintln!(
+            "warning: max R-hat over xi is {max_rhat:.4} > 1.01: the chains have not mixed; run longer (--samples, --warmup){hint}"
+        );
+    }
+    if min_ess.is_nan() || min_ess < 100.0 {
+        eprintln!(
+            "warning: min bulk ESS over xi is {min_ess:.1} < 100: too few effective draws for reliable means and intervals; run longer or use more chains"
+        );
+    }
+    if r.failed_solves > 0 {
+        eprintln!(
+            "warning: {} of {} proposals were rejected because a solve did not converge",
+            r.failed_solves, r.proposals
+        );
+    }
+    Ok(all)
+}
+
+/// Per-coordinate mean, sd, R-hat and bulk ESS.
+fn write_diagnostics(path: &Path, r: &McmcResult, mean: &[f64], cov: &[f64]) -> Result<()> {
+    let d = r.d;
+    let mut csv = String::from("i,mean,sd,rhat,ess_bulk\n");
+    for i in 0..d {
+        csv.push_str(&format!(
+            "{i},{:.10e},{:.10e},{:.6},{:.2}\n",
+            mean[i],
+            cov[i * d + i].max(0.0).sqrt(),
+            r.rhat[i],
+            r.ess_bulk[i]
+        ));
+    }
+    std::fs::write(path, csv).map_err(|e| Error::io(path, e))
+}
+
+/// logpi per chain against the step: the warm-up read-backs, then every
+/// kept draw (at most 8 chains drawn).
+fn write_trace(path: &Path, r: &McmcResult, warmup: usize, thin: usize) -> Result<()> {
+    const COLOURS: [[u8; 3]; 8] = [
+        [31, 119, 180],
+        [255, 127, 14],
+        [44, 160, 44],
+        [214, 39, 40],
+        [148, 103, 189],
+        [140, 86, 75],
+        [227, 119, 194],
+        [127, 127, 127],
+    ];
+    let shown = r.chains.min(COLOURS.len());
+    let mut xs = Vec::with_capacity(shown);
+    let mut ys = Vec::with_capacity(shown);
+    for c in 0..shown {
+        let mut x = Vec::new();
+        let mut y = Vec::new();
+        for (t, lp) in &r.warmup_trace {
+            x.push(*t as f64);
+            y.push(lp[c]);
+        }
+        for j in 0..r.kept {
+            x.push((warmup + (j + 1) * thin) as f64);
+            y.push(r.logpost[c * r.kept + j]);
+        }
+        xs.push(x);
+        ys.push(y);
+    }
+    let series: Vec<Series> = (0..shown)
+        .map(|c| Series {
+            label: if c == 0 {
+                format!("{shown} of {} chains", r.chains)
+            } else {
+                String::new()
+            },
+            x: &xs[c],
+            y: &ys[c],
+            band: None,
+            rgb: COLOURS[c],
+            dashed: false,
+        })
+        .collect();
+    let all: Vec<f64> = ys.iter().flatten().copied().collect();
+    plot::write_line_plot(
+        path,
+        &format!(
+            "log posterior ({}, warm-up {warmup} steps, then kept draws)",
+            r.sampler.name()
+        ),
+        "step",
+        "log posterior (up to a constant)",
+        &series,
+        false,
+        Some(plot::robust_range(&all)),
+    )
+}
