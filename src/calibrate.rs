@@ -20,6 +20,7 @@ use crate::cpu::vi::spd_inverse;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::laplace::{gauss_newton, GaussNewton};
+use crate::mcmc::{sample_posterior, McmcSettings, Precondition};
 use crate::plot::{self, Series};
 use crate::problem::{Problem, ProblemKind};
 use crate::rng::{normals, streams};
@@ -166,9 +167,17 @@ pub fn calibrate(cfg: &RunConfig, s: &CalibrateSettings) -> Result<serde_json::V
     } else {
         None
     };
-    let mut gn = match s.method {
-        Method::Laplace => Some(GaussNewton::new(&ctx, &pb, &pb.sensors, &data[0], cg)?),
+    let mcmc = match s.method {
+        Method::Mcmc => Some(McmcSettings::from_config(cfg, seed)?),
         _ => None,
+    };
+    let needs_gn = s.method == Method::Laplace
+        || mcmc
+            .as_ref()
+            .is_some_and(|m| m.precondition == Precondition::Laplace);
+    let mut gn = match needs_gn {
+        true => Some(GaussNewton::new(&ctx, &pb, &pb.sensors, &data[0], cg)?),
+        false => None,
     };
     let bar = if quiet {
         indicatif::ProgressBar::hidden()
@@ -252,11 +261,33 @@ pub fn calibrate(cfg: &RunConfig, s: &CalibrateSettings) -> Result<serde_json::V
                 Posterior::Gauss { m, cov }
             }
             Method::Mcmc => {
-                return Err(Error::setting(
-                    "method",
-                    "mcmc",
-                    "not available in calibrate yet",
-                ))
+                let mut ms = mcmc.clone().ok_or_else(|| {
+                    Error::setting("method", "mcmc", "internal: no MCMC settings")
+                })?;
+                ms.seed = seed.wrapping_add(j as u64);
+                // The reference Gaussian of the proposals: this problem's Laplace fit, or the prior.
+                let (m, l) = match gn.as_mut() {
+                    Some(gn) => {
+                        gn.set_observations(y)?;
+                        let lp = gauss_newton(&ctx, gn, &vec![0.0; d], cfg.gn_iters.unwrap_or(30))?;
+                        (lp.map, cholesky(&lp.cov, d))
+                    }
+                    None => {
+                        let mut l = vec![0.0; d * d];
+                        for a in 0..d {
+                            l[a * d + a] = 1.0;
+                        }
+                        (vec![0.0; d], l)
+                    }
+                };
+                let r = sample_posterior(&ctx, &pb, &pb.sensors, y, cg, &ms, (&m, &l), |_, _| {})?;
+                if r.max_rhat() > 1.05 && !quiet {
+                    eprintln!(
+                        "warning: problem {j}: max R-hat {:.3}; raise --warmup / --samples",
+                        r.max_rhat()
+                    );
+                }
+                Posterior::Draws(r.samples.chunks(d).map(|x| x.to_vec()).collect())
             }
         };
         score(&pb, truth, post, s, &zl, seed, j, &mut tally)?;

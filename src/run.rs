@@ -252,6 +252,7 @@ pub fn predictive_u_draws(
 /// mean / std (exact, the field is linear in xi), the predictive u from
 /// `predictive` (mean, std) or else by `npred` solver draws, the images and
 /// the summary figure; error metrics against the truth go into `metrics`.
+#[allow(clippy::too_many_arguments, reason = "one posterior and where it goes")]
 pub fn write_posterior(
     ctx: &GpuContext,
     solver: &BatchedSolver,
@@ -438,7 +439,7 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
         cg,
         report_every: 10,
     };
-    let mut engine = ViEngine::new(&ctx, &pb, family, samples, &sensors, &y, seed, cg)?;
+    let mut engine = ViEngine::new(&ctx, pb, family, samples, sensors, y, seed, cg)?;
     let bar = if quiet {
         indicatif::ProgressBar::hidden()
     } else {

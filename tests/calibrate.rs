@@ -117,3 +117,28 @@ fn laplace_is_calibrated_on_the_linear_problem_and_bad_settings_are_refused() {
     assert!(err.contains("problems"), "{err}");
     assert!(Method::parse("bogus", None, 8).is_err());
 }
+
+#[test]
+fn mcmc_draws_are_scored_like_the_exact_posterior() {
+    // Laplace-preconditioned pCN on 20 poisson1d problems: draws, not moments,
+    // go through the scorer (empirical ranks and intervals from the draws).
+    let mut c = cfg("calibrate_mcmc", "poisson1d");
+    c.sampler = Some("pcn".into());
+    c.chains = Some(16);
+    c.warmup = Some(200);
+    c.samples = Some(200);
+    let mut s = settings(Method::Mcmc, 1.0);
+    s.problems = 20;
+    let v = calibrate(&c, &s).unwrap();
+    assert_eq!(v["method"], "mcmc");
+    for level in ["0.5", "0.8", "0.9", "0.95"] {
+        let p: f64 = level.parse().unwrap();
+        let got = coverage(&v, "coverage", level);
+        let se = coverage(&v, "coverage_standard_error", level);
+        assert!(
+            (got - p).abs() <= 3.0 * se + 0.01,
+            "{level}: {got} (se {se})"
+        );
+    }
+    assert_eq!(v["calibrated"], true, "{v:#}");
+}
