@@ -193,6 +193,9 @@ struct RunOpts {
     /// laplace (and the mcmc preconditioner): Gauss-Newton iterations at most.
     #[arg(long)]
     gn_iters: Option<usize>,
+    /// run: start q at the Laplace approximation (laplace, default) or at the prior.
+    #[arg(long)]
+    init: Option<String>,
 }
 
 #[derive(Args)]
@@ -248,6 +251,7 @@ impl RunOpts {
             thin: self.thin,
             precondition: self.precondition.clone(),
             gn_iters: self.gn_iters,
+            init: self.init.clone(),
         }))
     }
 }

@@ -96,6 +96,53 @@ impl Family {
         t
     }
 
+    /// Parameters of the member of the family closest to N(m, cov): the
+    /// exact one for full-rank, the diagonal for mean-field, and for
+    /// low-rank the top `rank` eigenpairs (W = V sqrt(lambda - s2)) plus the
+    /// remaining diagonal. Used to start VI from the Laplace approximation.
+    pub fn theta_from_gaussian(self, d: usize, m: &[f64], cov: &[f64]) -> Vec<f64> {
+        let mut t = vec![0.0; self.nparam(d)];
+        t[..d].copy_from_slice(&m[..d]);
+        match self {
+            Family::MeanField => {
+                for i in 0..d {
+                    t[d + i] = 0.5 * cov[i * d + i].max(1e-30).ln();
+                }
+            }
+            Family::FullRank => {
+                let l = crate::run::cholesky(cov, d);
+                for i in 0..d {
+                    for j in 0..i {
+                        t[d + i * d + j] = l[i * d + j];
+                    }
+                    t[d + i * d + i] = l[i * d + i].max(1e-30).ln();
+                }
+            }
+            Family::LowRank { rank } => {
+                let (vals, vecs) = crate::stats::sym_eigen(cov, d);
+                // Ascending eigenvalues: the last `rank` are the largest. The
+                // diagonal takes the mean of the rest (at least a floor).
+                let rest = d - rank;
+                let s2 = if rest > 0 {
+                    (vals[..rest].iter().sum::<f64>() / rest as f64).max(1e-12)
+                } else {
+                    1e-6 * vals.last().copied().unwrap_or(1.0).max(1e-12)
+                };
+                for (a, k) in (rest..d).enumerate() {
+                    let w = (vals[k] - s2).max(0.0).sqrt();
+                    for i in 0..d {
+                        t[d + i * rank + a] = vecs[i * d + k] * w;
+                    }
+                }
+                for i in 0..d {
+                    let ww: f64 = (0..rank).map(|a| t[d + i * rank + a].powi(2)).sum();
+                    t[d + d * rank + i] = 0.5 * (cov[i * d + i] - ww).max(s2).ln();
+                }
+            }
+        }
+        t
+    }
+
     /// Mean and covariance (d x d, row-major) of q.
     pub fn moments(self, d: usize, theta: &[f64]) -> (Vec<f64>, Vec<f64>) {
         let m = theta[..d].to_vec();

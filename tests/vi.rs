@@ -417,3 +417,40 @@ fn poisson1d_vi_recovers_exact_posterior() {
         assert!(worst_corr < 0.1, "{f:?}: correlation off by {worst_corr}");
     }
 }
+
+#[test]
+fn families_start_from_a_given_gaussian() {
+    // theta_from_gaussian is the inverse of moments where the family can
+    // represent the Gaussian: exactly for full-rank, the diagonal for
+    // mean-field, and low-rank + isotropic covariances for low-rank.
+    let d = 6;
+    let mut rng = Rng::new(21);
+    let m = rng.vec_normal(d);
+    let a = rng.vec_normal(d * d);
+    let mut cov = vec![0.0; d * d];
+    for i in 0..d {
+        for j in 0..d {
+            cov[i * d + j] = (0..d).map(|k| a[i * d + k] * a[j * d + k]).sum::<f64>() / d as f64
+                + if i == j { 0.1 } else { 0.0 };
+        }
+    }
+    let (m1, c1) = Family::FullRank.moments(d, &Family::FullRank.theta_from_gaussian(d, &m, &cov));
+    assert_close("full-rank mean", &m1, &m, 1e-12, 0.0);
+    assert_close("full-rank cov", &c1, &cov, 1e-10, 0.0);
+    let (_, c2) = Family::MeanField.moments(d, &Family::MeanField.theta_from_gaussian(d, &m, &cov));
+    for i in 0..d {
+        assert!((c2[i * d + i] - cov[i * d + i]).abs() < 1e-12);
+    }
+    // W W^T + 0.3 I with W of rank 2.
+    let w = rng.vec_normal(d * 2);
+    let mut lr = vec![0.0; d * d];
+    for i in 0..d {
+        for j in 0..d {
+            lr[i * d + j] = (0..2).map(|k| w[i * 2 + k] * w[j * 2 + k]).sum::<f64>()
+                + if i == j { 0.3 } else { 0.0 };
+        }
+    }
+    let f = Family::LowRank { rank: 2 };
+    let (_, c3) = f.moments(d, &f.theta_from_gaussian(d, &m, &lr));
+    assert_close("low-rank cov", &c3, &lr, 1e-9, 1e-9);
+}
