@@ -1008,7 +1008,7 @@ impl GaussianHead {
         let xi = ctx.storage("head.xi", (b * d * 4) as u64)?;
         let gxi = ctx.storage("head.gxi", (b * d * 4) as u64)?;
         let kl = ctx.storage("head.kl", (b.max(4) * 4) as u64)?;
-        let u = ctx.uniform("head.vi", &vp);
+        let u = ctx.upload("head.vi", &[vp])?;
         let theta = ws.output();
         let blocks = ((b * e) as u32).div_ceil(4).div_ceil(256);
         let ops_sample = vec![

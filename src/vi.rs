@@ -318,7 +318,7 @@ impl ViEngine {
         let scalars = ctx.storage("vi.scalars", (SCALARS * 4) as u64)?;
         let m1 = ctx.storage("adam.m", (np * 4) as u64)?;
         let m2 = ctx.storage("adam.v", (np * 4) as u64)?;
-        let u_vi = ctx.uniform("vi.params", &vp);
+        let u_vi = ctx.upload("vi.params", &[vp])?;
         let u_adam = ctx.uniform("adam.params", &ap);
         let s = &solver;
         let blocks = ((samples * family.noise_dim(d)) as u32)

@@ -99,7 +99,7 @@ fn vi_kernels_match_cpu() {
         cvi::vi_noise(&v, &mut eps);
         let mut xi = vec![0.0; s * d];
         cvi::vi_sample(&v, &theta, &eps, &mut xi);
-        let bv = ctx.uniform("v", &v);
+        let bv = ctx.upload("v", &[v]).unwrap();
         let bt = upload(ctx, "theta", &theta);
         let be = ctx.storage("eps", (s * e * 4) as u64).unwrap();
         let bx = ctx.storage("xi", (s * d * 4) as u64).unwrap();
@@ -179,7 +179,7 @@ fn vi_kernels_match_cpu() {
         let bm = upload(ctx, "misfit", &misfit);
         let mut v2 = v;
         v2.log_norm = 3.5;
-        let bv2 = ctx.uniform("v2", &v2);
+        let bv2 = ctx.upload("v2", &[v2]).unwrap();
         cvi::vi_elbo(&v2, &misfit, &mut sc);
         run(ctx, KernelId::ViElbo, &[&bv2, &bm, &bs], [1, 1, 1]);
         let got = read(ctx, &bs, 4 + v.history as usize);
