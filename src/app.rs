@@ -12,6 +12,22 @@ use crate::problem::{Problem, ProblemKind};
 use crate::solver::{check_converged, BatchedSolver, CgParams};
 
 /// Create `dir` (and parents).
+/// A progress bar of `len` units (hidden when `quiet`); `units` is the
+/// rest of the template after the position, e.g. `"steps  {per_sec}  {msg}"`.
+pub fn progress_bar(len: usize, quiet: bool, units: &str) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(len as u64);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{spinner}} [{{elapsed_precise}}] {{bar:30}} {{pos}}/{{len}} {units}"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    b
+}
+
 pub fn ensure_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))
 }

@@ -16,7 +16,6 @@ use serde_json::json;
 
 use crate::app::{ensure_dir, write_json, ProblemArgs};
 use crate::compare::COVERAGE_LEVELS;
-use crate::cpu::vi::spd_inverse;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::laplace::{gauss_newton, GaussNewton};
@@ -163,7 +162,7 @@ pub fn calibrate(cfg: &RunConfig, s: &CalibrateSettings) -> Result<serde_json::V
     let data = simulate_batched(&ctx, &pb, &truths, seed, cg)?;
 
     let exact = if s.method == Method::Exact {
-        Some(exact_linear(&pb))
+        Some(crate::cpu::LinearPosterior::new(&pb))
     } else {
         None
     };
@@ -179,18 +178,7 @@ pub fn calibrate(cfg: &RunConfig, s: &CalibrateSettings) -> Result<serde_json::V
         true => Some(GaussNewton::new(&ctx, &pb, &pb.sensors, &data[0], cg)?),
         false => None,
     };
-    let bar = if quiet {
-        indicatif::ProgressBar::hidden()
-    } else {
-        let b = indicatif::ProgressBar::new(m_prob as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} problems  {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
-    };
+    let bar = crate::app::progress_bar(m_prob, quiet, "problems  {msg}");
     let levels = COVERAGE_LEVELS;
     let zl: Vec<f64> = levels
         .iter()
@@ -207,20 +195,12 @@ pub fn calibrate(cfg: &RunConfig, s: &CalibrateSettings) -> Result<serde_json::V
     for (j, (truth, y)) in truths.iter().zip(&data).enumerate() {
         let post = match s.method {
             Method::Exact => {
-                let (g, cov) = exact.as_ref().map(|e| (&e.0, &e.1)).ok_or_else(|| {
+                let e = exact.as_ref().ok_or_else(|| {
                     Error::setting("method", "exact", "internal: no exact posterior")
                 })?;
-                let s2 = pb.sigma_n * pb.sigma_n;
-                let ns = pb.sensors.len();
-                let gty: Vec<f64> = (0..d)
-                    .map(|a| (0..ns).map(|k| g[k * d + a] * y[k]).sum::<f64>() / s2)
-                    .collect();
-                let m = (0..d)
-                    .map(|a| (0..d).map(|b| cov[a * d + b] * gty[b]).sum())
-                    .collect();
                 Posterior::Gauss {
-                    m,
-                    cov: cov.clone(),
+                    m: e.mean(&pb, y),
+                    cov: e.cov.clone(),
                 }
             }
             Method::Laplace => {
@@ -412,29 +392,6 @@ fn simulate_batched(
         }
     }
     Ok(out)
-}
-
-/// poisson1d's linear map G (sensors x d, f64) and the exact posterior covariance.
-fn exact_linear(pb: &Problem) -> (Vec<f64>, Vec<f64>) {
-    let (d, ns) = (pb.d, pb.sensors.len());
-    let mut g = vec![0.0; ns * d];
-    for k in 0..d {
-        let mut e = vec![0.0; d];
-        e[k] = 1.0;
-        let u = crate::cpu::forward(pb, &e, 1e-14, 100_000).u;
-        for (s, &i) in pb.sensors.iter().enumerate() {
-            g[s * d + k] = u[i];
-        }
-    }
-    let s2 = pb.sigma_n * pb.sigma_n;
-    let mut prec = vec![0.0; d * d];
-    for a in 0..d {
-        for b in 0..d {
-            prec[a * d + b] = (0..ns).map(|s| g[s * d + a] * g[s * d + b]).sum::<f64>() / s2
-                + if a == b { 1.0 } else { 0.0 };
-        }
-    }
-    (g, spd_inverse(&prec, d).0)
 }
 
 #[allow(clippy::too_many_arguments, reason = "one problem's scoring state")]

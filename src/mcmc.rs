@@ -963,23 +963,12 @@ pub fn run_mcmc(cfg: &RunConfig) -> Result<serde_json::Value> {
     let reference_seconds = t_ref.elapsed().as_secs_f64();
 
     let total = settings.total_steps();
-    let bar = if st.quiet {
-        indicatif::ProgressBar::hidden()
-    } else {
-        let b = indicatif::ProgressBar::new(total as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {per_sec}  {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b.set_message(format!(
-            "{} x {} chains",
-            settings.sampler.name(),
-            settings.chains
-        ));
-        b
-    };
+    let bar = crate::app::progress_bar(total, st.quiet, "steps  {per_sec}  {msg}");
+    bar.set_message(format!(
+        "{} x {} chains",
+        settings.sampler.name(),
+        settings.chains
+    ));
     let r = run_chains(&ctx, &st, &settings, (&m, &l), |t, _| {
         bar.set_position(t as u64)
     });

@@ -462,18 +462,7 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
         },
         other => return Err(Error::setting("init", other, "expected laplace or prior")),
     }
-    let bar = if quiet {
-        indicatif::ProgressBar::hidden()
-    } else {
-        let b = indicatif::ProgressBar::new(steps as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {per_sec}  ELBO {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
-    };
+    let bar = crate::app::progress_bar(steps, quiet, "steps  {per_sec}  ELBO {msg}");
     let mut last_good = Vec::new();
     let result = fit(&ctx, &mut engine, &settings, &mut last_good, |t, e| {
         bar.set_position(t as u64 + 1);

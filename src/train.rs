@@ -244,18 +244,7 @@ pub fn train(
     net.adam.weight_decay = s.weight_decay as f32;
     net.adam.clip_norm = s.clip_norm as f32;
 
-    let bar = if s.quiet {
-        indicatif::ProgressBar::hidden()
-    } else {
-        let b = indicatif::ProgressBar::new(s.epochs as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} epochs  {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
-    };
+    let bar = crate::app::progress_bar(s.epochs, s.quiet, "epochs  {msg}");
     let t0 = Instant::now();
     let mut report = TrainReport {
         epochs: 0,

@@ -307,33 +307,8 @@ fn elbo_gradient_gpu_cpu_and_finite_differences() {
 
 /// Exact posterior of poisson1d: G column by column with f64 solves.
 fn exact_posterior(pb: &Problem, y: &[f64]) -> (Vec<f64>, Vec<f64>) {
-    let d = pb.d;
-    let ns = pb.sensors.len();
-    let mut g = vec![0.0; ns * d];
-    for k in 0..d {
-        let mut e = vec![0.0; d];
-        e[k] = 1.0;
-        let u = cpu::forward(pb, &e, 1e-14, 100_000).u;
-        for (s, &i) in pb.sensors.iter().enumerate() {
-            g[s * d + k] = u[i];
-        }
-    }
-    let s2 = pb.sigma_n * pb.sigma_n;
-    let mut prec = vec![0.0; d * d];
-    for i in 0..d {
-        for j in 0..d {
-            prec[i * d + j] = (0..ns).map(|s| g[s * d + i] * g[s * d + j]).sum::<f64>() / s2
-                + if i == j { 1.0 } else { 0.0 };
-        }
-    }
-    let (cov, _) = cvi::spd_inverse(&prec, d);
-    let gty: Vec<f64> = (0..d)
-        .map(|i| (0..ns).map(|s| g[s * d + i] * y[s]).sum::<f64>() / s2)
-        .collect();
-    let mu: Vec<f64> = (0..d)
-        .map(|i| (0..d).map(|j| cov[i * d + j] * gty[j]).sum())
-        .collect();
-    (mu, prec)
+    let e = cpu::LinearPosterior::new(pb);
+    (e.mean(pb, y), e.prec)
 }
 
 #[test]
