@@ -162,15 +162,7 @@ pub fn vi(
 ) -> Result<Vec<ViBench>> {
     use crate::vi::{fit, Family, FitSettings, ViEngine};
     let pb = Problem::new(ProblemKind::Darcy2d, n, d)?;
-    let xi = crate::rng::normals(7, crate::rng::streams::TRUTH, 0, d);
-    let fwd = crate::cpu::forward(&pb, &xi, 1e-10, 100_000);
-    let eps = crate::rng::normals(7, crate::rng::streams::NOISE, 0, pb.sensors.len());
-    let y: Vec<f64> = pb
-        .sensors
-        .iter()
-        .zip(&eps)
-        .map(|(&k, e)| fwd.u[k] + pb.sigma_n * e)
-        .collect();
+    let (_, y) = crate::cpu::simulate_data(&pb, 7);
     let mut out = Vec::new();
     for family in [
         Family::MeanField,
@@ -464,15 +456,7 @@ pub fn mcmc(
     use crate::mcmc::{reference_for, sample_posterior, McmcSettings, Precondition, Sampler};
     let precondition = Precondition::parse(precondition)?;
     let pb = Problem::new(ProblemKind::Darcy2d, n, d)?;
-    let xi = crate::rng::normals(7, crate::rng::streams::TRUTH, 0, d);
-    let fwd = crate::cpu::forward(&pb, &xi, 1e-10, 100_000);
-    let eps = crate::rng::normals(7, crate::rng::streams::NOISE, 0, pb.sensors.len());
-    let y: Vec<f64> = pb
-        .sensors
-        .iter()
-        .zip(&eps)
-        .map(|(&k, e)| fwd.u[k] + pb.sigma_n * e)
-        .collect();
+    let (_, y) = crate::cpu::simulate_data(&pb, 7);
     let cg = CgParams {
         warm_start: true,
         ..Default::default()

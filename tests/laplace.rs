@@ -12,16 +12,7 @@ use pdevi::run::RunConfig;
 use pdevi::solver::CgParams;
 
 fn simulate(pb: &Problem, seed: u64) -> (Vec<f64>, Vec<f64>) {
-    let xi = pdevi::rng::normals(seed, 1, 0, pb.d);
-    let fwd = cpu::forward(pb, &xi, 1e-12, 100_000);
-    let e = pdevi::rng::normals(seed, 2, 0, pb.sensors.len());
-    let y = pb
-        .sensors
-        .iter()
-        .zip(&e)
-        .map(|(&k, e)| fwd.u[k] + pb.sigma_n * e)
-        .collect();
-    (xi, y)
+    cpu::simulate_data(pb, seed)
 }
 
 /// G(x) at the sensors in f64.

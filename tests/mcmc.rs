@@ -250,16 +250,8 @@ fn mcmc_kernels_match_cpu() {
     }
 }
 
-/// Data for poisson1d (or any problem) from a prior draw.
 fn simulate(pb: &Problem, seed: u64) -> Vec<f64> {
-    let xi = pdevi::rng::normals(seed, 1, 0, pb.d);
-    let fwd = cpu::forward(pb, &xi, 1e-12, 100_000);
-    let e = pdevi::rng::normals(seed, 2, 0, pb.sensors.len());
-    pb.sensors
-        .iter()
-        .zip(&e)
-        .map(|(&k, e)| fwd.u[k] + pb.sigma_n * e)
-        .collect()
+    cpu::simulate_data(pb, seed).1
 }
 
 #[test]

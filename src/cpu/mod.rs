@@ -695,3 +695,19 @@ impl LinearPosterior {
             .collect()
     }
 }
+
+/// A prior draw xi (seed, TRUTH stream) and its noisy sensor data (NOISE
+/// stream), solved in f64: the data of benchmarks and tests.
+pub fn simulate_data(pb: &crate::problem::Problem, seed: u64) -> (Vec<f64>, Vec<f64>) {
+    use crate::rng::{normals, streams};
+    let xi = normals(seed, streams::TRUTH, 0, pb.d);
+    let fwd = forward(pb, &xi, 1e-12, 100_000);
+    let e = normals(seed, streams::NOISE, 0, pb.sensors.len());
+    let y = pb
+        .sensors
+        .iter()
+        .zip(&e)
+        .map(|(&k, e)| fwd.u[k] + pb.sigma_n * e)
+        .collect();
+    (xi, y)
+}
