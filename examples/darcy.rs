@@ -21,8 +21,8 @@ fn main() -> std::process::ExitCode {
         }
     }
     let toml = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/darcy2d.toml");
-    let result = pdevi::run::RunConfig::load(&toml).and_then(|cfg| {
-        let cfg = cfg.merge(pdevi::run::RunConfig {
+    let result = pdevi::cli::run::RunConfig::load(&toml).and_then(|cfg| {
+        let cfg = cfg.merge(pdevi::cli::run::RunConfig {
             out: out.clone(),
             ..Default::default()
         });
@@ -30,7 +30,7 @@ fn main() -> std::process::ExitCode {
             .out
             .clone()
             .unwrap_or_else(|| PathBuf::from("out/darcy2d"));
-        pdevi::run::run(&cfg).map(|m| (m, dir))
+        pdevi::cli::run::run(&cfg).map(|m| (m, dir))
     });
     match result {
         Ok((m, dir)) => {

@@ -11,7 +11,7 @@
 
 use std::path::PathBuf;
 
-use pdevi::run::RunConfig;
+use pdevi::cli::run::RunConfig;
 
 fn main() -> std::process::ExitCode {
     match run() {
@@ -53,11 +53,11 @@ fn run() -> pdevi::Result<()> {
         })
     };
     eprintln!("VI (full-rank) ...");
-    let vi = pdevi::run::run(&with("vi", RunConfig::default()))?;
+    let vi = pdevi::cli::run::run(&with("vi", RunConfig::default()))?;
     eprintln!("Laplace ...");
-    let lp = pdevi::laplace::run_laplace(&with("laplace", RunConfig::default()))?;
+    let lp = pdevi::infer::laplace::run_laplace(&with("laplace", RunConfig::default()))?;
     eprintln!("MCMC ({chains} chains x {samples} draws, pCN with the Laplace reference) ...");
-    let mc = pdevi::mcmc::run_mcmc(&with(
+    let mc = pdevi::infer::mcmc::run_mcmc(&with(
         "mcmc",
         RunConfig {
             sampler: Some("pcn".into()),
@@ -66,12 +66,12 @@ fn run() -> pdevi::Result<()> {
             ..Default::default()
         },
     ))?;
-    let c_vi = pdevi::compare::compare(
+    let c_vi = pdevi::check::compare::compare(
         &out.join("mcmc"),
         &out.join("vi"),
         Some(&out.join("vi_vs_mcmc")),
     )?;
-    let c_lp = pdevi::compare::compare(
+    let c_lp = pdevi::check::compare::compare(
         &out.join("mcmc"),
         &out.join("laplace"),
         Some(&out.join("laplace_vs_mcmc")),

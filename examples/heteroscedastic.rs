@@ -4,9 +4,9 @@
 //!
 //!     cargo run --release --example heteroscedastic -- [OUT_DIR]
 
-use pdevi::mlp::{Activation, Arch, Head, Loss, Mlp, Workspace};
-use pdevi::plot::{self, Series};
-use pdevi::train::{self, Dataset, TrainSettings};
+use pdevi::nn::mlp::{Activation, Arch, Head, Loss, Mlp, Workspace};
+use pdevi::nn::train::{self, Dataset, TrainSettings};
+use pdevi::output::plot::{self, Series};
 
 fn main() -> pdevi::Result<()> {
     let out = std::path::PathBuf::from(
@@ -14,7 +14,7 @@ fn main() -> pdevi::Result<()> {
             .nth(1)
             .unwrap_or_else(|| "out/heteroscedastic".into()),
     );
-    pdevi::app::ensure_dir(&out)?;
+    pdevi::output::files::ensure_dir(&out)?;
     let sd = |x: f64| 0.05 + 0.25 * (x + 1.0) / 2.0;
     let mean = |x: f64| (2.0 * x).sin();
     let n = 4000;
@@ -22,7 +22,7 @@ fn main() -> pdevi::Result<()> {
     // x uniform on [-1, 1] from the normal CDF of the first half of the draws.
     let xs: Vec<f64> = u[..n]
         .iter()
-        .map(|z| 2.0 * pdevi::stats::norm_cdf(*z) - 1.0)
+        .map(|z| 2.0 * pdevi::check::stats::norm_cdf(*z) - 1.0)
         .collect();
     let ts: Vec<f64> = xs
         .iter()

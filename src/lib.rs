@@ -6,27 +6,17 @@
 //! [`solver`] the batched forward/adjoint solves, [`io`] and [`plot`] the
 //! files people read.
 
-pub mod app;
-pub mod bench;
-pub mod calibrate;
-pub mod compare;
+pub mod check;
+pub mod cli;
 pub mod cpu;
 pub mod error;
 pub mod gpu;
-pub mod io;
-pub mod laplace;
-pub mod mcmc;
-pub mod mlp;
-pub mod optim;
-pub mod plot;
-pub mod problem;
+pub mod infer;
+pub mod nn;
+pub mod output;
+pub mod physics;
 pub mod rng;
-pub mod run;
-pub mod solver;
-pub mod stats;
-pub mod train;
-pub mod vi;
 
 pub use error::{Error, Result};
 pub use gpu::GpuContext;
-pub use problem::{Problem, ProblemKind};
+pub use physics::problem::{Problem, ProblemKind};

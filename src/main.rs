@@ -4,9 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use pdevi::app::{self, ProblemArgs};
-use pdevi::problem::ProblemKind;
-use pdevi::solver::CgParams;
+use pdevi::cli::commands;
+use pdevi::physics::problem::ProblemArgs;
+use pdevi::physics::problem::ProblemKind;
+use pdevi::physics::solver::CgParams;
 
 #[derive(Parser)]
 #[command(
@@ -220,12 +221,12 @@ struct CalibrateOpts {
 }
 
 impl RunOpts {
-    fn config(&self) -> pdevi::Result<pdevi::run::RunConfig> {
+    fn config(&self) -> pdevi::Result<pdevi::cli::run::RunConfig> {
         let base = match &self.config {
-            Some(p) => pdevi::run::RunConfig::load(p)?,
+            Some(p) => pdevi::cli::run::RunConfig::load(p)?,
             None => Default::default(),
         };
-        Ok(base.merge(pdevi::run::RunConfig {
+        Ok(base.merge(pdevi::cli::run::RunConfig {
             problem: self.problem.clone(),
             obs: self.obs.clone(),
             noise: self.noise,
@@ -308,14 +309,14 @@ enum BenchCmd {
 
 fn run(cli: Cli) -> pdevi::Result<()> {
     match cli.cmd {
-        Cmd::Info => print!("{}", app::info()?),
+        Cmd::Info => print!("{}", commands::info()?),
         Cmd::Solve {
             problem,
             xi,
             cg,
             out,
         } => {
-            let s = app::solve(&problem.args()?, xi.as_deref(), cg.params(), &out)?;
+            let s = commands::solve(&problem.args()?, xi.as_deref(), cg.params(), &out)?;
             println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
             println!("wrote {}", out.display());
         }
@@ -326,24 +327,24 @@ fn run(cli: Cli) -> pdevi::Result<()> {
             noise,
             out,
         } => {
-            let s = app::simulate(&problem.args()?, seed, xi.as_deref(), noise, &out)?;
+            let s = commands::simulate(&problem.args()?, seed, xi.as_deref(), noise, &out)?;
             println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
             println!("wrote {}", out.display());
         }
         Cmd::Run(opts) => {
             let cfg = opts.config()?;
-            let m = pdevi::run::run(&cfg)?;
+            let m = pdevi::cli::run::run(&cfg)?;
             println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
         }
         Cmd::Mcmc(opts) => {
             let cfg = opts.config()?;
-            let m = pdevi::mcmc::run_mcmc(&cfg)?;
+            let m = pdevi::infer::mcmc::run_mcmc(&cfg)?;
             println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
         }
         Cmd::Calibrate(opts) => {
             let cfg = opts.run.config()?;
-            let settings = pdevi::calibrate::CalibrateSettings {
-                method: pdevi::calibrate::Method::parse(
+            let settings = pdevi::check::calibrate::CalibrateSettings {
+                method: pdevi::check::calibrate::Method::parse(
                     &opts.method,
                     cfg.family.as_deref(),
                     cfg.rank.unwrap_or(8),
@@ -353,12 +354,12 @@ fn run(cli: Cli) -> pdevi::Result<()> {
                 bins: opts.bins,
                 std_scale: opts.std_scale,
             };
-            let m = pdevi::calibrate::calibrate(&cfg, &settings)?;
+            let m = pdevi::check::calibrate::calibrate(&cfg, &settings)?;
             println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
         }
         Cmd::Laplace(opts) => {
             let cfg = opts.config()?;
-            let m = pdevi::laplace::run_laplace(&cfg)?;
+            let m = pdevi::infer::laplace::run_laplace(&cfg)?;
             println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
         }
         Cmd::Compare {
@@ -366,8 +367,9 @@ fn run(cli: Cli) -> pdevi::Result<()> {
             other,
             out,
         } => {
-            let out = out.unwrap_or_else(|| pdevi::compare::default_out_dir(&reference, &other));
-            let v = pdevi::compare::compare(&reference, &other, Some(&out))?;
+            let out =
+                out.unwrap_or_else(|| pdevi::check::compare::default_out_dir(&reference, &other));
+            let v = pdevi::check::compare::compare(&reference, &other, Some(&out))?;
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             eprintln!("wrote {}", out.display());
         }
@@ -379,7 +381,7 @@ fn run(cli: Cli) -> pdevi::Result<()> {
             } => {
                 let ctx = pdevi::GpuContext::new()?;
                 eprintln!("device: {}", ctx.describe());
-                pdevi::bench::solver(&ctx, &sizes, &batches, min_seconds, |r| {
+                pdevi::cli::bench::solver(&ctx, &sizes, &batches, min_seconds, |r| {
                     println!("{}", serde_json::to_string(r).unwrap_or_default())
                 })?;
             }
@@ -391,7 +393,7 @@ fn run(cli: Cli) -> pdevi::Result<()> {
             } => {
                 let ctx = pdevi::GpuContext::new()?;
                 eprintln!("device: {}", ctx.describe());
-                pdevi::bench::vi(&ctx, n, d, samples, steps, |r| {
+                pdevi::cli::bench::vi(&ctx, n, d, samples, steps, |r| {
                     println!("{}", serde_json::to_string(r).unwrap_or_default())
                 })?;
             }
@@ -404,14 +406,14 @@ fn run(cli: Cli) -> pdevi::Result<()> {
             } => {
                 let ctx = pdevi::GpuContext::new()?;
                 eprintln!("device: {}", ctx.describe());
-                pdevi::bench::mcmc(&ctx, n, d, chains, steps, &precondition, |r| {
+                pdevi::cli::bench::mcmc(&ctx, n, d, chains, steps, &precondition, |r| {
                     println!("{}", serde_json::to_string(r).unwrap_or_default())
                 })?;
             }
             BenchCmd::Mlp { sizes, steps } => {
                 let ctx = pdevi::GpuContext::new()?;
                 eprintln!("device: {}", ctx.describe());
-                pdevi::bench::mlp(&ctx, &sizes, steps, |r| {
+                pdevi::cli::bench::mlp(&ctx, &sizes, steps, |r| {
                     println!("{}", serde_json::to_string(r).unwrap_or_default())
                 })?;
             }

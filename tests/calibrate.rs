@@ -2,8 +2,8 @@
 //! posterior at its nominal coverage, flags one whose std is halved, and
 //! scores the Laplace method (exact on this linear problem) the same way.
 
-use pdevi::calibrate::{calibrate, CalibrateSettings, Method};
-use pdevi::run::RunConfig;
+use pdevi::check::calibrate::{calibrate, CalibrateSettings, Method};
+use pdevi::cli::run::RunConfig;
 
 fn cfg(name: &str, problem: &str) -> RunConfig {
     let out = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);

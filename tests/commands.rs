@@ -2,10 +2,11 @@
 
 use std::path::PathBuf;
 
-use pdevi::app::{self, ProblemArgs};
-use pdevi::io;
-use pdevi::problem::ProblemKind;
-use pdevi::solver::CgParams;
+use pdevi::cli::commands;
+use pdevi::output::io;
+use pdevi::physics::problem::ProblemArgs;
+use pdevi::physics::problem::ProblemKind;
+use pdevi::physics::solver::CgParams;
 
 fn tmp(name: &str) -> PathBuf {
     let p = std::env::temp_dir().join(format!("pdevi-cmd-{}-{name}", std::process::id()));
@@ -21,7 +22,7 @@ fn solve_writes_spec_arrays_and_images() {
         n: Some(64),
         d: Some(64),
     };
-    let s = app::solve(&args, None, CgParams::default(), &out).expect("solve failed");
+    let s = commands::solve(&args, None, CgParams::default(), &out).expect("solve failed");
     let (zs, z) = io::read_npy(&out.join("z.npy")).unwrap();
     let (us, u) = io::read_npy(&out.join("u.npy")).unwrap();
     assert_eq!(zs, vec![64, 64]);
@@ -50,14 +51,14 @@ fn simulate_then_solve_the_truth_reproduces_it() {
         n: Some(32),
         d: Some(16),
     };
-    app::simulate(&args, 3, None, Some(0.0), &out).expect("simulate failed");
+    commands::simulate(&args, 3, None, Some(0.0), &out).expect("simulate failed");
     let obs = io::read_observations(&out.join("obs.csv"), &io::ObsGrid { dim: 2, n: 32 }).unwrap();
     assert_eq!(obs.len(), 49);
     assert_eq!((obs[0].i, obs[0].j), (4, 4), "first sensor at (n/8, n/8)");
     assert_eq!((obs[1].i, obs[1].j), (8, 4), "k fastest");
     // Noise-free data equal the GPU solve of the true xi at the sensors.
     let solved = out.join("solved");
-    app::solve(
+    commands::solve(
         &args,
         Some(&out.join("xi_true.npy")),
         CgParams {
@@ -90,7 +91,7 @@ fn simulate_then_solve_the_truth_reproduces_it() {
         n: None,
         d: None,
     };
-    app::simulate(&args, 1, None, None, &p).unwrap();
+    commands::simulate(&args, 1, None, None, &p).unwrap();
     let (fs, _) = io::read_npy(&p.join("f_true.npy")).unwrap();
     assert_eq!(fs, vec![129]);
     let obs = io::read_observations(&p.join("obs.csv"), &io::ObsGrid { dim: 1, n: 128 }).unwrap();

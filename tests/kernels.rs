@@ -4,13 +4,13 @@
 mod common;
 
 use common::{assert_close, ctx, read, run, upload, Rng};
-use pdevi::cpu::{self, Op};
+use pdevi::cpu::physics::{self as cpu, Op};
 use pdevi::gpu::layout::{CgState, PdeParams};
 use pdevi::gpu::KernelId;
-use pdevi::problem::{Problem, ProblemKind};
+use pdevi::physics::problem::{Problem, ProblemKind};
 
 fn params(n: usize, nunk: usize, ncoef: usize, batch: usize, d: usize) -> PdeParams {
-    cpu::params(n, nunk, ncoef, batch, d)
+    PdeParams::new(n, nunk, ncoef, batch, d)
 }
 
 #[test]

@@ -5,19 +5,20 @@
 mod common;
 
 use common::ctx;
-use pdevi::cpu::{self, vi as cvi};
-use pdevi::laplace::{gauss_newton, GaussNewton};
-use pdevi::problem::{Problem, ProblemKind};
-use pdevi::run::RunConfig;
-use pdevi::solver::CgParams;
+use pdevi::cli::run::RunConfig;
+use pdevi::cpu::infer::vi as cvi;
+use pdevi::infer::laplace::{gauss_newton, GaussNewton};
+use pdevi::physics::problem::{Problem, ProblemKind};
+use pdevi::physics::reference;
+use pdevi::physics::solver::CgParams;
 
 fn simulate(pb: &Problem, seed: u64) -> (Vec<f64>, Vec<f64>) {
-    cpu::simulate_data(pb, seed)
+    reference::simulate_data(pb, seed)
 }
 
 /// G(x) at the sensors in f64.
 fn g_cpu(pb: &Problem, x: &[f64]) -> Vec<f64> {
-    let u = cpu::forward(pb, x, 1e-13, 100_000).u;
+    let u = reference::forward(pb, x, 1e-13, 100_000).u;
     pb.sensors.iter().map(|&k| u[k]).collect()
 }
 
@@ -75,7 +76,7 @@ fn laplace_is_exact_on_poisson1d() {
     let pb = Problem::default_for(ProblemKind::Poisson1d);
     let d = pb.d;
     let (_, y) = simulate(&pb, 11);
-    let exact = cpu::LinearPosterior::new(&pb);
+    let exact = pdevi::infer::linear::LinearPosterior::new(&pb);
     let (mu, prec, cov) = (exact.mean(&pb, &y), &exact.prec, &exact.cov);
 
     let gn = GaussNewton::new(ctx, &pb, &pb.sensors, &y, cg()).unwrap();
@@ -120,7 +121,7 @@ fn gauss_newton_reaches_the_darcy2d_map() {
     // The f64 gradient of Phi + |x|^2/2 at the MAP against the one at 0.
     let scale = 1.0 / (pb.sigma_n * pb.sigma_n);
     let grad = |x: &[f64]| -> f64 {
-        let (_, g) = cpu::misfit_gradient(&pb, x, &pb.sensors, &y, scale, 1e-12);
+        let (_, g) = reference::misfit_gradient(&pb, x, &pb.sensors, &y, scale, 1e-12);
         g.iter()
             .zip(x)
             .map(|(a, b)| (a + b) * (a + b))
@@ -150,7 +151,7 @@ fn laplace_command_writes_the_run_files() {
         quiet: Some(true),
         ..Default::default()
     };
-    let m = pdevi::laplace::run_laplace(&cfg).unwrap();
+    let m = pdevi::infer::laplace::run_laplace(&cfg).unwrap();
     assert_eq!(m["method"], "laplace");
     for f in [
         "posterior_mean_xi.npy",
@@ -169,6 +170,6 @@ fn laplace_command_writes_the_run_files() {
     };
     // Zero iterations is allowed (the prior-mean linearisation), but the
     // result must still be a valid Gaussian.
-    let m = pdevi::laplace::run_laplace(&bad).unwrap();
+    let m = pdevi::infer::laplace::run_laplace(&bad).unwrap();
     assert_eq!(m["gauss_newton_iterations"], 0);
 }

@@ -7,14 +7,15 @@ mod common;
 use std::path::PathBuf;
 
 use common::{assert_close, ctx, read, run, upload, Rng};
-use pdevi::cpu::{self, mcmc as cm, CgState};
+use pdevi::cpu::{infer::mcmc as cm, physics::CgState};
 use pdevi::gpu::layout::status;
 use pdevi::gpu::KernelId;
-use pdevi::mcmc::{
+use pdevi::infer::mcmc::{
     sample_posterior, McmcChain, McmcEngine, McmcParams, McmcSettings, Precondition, Sampler,
 };
-use pdevi::problem::{Problem, ProblemKind};
-use pdevi::solver::CgParams;
+use pdevi::physics::problem::{Problem, ProblemKind};
+use pdevi::physics::reference;
+use pdevi::physics::solver::CgParams;
 
 /// Round to f32 so the GPU and the mirror start from identical values.
 fn r32(v: Vec<f64>) -> Vec<f64> {
@@ -251,7 +252,7 @@ fn mcmc_kernels_match_cpu() {
 }
 
 fn simulate(pb: &Problem, seed: u64) -> Vec<f64> {
-    cpu::simulate_data(pb, seed).1
+    reference::simulate_data(pb, seed).1
 }
 
 #[test]
@@ -320,7 +321,7 @@ fn mala_gradient_matches_finite_differences_on_poisson1d() {
 
 /// Exact posterior of poisson1d (mean, covariance) with f64 solves.
 fn exact_posterior(pb: &Problem, y: &[f64]) -> (Vec<f64>, Vec<f64>) {
-    let e = cpu::LinearPosterior::new(pb);
+    let e = pdevi::infer::linear::LinearPosterior::new(pb);
     (e.mean(pb, y), e.cov)
 }
 
@@ -334,7 +335,7 @@ fn identity(d: usize) -> Vec<f64> {
 /// list of failed checks.
 fn check_against_exact(
     tag: &str,
-    r: &pdevi::mcmc::McmcResult,
+    r: &pdevi::infer::mcmc::McmcResult,
     mu: &[f64],
     cov: &[f64],
 ) -> (String, Vec<String>) {
@@ -451,7 +452,7 @@ fn pcn_and_mala_recover_exact_poisson1d_posterior() {
                 let sd: Vec<f64> = (0..d).map(|i| cov[i * d + i].sqrt()).collect();
                 let m: Vec<f64> = (0..d).map(|i| mu[i] + 0.3 * sd[i]).collect();
                 let inflated: Vec<f64> = cov.iter().map(|v| 1.3 * v).collect();
-                (m, pdevi::run::cholesky(&inflated, d))
+                (m, pdevi::cli::run::cholesky(&inflated, d))
             }
         };
         let settings = McmcSettings {
@@ -496,7 +497,7 @@ fn tmp(name: &str) -> PathBuf {
 
 #[test]
 fn pdevi_mcmc_end_to_end_and_bad_settings() {
-    use pdevi::run::RunConfig;
+    use pdevi::cli::run::RunConfig;
     let base = RunConfig {
         problem: Some("poisson1d".into()),
         simulate_seed: Some(4),
@@ -513,7 +514,7 @@ fn pdevi_mcmc_end_to_end_and_bad_settings() {
         out: Some(mdir.clone()),
         ..base.clone()
     };
-    let m = pdevi::mcmc::run_mcmc(&cfg).expect("pdevi mcmc failed");
+    let m = pdevi::infer::mcmc::run_mcmc(&cfg).expect("pdevi mcmc failed");
     eprintln!("{}", serde_json::to_string_pretty(&m).unwrap());
     assert_eq!(m["method"], "mcmc");
     assert_eq!(m["sampler"], "mala");
@@ -531,9 +532,9 @@ fn pdevi_mcmc_end_to_end_and_bad_settings() {
     }
     assert_eq!(m["settings"]["chains"], 16);
     assert_eq!(m["settings"]["problem"], "poisson1d");
-    let (shape, _) = pdevi::io::read_npy(&mdir.join("samples_xi.npy")).unwrap();
+    let (shape, _) = pdevi::output::io::read_npy(&mdir.join("samples_xi.npy")).unwrap();
     assert_eq!(shape, vec![1600, 32]);
-    let (shape, _) = pdevi::io::read_npy(&mdir.join("chains_xi.npy")).unwrap();
+    let (shape, _) = pdevi::output::io::read_npy(&mdir.join("chains_xi.npy")).unwrap();
     assert_eq!(shape, vec![16, 100, 32]);
     for f in ["trace.png", "diagnostics.csv", "chains_logpost.npy"] {
         assert!(mdir.join(f).is_file(), "{f} missing");
@@ -548,7 +549,7 @@ fn pdevi_mcmc_end_to_end_and_bad_settings() {
         out: Some(vdir.clone()),
         ..base.clone()
     };
-    pdevi::run::run(&vcfg).expect("pdevi run failed");
+    pdevi::cli::run::run(&vcfg).expect("pdevi run failed");
     let mut stack = vec![vdir.clone()];
     let mut checked = 0;
     while let Some(dir) = stack.pop() {
@@ -568,7 +569,7 @@ fn pdevi_mcmc_end_to_end_and_bad_settings() {
         }
     }
     assert!(checked >= 10, "only {checked} files compared");
-    let cmp = pdevi::compare::compare(&mdir, &vdir, Some(&tmp("e2e-compare")))
+    let cmp = pdevi::check::compare::compare(&mdir, &vdir, Some(&tmp("e2e-compare")))
         .expect("compare rejected the MCMC folder");
     assert_eq!(cmp["n_ref_samples"], 1600);
 
@@ -611,7 +612,7 @@ fn pdevi_mcmc_end_to_end_and_bad_settings() {
             out: Some(tmp(&format!("bad-{key}"))),
             ..cfg
         };
-        let e = pdevi::mcmc::run_mcmc(&cfg).unwrap_err().to_string();
+        let e = pdevi::infer::mcmc::run_mcmc(&cfg).unwrap_err().to_string();
         assert!(e.contains(key) && e.contains(want), "{key}: {e}");
     }
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pdevi"))

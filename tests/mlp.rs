@@ -6,12 +6,12 @@
 mod common;
 
 use common::{assert_close, ctx, read, run, upload, Rng};
-use pdevi::cpu::{mlp as cm, vi as cvi};
+use pdevi::cpu::{infer::vi as cvi, nn::mlp as cm};
 use pdevi::gpu::KernelId;
-use pdevi::mlp::{self, Activation, Arch, Head, Layer, Loss, Mlp, MlpParams, Workspace};
-use pdevi::optim::AdamParams;
-use pdevi::train::{self, Dataset, TrainSettings};
-use pdevi::vi::Family;
+use pdevi::infer::adam::AdamParams;
+use pdevi::infer::vi::Family;
+use pdevi::nn::mlp::{self, Activation, Arch, Head, Layer, Loss, Mlp, MlpParams, Workspace};
+use pdevi::nn::train::{self, Dataset, TrainSettings};
 
 /// (m, k, n): batch 1, tile-aligned, odd, wide and narrow.
 const SHAPES: &[(u32, u32, u32)] = &[

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use pdevi::run::{run, RunConfig};
+use pdevi::cli::run::{run, RunConfig};
 
 fn tmp(name: &str) -> PathBuf {
     let p = std::env::temp_dir().join(format!("pdevi-test-{}-{name}", std::process::id()));
@@ -63,15 +63,15 @@ fn darcy2d_end_to_end_beats_prior_covers_truth_and_is_deterministic() {
     ] {
         assert!(a.join(f).exists(), "{f} missing");
     }
-    let (shape, _) = pdevi::io::read_npy(&a.join("posterior_mean_u.npy")).unwrap();
+    let (shape, _) = pdevi::output::io::read_npy(&a.join("posterior_mean_u.npy")).unwrap();
     assert_eq!(shape, vec![33, 33]);
     let trace = std::fs::read_to_string(a.join("elbo.csv")).unwrap();
     assert_eq!(trace.lines().count(), 151, "header + one row per step");
     // Same seed, same device: identical posterior.
     let b = tmp("b");
     run(&config(b.clone())).expect("second run failed");
-    let (_, ma) = pdevi::io::read_npy(&a.join("posterior_mean_xi.npy")).unwrap();
-    let (_, mb) = pdevi::io::read_npy(&b.join("posterior_mean_xi.npy")).unwrap();
+    let (_, ma) = pdevi::output::io::read_npy(&a.join("posterior_mean_xi.npy")).unwrap();
+    let (_, mb) = pdevi::output::io::read_npy(&b.join("posterior_mean_xi.npy")).unwrap();
     assert_eq!(ma, mb, "runs with the same seed differ");
 }
 

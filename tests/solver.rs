@@ -5,11 +5,12 @@
 mod common;
 
 use common::{assert_close, ctx, read, run, upload, Rng};
-use pdevi::cpu::{self, Op};
-use pdevi::gpu::layout::{status, CgState};
+use pdevi::cpu::physics::{self as cpu, Op};
+use pdevi::gpu::layout::{status, CgState, PdeParams};
 use pdevi::gpu::KernelId;
-use pdevi::problem::{Problem, ProblemKind};
-use pdevi::solver::{check_converged, BatchedSolver, CgParams};
+use pdevi::physics::problem::{Problem, ProblemKind};
+use pdevi::physics::reference;
+use pdevi::physics::solver::{check_converged, BatchedSolver, CgParams};
 
 #[test]
 fn kl_eigenvalues_match_spec() {
@@ -46,7 +47,7 @@ fn sanity_max_u_for_z_zero() {
     let pb = Problem::new(ProblemKind::Darcy2d, 64, 64).unwrap();
     let xi = vec![0.0; 64];
     // f64 CPU mirror.
-    let cpu = cpu::forward(&pb, &xi, 1e-12, 10_000);
+    let cpu = reference::forward(&pb, &xi, 1e-12, 10_000);
     assert_eq!(cpu.state.status, status::CONVERGED);
     let max_cpu = cpu.u.iter().cloned().fold(f64::MIN, f64::max);
     eprintln!("max u (cpu f64) = {max_cpu:.9}");
@@ -118,7 +119,7 @@ fn q1_converges_at_second_order_cpu_and_gpu() {
     for n in [16, 32, 64, 128] {
         let (coef, rhs, exact) = manufactured(n);
         let nu = (n - 1) * (n - 1);
-        let mut p = cpu::params(n, nu, n * n, 1, 1);
+        let mut p = PdeParams::new(n, nu, n * n, 1, 1);
         p.max_iter = 20_000;
         let mut x = vec![0.0; nu];
         let mut work = vec![0.0; 4 * nu];
@@ -141,11 +142,11 @@ fn q1_converges_at_second_order_cpu_and_gpu() {
     for n in [16usize, 32, 64, 128] {
         let (coef, rhs, exact) = manufactured(n);
         let nu = (n - 1) * (n - 1);
-        let mut p = cpu::params(n, nu, n * n, 1, 1);
+        let mut p = PdeParams::new(n, nu, n * n, 1, 1);
         p.tol = 1e-7;
         p.max_iter = 5000;
         // Bounded dispatches, as BatchedSolver records them.
-        p.chunk = pdevi::solver::max_chunk(nu, ctx.solver_wg).unwrap();
+        p.chunk = pdevi::physics::solver::max_chunk(nu, ctx.solver_wg).unwrap();
         let bp = ctx.uniform("p", &p);
         let bc = upload(ctx, "coef", &coef);
         let br = upload(ctx, "rhs", &rhs);
@@ -181,7 +182,7 @@ fn q1_converges_at_second_order_cpu_and_gpu() {
 fn simulate_data(pb: &Problem, seed: u64) -> (Vec<f64>, Vec<f64>) {
     let mut rng = Rng::new(seed);
     let xi_true = rng.vec_normal(pb.d);
-    let fwd = cpu::forward(pb, &xi_true, 1e-12, 100_000);
+    let fwd = reference::forward(pb, &xi_true, 1e-12, 100_000);
     let y: Vec<f64> = pb
         .sensors
         .iter()
@@ -200,7 +201,7 @@ fn adjoint_gradient_matches_finite_differences_on_cpu() {
         let (_, y) = simulate_data(&pb, 5);
         let xi = Rng::new(9).vec_normal(d);
         // J(xi) = 0.5 |P u(xi) - y|^2 (scale 1).
-        let (j0, g) = cpu::misfit_gradient(&pb, &xi, &pb.sensors, &y, 1.0, 1e-14);
+        let (j0, g) = reference::misfit_gradient(&pb, &xi, &pb.sensors, &y, 1.0, 1e-14);
         assert!(j0 > 0.0);
         let eps = 1e-5;
         let mut worst: f64 = 0.0;
@@ -209,8 +210,8 @@ fn adjoint_gradient_matches_finite_differences_on_cpu() {
             xp[k] += eps;
             let mut xm = xi.clone();
             xm[k] -= eps;
-            let jp = cpu::misfit_gradient(&pb, &xp, &pb.sensors, &y, 1.0, 1e-14).0;
-            let jm = cpu::misfit_gradient(&pb, &xm, &pb.sensors, &y, 1.0, 1e-14).0;
+            let jp = reference::misfit_gradient(&pb, &xp, &pb.sensors, &y, 1.0, 1e-14).0;
+            let jm = reference::misfit_gradient(&pb, &xm, &pb.sensors, &y, 1.0, 1e-14).0;
             let fd = (jp - jm) / (2.0 * eps);
             let gmax = g.iter().fold(0.0f64, |a, v| a.max(v.abs()));
             let rel = (fd - g[k]).abs() / gmax;
@@ -246,8 +247,14 @@ fn gpu_gradient_matches_cpu() {
         check_converged(&ai, "adjoint", &cg).unwrap();
         let scale = 1.0 / (pb.sigma_n * pb.sigma_n);
         for b in 0..batch {
-            let (m, g) =
-                cpu::misfit_gradient(&pb, &xi[b * d..(b + 1) * d], &pb.sensors, &y, scale, 1e-12);
+            let (m, g) = reference::misfit_gradient(
+                &pb,
+                &xi[b * d..(b + 1) * d],
+                &pb.sensors,
+                &y,
+                scale,
+                1e-12,
+            );
             let gmax = g.iter().fold(0.0f64, |a, v| a.max(v.abs()));
             assert_close(
                 &format!("{kind:?} misfit[{b}]"),
@@ -293,14 +300,14 @@ fn cg_reaches_1e5_on_prior_draws_and_reports_caps() {
     for b in 0..batch {
         assert!(info[b].rel_residual <= 1e-5);
         let kappa: Vec<f64> = z[b * nc..(b + 1) * nc].iter().map(|v| v.exp()).collect();
-        let p = cpu::params(pb.n, nu, nc, 1, pb.d);
+        let p = PdeParams::new(pb.n, nu, nc, 1, pb.d);
         let mut au = vec![0.0; nu];
         cpu::q1_apply(&p, &kappa, &u[b * nu..(b + 1) * nu], &mut au);
         let bval = pb.h() * pb.h();
         let r: f64 = au.iter().map(|a| (bval - a).powi(2)).sum::<f64>().sqrt();
         let rel = r / (bval * (nu as f64).sqrt());
         assert!(rel < 5e-4, "system {b}: true relative residual {rel:e}");
-        let reference = cpu::forward(&pb, &xi[b * pb.d..(b + 1) * pb.d], 1e-12, 10_000);
+        let reference = reference::forward(&pb, &xi[b * pb.d..(b + 1) * pb.d], 1e-12, 10_000);
         let ub = &u[b * nu..(b + 1) * nu];
         let diff: f64 = ub
             .iter()
@@ -377,7 +384,7 @@ fn p1_direct_matches_cpu_and_cg() {
     let (n, batch) = (128usize, 3usize);
     let nu = n - 1;
     let rhs = Rng::new(8).vec_uniform(batch * nu, -1.0, 1.0);
-    let mut p = cpu::params(n, nu, nu, batch, 1);
+    let mut p = PdeParams::new(n, nu, nu, batch, 1);
     p.tol = 1e-13;
     p.max_iter = 1000;
     p.chunk = 1000;

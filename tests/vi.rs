@@ -5,12 +5,13 @@
 mod common;
 
 use common::{assert_close, ctx, read, run, upload, Rng};
-use pdevi::cpu::{self, vi as cvi};
+use pdevi::cpu::infer::vi as cvi;
 use pdevi::gpu::KernelId;
-use pdevi::optim::AdamParams;
-use pdevi::problem::{Problem, ProblemKind};
-use pdevi::solver::CgParams;
-use pdevi::vi::{fit, Family, FitSettings, ViEngine, ViParams};
+use pdevi::infer::adam::AdamParams;
+use pdevi::infer::vi::{fit, Family, FitSettings, ViEngine, ViParams};
+use pdevi::physics::problem::{Problem, ProblemKind};
+use pdevi::physics::reference;
+use pdevi::physics::solver::CgParams;
 
 fn families(d: usize) -> Vec<Family> {
     vec![
@@ -227,7 +228,7 @@ fn adam_matches_cpu() {
 }
 
 fn simulate(pb: &Problem, seed: u64) -> Vec<f64> {
-    cpu::simulate_data(pb, seed).1
+    reference::simulate_data(pb, seed).1
 }
 
 #[test]
@@ -300,7 +301,7 @@ fn elbo_gradient_gpu_cpu_and_finite_differences() {
 
 /// Exact posterior of poisson1d: G column by column with f64 solves.
 fn exact_posterior(pb: &Problem, y: &[f64]) -> (Vec<f64>, Vec<f64>) {
-    let e = cpu::LinearPosterior::new(pb);
+    let e = pdevi::infer::linear::LinearPosterior::new(pb);
     (e.mean(pb, y), e.prec)
 }
 

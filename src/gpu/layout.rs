@@ -20,6 +20,23 @@ pub struct PdeParams {
     pub aux: u32,
 }
 
+impl PdeParams {
+    /// The block for `batch` systems of a grid with `n` cells per side,
+    /// `nunk` unknowns, `ncoef` coefficients and `d` KL modes; the rest
+    /// (mode, tolerances, scales) is set by the caller.
+    pub fn new(n: usize, nunk: usize, ncoef: usize, batch: usize, d: usize) -> Self {
+        PdeParams {
+            n: n as u32,
+            nunk: nunk as u32,
+            ncoef: ncoef as u32,
+            batch: batch as u32,
+            d: d as u32,
+            inv_h: n as f32,
+            ..Default::default()
+        }
+    }
+}
+
 /// Keep in sync with `CgState` in shaders/solver.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq)]

@@ -29,18 +29,18 @@ pub const OP_Q1: Source = wgsl!("common/op_q1.wgsl");
 pub const OP_P1: Source = wgsl!("common/op_p1.wgsl");
 pub const PASS_Q1: Source = wgsl!("common/pass_q1.wgsl");
 pub const PASS_P1: Source = wgsl!("common/pass_p1.wgsl");
-pub const SOLVER: Source = wgsl!("solver.wgsl");
-pub const KL: Source = wgsl!("kl.wgsl");
-pub const DARCY: Source = wgsl!("darcy.wgsl");
-pub const POISSON1D: Source = wgsl!("poisson1d.wgsl");
-pub const OBS: Source = wgsl!("obs.wgsl");
-pub const STREAM: Source = wgsl!("stream.wgsl");
+pub const SOLVER: Source = wgsl!("physics/solver.wgsl");
+pub const KL: Source = wgsl!("physics/kl.wgsl");
+pub const DARCY: Source = wgsl!("physics/darcy.wgsl");
+pub const POISSON1D: Source = wgsl!("physics/poisson1d.wgsl");
+pub const OBS: Source = wgsl!("physics/obs.wgsl");
+pub const STREAM: Source = wgsl!("gpu/stream.wgsl");
 pub const RNG: Source = wgsl!("common/rng.wgsl");
-pub const VI: Source = wgsl!("vi.wgsl");
-pub const ADAM: Source = wgsl!("adam.wgsl");
-pub const P1_DIRECT: Source = wgsl!("p1_direct.wgsl");
-pub const MLP: Source = wgsl!("mlp.wgsl");
-pub const MCMC: Source = wgsl!("mcmc.wgsl");
+pub const VI: Source = wgsl!("infer/vi.wgsl");
+pub const ADAM: Source = wgsl!("infer/adam.wgsl");
+pub const P1_DIRECT: Source = wgsl!("physics/p1_direct.wgsl");
+pub const MLP: Source = wgsl!("nn/mlp.wgsl");
+pub const MCMC: Source = wgsl!("infer/mcmc.wgsl");
 
 /// Every WGSL file of the project (a test checks that each is used by a module
 /// and that this list matches the `shaders/` folder).

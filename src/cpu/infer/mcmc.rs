@@ -1,13 +1,13 @@
-//! f64 mirrors of `shaders/mcmc.wgsl` (same names, same argument order as
+//! f64 mirrors of `shaders/infer/mcmc.wgsl` (same names, same argument order as
 //! the kernels' bindings), and the log-posterior the samplers target.
 #![allow(
     clippy::needless_range_loop,
     reason = "index loops keep the code comparable to the shaders"
 )]
 
-use super::CgState;
+use crate::cpu::physics::CgState;
 use crate::gpu::layout::status;
-use crate::mcmc::{McmcChain, McmcParams};
+use crate::infer::mcmc::{McmcChain, McmcParams};
 use crate::rng;
 
 /// Mirror of `Chain` in shaders/mcmc.wgsl, in f64.
@@ -193,13 +193,13 @@ pub fn mcmc_accept(
 /// logpi(x) = -Phi(x) - |x|^2 / 2 in f64 (the solver mirror at tolerance
 /// `tol`), the density every sampler targets.
 pub fn log_posterior(
-    pb: &crate::problem::Problem,
+    pb: &crate::physics::problem::Problem,
     sensors: &[usize],
     y: &[f64],
     x: &[f64],
     tol: f64,
 ) -> f64 {
-    let fwd = super::forward(pb, x, tol, 100_000);
+    let fwd = crate::physics::reference::forward(pb, x, tol, 100_000);
     let s2 = pb.sigma_n * pb.sigma_n;
     let phi: f64 = sensors
         .iter()

@@ -9,13 +9,13 @@
 
 use std::time::Instant;
 
-use crate::app::write_json;
-use crate::cpu::vi::spd_inverse;
+use crate::cli::run::{setup, write_posterior, RunConfig, Setup};
+use crate::cpu::infer::vi::spd_inverse;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
-use crate::problem::Problem;
-use crate::run::{setup, write_posterior, RunConfig, Setup};
-use crate::solver::{check_converged, BatchedSolver, CgParams};
+use crate::output::files::write_json;
+use crate::physics::problem::Problem;
+use crate::physics::solver::{check_converged, BatchedSolver, CgParams};
 
 /// The Laplace approximation at the MAP.
 #[derive(Clone, Debug)]

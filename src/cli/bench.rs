@@ -6,8 +6,8 @@ use std::time::Instant;
 use crate::error::Result;
 use crate::gpu::layout::PdeParams;
 use crate::gpu::{GpuContext, KernelId};
-use crate::problem::{Problem, ProblemKind};
-use crate::solver::{BatchedSolver, CgParams};
+use crate::physics::problem::{Problem, ProblemKind};
+use crate::physics::solver::{BatchedSolver, CgParams};
 
 /// Best-of-`reps` bandwidth of `a = b + s c` over `n` f32 (GB/s, 12 bytes
 /// per element): the device's own streaming roofline.
@@ -107,7 +107,7 @@ pub fn solver(
             let t = Instant::now();
             while reps == 0 || t.elapsed().as_secs_f64() < min_seconds {
                 let info = s.solve(ctx, &xi)?;
-                crate::solver::check_converged(&info, "benchmark solve", &cg)?;
+                crate::physics::solver::check_converged(&info, "benchmark solve", &cg)?;
                 iters += info.iter().map(|i| i.iters as f64).sum::<f64>();
                 reps += 1;
             }
@@ -160,9 +160,9 @@ pub fn vi(
     steps: usize,
     mut emit: impl FnMut(&ViBench),
 ) -> Result<Vec<ViBench>> {
-    use crate::vi::{fit, Family, FitSettings, ViEngine};
+    use crate::infer::vi::{fit, Family, FitSettings, ViEngine};
     let pb = Problem::new(ProblemKind::Darcy2d, n, d)?;
-    let (_, y) = crate::cpu::simulate_data(&pb, 7);
+    let (_, y) = crate::physics::reference::simulate_data(&pb, 7);
     let mut out = Vec::new();
     for family in [
         Family::MeanField,
@@ -237,7 +237,7 @@ pub enum MlpBench {
 
 /// GFLOP/s of the FMA probe (8 independent vec4 chains per invocation).
 pub fn fma_peak_gflops(ctx: &GpuContext) -> Result<f64> {
-    use crate::mlp::MlpParams;
+    use crate::nn::mlp::MlpParams;
     let groups = 256u32;
     let iters = 4096u32;
     let out = ctx.storage("fma.out", groups as u64 * 256 * 4)?;
@@ -265,7 +265,7 @@ pub fn fma_peak_gflops(ctx: &GpuContext) -> Result<f64> {
 
 /// Best time of a square product C = A B of `size` (seconds).
 pub fn matmul_seconds(ctx: &GpuContext, size: usize, min_seconds: f64) -> Result<f64> {
-    use crate::mlp::{matmul_groups, MlpParams};
+    use crate::nn::mlp::{matmul_groups, MlpParams};
     let n = size as u32;
     let bytes = (size * size * 4) as u64;
     let init: Vec<f32> = (0..size * size)
@@ -318,7 +318,7 @@ pub fn mlp(
     train_steps: usize,
     mut emit: impl FnMut(&MlpBench),
 ) -> Result<()> {
-    use crate::mlp::{Activation, Arch, Loss, Mlp, Workspace};
+    use crate::nn::mlp::{Activation, Arch, Loss, Mlp, Workspace};
     let device = ctx.describe();
     for &s in sizes {
         // The peak is measured beside each product (same run, same state).
@@ -340,14 +340,14 @@ pub fn mlp(
         let p = arch.init(1);
         let x: Vec<f64> = crate::rng::normals(2, 0, 0, batch * 49);
         let t: Vec<f64> = crate::rng::normals(3, 0, 0, batch * 8);
-        let tr = crate::cpu::mlp::forward(&arch, &p, &x, batch);
+        let tr = crate::cpu::nn::mlp::forward(&arch, &p, &x, batch);
         let y = &tr.a[arch.layers.len()];
         let dy: Vec<f64> = y
             .iter()
             .zip(&t)
             .map(|(a, b)| 2.0 * (a - b) / y.len() as f64)
             .collect();
-        let (g, _) = crate::cpu::mlp::backward(&arch, &p, &tr, &dy, batch);
+        let (g, _) = crate::cpu::nn::mlp::backward(&arch, &p, &tr, &dy, batch);
         let net = Mlp::new(ctx, arch, Some(&p), 0)?;
         let ws = Workspace::new(ctx, &net, batch, Loss::Mse)?;
         ws.set_input(ctx, &x)?;
@@ -378,7 +378,7 @@ pub fn mlp(
     let batch = 256;
     let rows = batch * 8;
     let arch = Arch::mlp(49, &[256, 256], Activation::Tanh, 128);
-    let data = crate::train::Dataset::new(
+    let data = crate::nn::train::Dataset::new(
         crate::rng::normals(4, 0, 0, rows * 49),
         crate::rng::normals(5, 0, 0, rows * 128),
         49,
@@ -386,24 +386,24 @@ pub fn mlp(
     )?;
     let mut net = Mlp::new(ctx, arch, None, 1)?;
     let epochs = train_steps.div_ceil(rows / batch).max(1);
-    let s = crate::train::TrainSettings {
+    let s = crate::nn::train::TrainSettings {
         epochs,
         batch,
         lr: 1e-3,
         ..Default::default()
     };
     // Warm-up epoch, then the timed run.
-    crate::train::train(
+    crate::nn::train::train(
         ctx,
         &mut net,
         &data,
         None,
-        &crate::train::TrainSettings {
+        &crate::nn::train::TrainSettings {
             epochs: 1,
             ..s.clone()
         },
     )?;
-    let rep = crate::train::train(ctx, &mut net, &data, None, &s)?;
+    let rep = crate::nn::train::train(ctx, &mut net, &data, None, &s)?;
     emit(&MlpBench::Train {
         arch: "49-256-256-128".into(),
         batch,
@@ -411,7 +411,7 @@ pub fn mlp(
         seconds: rep.seconds,
         samples_per_s: rep.samples_per_s,
         steps_per_s: rep.steps as f64 / rep.seconds,
-        dispatches_per_step: crate::train::dispatches_per_step(&net),
+        dispatches_per_step: crate::nn::train::dispatches_per_step(&net),
         device,
     });
     Ok(())
@@ -453,18 +453,20 @@ pub fn mcmc(
     precondition: &str,
     mut emit: impl FnMut(&McmcBench),
 ) -> Result<Vec<McmcBench>> {
-    use crate::mcmc::{reference_for, sample_posterior, McmcSettings, Precondition, Sampler};
+    use crate::infer::mcmc::{
+        reference_for, sample_posterior, McmcSettings, Precondition, Sampler,
+    };
     let precondition = Precondition::parse(precondition)?;
     let pb = Problem::new(ProblemKind::Darcy2d, n, d)?;
-    let (_, y) = crate::cpu::simulate_data(&pb, 7);
+    let (_, y) = crate::physics::reference::simulate_data(&pb, 7);
     let cg = CgParams {
         warm_start: true,
         ..Default::default()
     };
     // The reference needs a Setup; nothing is read from or written to `out`.
-    let st = crate::run::Setup {
+    let st = crate::cli::run::Setup {
         kind: ProblemKind::Darcy2d,
-        args: crate::app::ProblemArgs {
+        args: crate::physics::problem::ProblemArgs {
             kind: ProblemKind::Darcy2d,
             n: Some(n),
             d: Some(d),

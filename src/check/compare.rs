@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::app::{ensure_dir, write_json};
+use crate::check::stats;
 use crate::error::{Error, Result};
-use crate::io;
-use crate::plot::{self, Colormap, Field2, Panel, Series};
-use crate::stats;
+use crate::output::files::{ensure_dir, write_json};
+use crate::output::io;
+use crate::output::plot::{self, Colormap, Field2, Panel, Series};
 
 /// Nominal levels of the central credible intervals whose coverage is
 /// reported.

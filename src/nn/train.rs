@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, KernelId};
-use crate::mlp::{slot, Loss, Mlp, MlpParams, Workspace};
+use crate::nn::mlp::{slot, Loss, Mlp, MlpParams, Workspace};
 
 /// Inputs and targets, row-major (`n x input`, `n x target width`).
 #[derive(Clone, Debug)]
@@ -157,8 +157,8 @@ struct GpuData {
 impl GpuData {
     fn new(ctx: &GpuContext, d: &Dataset) -> Result<Self> {
         Ok(GpuData {
-            x: ctx.upload("data.x", &crate::mlp::to_f32(&d.x))?,
-            t: ctx.upload("data.t", &crate::mlp::to_f32(&d.t))?,
+            x: ctx.upload("data.x", &crate::nn::mlp::to_f32(&d.x))?,
+            t: ctx.upload("data.t", &crate::nn::mlp::to_f32(&d.t))?,
             perm: ctx.upload("data.perm", &(0..d.n as u32).collect::<Vec<u32>>())?,
         })
     }
@@ -244,7 +244,7 @@ pub fn train(
     net.adam.weight_decay = s.weight_decay as f32;
     net.adam.clip_norm = s.clip_norm as f32;
 
-    let bar = crate::app::progress_bar(s.epochs, s.quiet, "epochs  {msg}");
+    let bar = crate::output::progress::progress_bar(s.epochs, s.quiet, "epochs  {msg}");
     let t0 = Instant::now();
     let mut report = TrainReport {
         epochs: 0,
@@ -362,7 +362,7 @@ pub fn dispatches_per_step(net: &Mlp) -> usize {
         .arch
         .layers
         .iter()
-        .filter(|x| x.act != crate::mlp::Activation::Identity)
+        .filter(|x| x.act != crate::nn::mlp::Activation::Identity)
         .count();
     let adam = if net.adam.clip_norm > 0.0 { 2 } else { 1 };
     2 + l + 2 + acts + 3 * l - 1 + adam

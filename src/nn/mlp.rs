@@ -7,7 +7,7 @@
 //!
 //! Layout of layer l (input width `w_l`, output `o_l`): `W_l` (`w_l x o_l`,
 //! row-major) then `b_l` (`o_l`); activations are row-major `batch x width`.
-//! The training loop lives in [`crate::train`].
+//! The training loop lives in [`crate::nn::train`].
 
 use std::path::{Path, PathBuf};
 
@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, KernelId};
-use crate::optim::AdamParams;
-use crate::vi::{Family, ViParams};
+use crate::infer::adam::AdamParams;
+use crate::infer::vi::{Family, ViParams};
 
 /// Keep in sync with `MlpParams` in shaders/mlp.wgsl.
 #[repr(C)]
@@ -542,7 +542,7 @@ pub fn save_weights(arch: &Arch, params: &[f64], path: &Path) -> Result<(PathBuf
     let (st_path, json_path) = weight_paths(path);
     if let Some(dir) = st_path.parent() {
         if !dir.as_os_str().is_empty() {
-            crate::app::ensure_dir(dir)?;
+            crate::output::files::ensure_dir(dir)?;
         }
     }
     let mut bytes: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
@@ -578,7 +578,7 @@ pub fn save_weights(arch: &Arch, params: &[f64], path: &Path) -> Result<(PathBuf
         path: json_path.clone(),
         message: e.to_string(),
     })?;
-    crate::app::write_json(&json_path, &json)?;
+    crate::output::files::write_json(&json_path, &json)?;
     Ok((st_path, json_path))
 }
 

@@ -14,19 +14,20 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use crate::app::{ensure_dir, write_json, ProblemArgs};
-use crate::compare::COVERAGE_LEVELS;
+use crate::check::compare::COVERAGE_LEVELS;
+use crate::check::stats;
+use crate::cli::run::{cholesky, field_moments, RunConfig};
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
-use crate::laplace::{gauss_newton, GaussNewton};
-use crate::mcmc::{sample_posterior, McmcSettings, Precondition};
-use crate::plot::{self, Series};
-use crate::problem::{Problem, ProblemKind};
+use crate::infer::laplace::{gauss_newton, GaussNewton};
+use crate::infer::mcmc::{sample_posterior, McmcSettings, Precondition};
+use crate::infer::vi::{fit, Family, FitSettings, ViEngine};
+use crate::output::files::{ensure_dir, write_json};
+use crate::output::plot::{self, Series};
+use crate::physics::problem::ProblemArgs;
+use crate::physics::problem::{Problem, ProblemKind};
+use crate::physics::solver::{check_converged, BatchedSolver, CgParams};
 use crate::rng::{normals, streams};
-use crate::run::{cholesky, field_moments, RunConfig};
-use crate::solver::{check_converged, BatchedSolver, CgParams};
-use crate::stats;
-use crate::vi::{fit, Family, FitSettings, ViEngine};
 
 /// How each problem is inferred.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -162,7 +163,7 @@ pub fn calibrate(cfg: &RunConfig, s: &CalibrateSettings) -> Result<serde_json::V
     let data = simulate_batched(&ctx, &pb, &truths, seed, cg)?;
 
     let exact = if s.method == Method::Exact {
-        Some(crate::cpu::LinearPosterior::new(&pb))
+        Some(crate::infer::linear::LinearPosterior::new(&pb))
     } else {
         None
     };
@@ -178,7 +179,7 @@ pub fn calibrate(cfg: &RunConfig, s: &CalibrateSettings) -> Result<serde_json::V
         true => Some(GaussNewton::new(&ctx, &pb, &pb.sensors, &data[0], cg)?),
         false => None,
     };
-    let bar = crate::app::progress_bar(m_prob, quiet, "problems  {msg}");
+    let bar = crate::output::progress::progress_bar(m_prob, quiet, "problems  {msg}");
     let levels = COVERAGE_LEVELS;
     let zl: Vec<f64> = levels
         .iter()

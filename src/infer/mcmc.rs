@@ -23,14 +23,14 @@ use std::time::Instant;
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::app::write_json;
+use crate::cli::run::{setup, write_posterior, RunConfig, Setup};
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, KernelId};
-use crate::io;
-use crate::plot::{self, Series};
-use crate::problem::Problem;
-use crate::run::{setup, write_posterior, RunConfig, Setup};
-use crate::solver::{BatchedSolver, CgParams};
+use crate::output::files::write_json;
+use crate::output::io;
+use crate::output::plot::{self, Series};
+use crate::physics::problem::Problem;
+use crate::physics::solver::{BatchedSolver, CgParams};
 
 /// The proposal kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -578,7 +578,8 @@ impl McmcEngine {
         let it = self.solver.iterate_dispatches() as usize;
         let solve = 1 + it;
         let fwd = 1 + solve + 1; // kl_map, solve, misfit
-        let grad = usize::from(self.solver.problem.kind == crate::problem::ProblemKind::Darcy2d);
+        let grad =
+            usize::from(self.solver.problem.kind == crate::physics::problem::ProblemKind::Darcy2d);
         match self.sampler {
             Sampler::Pcn => 2 + fwd + 1,
             Sampler::Mala => 2 + fwd + solve + grad + 1 + 1 + 1,
@@ -680,7 +681,7 @@ impl McmcResult {
     pub fn median_ess(&self) -> f64 {
         let mut v = self.ess_bulk.clone();
         v.sort_by(f64::total_cmp);
-        crate::stats::quantile(&v, 0.5)
+        crate::check::stats::quantile(&v, 0.5)
     }
 
     /// Minimum bulk ESS over xi per second of sampling (after warm-up).
@@ -898,8 +899,8 @@ pub fn sample_posterior(
     }
     for i in 0..d {
         let chains_i = r.coordinate(i);
-        r.rhat.push(crate::stats::split_rhat(&chains_i));
-        r.ess_bulk.push(crate::stats::ess_bulk(&chains_i));
+        r.rhat.push(crate::check::stats::split_rhat(&chains_i));
+        r.ess_bulk.push(crate::check::stats::ess_bulk(&chains_i));
     }
     r.seconds = t0.elapsed().as_secs_f64();
     Ok(r)
@@ -923,7 +924,7 @@ pub fn reference_for(
             Ok((vec![0.0; d], l, serde_json::json!({ "kind": "prior" })))
         }
         Precondition::Laplace => {
-            let lap = crate::laplace::fit_laplace(ctx, st, gn_iters)?;
+            let lap = crate::infer::laplace::fit_laplace(ctx, st, gn_iters)?;
             if lap.map.len() != d
                 || lap.cov.len() != d * d
                 || lap.map.iter().chain(&lap.cov).any(|v| !v.is_finite())
@@ -933,7 +934,7 @@ pub fn reference_for(
                         .into(),
                 ));
             }
-            let l = crate::run::cholesky(&lap.cov, d);
+            let l = crate::cli::run::cholesky(&lap.cov, d);
             Ok((
                 lap.map,
                 l,
@@ -963,7 +964,7 @@ pub fn run_mcmc(cfg: &RunConfig) -> Result<serde_json::Value> {
     let reference_seconds = t_ref.elapsed().as_secs_f64();
 
     let total = settings.total_steps();
-    let bar = crate::app::progress_bar(total, st.quiet, "steps  {per_sec}  {msg}");
+    let bar = crate::output::progress::progress_bar(total, st.quiet, "steps  {per_sec}  {msg}");
     bar.set_message(format!(
         "{} x {} chains",
         settings.sampler.name(),
@@ -991,7 +992,7 @@ pub fn run_mcmc(cfg: &RunConfig) -> Result<serde_json::Value> {
         })
         .collect();
     let pred_solver = BatchedSolver::new(&ctx, &st.pb, npred, st.cg, Some(&st.sensors), false)?;
-    let pred = crate::run::predictive_u_draws(&ctx, &pred_solver, &picks)?;
+    let pred = crate::cli::run::predictive_u_draws(&ctx, &pred_solver, &picks)?;
     let mut metrics = serde_json::Map::new();
     write_posterior(
         &ctx,

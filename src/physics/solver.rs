@@ -9,7 +9,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::layout::{status, CgState, PdeParams};
 use crate::gpu::{GpuContext, KernelId};
-use crate::problem::{Problem, ProblemKind};
+use crate::physics::problem::{Problem, ProblemKind};
 
 /// Settings of the iterative solver (shared by the GPU and CPU paths).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -247,7 +247,7 @@ impl BatchedSolver {
         let data = mk("data", data_len as u64)?;
         let misfit = mk("misfit", b)?;
 
-        let mut params = crate::cpu::params(pb.n, nu, nc, batch, d);
+        let mut params = crate::gpu::layout::PdeParams::new(pb.n, nu, nc, batch, d);
         params.tol = cg.rel_tol as f32;
         params.max_iter = cg.max_iters.max(1);
         params.chunk = cg.chunk.max(1).min(max_chunk(nu, ctx.solver_wg)?);

@@ -1,12 +1,12 @@
-//! f64 mirrors of `shaders/vi.wgsl` and `shaders/adam.wgsl` (same names,
+//! f64 mirrors of `shaders/infer/vi.wgsl` and `shaders/infer/adam.wgsl` (same names,
 //! same argument order as the kernels' bindings).
 #![allow(
     clippy::needless_range_loop,
     reason = "index loops keep the code comparable to the shaders"
 )]
 
-use crate::optim::AdamParams;
-use crate::vi::ViParams;
+use crate::infer::adam::AdamParams;
+use crate::infer::vi::ViParams;
 
 /// Noise entries per sample.
 pub fn noise_dim(v: &ViParams) -> usize {
@@ -332,7 +332,7 @@ pub fn grad_clip(a: &AdamParams, grad: &[f64], clip: &mut [f64]) {
 /// The whole ELBO step of the GPU in f64 for given noise: returns
 /// (elbo, kl, gradient of -ELBO with respect to theta).
 pub fn elbo_and_grad(
-    pb: &crate::problem::Problem,
+    pb: &crate::physics::problem::Problem,
     v: &ViParams,
     theta: &[f64],
     eps: &[f64],
@@ -346,7 +346,14 @@ pub fn elbo_and_grad(
     let mut misfit = vec![0.0; ns];
     let mut gxi = vec![0.0; ns * d];
     for s in 0..ns {
-        let (m, g) = super::misfit_gradient(pb, &xi[s * d..(s + 1) * d], sensors, y, scale, 1e-12);
+        let (m, g) = crate::physics::reference::misfit_gradient(
+            pb,
+            &xi[s * d..(s + 1) * d],
+            sensors,
+            y,
+            scale,
+            1e-12,
+        );
         misfit[s] = m;
         gxi[s * d..(s + 1) * d].copy_from_slice(&g);
     }

@@ -9,9 +9,9 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{Error, Result};
 use crate::gpu::layout::status;
 use crate::gpu::{GpuContext, KernelId};
-use crate::optim::AdamParams;
-use crate::problem::Problem;
-use crate::solver::{BatchedSolver, CgInfo, CgParams};
+use crate::infer::adam::AdamParams;
+use crate::physics::problem::Problem;
+use crate::physics::solver::{BatchedSolver, CgInfo, CgParams};
 
 /// A Gaussian variational family over xi in R^d.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,7 +110,7 @@ impl Family {
                 }
             }
             Family::FullRank => {
-                let l = crate::run::cholesky(cov, d);
+                let l = crate::cli::run::cholesky(cov, d);
                 for i in 0..d {
                     for j in 0..i {
                         t[d + i * d + j] = l[i * d + j];
@@ -119,7 +119,7 @@ impl Family {
                 }
             }
             Family::LowRank { rank } => {
-                let (vals, vecs) = crate::stats::sym_eigen(cov, d);
+                let (vals, vecs) = crate::check::stats::sym_eigen(cov, d);
                 // Ascending eigenvalues: the last `rank` are the largest. The
                 // diagonal takes the mean of the rest (at least a floor).
                 let rest = d - rank;
@@ -451,7 +451,8 @@ impl ViEngine {
         // noise, sample, kl_map, cg_start, iterates, obs, cg_start, iterates,
         // adjoint grad (darcy2d), pullback, kl, grad, elbo, adam
         let it = self.solver.iterate_dispatches() as usize;
-        let grad = usize::from(self.solver.problem.kind == crate::problem::ProblemKind::Darcy2d);
+        let grad =
+            usize::from(self.solver.problem.kind == crate::physics::problem::ProblemKind::Darcy2d);
         2 + 1 + (1 + it) + 1 + (1 + it) + grad + 1 + 3 + 1
     }
 

@@ -5,14 +5,16 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::app::{self, ensure_dir, write_json, ProblemArgs};
+use crate::cli::commands;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
-use crate::io;
-use crate::plot::{self, Colormap, Field2, Panel, Series};
-use crate::problem::{Problem, ProblemKind};
-use crate::solver::{BatchedSolver, CgParams};
-use crate::vi::{fit, Family, FitSettings, ViEngine};
+use crate::infer::vi::{fit, Family, FitSettings, ViEngine};
+use crate::output::files::{ensure_dir, write_json};
+use crate::output::io;
+use crate::output::plot::{self, Colormap, Field2, Panel, Series};
+use crate::physics::problem::ProblemArgs;
+use crate::physics::problem::{Problem, ProblemKind};
+use crate::physics::solver::{BatchedSolver, CgParams};
 
 /// Settings of `pdevi run`, from a TOML file; flags override each key.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -116,7 +118,7 @@ fn read_truth(pb: &Problem, path: &Path) -> Result<(Option<Vec<f64>>, Vec<f64>)>
     let (_, v) = io::read_npy(path)?;
     let n = pb.n;
     if v.len() == pb.d {
-        app::check_xi(&v, pb.d, path)?;
+        crate::physics::sensors::check_xi(&v, pb.d, path)?;
         return Ok((Some(v.clone()), pb.field(&v)));
     }
     match pb.kind {
@@ -230,7 +232,7 @@ pub fn predictive_u_draws(
             xi.extend_from_slice(&chunk[..d]);
         }
         let info = s.solve(ctx, &xi)?;
-        crate::solver::check_converged(&info, "posterior predictive solves", &s.cg)?;
+        crate::physics::solver::check_converged(&info, "posterior predictive solves", &s.cg)?;
         let u = s.read_u(ctx)?;
         for k in 0..used {
             seen += 1;
@@ -351,7 +353,7 @@ pub fn setup(cfg: &RunConfig) -> Result<Setup> {
         None => {
             let sim_seed = cfg.simulate_seed.unwrap_or(seed);
             let data_dir = out.join("data");
-            app::simulate(&args, sim_seed, None, Some(pb.sigma_n), &data_dir)?;
+            commands::simulate(&args, sim_seed, None, Some(pb.sigma_n), &data_dir)?;
             if !quiet {
                 eprintln!(
                     "no --obs given: simulated data from a prior draw (seed {sim_seed}) into {}",
@@ -364,7 +366,7 @@ pub fn setup(cfg: &RunConfig) -> Result<Setup> {
     if cfg.truth.is_some() {
         truth_path = cfg.truth.clone();
     }
-    let (sensors, y) = app::read_obs(&pb, &obs_path)?;
+    let (sensors, y) = crate::physics::sensors::read_obs(&pb, &obs_path)?;
     let truth = match &truth_path {
         Some(p) => Some(read_truth(&pb, p)?),
         None => None,
@@ -449,20 +451,22 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
     let mut laplace_seconds = 0.0;
     match init {
         "prior" => {}
-        "laplace" => match crate::laplace::fit_laplace(&ctx, &st, cfg.gn_iters.unwrap_or(30)) {
-            Ok(lp) => {
-                laplace_seconds = lp.seconds;
-                engine.set_theta(&ctx, &family.theta_from_gaussian(pb.d, &lp.map, &lp.cov))?;
-            }
-            Err(e) => {
-                if !quiet {
-                    eprintln!("warning: no Laplace start ({e}); starting from the prior");
+        "laplace" => {
+            match crate::infer::laplace::fit_laplace(&ctx, &st, cfg.gn_iters.unwrap_or(30)) {
+                Ok(lp) => {
+                    laplace_seconds = lp.seconds;
+                    engine.set_theta(&ctx, &family.theta_from_gaussian(pb.d, &lp.map, &lp.cov))?;
+                }
+                Err(e) => {
+                    if !quiet {
+                        eprintln!("warning: no Laplace start ({e}); starting from the prior");
+                    }
                 }
             }
-        },
+        }
         other => return Err(Error::setting("init", other, "expected laplace or prior")),
     }
-    let bar = crate::app::progress_bar(steps, quiet, "steps  {per_sec}  ELBO {msg}");
+    let bar = crate::output::progress::progress_bar(steps, quiet, "steps  {per_sec}  ELBO {msg}");
     let mut last_good = Vec::new();
     let result = fit(&ctx, &mut engine, &settings, &mut last_good, |t, e| {
         bar.set_position(t as u64 + 1);

@@ -1,4 +1,4 @@
-//! f64 mirrors of `shaders/mlp.wgsl` (same names, same argument order as the
+//! f64 mirrors of `shaders/nn/mlp.wgsl` (same names, same argument order as the
 //! kernels' bindings), and a whole-network forward / backward built from
 //! them for finite-difference checks.
 #![allow(
@@ -6,7 +6,7 @@
     reason = "index loops keep the code comparable to the shaders"
 )]
 
-use crate::mlp::{Activation, Arch, MlpParams};
+use crate::nn::mlp::{Activation, Arch, MlpParams};
 
 const GELU_C: f64 = 0.797_884_560_802_865_4;
 const GELU_A: f64 = 0.044715;

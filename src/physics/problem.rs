@@ -196,14 +196,11 @@ impl Problem {
 
     /// The field z (darcy2d, per cell) or f (poisson1d, per interior node) of `xi`.
     pub fn field(&self, xi: &[f64]) -> Vec<f64> {
-        let basis = self.basis();
-        let mut p = crate::cpu::params(self.n, self.nunk(), self.ncoef(), 1, self.d);
-        p.mode = 1;
-        p.scale = 1.0;
-        let mut out = vec![0.0; self.ncoef()];
-        let mut aux = vec![0.0; self.ncoef()];
-        crate::cpu::kl_map(&p, xi, &basis, &mut out, &mut aux);
-        out
+        let (basis, nc) = (self.basis(), self.ncoef());
+        // The field is linear in xi: z_c = sum_k xi_k basis[k, c] (as kl_map).
+        (0..nc)
+            .map(|c| (0..self.d).map(|k| xi[k] * basis[k * nc + c]).sum())
+            .collect()
     }
 
     /// Sensor (i, j) node coordinates (j = 0 in 1-D).
@@ -280,5 +277,22 @@ fn darcy_modes(d: usize) -> Vec<(usize, usize)> {
             return all;
         }
         r += 1;
+    }
+}
+
+/// A problem kind with optional sizes (the spec's defaults otherwise), as
+/// the commands and configs name it.
+#[derive(Clone, Debug)]
+pub struct ProblemArgs {
+    pub kind: ProblemKind,
+    pub n: Option<usize>,
+    pub d: Option<usize>,
+}
+
+impl ProblemArgs {
+    /// The problem, with the spec's default `n` and `d` where not given.
+    pub fn build(&self) -> Result<Problem> {
+        let (n0, d0, _) = self.kind.defaults();
+        Problem::new(self.kind, self.n.unwrap_or(n0), self.d.unwrap_or(d0))
     }
 }

@@ -287,11 +287,9 @@ fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
         })
 }
 
+/// The JSON side-car of a figure (`path` with the extension `.json`).
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let json_path = path.with_extension("json");
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|e| format_err(&json_path, format!("could not encode JSON: {e}")))?;
-    std::fs::write(&json_path, text + "\n").map_err(|e| Error::io(&json_path, e))
+    crate::output::files::write_json(&path.with_extension("json"), value)
 }
 
 fn format_err(path: &Path, message: impl Into<String>) -> Error {

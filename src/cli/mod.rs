@@ -1,0 +1,6 @@
+//! The commands of the `pdevi` binary: configuration, command bodies,
+//! benchmarks and progress display, on top of the library layers.
+
+pub mod bench;
+pub mod commands;
+pub mod run;

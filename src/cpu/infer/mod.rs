@@ -1,0 +1,4 @@
+//! Mirrors of `shaders/infer/`.
+
+pub mod mcmc;
+pub mod vi;

@@ -1,0 +1,3 @@
+//! Mirrors of `shaders/nn/`.
+
+pub mod mlp;

@@ -1,0 +1,8 @@
+//! Inference methods: variational families and VI, Laplace, MCMC, and the
+//! optimiser they share.
+
+pub mod adam;
+pub mod laplace;
+pub mod linear;
+pub mod mcmc;
+pub mod vi;

@@ -1,0 +1,7 @@
+//! What people read: arrays (`.npy`), observation CSVs, JSON and figures.
+
+pub mod fields;
+pub mod files;
+pub mod io;
+pub mod plot;
+pub mod progress;
