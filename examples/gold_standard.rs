@@ -55,9 +55,9 @@ fn run() -> pdevi::Result<()> {
     eprintln!("VI (full-rank) ...");
     let vi = pdevi::cli::run::run(&with("vi", RunConfig::default()))?;
     eprintln!("Laplace ...");
-    let lp = pdevi::infer::laplace::run_laplace(&with("laplace", RunConfig::default()))?;
+    let lp = pdevi::cli::laplace::run_laplace(&with("laplace", RunConfig::default()))?;
     eprintln!("MCMC ({chains} chains x {samples} draws, pCN with the Laplace reference) ...");
-    let mc = pdevi::infer::mcmc::run_mcmc(&with(
+    let mc = pdevi::cli::mcmc::run_mcmc(&with(
         "mcmc",
         RunConfig {
             sampler: Some("pcn".into()),

@@ -338,7 +338,7 @@ fn run(cli: Cli) -> pdevi::Result<()> {
         }
         Cmd::Mcmc(opts) => {
             let cfg = opts.config()?;
-            let m = pdevi::infer::mcmc::run_mcmc(&cfg)?;
+            let m = pdevi::cli::mcmc::run_mcmc(&cfg)?;
             println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
         }
         Cmd::Calibrate(opts) => {
@@ -354,12 +354,12 @@ fn run(cli: Cli) -> pdevi::Result<()> {
                 bins: opts.bins,
                 std_scale: opts.std_scale,
             };
-            let m = pdevi::check::calibrate::calibrate(&cfg, &settings)?;
+            let m = pdevi::cli::calibrate::calibrate(&cfg, &settings)?;
             println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
         }
         Cmd::Laplace(opts) => {
             let cfg = opts.config()?;
-            let m = pdevi::infer::laplace::run_laplace(&cfg)?;
+            let m = pdevi::cli::laplace::run_laplace(&cfg)?;
             println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
         }
         Cmd::Compare {

@@ -2,7 +2,8 @@
 //! posterior at its nominal coverage, flags one whose std is halved, and
 //! scores the Laplace method (exact on this linear problem) the same way.
 
-use pdevi::check::calibrate::{calibrate, CalibrateSettings, Method};
+use pdevi::check::calibrate::{CalibrateSettings, Method};
+use pdevi::cli::calibrate::calibrate;
 use pdevi::cli::run::RunConfig;
 
 fn cfg(name: &str, problem: &str) -> RunConfig {

@@ -151,7 +151,7 @@ fn laplace_command_writes_the_run_files() {
         quiet: Some(true),
         ..Default::default()
     };
-    let m = pdevi::infer::laplace::run_laplace(&cfg).unwrap();
+    let m = pdevi::cli::laplace::run_laplace(&cfg).unwrap();
     assert_eq!(m["method"], "laplace");
     for f in [
         "posterior_mean_xi.npy",
@@ -170,6 +170,6 @@ fn laplace_command_writes_the_run_files() {
     };
     // Zero iterations is allowed (the prior-mean linearisation), but the
     // result must still be a valid Gaussian.
-    let m = pdevi::infer::laplace::run_laplace(&bad).unwrap();
+    let m = pdevi::cli::laplace::run_laplace(&bad).unwrap();
     assert_eq!(m["gauss_newton_iterations"], 0);
 }

@@ -452,7 +452,7 @@ fn pcn_and_mala_recover_exact_poisson1d_posterior() {
                 let sd: Vec<f64> = (0..d).map(|i| cov[i * d + i].sqrt()).collect();
                 let m: Vec<f64> = (0..d).map(|i| mu[i] + 0.3 * sd[i]).collect();
                 let inflated: Vec<f64> = cov.iter().map(|v| 1.3 * v).collect();
-                (m, pdevi::cli::run::cholesky(&inflated, d))
+                (m, pdevi::infer::predictive::cholesky(&inflated, d))
             }
         };
         let settings = McmcSettings {
@@ -514,7 +514,7 @@ fn pdevi_mcmc_end_to_end_and_bad_settings() {
         out: Some(mdir.clone()),
         ..base.clone()
     };
-    let m = pdevi::infer::mcmc::run_mcmc(&cfg).expect("pdevi mcmc failed");
+    let m = pdevi::cli::mcmc::run_mcmc(&cfg).expect("pdevi mcmc failed");
     eprintln!("{}", serde_json::to_string_pretty(&m).unwrap());
     assert_eq!(m["method"], "mcmc");
     assert_eq!(m["sampler"], "mala");
@@ -612,7 +612,7 @@ fn pdevi_mcmc_end_to_end_and_bad_settings() {
             out: Some(tmp(&format!("bad-{key}"))),
             ..cfg
         };
-        let e = pdevi::infer::mcmc::run_mcmc(&cfg).unwrap_err().to_string();
+        let e = pdevi::cli::mcmc::run_mcmc(&cfg).unwrap_err().to_string();
         assert!(e.contains(key) && e.contains(want), "{key}: {e}");
     }
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pdevi"))

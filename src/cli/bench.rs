@@ -463,26 +463,7 @@ pub fn mcmc(
         warm_start: true,
         ..Default::default()
     };
-    // The reference needs a Setup; nothing is read from or written to `out`.
-    let st = crate::cli::run::Setup {
-        kind: ProblemKind::Darcy2d,
-        args: crate::physics::problem::ProblemArgs {
-            kind: ProblemKind::Darcy2d,
-            n: Some(n),
-            d: Some(d),
-        },
-        pb: pb.clone(),
-        out: std::env::temp_dir().join("pdevi-bench-mcmc"),
-        obs_path: "<simulated>".into(),
-        truth_path: None,
-        sensors: pb.sensors.clone(),
-        y: y.clone(),
-        truth: None,
-        seed: 0,
-        quiet: true,
-        cg,
-    };
-    let (m, l, _) = reference_for(ctx, &st, precondition, 30)?;
+    let (m, l, _) = reference_for(ctx, &pb, &pb.sensors, &y, cg, precondition, 30)?;
     let mut out = Vec::new();
     for sampler in [Sampler::Pcn, Sampler::Mala] {
         let s = McmcSettings {

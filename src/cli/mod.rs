@@ -2,5 +2,8 @@
 //! benchmarks and progress display, on top of the library layers.
 
 pub mod bench;
+pub mod calibrate;
 pub mod commands;
+pub mod laplace;
+pub mod mcmc;
 pub mod run;

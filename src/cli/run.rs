@@ -8,10 +8,11 @@ use serde::Deserialize;
 use crate::cli::commands;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
+use crate::infer::predictive::{field_moments, predictive_u};
 use crate::infer::vi::{fit, Family, FitSettings, ViEngine};
 use crate::output::files::{ensure_dir, write_json};
 use crate::output::io;
-use crate::output::plot::{self, Colormap, Field2, Panel, Series};
+use crate::output::plot::{self, Series};
 use crate::physics::problem::ProblemArgs;
 use crate::physics::problem::{Problem, ProblemKind};
 use crate::physics::solver::{BatchedSolver, CgParams};
@@ -140,118 +141,6 @@ fn read_truth(pb: &Problem, path: &Path) -> Result<(Option<Vec<f64>>, Vec<f64>)>
     }
 }
 
-/// Pointwise mean and std of the field z = basis^T xi under N(m, cov), exact.
-pub fn field_moments(pb: &Problem, m: &[f64], cov: &[f64]) -> (Vec<f64>, Vec<f64>) {
-    let (d, nc) = (pb.d, pb.ncoef());
-    let basis = pb.basis();
-    let mean = pb.field(m);
-    let mut std = vec![0.0; nc];
-    let mut phi = vec![0.0; d];
-    for c in 0..nc {
-        for k in 0..d {
-            phi[k] = basis[k * nc + c];
-        }
-        let mut v = 0.0;
-        for i in 0..d {
-            let row: f64 = (0..d).map(|j| cov[i * d + j] * phi[j]).sum();
-            v += phi[i] * row;
-        }
-        std[c] = v.max(0.0).sqrt();
-    }
-    (mean, std)
-}
-
-/// Lower Cholesky factor of an SPD matrix (with a tiny jitter if needed).
-pub fn cholesky(a: &[f64], d: usize) -> Vec<f64> {
-    let mut l = vec![0.0; d * d];
-    let scale = (0..d)
-        .map(|i| a[i * d + i])
-        .fold(0.0f64, f64::max)
-        .max(1e-300);
-    for j in 0..d {
-        let mut dj = a[j * d + j];
-        for k in 0..j {
-            dj -= l[j * d + k] * l[j * d + k];
-        }
-        let r = dj.max(1e-14 * scale).sqrt();
-        l[j * d + j] = r;
-        for i in j + 1..d {
-            let mut v = a[i * d + j];
-            for k in 0..j {
-                v -= l[i * d + k] * l[j * d + k];
-            }
-            l[i * d + j] = v / r;
-        }
-    }
-    l
-}
-
-/// Monte Carlo mean and std of u through the GPU solver, xi drawn from
-/// N(m, cov) with the predictive stream (in batches of the solver's size).
-pub fn predictive_u(
-    ctx: &GpuContext,
-    solver: &BatchedSolver,
-    m: &[f64],
-    cov: &[f64],
-    count: usize,
-    seed: u64,
-) -> Result<(Vec<f64>, Vec<f64>, usize)> {
-    let (d, b) = (solver.problem.d, solver.batch);
-    let l = cholesky(cov, d);
-    let batches = count.div_ceil(b).max(1);
-    let mut xis = Vec::with_capacity(batches * b * d);
-    for batch in 0..batches {
-        let eps = crate::rng::normals(seed, crate::rng::streams::PREDICTIVE, batch as u32, b * d);
-        for k in 0..b {
-            for i in 0..d {
-                xis.push(m[i] + (0..=i).map(|j| l[i * d + j] * eps[k * d + j]).sum::<f64>());
-            }
-        }
-    }
-    predictive_u_draws(ctx, solver, &xis)
-}
-
-/// Mean and std of u over the given draws of xi (`count x d`), solved in
-/// batches of the solver's size (a final partial batch is padded with the
-/// first draw and not counted).
-pub fn predictive_u_draws(
-    ctx: &GpuContext,
-    solver: &BatchedSolver,
-    xis: &[f64],
-) -> Result<(Vec<f64>, Vec<f64>, usize)> {
-    let s = solver;
-    let (d, nu, b) = (s.problem.d, s.problem.nunk(), s.batch);
-    let count = xis.len() / d;
-    let mut mean = vec![0.0; nu];
-    let mut m2 = vec![0.0; nu];
-    let mut seen = 0usize;
-    for chunk in xis.chunks(b * d) {
-        let used = chunk.len() / d;
-        let mut xi = chunk.to_vec();
-        while xi.len() < b * d {
-            xi.extend_from_slice(&chunk[..d]);
-        }
-        let info = s.solve(ctx, &xi)?;
-        crate::physics::solver::check_converged(&info, "posterior predictive solves", &s.cg)?;
-        let u = s.read_u(ctx)?;
-        for k in 0..used {
-            seen += 1;
-            for i in 0..nu {
-                let x = u[k * nu + i];
-                let delta = x - mean[i];
-                mean[i] += delta / seen as f64;
-                m2[i] += delta * (x - mean[i]);
-            }
-        }
-    }
-    debug_assert_eq!(seen, count);
-    let std = m2
-        .iter()
-        .map(|v| (v / (seen.max(2) - 1) as f64).sqrt())
-        .collect();
-    Ok((mean, std, seen))
-}
-
 /// Write a posterior given by its mean and covariance in xi (from any
 /// method): `posterior_mean_xi.npy`, `posterior_cov_xi.npy`, the field
 /// mean / std (exact, the field is linear in xi), the predictive u from
@@ -277,7 +166,7 @@ pub fn write_posterior(
         None => predictive_u(ctx, solver, m, cov, npred, st.seed)?,
     };
     metrics.insert("predictive_samples".into(), nseen.into());
-    write_posterior_files(
+    crate::output::posterior::write_posterior_files(
         &st.out,
         &st.pb,
         &fmean,
@@ -452,7 +341,14 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
     match init {
         "prior" => {}
         "laplace" => {
-            match crate::infer::laplace::fit_laplace(&ctx, &st, cfg.gn_iters.unwrap_or(30)) {
+            match crate::infer::laplace::fit_laplace(
+                &ctx,
+                &st.pb,
+                &st.sensors,
+                &st.y,
+                st.cg,
+                cfg.gn_iters.unwrap_or(30),
+            ) {
                 Ok(lp) => {
                     laplace_seconds = lp.seconds;
                     engine.set_theta(&ctx, &family.theta_from_gaussian(pb.d, &lp.map, &lp.cov))?;
@@ -559,208 +455,4 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
         );
     }
     Ok(all)
-}
-
-/// The posterior arrays, their images and the summary figure.
-#[allow(clippy::too_many_arguments, reason = "the fields of one posterior")]
-fn write_posterior_files(
-    out: &Path,
-    pb: &Problem,
-    fmean: &[f64],
-    fstd: &[f64],
-    umean: &[f64],
-    ustd: &[f64],
-    truth: Option<&[f64]>,
-    metrics: &mut serde_json::Map<String, serde_json::Value>,
-) -> Result<()> {
-    let n = pb.n;
-    let um = pb.nodal(umean);
-    let us = pb.nodal(ustd);
-    if let Some(t) = truth {
-        let err: f64 = t
-            .iter()
-            .zip(fmean)
-            .map(|(a, b)| (a - b).powi(2))
-            .sum::<f64>()
-            .sqrt();
-        let norm: f64 = t.iter().map(|a| a * a).sum::<f64>().sqrt();
-        let inside = |k: f64| {
-            t.iter()
-                .zip(fmean)
-                .zip(fstd)
-                .filter(|((a, b), s)| (*a - *b).abs() <= k * **s)
-                .count() as f64
-                / t.len() as f64
-        };
-        metrics.insert(
-            "rel_l2_error_posterior_mean".into(),
-            (err / norm.max(1e-300)).into(),
-        );
-        metrics.insert("rel_l2_error_prior_mean".into(), 1.0.into());
-        metrics.insert("truth_within_2sd".into(), inside(2.0).into());
-        metrics.insert("truth_within_3sd".into(), inside(3.0).into());
-    }
-    match pb.kind {
-        ProblemKind::Darcy2d => {
-            io::write_npy(&out.join("posterior_mean_z.npy"), &[n, n], fmean)?;
-            io::write_npy(&out.join("posterior_std_z.npy"), &[n, n], fstd)?;
-            io::write_npy(&out.join("posterior_mean_u.npy"), &[n + 1, n + 1], &um)?;
-            io::write_npy(&out.join("posterior_std_u.npy"), &[n + 1, n + 1], &us)?;
-            let var: Vec<f64> = fstd.iter().map(|s| s * s).collect();
-            io::write_npy(&out.join("posterior_var_z.npy"), &[n, n], &var)?;
-            fn cell(v: &[f64], n: usize) -> Field2<'_> {
-                Field2 {
-                    values: v,
-                    nx: n,
-                    ny: n,
-                }
-            }
-            fn node(v: &[f64], n: usize) -> Field2<'_> {
-                Field2 {
-                    values: v,
-                    nx: n + 1,
-                    ny: n + 1,
-                }
-            }
-            let images: [(&str, Field2, &str, &str); 5] = [
-                (
-                    "posterior_mean_z",
-                    cell(fmean, n),
-                    "posterior mean of z",
-                    "z",
-                ),
-                (
-                    "posterior_std_z",
-                    cell(fstd, n),
-                    "posterior std of z",
-                    "std z",
-                ),
-                (
-                    "posterior_var_z",
-                    cell(&var, n),
-                    "posterior variance of z",
-                    "var z",
-                ),
-                ("posterior_mean_u", node(&um, n), "posterior mean of u", "u"),
-                (
-                    "posterior_std_u",
-                    node(&us, n),
-                    "posterior std of u",
-                    "std u",
-                ),
-            ];
-            for (stem, field, title, label) in &images {
-                plot::write_field_png(&out.join(format!("{stem}.png")), field, title, label)?;
-            }
-            fn panel<'a>(title: &str, field: Field2<'a>, range: Option<(f64, f64)>) -> Panel<'a> {
-                Panel {
-                    title: title.into(),
-                    field,
-                    range,
-                    cmap: Colormap::Viridis,
-                }
-            }
-            let abs_err: Vec<f64>;
-            let panels = if let Some(t) = truth {
-                // Truth and mean share one colour scale.
-                let lo = t.iter().chain(fmean).cloned().fold(f64::INFINITY, f64::min);
-                let hi = t
-                    .iter()
-                    .chain(fmean)
-                    .cloned()
-                    .fold(f64::NEG_INFINITY, f64::max);
-                abs_err = t.iter().zip(fmean).map(|(a, b)| (a - b).abs()).collect();
-                vec![
-                    panel("truth z", cell(t, n), Some((lo, hi))),
-                    panel("posterior mean z", cell(fmean, n), Some((lo, hi))),
-                    panel("posterior std z", cell(fstd, n), None),
-                    panel("|error| of mean", cell(&abs_err, n), None),
-                ]
-            } else {
-                vec![
-                    panel("posterior mean z", cell(fmean, n), None),
-                    panel("posterior std z", cell(fstd, n), None),
-                    panel("posterior mean u", node(&um, n), None),
-                ]
-            };
-            plot::write_panels_png(
-                &out.join("summary.png"),
-                "darcy2d: log-permeability posterior",
-                &panels,
-            )?;
-        }
-        ProblemKind::Poisson1d => {
-            let mut f = vec![0.0; n + 1];
-            f[1..n].copy_from_slice(fmean);
-            let mut fs = vec![0.0; n + 1];
-            fs[1..n].copy_from_slice(fstd);
-            io::write_npy(&out.join("posterior_mean_f.npy"), &[n + 1], &f)?;
-            io::write_npy(&out.join("posterior_std_f.npy"), &[n + 1], &fs)?;
-            io::write_npy(&out.join("posterior_mean_u.npy"), &[n + 1], &um)?;
-            io::write_npy(&out.join("posterior_std_u.npy"), &[n + 1], &us)?;
-            let x: Vec<f64> = (0..=n).map(|i| i as f64 / n as f64).collect();
-            let band2 = |s: &[f64]| s.iter().map(|v| 2.0 * v).collect::<Vec<f64>>();
-            let (fb, ub) = (band2(&fs), band2(&us));
-            let tf: Option<Vec<f64>> = truth.map(|t| {
-                let mut v = vec![0.0; n + 1];
-                v[1..n].copy_from_slice(t);
-                v
-            });
-            let blue = [31, 119, 180];
-            let mut series = vec![Series {
-                label: "posterior mean +- 2 sd".into(),
-                x: &x,
-                y: &f,
-                band: Some(&fb),
-                rgb: blue,
-                dashed: false,
-            }];
-            if let Some(t) = &tf {
-                series.push(Series {
-                    label: "truth".into(),
-                    x: &x,
-                    y: t,
-                    band: None,
-                    rgb: [214, 39, 40],
-                    dashed: true,
-                });
-            }
-            plot::write_line_plot(
-                &out.join("summary.png"),
-                "poisson1d: source f, posterior",
-                "x",
-                "f",
-                &series,
-                false,
-                None,
-            )?;
-            plot::write_line_plot(
-                &out.join("posterior_mean_f.png"),
-                "posterior of f (mean +- 2 sd)",
-                "x",
-                "f",
-                &series[..1],
-                false,
-                None,
-            )?;
-            let useries = [Series {
-                label: "posterior mean +- 2 sd".into(),
-                x: &x,
-                y: &um,
-                band: Some(&ub),
-                rgb: blue,
-                dashed: false,
-            }];
-            plot::write_line_plot(
-                &out.join("posterior_mean_u.png"),
-                "posterior of u (mean +- 2 sd)",
-                "x",
-                "u",
-                &useries,
-                false,
-                None,
-            )?;
-        }
-    }
-    Ok(())
 }

@@ -9,11 +9,9 @@
 
 use std::time::Instant;
 
-use crate::cli::run::{setup, write_posterior, RunConfig, Setup};
 use crate::cpu::infer::vi::spd_inverse;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
-use crate::output::files::write_json;
 use crate::physics::problem::Problem;
 use crate::physics::solver::{check_converged, BatchedSolver, CgParams};
 
@@ -259,56 +257,16 @@ pub fn gauss_newton(
     })
 }
 
-/// Gauss-Newton MAP and Laplace covariance for the problem and data of `st`,
-/// started at the prior mean.
-pub fn fit_laplace(ctx: &GpuContext, st: &Setup, max_iters: usize) -> Result<Laplace> {
-    let gn = GaussNewton::new(ctx, &st.pb, &st.sensors, &st.y, st.cg)?;
-    gauss_newton(ctx, &gn, &vec![0.0; st.pb.d], max_iters)
-}
-
-/// `pdevi laplace`: the same inputs and output files as `pdevi run`, with
-/// the MAP as the mean.
-pub fn run_laplace(cfg: &RunConfig) -> Result<serde_json::Value> {
-    let st = setup(cfg)?;
-    let ctx = GpuContext::new()?;
-    let max_iters = cfg.gn_iters.unwrap_or(30);
-    let gn = GaussNewton::new(&ctx, &st.pb, &st.sensors, &st.y, st.cg)?;
-    let lp = gauss_newton(&ctx, &gn, &vec![0.0; st.pb.d], max_iters)?;
-    if lp.iterations >= max_iters && !st.quiet {
-        eprintln!(
-            "warning: Gauss-Newton stopped at --gn-iters {max_iters} with a predicted decrease of {:.3e}; raise --gn-iters",
-            lp.decrement
-        );
-    }
-    let mut metrics = serde_json::Map::new();
-    let npred = cfg.predictive_samples.unwrap_or(64);
-    write_posterior(
-        &ctx,
-        &gn.solver,
-        &st,
-        &lp.map,
-        &lp.cov,
-        None,
-        npred,
-        &mut metrics,
-    )?;
-    let mut all = serde_json::json!({
-        "method": "laplace",
-        "gauss_newton_iterations": lp.iterations,
-        "map_objective": lp.objective,
-        "objective_history": lp.history,
-        "newton_decrement": lp.decrement,
-        "log_evidence_laplace": lp.log_evidence,
-        "wall_seconds": lp.seconds,
-        "device": ctx.describe(),
-        "settings": st.settings_json(),
-    });
-    if let Some(s) = all.get_mut("settings").and_then(|v| v.as_object_mut()) {
-        s.insert("gn_iters".into(), max_iters.into());
-    }
-    if let Some(obj) = all.as_object_mut() {
-        obj.extend(metrics);
-    }
-    write_json(&st.out.join("metrics.json"), &all)?;
-    Ok(all)
+/// Gauss-Newton MAP and Laplace covariance of the posterior of `pb` given
+/// `y` at `sensors`, started at the prior mean.
+pub fn fit_laplace(
+    ctx: &GpuContext,
+    pb: &Problem,
+    sensors: &[usize],
+    y: &[f64],
+    cg: CgParams,
+    max_iters: usize,
+) -> Result<Laplace> {
+    let gn = GaussNewton::new(ctx, pb, sensors, y, cg)?;
+    gauss_newton(ctx, &gn, &vec![0.0; pb.d], max_iters)
 }

@@ -18,17 +18,12 @@
 //! rate 0.3 (pCN) or 0.57 (MALA) from the mean acceptance over the chains,
 //! read back (a few scalars per chain) every `adapt_every` steps.
 
-use std::path::Path;
 use std::time::Instant;
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::cli::run::{setup, write_posterior, RunConfig, Setup};
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, KernelId};
-use crate::output::files::write_json;
-use crate::output::io;
-use crate::output::plot::{self, Series};
 use crate::physics::problem::Problem;
 use crate::physics::solver::{BatchedSolver, CgParams};
 
@@ -214,23 +209,6 @@ impl Default for McmcSettings {
 }
 
 impl McmcSettings {
-    /// The settings of `pdevi mcmc` from a run config (defaults for unset keys).
-    pub fn from_config(cfg: &RunConfig, seed: u64) -> Result<Self> {
-        let d = McmcSettings::default();
-        let s = McmcSettings {
-            sampler: Sampler::parse(cfg.sampler.as_deref().unwrap_or("mala"))?,
-            chains: cfg.chains.unwrap_or(d.chains),
-            warmup: cfg.warmup.unwrap_or(d.warmup),
-            samples: cfg.samples.unwrap_or(d.samples),
-            thin: cfg.thin.unwrap_or(d.thin),
-            precondition: Precondition::parse(cfg.precondition.as_deref().unwrap_or("laplace"))?,
-            seed,
-            ..d
-        };
-        s.validate()?;
-        Ok(s)
-    }
-
     /// Initial step size.
     pub fn initial_step(&self) -> f64 {
         self.step
@@ -616,7 +594,7 @@ impl McmcEngine {
     }
 }
 
-/// What [`run_chains`] returns.
+/// What [`sample_posterior`] returns.
 #[derive(Clone, Debug)]
 pub struct McmcResult {
     pub sampler: Sampler,
@@ -751,29 +729,9 @@ pub fn initial_states(seed: u64, chains: usize, d: usize) -> Vec<f64> {
     crate::rng::normals(seed, crate::rng::streams::MCMC_INIT, 0, chains * d)
 }
 
-/// Run the chains for the problem and data of `st` with the reference
-/// Gaussian N(m, L L^T) (`reference` = (m, L), L lower and row-major).
-pub fn run_chains(
-    ctx: &GpuContext,
-    st: &Setup,
-    settings: &McmcSettings,
-    reference: (&[f64], &[f64]),
-    progress: impl FnMut(usize, usize),
-) -> Result<McmcResult> {
-    sample_posterior(
-        ctx,
-        &st.pb,
-        &st.sensors,
-        &st.y,
-        st.cg,
-        settings,
-        reference,
-        progress,
-    )
-}
-
-/// [`run_chains`] for any problem and data. `progress(step, total)` is
-/// called at every read-back.
+/// Run the chains on the posterior of `pb` given `y` at `sensors`, with the
+/// reference Gaussian N(m, L L^T) (`reference` = (m, L), L lower and
+/// row-major). `progress(step, total)` is called at every read-back.
 #[allow(clippy::too_many_arguments, reason = "the inputs of one posterior")]
 pub fn sample_posterior(
     ctx: &GpuContext,
@@ -906,15 +864,18 @@ pub fn sample_posterior(
     Ok(r)
 }
 
-/// The reference Gaussian of `settings.precondition` for the data of `st`:
-/// (m, L, description for metrics.json).
+/// The reference Gaussian of `precondition` for the posterior of `pb` given
+/// `y` at `sensors`: (m, L, description for metrics.json).
 pub fn reference_for(
     ctx: &GpuContext,
-    st: &Setup,
+    pb: &Problem,
+    sensors: &[usize],
+    y: &[f64],
+    cg: CgParams,
     precondition: Precondition,
     gn_iters: usize,
 ) -> Result<(Vec<f64>, Vec<f64>, serde_json::Value)> {
-    let d = st.pb.d;
+    let d = pb.d;
     match precondition {
         Precondition::Prior => {
             let mut l = vec![0.0; d * d];
@@ -924,7 +885,7 @@ pub fn reference_for(
             Ok((vec![0.0; d], l, serde_json::json!({ "kind": "prior" })))
         }
         Precondition::Laplace => {
-            let lap = crate::infer::laplace::fit_laplace(ctx, st, gn_iters)?;
+            let lap = crate::infer::laplace::fit_laplace(ctx, pb, sensors, y, cg, gn_iters)?;
             if lap.map.len() != d
                 || lap.cov.len() != d * d
                 || lap.map.iter().chain(&lap.cov).any(|v| !v.is_finite())
@@ -934,7 +895,7 @@ pub fn reference_for(
                         .into(),
                 ));
             }
-            let l = crate::cli::run::cholesky(&lap.cov, d);
+            let l = crate::infer::predictive::cholesky(&lap.cov, d);
             Ok((
                 lap.map,
                 l,
@@ -946,209 +907,4 @@ pub fn reference_for(
             ))
         }
     }
-}
-
-/// `pdevi mcmc`: the same inputs and output files as `pdevi run`, plus the
-/// draws (`samples_xi.npy` N x d, `chains_xi.npy` chains x kept x d,
-/// `chains_logpost.npy`), per-coordinate diagnostics and a trace figure.
-pub fn run_mcmc(cfg: &RunConfig) -> Result<serde_json::Value> {
-    // Settings first: a bad one fails before any data are simulated.
-    let mut settings = McmcSettings::from_config(cfg, cfg.seed.unwrap_or(0))?;
-    let st = setup(cfg)?;
-    settings.seed = st.seed;
-    let ctx = GpuContext::new()?;
-    let d = st.pb.d;
-    let gn_iters = cfg.gn_iters.unwrap_or(30);
-    let t_ref = Instant::now();
-    let (m, l, ref_json) = reference_for(&ctx, &st, settings.precondition, gn_iters)?;
-    let reference_seconds = t_ref.elapsed().as_secs_f64();
-
-    let total = settings.total_steps();
-    let bar = crate::output::progress::progress_bar(total, st.quiet, "steps  {per_sec}  {msg}");
-    bar.set_message(format!(
-        "{} x {} chains",
-        settings.sampler.name(),
-        settings.chains
-    ));
-    let r = run_chains(&ctx, &st, &settings, (&m, &l), |t, _| {
-        bar.set_position(t as u64)
-    });
-    bar.finish_and_clear();
-    let r = r?;
-    let out = &st.out;
-    let (c, k, n) = (r.chains, r.kept, r.n());
-    io::write_npy(&out.join("samples_xi.npy"), &[n, d], &r.samples)?;
-    io::write_npy(&out.join("chains_xi.npy"), &[c, k, d], &r.samples)?;
-    io::write_npy(&out.join("chains_logpost.npy"), &[c, k], &r.logpost)?;
-    let (mean, cov) = r.moments();
-    write_diagnostics(&out.join("diagnostics.csv"), &r, &mean, &cov)?;
-
-    // Posterior predictive of u over evenly spaced kept draws.
-    let npred = cfg.predictive_samples.unwrap_or(64).clamp(1, 64).min(n);
-    let picks: Vec<f64> = (0..npred)
-        .flat_map(|j| {
-            let idx = j * n / npred;
-            r.samples[idx * d..(idx + 1) * d].to_vec()
-        })
-        .collect();
-    let pred_solver = BatchedSolver::new(&ctx, &st.pb, npred, st.cg, Some(&st.sensors), false)?;
-    let pred = crate::cli::run::predictive_u_draws(&ctx, &pred_solver, &picks)?;
-    let mut metrics = serde_json::Map::new();
-    write_posterior(
-        &ctx,
-        &pred_solver,
-        &st,
-        &mean,
-        &cov,
-        Some(pred),
-        npred,
-        &mut metrics,
-    )?;
-    write_trace(&out.join("trace.png"), &r, settings.warmup, settings.thin)?;
-
-    let (max_rhat, min_ess) = (r.max_rhat(), r.min_ess());
-    let finite_or_null = |v: f64| {
-        if v.is_finite() {
-            serde_json::json!(v)
-        } else {
-            serde_json::Value::Null
-        }
-    };
-    let mut all = serde_json::json!({
-        "method": "mcmc",
-        "sampler": r.sampler.name(),
-        "precondition": settings.precondition.name(),
-        "reference": ref_json,
-        "chains": c,
-        "kept_per_chain": k,
-        "draws": n,
-        "acceptance": r.acceptance,
-        "acceptance_min_chain": r.acceptance_per_chain.iter().cloned().fold(f64::INFINITY, f64::min),
-        "step_size": r.step,
-        "max_rhat": finite_or_null(max_rhat),
-        "min_ess_bulk": finite_or_null(min_ess),
-        "median_ess_bulk": finite_or_null(r.median_ess()),
-        "ess_per_s": finite_or_null(r.ess_per_second()),
-        "failed_solves": r.failed_solves,
-        "proposals": r.proposals,
-        "warmup_seconds": r.warmup_seconds,
-        "sampling_seconds": r.sampling_seconds,
-        "reference_seconds": reference_seconds,
-        "seconds": r.seconds + reference_seconds,
-        "steps_per_s": total as f64 / r.seconds,
-        "dispatches_per_step": r.dispatches_per_step,
-        "device": ctx.describe(),
-        "settings": st.settings_json(),
-    });
-    if let Some(sj) = all.get_mut("settings").and_then(|v| v.as_object_mut()) {
-        sj.insert("sampler".into(), settings.sampler.name().into());
-        sj.insert("chains".into(), c.into());
-        sj.insert("warmup".into(), settings.warmup.into());
-        sj.insert("samples".into(), settings.samples.into());
-        sj.insert("thin".into(), settings.thin.into());
-        sj.insert("initial_step".into(), settings.initial_step().into());
-        sj.insert("precondition".into(), settings.precondition.name().into());
-        sj.insert("gn_iters".into(), gn_iters.into());
-        sj.insert("adapt_every".into(), settings.adapt_every.into());
-    }
-    if let Some(obj) = all.as_object_mut() {
-        obj.extend(metrics);
-    }
-    write_json(&out.join("metrics.json"), &all)?;
-    if max_rhat.is_nan() || max_rhat > 1.01 {
-        let hint = match settings.precondition {
-            Precondition::Prior => " or use --precondition laplace",
-            Precondition::Laplace => "",
-        };
-        eprintln!(
-            "warning: max R-hat over xi is {max_rhat:.4} > 1.01: the chains have not mixed; run longer (--samples, --warmup){hint}"
-        );
-    }
-    if min_ess.is_nan() || min_ess < 100.0 {
-        eprintln!(
-            "warning: min bulk ESS over xi is {min_ess:.1} < 100: too few effective draws for reliable means and intervals; run longer or use more chains"
-        );
-    }
-    if r.failed_solves > 0 {
-        eprintln!(
-            "warning: {} of {} proposals were rejected because a solve did not converge",
-            r.failed_solves, r.proposals
-        );
-    }
-    Ok(all)
-}
-
-/// Per-coordinate mean, sd, R-hat and bulk ESS.
-fn write_diagnostics(path: &Path, r: &McmcResult, mean: &[f64], cov: &[f64]) -> Result<()> {
-    let d = r.d;
-    let mut csv = String::from("i,mean,sd,rhat,ess_bulk\n");
-    for i in 0..d {
-        csv.push_str(&format!(
-            "{i},{:.10e},{:.10e},{:.6},{:.2}\n",
-            mean[i],
-            cov[i * d + i].max(0.0).sqrt(),
-            r.rhat[i],
-            r.ess_bulk[i]
-        ));
-    }
-    std::fs::write(path, csv).map_err(|e| Error::io(path, e))
-}
-
-/// logpi per chain against the step: the warm-up read-backs, then every
-/// kept draw (at most 8 chains drawn).
-fn write_trace(path: &Path, r: &McmcResult, warmup: usize, thin: usize) -> Result<()> {
-    const COLOURS: [[u8; 3]; 8] = [
-        [31, 119, 180],
-        [255, 127, 14],
-        [44, 160, 44],
-        [214, 39, 40],
-        [148, 103, 189],
-        [140, 86, 75],
-        [227, 119, 194],
-        [127, 127, 127],
-    ];
-    let shown = r.chains.min(COLOURS.len());
-    let mut xs = Vec::with_capacity(shown);
-    let mut ys = Vec::with_capacity(shown);
-    for c in 0..shown {
-        let mut x = Vec::new();
-        let mut y = Vec::new();
-        for (t, lp) in &r.warmup_trace {
-            x.push(*t as f64);
-            y.push(lp[c]);
-        }
-        for j in 0..r.kept {
-            x.push((warmup + (j + 1) * thin) as f64);
-            y.push(r.logpost[c * r.kept + j]);
-        }
-        xs.push(x);
-        ys.push(y);
-    }
-    let series: Vec<Series> = (0..shown)
-        .map(|c| Series {
-            label: if c == 0 {
-                format!("{shown} of {} chains", r.chains)
-            } else {
-                String::new()
-            },
-            x: &xs[c],
-            y: &ys[c],
-            band: None,
-            rgb: COLOURS[c],
-            dashed: false,
-        })
-        .collect();
-    let all: Vec<f64> = ys.iter().flatten().copied().collect();
-    plot::write_line_plot(
-        path,
-        &format!(
-            "log posterior ({}, warm-up {warmup} steps, then kept draws)",
-            r.sampler.name()
-        ),
-        "step",
-        "log posterior (up to a constant)",
-        &series,
-        false,
-        Some(plot::robust_range(&all)),
-    )
 }

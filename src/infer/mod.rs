@@ -5,4 +5,5 @@ pub mod adam;
 pub mod laplace;
 pub mod linear;
 pub mod mcmc;
+pub mod predictive;
 pub mod vi;

@@ -110,7 +110,7 @@ impl Family {
                 }
             }
             Family::FullRank => {
-                let l = crate::cli::run::cholesky(cov, d);
+                let l = crate::infer::predictive::cholesky(cov, d);
                 for i in 0..d {
                     for j in 0..i {
                         t[d + i * d + j] = l[i * d + j];

@@ -4,4 +4,5 @@ pub mod fields;
 pub mod files;
 pub mod io;
 pub mod plot;
+pub mod posterior;
 pub mod progress;

@@ -1,0 +1,120 @@
+//! A posterior over xi pushed forward: the field's moments (exact, the
+//! field is linear in xi) and the solution's moments by batched solves of
+//! posterior draws.
+
+use crate::error::Result;
+use crate::gpu::GpuContext;
+use crate::physics::problem::Problem;
+use crate::physics::solver::BatchedSolver;
+
+/// Pointwise mean and std of the field z = basis^T xi under N(m, cov), exact.
+pub fn field_moments(pb: &Problem, m: &[f64], cov: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let (d, nc) = (pb.d, pb.ncoef());
+    let basis = pb.basis();
+    let mean = pb.field(m);
+    let mut std = vec![0.0; nc];
+    let mut phi = vec![0.0; d];
+    for c in 0..nc {
+        for k in 0..d {
+            phi[k] = basis[k * nc + c];
+        }
+        let mut v = 0.0;
+        for i in 0..d {
+            let row: f64 = (0..d).map(|j| cov[i * d + j] * phi[j]).sum();
+            v += phi[i] * row;
+        }
+        std[c] = v.max(0.0).sqrt();
+    }
+    (mean, std)
+}
+
+/// Lower Cholesky factor of an SPD matrix (with a tiny jitter if needed).
+pub fn cholesky(a: &[f64], d: usize) -> Vec<f64> {
+    let mut l = vec![0.0; d * d];
+    let scale = (0..d)
+        .map(|i| a[i * d + i])
+        .fold(0.0f64, f64::max)
+        .max(1e-300);
+    for j in 0..d {
+        let mut dj = a[j * d + j];
+        for k in 0..j {
+            dj -= l[j * d + k] * l[j * d + k];
+        }
+        let r = dj.max(1e-14 * scale).sqrt();
+        l[j * d + j] = r;
+        for i in j + 1..d {
+            let mut v = a[i * d + j];
+            for k in 0..j {
+                v -= l[i * d + k] * l[j * d + k];
+            }
+            l[i * d + j] = v / r;
+        }
+    }
+    l
+}
+
+/// Monte Carlo mean and std of u through the GPU solver, xi drawn from
+/// N(m, cov) with the predictive stream (in batches of the solver's size).
+pub fn predictive_u(
+    ctx: &GpuContext,
+    solver: &BatchedSolver,
+    m: &[f64],
+    cov: &[f64],
+    count: usize,
+    seed: u64,
+) -> Result<(Vec<f64>, Vec<f64>, usize)> {
+    let (d, b) = (solver.problem.d, solver.batch);
+    let l = cholesky(cov, d);
+    let batches = count.div_ceil(b).max(1);
+    let mut xis = Vec::with_capacity(batches * b * d);
+    for batch in 0..batches {
+        let eps = crate::rng::normals(seed, crate::rng::streams::PREDICTIVE, batch as u32, b * d);
+        for k in 0..b {
+            for i in 0..d {
+                xis.push(m[i] + (0..=i).map(|j| l[i * d + j] * eps[k * d + j]).sum::<f64>());
+            }
+        }
+    }
+    predictive_u_draws(ctx, solver, &xis)
+}
+
+/// Mean and std of u over the given draws of xi (`count x d`), solved in
+/// batches of the solver's size (a final partial batch is padded with the
+/// first draw and not counted).
+pub fn predictive_u_draws(
+    ctx: &GpuContext,
+    solver: &BatchedSolver,
+    xis: &[f64],
+) -> Result<(Vec<f64>, Vec<f64>, usize)> {
+    let s = solver;
+    let (d, nu, b) = (s.problem.d, s.problem.nunk(), s.batch);
+    let count = xis.len() / d;
+    let mut mean = vec![0.0; nu];
+    let mut m2 = vec![0.0; nu];
+    let mut seen = 0usize;
+    for chunk in xis.chunks(b * d) {
+        let used = chunk.len() / d;
+        let mut xi = chunk.to_vec();
+        while xi.len() < b * d {
+            xi.extend_from_slice(&chunk[..d]);
+        }
+        let info = s.solve(ctx, &xi)?;
+        crate::physics::solver::check_converged(&info, "posterior predictive solves", &s.cg)?;
+        let u = s.read_u(ctx)?;
+        for k in 0..used {
+            seen += 1;
+            for i in 0..nu {
+                let x = u[k * nu + i];
+                let delta = x - mean[i];
+                mean[i] += delta / seen as f64;
+                m2[i] += delta * (x - mean[i]);
+            }
+        }
+    }
+    debug_assert_eq!(seen, count);
+    let std = m2
+        .iter()
+        .map(|v| (v / (seen.max(2) - 1) as f64).sqrt())
+        .collect();
+    Ok((mean, std, seen))
+}

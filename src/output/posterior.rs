@@ -1,0 +1,214 @@
+//! The files of a posterior, the same for every method: the field's and the
+//! solution's mean and std as `.npy` and PNG, error maps against a truth,
+//! and one summary figure.
+
+use std::path::Path;
+
+use crate::error::Result;
+use crate::output::io;
+use crate::output::plot::{self, Colormap, Field2, Panel, Series};
+use crate::physics::problem::{Problem, ProblemKind};
+
+/// The posterior arrays, their images and the summary figure.
+#[allow(clippy::too_many_arguments, reason = "the fields of one posterior")]
+pub fn write_posterior_files(
+    out: &Path,
+    pb: &Problem,
+    fmean: &[f64],
+    fstd: &[f64],
+    umean: &[f64],
+    ustd: &[f64],
+    truth: Option<&[f64]>,
+    metrics: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
+    let n = pb.n;
+    let um = pb.nodal(umean);
+    let us = pb.nodal(ustd);
+    if let Some(t) = truth {
+        let err: f64 = t
+            .iter()
+            .zip(fmean)
+            .map(|(a, b)| (a - b).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let norm: f64 = t.iter().map(|a| a * a).sum::<f64>().sqrt();
+        let inside = |k: f64| {
+            t.iter()
+                .zip(fmean)
+                .zip(fstd)
+                .filter(|((a, b), s)| (*a - *b).abs() <= k * **s)
+                .count() as f64
+                / t.len() as f64
+        };
+        metrics.insert(
+            "rel_l2_error_posterior_mean".into(),
+            (err / norm.max(1e-300)).into(),
+        );
+        metrics.insert("rel_l2_error_prior_mean".into(), 1.0.into());
+        metrics.insert("truth_within_2sd".into(), inside(2.0).into());
+        metrics.insert("truth_within_3sd".into(), inside(3.0).into());
+    }
+    match pb.kind {
+        ProblemKind::Darcy2d => {
+            io::write_npy(&out.join("posterior_mean_z.npy"), &[n, n], fmean)?;
+            io::write_npy(&out.join("posterior_std_z.npy"), &[n, n], fstd)?;
+            io::write_npy(&out.join("posterior_mean_u.npy"), &[n + 1, n + 1], &um)?;
+            io::write_npy(&out.join("posterior_std_u.npy"), &[n + 1, n + 1], &us)?;
+            let var: Vec<f64> = fstd.iter().map(|s| s * s).collect();
+            io::write_npy(&out.join("posterior_var_z.npy"), &[n, n], &var)?;
+            fn cell(v: &[f64], n: usize) -> Field2<'_> {
+                Field2 {
+                    values: v,
+                    nx: n,
+                    ny: n,
+                }
+            }
+            fn node(v: &[f64], n: usize) -> Field2<'_> {
+                Field2 {
+                    values: v,
+                    nx: n + 1,
+                    ny: n + 1,
+                }
+            }
+            let images: [(&str, Field2, &str, &str); 5] = [
+                (
+                    "posterior_mean_z",
+                    cell(fmean, n),
+                    "posterior mean of z",
+                    "z",
+                ),
+                (
+                    "posterior_std_z",
+                    cell(fstd, n),
+                    "posterior std of z",
+                    "std z",
+                ),
+                (
+                    "posterior_var_z",
+                    cell(&var, n),
+                    "posterior variance of z",
+                    "var z",
+                ),
+                ("posterior_mean_u", node(&um, n), "posterior mean of u", "u"),
+                (
+                    "posterior_std_u",
+                    node(&us, n),
+                    "posterior std of u",
+                    "std u",
+                ),
+            ];
+            for (stem, field, title, label) in &images {
+                plot::write_field_png(&out.join(format!("{stem}.png")), field, title, label)?;
+            }
+            fn panel<'a>(title: &str, field: Field2<'a>, range: Option<(f64, f64)>) -> Panel<'a> {
+                Panel {
+                    title: title.into(),
+                    field,
+                    range,
+                    cmap: Colormap::Viridis,
+                }
+            }
+            let abs_err: Vec<f64>;
+            let panels = if let Some(t) = truth {
+                // Truth and mean share one colour scale.
+                let lo = t.iter().chain(fmean).cloned().fold(f64::INFINITY, f64::min);
+                let hi = t
+                    .iter()
+                    .chain(fmean)
+                    .cloned()
+                    .fold(f64::NEG_INFINITY, f64::max);
+                abs_err = t.iter().zip(fmean).map(|(a, b)| (a - b).abs()).collect();
+                vec![
+                    panel("truth z", cell(t, n), Some((lo, hi))),
+                    panel("posterior mean z", cell(fmean, n), Some((lo, hi))),
+                    panel("posterior std z", cell(fstd, n), None),
+                    panel("|error| of mean", cell(&abs_err, n), None),
+                ]
+            } else {
+                vec![
+                    panel("posterior mean z", cell(fmean, n), None),
+                    panel("posterior std z", cell(fstd, n), None),
+                    panel("posterior mean u", node(&um, n), None),
+                ]
+            };
+            plot::write_panels_png(
+                &out.join("summary.png"),
+                "darcy2d: log-permeability posterior",
+                &panels,
+            )?;
+        }
+        ProblemKind::Poisson1d => {
+            let mut f = vec![0.0; n + 1];
+            f[1..n].copy_from_slice(fmean);
+            let mut fs = vec![0.0; n + 1];
+            fs[1..n].copy_from_slice(fstd);
+            io::write_npy(&out.join("posterior_mean_f.npy"), &[n + 1], &f)?;
+            io::write_npy(&out.join("posterior_std_f.npy"), &[n + 1], &fs)?;
+            io::write_npy(&out.join("posterior_mean_u.npy"), &[n + 1], &um)?;
+            io::write_npy(&out.join("posterior_std_u.npy"), &[n + 1], &us)?;
+            let x: Vec<f64> = (0..=n).map(|i| i as f64 / n as f64).collect();
+            let band2 = |s: &[f64]| s.iter().map(|v| 2.0 * v).collect::<Vec<f64>>();
+            let (fb, ub) = (band2(&fs), band2(&us));
+            let tf: Option<Vec<f64>> = truth.map(|t| {
+                let mut v = vec![0.0; n + 1];
+                v[1..n].copy_from_slice(t);
+                v
+            });
+            let blue = [31, 119, 180];
+            let mut series = vec![Series {
+                label: "posterior mean +- 2 sd".into(),
+                x: &x,
+                y: &f,
+                band: Some(&fb),
+                rgb: blue,
+                dashed: false,
+            }];
+            if let Some(t) = &tf {
+                series.push(Series {
+                    label: "truth".into(),
+                    x: &x,
+                    y: t,
+                    band: None,
+                    rgb: [214, 39, 40],
+                    dashed: true,
+                });
+            }
+            plot::write_line_plot(
+                &out.join("summary.png"),
+                "poisson1d: source f, posterior",
+                "x",
+                "f",
+                &series,
+                false,
+                None,
+            )?;
+            plot::write_line_plot(
+                &out.join("posterior_mean_f.png"),
+                "posterior of f (mean +- 2 sd)",
+                "x",
+                "f",
+                &series[..1],
+                false,
+                None,
+            )?;
+            let useries = [Series {
+                label: "posterior mean +- 2 sd".into(),
+                x: &x,
+                y: &um,
+                band: Some(&ub),
+                rgb: blue,
+                dashed: false,
+            }];
+            plot::write_line_plot(
+                &out.join("posterior_mean_u.png"),
+                "posterior of u (mean +- 2 sd)",
+                "x",
+                "u",
+                &useries,
+                false,
+                None,
+            )?;
+        }
+    }
+    Ok(())
+}
