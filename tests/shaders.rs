@@ -2,7 +2,7 @@
 //! file is part of a module, and the structs shared with Rust have the same
 //! size on both sides.
 
-use pdevi::gpu::kernels::KernelId;
+use pdevi::gpu::kernels::{Bind, KernelId};
 use pdevi::gpu::layout::{CgState, PdeParams};
 use pdevi::gpu::shaders::{self, ModuleId, ALL_SOURCES};
 
@@ -61,17 +61,123 @@ fn every_wgsl_file_is_listed_and_used() {
     }
 }
 
-#[test]
-fn every_kernel_entry_point_exists() {
-    for &k in KernelId::ALL {
-        let (m, entry, _) = k.spec();
-        let module = shaders::validate(m).unwrap();
-        assert!(
-            module.entry_points.iter().any(|e| e.name == entry),
-            "{}: no entry point {entry}",
-            m.name()
-        );
+/// (group, binding, access, WGSL name) of every global that kernel `k`'s
+/// entry point uses, by naga's reflection; `None` if the entry is missing.
+fn used_bindings(k: KernelId) -> Option<Vec<(u32, u32, Bind, String)>> {
+    use naga::{AddressSpace, StorageAccess};
+    let spec = k.spec();
+    let (module, info) = shaders::reflect(spec.module).unwrap();
+    let ep = module
+        .entry_points
+        .iter()
+        .position(|e| e.name == spec.entry)?;
+    assert!(
+        module.entry_points[ep].workgroup_size[0] > 0,
+        "{}: workgroup size 0",
+        k.label()
+    );
+    let uses = info.get_entry_point(ep);
+    let mut used = Vec::new();
+    for (h, var) in module.global_variables.iter() {
+        let Some(rb) = &var.binding else { continue };
+        if uses[h].is_empty() {
+            continue;
+        }
+        let kind = match var.space {
+            AddressSpace::Uniform => Bind::Uniform,
+            AddressSpace::Storage { access } if access.contains(StorageAccess::STORE) => {
+                Bind::ReadWrite
+            }
+            AddressSpace::Storage { .. } => Bind::Read,
+            other => panic!("{}: unexpected address space {other:?}", k.label()),
+        };
+        used.push((
+            rb.group,
+            rb.binding,
+            kind,
+            var.name.clone().unwrap_or_default(),
+        ));
     }
+    Some(used)
+}
+
+/// Every row of the kernel table against naga's reflection of the WGSL: the
+/// entry point exists, every binding it uses is in the table with the same
+/// access, and a table binding it does not use is one that a kernel sharing
+/// its bind-group layout uses alike (the solver's start, iterate and Jacobi
+/// kernels take one bind group, the P1 ones the Q1 layout).
+#[test]
+fn kernel_table_matches_wgsl_reflection() {
+    let used: Vec<_> = KernelId::ALL.iter().map(|&k| used_bindings(k)).collect();
+    let mut failures = Vec::new();
+    for &k in KernelId::ALL {
+        let spec = k.spec();
+        let Some(mine) = &used[k.index()] else {
+            failures.push(format!("{}: no entry point {}", k.label(), spec.entry));
+            continue;
+        };
+        for u in mine {
+            if !spec
+                .bindings
+                .iter()
+                .any(|b| u.0 == 0 && b.binding == u.1 && b.kind == u.2)
+            {
+                failures.push(format!(
+                    "{}: {} (group {}, binding {}, {:?}) is used but not in the table",
+                    k.label(),
+                    u.3,
+                    u.0,
+                    u.1,
+                    u.2
+                ));
+            }
+        }
+        for b in spec.bindings {
+            if mine.iter().any(|u| u.1 == b.binding) {
+                continue;
+            }
+            let shared = KernelId::ALL.iter().any(|&o| {
+                let os = o.spec();
+                o != k
+                    && (os.module == spec.module || os.entry == spec.entry)
+                    && os.bindings == spec.bindings
+                    && used[o.index()]
+                        .as_ref()
+                        .is_some_and(|ou| ou.iter().any(|u| u.1 == b.binding && u.2 == b.kind))
+            });
+            if !shared {
+                failures.push(format!(
+                    "{}: {}@{} {:?} is in the table but no kernel with its layout uses it",
+                    k.label(),
+                    b.name,
+                    b.binding,
+                    b.kind
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "kernel table and WGSL disagree:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// The check above fails on a wrongly wired row: a table that called a
+/// read-write binding read-only would be caught.
+#[test]
+fn kernel_table_check_detects_wrong_access() {
+    let used = used_bindings(KernelId::KlMap).unwrap();
+    let z = used.iter().find(|u| u.3 == "z").expect("kl_map writes z");
+    assert_eq!(z.2, Bind::ReadWrite);
+    let row = KernelId::KlMap
+        .spec()
+        .bindings
+        .iter()
+        .find(|b| b.binding == z.1)
+        .unwrap();
+    assert_eq!(row.kind, Bind::ReadWrite);
+    assert_ne!(Bind::Read, z.2, "a read-only row for z would not match");
 }
 
 fn struct_size(module: &naga::Module, name: &str) -> u32 {

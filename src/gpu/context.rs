@@ -6,9 +6,45 @@ use std::sync::{Arc, Mutex};
 use bytemuck::Pod;
 use wgpu::util::DeviceExt;
 
-use super::kernels::{Bind, KernelId};
+use super::kernels::{Bind, KernelArgs, KernelId};
 use super::shaders::{self, ModuleId};
 use crate::error::{Error, Result};
+
+/// A kernel's pipeline, bind-group layout and workgroup size in x (read
+/// from the validated WGSL by naga, so geometry never repeats it).
+struct Pipeline {
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+    wg_x: u32,
+}
+
+/// One kernel with its buffers bound and its workgroup counts computed:
+/// built once, recorded into any number of passes.
+#[derive(Clone, Debug)]
+pub struct Dispatch {
+    kernel: KernelId,
+    pipeline: wgpu::ComputePipeline,
+    group: wgpu::BindGroup,
+    groups: [u32; 3],
+}
+
+impl Dispatch {
+    /// Record this dispatch into `pass`.
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.group, &[]);
+        let [x, y, z] = self.groups;
+        pass.dispatch_workgroups(x, y, z);
+    }
+
+    pub fn kernel(&self) -> KernelId {
+        self.kernel
+    }
+
+    pub fn groups(&self) -> [u32; 3] {
+        self.groups
+    }
+}
 
 /// Device, queue and pipelines.
 pub struct GpuContext {
@@ -26,7 +62,8 @@ pub struct GpuContext {
     /// The MLP product kernel: workgroup-memory tiles on GPUs, register
     /// blocks on CPU devices (`PDEVI_MATMUL=tiled|blocked` overrides).
     pub matmul: KernelId,
-    pipelines: Vec<(wgpu::ComputePipeline, wgpu::BindGroupLayout)>,
+    /// Per kernel, in [`KernelId::ALL`] order.
+    pipelines: Vec<Pipeline>,
     /// wgpu errors outside an error scope land here instead of panicking;
     /// [`GpuContext::check`] turns them into [`Error::Gpu`].
     uncaptured: Arc<Mutex<Option<String>>>,
@@ -210,6 +247,7 @@ impl GpuContext {
     fn build_pipelines(&mut self) -> Result<()> {
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let mut modules = std::collections::HashMap::new();
+        let mut entry_wg = std::collections::HashMap::new();
         for &m in ModuleId::ALL {
             // naga validation first: a readable error with file and line.
             let wg = if m.is_solver() {
@@ -217,7 +255,10 @@ impl GpuContext {
             } else {
                 shaders::DEFAULT_WG
             };
-            shaders::validate_with(m, wg)?;
+            let naga_module = shaders::validate_with(m, wg)?;
+            for ep in &naga_module.entry_points {
+                entry_wg.insert((m, ep.name.clone()), ep.workgroup_size[0]);
+            }
             let asm = shaders::assemble_with(m, wg);
             let module = self
                 .device
@@ -228,13 +269,21 @@ impl GpuContext {
             modules.insert(m, module);
         }
         for &k in KernelId::ALL {
-            let (m, entry, binds) = k.spec();
-            let entries: Vec<wgpu::BindGroupLayoutEntry> = binds
+            let spec = k.spec();
+            let (m, entry) = (spec.module, spec.entry);
+            let wg_x = *entry_wg
+                .get(&(m, entry.to_string()))
+                .ok_or_else(|| Error::Shader {
+                    kernel: k.label(),
+                    message: format!("module {} has no entry point {entry}", m.name()),
+                })?;
+            let entries: Vec<wgpu::BindGroupLayoutEntry> = spec
+                .bindings
                 .iter()
-                .map(|&(binding, kind)| wgpu::BindGroupLayoutEntry {
-                    binding,
+                .map(|b| wgpu::BindGroupLayoutEntry {
+                    binding: b.binding,
                     visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: match kind {
+                    ty: match b.kind {
                         Bind::Uniform => wgpu::BindingType::Buffer {
                             ty: wgpu::BufferBindingType::Uniform,
                             has_dynamic_offset: false,
@@ -242,7 +291,7 @@ impl GpuContext {
                         },
                         Bind::Read | Bind::ReadWrite => wgpu::BindingType::Buffer {
                             ty: wgpu::BufferBindingType::Storage {
-                                read_only: kind == Bind::Read,
+                                read_only: b.kind == Bind::Read,
                             },
                             has_dynamic_offset: false,
                             min_binding_size: None,
@@ -281,7 +330,11 @@ impl GpuContext {
                     },
                     cache: None,
                 });
-            self.pipelines.push((pipeline, bgl));
+            self.pipelines.push(Pipeline {
+                pipeline,
+                layout: bgl,
+                wg_x,
+            });
         }
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu {
@@ -317,9 +370,12 @@ impl GpuContext {
         }
     }
 
-    /// Bind group for `k` with `buffers` in the kernel's binding order.
+    /// A bind group of `k` from buffers in its binding order (the order of
+    /// [`KernelSpec::bindings`](super::kernels::KernelSpec)). Engine code
+    /// uses the typed [`prepare`](Self::prepare); this positional form serves
+    /// table-driven tests.
     pub fn bind(&self, k: KernelId, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
-        let (_, _, binds) = k.spec();
+        let binds = k.spec().bindings;
         assert_eq!(
             binds.len(),
             buffers.len(),
@@ -329,19 +385,65 @@ impl GpuContext {
         let entries: Vec<wgpu::BindGroupEntry> = binds
             .iter()
             .zip(buffers)
-            .map(|(&(binding, _), b)| wgpu::BindGroupEntry {
-                binding,
-                resource: b.as_entire_binding(),
+            .map(|(b, buf)| wgpu::BindGroupEntry {
+                binding: b.binding,
+                resource: buf.as_entire_binding(),
             })
             .collect();
         self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(&k.label()),
-            layout: &self.pipelines[k.index()].1,
+            layout: &self.pipelines[k.index()].layout,
             entries: &entries,
         })
     }
 
-    /// Record one dispatch of `k` into `pass`.
+    /// Workgroup counts of `k` for `extent` items (see
+    /// [`Geometry`](super::kernels::Geometry)), checked against the device's
+    /// per-dimension limit.
+    pub fn groups(&self, k: KernelId, extent: [usize; 2]) -> Result<[u32; 3]> {
+        let g = k
+            .spec()
+            .geometry
+            .groups(self.pipelines[k.index()].wg_x, extent);
+        let max = u64::from(self.limits.max_compute_workgroups_per_dimension);
+        if let Some(&over) = g.iter().find(|&&v| v > max) {
+            return Err(Error::setting(
+                "size",
+                over,
+                format!(
+                    "{} needs {over} workgroups in one dimension for {extent:?} items; the device allows {max}: use a smaller batch or grid",
+                    k.label()
+                ),
+            ));
+        }
+        Ok(g.map(|v| v as u32))
+    }
+
+    /// Workgroup size in x of `k`, as the WGSL declares it.
+    pub fn workgroup_size(&self, k: KernelId) -> u32 {
+        self.pipelines[k.index()].wg_x
+    }
+
+    /// Bind `args` and size the dispatch for `extent` items of work.
+    pub fn prepare<'a, A: KernelArgs<'a>>(&self, args: &A, extent: [usize; 2]) -> Result<Dispatch> {
+        let groups = self.groups(A::KERNEL, extent)?;
+        Ok(self.prepare_groups(args, groups))
+    }
+
+    /// [`prepare`](Self::prepare) with explicit workgroup counts (probes
+    /// and benchmarks that size their own grids).
+    pub fn prepare_groups<'a, A: KernelArgs<'a>>(&self, args: &A, groups: [u32; 3]) -> Dispatch {
+        let k = A::KERNEL;
+        Dispatch {
+            kernel: k,
+            pipeline: self.pipelines[k.index()].pipeline.clone(),
+            group: self.bind(k, &args.buffers()),
+            groups,
+        }
+    }
+
+    /// Record one dispatch of `k` into `pass` (with a bind group from
+    /// [`bind`](Self::bind)); engine code records [`Dispatch`]es.
     pub fn dispatch(
         &self,
         pass: &mut wgpu::ComputePass<'_>,
@@ -349,7 +451,7 @@ impl GpuContext {
         bg: &wgpu::BindGroup,
         groups: [u32; 3],
     ) {
-        pass.set_pipeline(&self.pipelines[k.index()].0);
+        pass.set_pipeline(&self.pipelines[k.index()].pipeline);
         pass.set_bind_group(0, bg, &[]);
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
     }

@@ -1,241 +1,301 @@
-//! The table of compute kernels: module, entry point and binding kinds.
-//! Bind-group layouts and pipelines are generated from it once, when the
-//! [`GpuContext`](super::GpuContext) is created.
+//! The table of compute kernels, written once in [`kernel_table!`]: for each
+//! kernel its module, entry point, dispatch geometry and named bindings.
+//! From that one row come the [`KernelId`] variant, its [`KernelSpec`], and a
+//! typed argument struct in [`args`] whose fields are the kernel's buffers by
+//! name, so a bind group cannot be built with buffers in the wrong order.
+//! Bind-group layouts and pipelines are generated from the table once, when
+//! the [`GpuContext`](super::GpuContext) is created; a test checks every row
+//! against naga's reflection of the WGSL (binding numbers, access, geometry).
 
 use super::shaders::ModuleId;
 
 /// How a binding is used by a kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bind {
+    /// `var<uniform>`.
     Uniform,
+    /// `var<storage, read>`.
     Read,
+    /// `var<storage, read_write>`.
     ReadWrite,
 }
 
-/// One compute entry point.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum KernelId {
-    CgStartQ1,
-    CgIterateQ1,
-    JacobiRunQ1,
-    CgStartP1,
-    CgIterateP1,
-    JacobiRunP1,
-    KlMap,
-    KlPullback,
-    KlPullbackSerial,
-    Q1Apply,
-    Q1Diag,
-    Q1AdjointGrad,
-    P1Apply,
-    P1Diag,
-    ObsMisfit,
-    StreamTriad,
-    ViNoise,
-    ViSample,
-    ViKl,
-    ViKlLowRank,
-    ViGrad,
-    ViElbo,
-    AdamStep,
-    P1Direct,
-    AdamStepClipped,
-    GradClip,
-    Matmul,
-    MatmulBlocked,
-    ActBackward,
-    BiasGrad,
-    LossMse,
-    LossGaussNll,
-    LossReduce,
-    GatherRows,
-    FmaPeak,
-    McmcPropose,
-    McmcMap,
-    McmcGrad,
-    McmcAccept,
+/// One binding of a kernel: its number in group 0, its access and the name
+/// of the field that carries it in the kernel's [`args`] struct.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Binding {
+    pub binding: u32,
+    pub kind: Bind,
+    pub name: &'static str,
 }
 
-use Bind::{Read as R, ReadWrite as W, Uniform as U};
+/// How a kernel's work maps onto workgroups. Callers give the extent of the
+/// work in items (`[x, y]`); the kernel's geometry and its workgroup size
+/// (read from the WGSL by naga) give the dispatch, so no caller computes
+/// workgroup counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Geometry {
+    /// One invocation per item in x; one workgroup row per item in y.
+    Invocation,
+    /// One invocation per four items in x (`vec4` kernels); y as above.
+    Vec4,
+    /// One workgroup per item in x and in y (a system, a row, a mode).
+    Workgroup,
+    /// One workgroup per 64 x 64 output tile (x = columns, y = rows).
+    Tile64,
+    /// A single workgroup does all the work.
+    Single,
+}
 
-const SOLVER_BINDS: &[(u32, Bind)] = &[(0, U), (1, R), (2, R), (3, W), (4, W), (5, W)];
+impl Geometry {
+    /// Workgroup counts for `extent` items with workgroups of `wg` invocations in x.
+    pub fn groups(self, wg: u32, extent: [usize; 2]) -> [u64; 3] {
+        let (x, y) = (extent[0] as u64, extent[1] as u64);
+        let wg = u64::from(wg.max(1));
+        match self {
+            Geometry::Invocation => [x.div_ceil(wg), y, 1],
+            Geometry::Vec4 => [x.div_ceil(4).div_ceil(wg), y, 1],
+            Geometry::Workgroup => [x, y, 1],
+            Geometry::Tile64 => [x.div_ceil(64), y.div_ceil(64), 1],
+            Geometry::Single => [1, 1, 1],
+        }
+    }
+}
 
-/// Uniform, A, B (read), C, Z (read-write): products and losses of shaders/mlp.wgsl.
-const MLP_ABCZ: &[(u32, Bind)] = &[(0, U), (1, R), (2, R), (3, W), (4, W)];
+/// Everything the engine knows about one kernel.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelSpec {
+    pub module: ModuleId,
+    pub entry: &'static str,
+    pub geometry: Geometry,
+    /// In binding order.
+    pub bindings: &'static [Binding],
+}
+
+/// The buffers of one kernel in its binding order; implemented by the
+/// typed structs of [`args`].
+pub trait KernelArgs<'a> {
+    /// The kernel these buffers are for.
+    const KERNEL: KernelId;
+    /// The buffers, in the order of [`KernelSpec::bindings`].
+    fn buffers(&self) -> Vec<&'a wgpu::Buffer>;
+}
+
+macro_rules! kernel_table {
+    ($(
+        $(#[$doc:meta])*
+        $id:ident => $module:ident . $entry:literal, $geometry:ident,
+            { $($name:ident : $kind:ident @ $binding:literal),* $(,)? }
+    )*) => {
+        /// One compute entry point.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum KernelId {
+            $($(#[$doc])* $id,)*
+        }
+
+        const SPECS: &[KernelSpec] = &[$(
+            KernelSpec {
+                module: ModuleId::$module,
+                entry: $entry,
+                geometry: Geometry::$geometry,
+                bindings: &[$(Binding { binding: $binding, kind: Bind::$kind, name: stringify!($name) }),*],
+            },
+        )*];
+
+        impl KernelId {
+            /// Every kernel, in table order (the order of the pipelines).
+            pub const ALL: &'static [KernelId] = &[$(KernelId::$id,)*];
+        }
+
+        /// Typed bind-group arguments, one struct per kernel, named like the
+        /// kernel and holding its buffers by binding name.
+        pub mod args {
+            use super::{KernelArgs, KernelId};
+            $(
+                #[doc = concat!("Buffers of `", $entry, "` (", stringify!($module), ").")]
+                pub struct $id<'a> {
+                    $(pub $name: &'a wgpu::Buffer,)*
+                }
+
+                impl<'a> KernelArgs<'a> for $id<'a> {
+                    const KERNEL: KernelId = KernelId::$id;
+                    fn buffers(&self) -> Vec<&'a wgpu::Buffer> {
+                        vec![$(self.$name),*]
+                    }
+                }
+            )*
+        }
+    };
+}
+
+kernel_table! {
+    /// CG start (residual, preconditioner, first direction), Q1 operator.
+    CgStartQ1 => SolverQ1."cg_start", Workgroup,
+        { params: Uniform @ 0, coef: Read @ 1, rhs: Read @ 2, x: ReadWrite @ 3, work: ReadWrite @ 4, state: ReadWrite @ 5 }
+    /// A bounded chunk of CG iterations, Q1 operator.
+    CgIterateQ1 => SolverQ1."cg_iterate", Workgroup,
+        { params: Uniform @ 0, coef: Read @ 1, rhs: Read @ 2, x: ReadWrite @ 3, work: ReadWrite @ 4, state: ReadWrite @ 5 }
+    /// Weighted Jacobi sweeps, Q1 operator.
+    JacobiRunQ1 => SolverQ1."jacobi_run", Workgroup,
+        { params: Uniform @ 0, coef: Read @ 1, rhs: Read @ 2, x: ReadWrite @ 3, work: ReadWrite @ 4, state: ReadWrite @ 5 }
+    /// CG start, P1 operator.
+    CgStartP1 => SolverP1."cg_start", Workgroup,
+        { params: Uniform @ 0, coef: Read @ 1, rhs: Read @ 2, x: ReadWrite @ 3, work: ReadWrite @ 4, state: ReadWrite @ 5 }
+    /// A bounded chunk of CG iterations, P1 operator.
+    CgIterateP1 => SolverP1."cg_iterate", Workgroup,
+        { params: Uniform @ 0, coef: Read @ 1, rhs: Read @ 2, x: ReadWrite @ 3, work: ReadWrite @ 4, state: ReadWrite @ 5 }
+    /// Weighted Jacobi sweeps, P1 operator.
+    JacobiRunP1 => SolverP1."jacobi_run", Workgroup,
+        { params: Uniform @ 0, coef: Read @ 1, rhs: Read @ 2, x: ReadWrite @ 3, work: ReadWrite @ 4, state: ReadWrite @ 5 }
+    /// z = basis^T xi and the coefficient (exp z or a scaled z); x = cells, y = systems.
+    KlMap => Kl."kl_map", Invocation,
+        { params: Uniform @ 0, xi: Read @ 1, basis: Read @ 2, z: ReadWrite @ 3, aux: ReadWrite @ 4 }
+    /// gxi = scale basis g, a workgroup per (mode, system); x = modes, y = systems.
+    KlPullback => Kl."kl_pullback", Workgroup,
+        { params: Uniform @ 0, basis: Read @ 2, g: Read @ 5, gxi: ReadWrite @ 6 }
+    /// gxi = scale basis g, an invocation per (system, mode); x = systems x modes.
+    KlPullbackSerial => Kl."kl_pullback_serial", Invocation,
+        { params: Uniform @ 0, basis: Read @ 2, g: Read @ 5, gxi: ReadWrite @ 6 }
+    /// y = A(coef) v for the Q1 operator; x = unknowns, y = systems.
+    Q1Apply => Darcy."q1_apply", Invocation,
+        { params: Uniform @ 0, coef: Read @ 1, v: Read @ 2, y: ReadWrite @ 4 }
+    /// diag A(coef) for the Q1 operator; x = unknowns, y = systems.
+    Q1Diag => Darcy."q1_diag", Invocation,
+        { params: Uniform @ 0, coef: Read @ 1, y: ReadWrite @ 4 }
+    /// Adjoint gradient kappa_c lambda_c^T K u_c per cell; x = cells, y = systems.
+    Q1AdjointGrad => Darcy."q1_adjoint_grad", Invocation,
+        { params: Uniform @ 0, coef: Read @ 1, v: Read @ 2, w: Read @ 3, g: ReadWrite @ 5 }
+    /// y = A v for the P1 operator; x = unknowns, y = systems.
+    P1Apply => Poisson1d."p1_apply", Invocation,
+        { params: Uniform @ 0, v: Read @ 2, y: ReadWrite @ 4 }
+    /// diag A for the P1 operator; x = unknowns, y = systems.
+    P1Diag => Poisson1d."p1_diag", Invocation,
+        { params: Uniform @ 0, y: ReadWrite @ 4 }
+    /// Sensor misfit and the adjoint right-hand side, a workgroup per system.
+    ObsMisfit => Obs."obs_misfit", Workgroup,
+        { params: Uniform @ 0, sensors: Read @ 1, data: Read @ 2, u: Read @ 3, adj: ReadWrite @ 4, misfit: ReadWrite @ 5 }
+    /// a = b + scale c on vec4s (the bandwidth probe); x = vec4s.
+    StreamTriad => Stream."stream_triad", Invocation,
+        { params: Uniform @ 0, sb: Read @ 1, sc: Read @ 2, sa: ReadWrite @ 3 }
+    /// Standard normal noise of the ELBO's samples; x = noise values.
+    ViNoise => Vi."vi_noise", Vec4,
+        { params: Read @ 0, eps: ReadWrite @ 2 }
+    /// xi = mean + factor eps per sample; x = samples x d.
+    ViSample => Vi."vi_sample", Invocation,
+        { params: Read @ 0, theta: Read @ 1, eps: ReadWrite @ 2, xi: ReadWrite @ 3 }
+    /// KL(q || N(0, I)) and its gradient (mean-field and full-rank).
+    ViKl => Vi."vi_kl", Single,
+        { params: Read @ 0, theta: Read @ 1, grad: ReadWrite @ 5, scalars: ReadWrite @ 7 }
+    /// KL(q || N(0, I)) and its gradient (low-rank plus diagonal).
+    ViKlLowRank => Vi."vi_kl_lowrank", Single,
+        { params: Read @ 0, theta: Read @ 1, grad: ReadWrite @ 5, scalars: ReadWrite @ 7 }
+    /// The reparameterised misfit gradient pulled back to theta; x = parameters.
+    ViGrad => Vi."vi_grad", Invocation,
+        { params: Read @ 0, theta: Read @ 1, eps: ReadWrite @ 2, gxi: Read @ 4, grad: ReadWrite @ 5 }
+    /// The ELBO from the misfits and the KL, into the history.
+    ViElbo => Vi."vi_elbo", Single,
+        { params: Read @ 0, misfit: Read @ 6, scalars: ReadWrite @ 7 }
+    /// One Adam step; x = parameters.
+    AdamStep => Adam."adam_step", Invocation,
+        { params: Uniform @ 0, grad: Read @ 1, param: ReadWrite @ 2, m1: ReadWrite @ 3, m2: ReadWrite @ 4 }
+    /// Tridiagonal direct solve of the P1 systems; x = systems.
+    P1Direct => P1Direct."p1_direct", Invocation,
+        { params: Uniform @ 0, rhs: Read @ 2, x: ReadWrite @ 3, state: ReadWrite @ 5 }
+    /// One Adam step with the gradient scaled by the clip factor; x = parameters.
+    AdamStepClipped => Adam."adam_step_clipped", Invocation,
+        { params: Uniform @ 0, grad: Read @ 1, param: ReadWrite @ 2, m1: ReadWrite @ 3, m2: ReadWrite @ 4, clip: ReadWrite @ 5 }
+    /// The global gradient norm and clip factor.
+    GradClip => Adam."grad_clip", Single,
+        { params: Uniform @ 0, grad: Read @ 1, clip: ReadWrite @ 5 }
+    /// C = act(A B + b), 64 x 64 workgroup-memory tiles; x = columns, y = rows.
+    Matmul => Mlp."matmul", Tile64,
+        { params: Uniform @ 0, xa: Read @ 1, xb: Read @ 2, xc: ReadWrite @ 3, xz: ReadWrite @ 4 }
+    /// C = act(A B + b), 8 x 8 register blocks; x = columns, y = rows.
+    MatmulBlocked => Mlp."matmul_blocked", Tile64,
+        { params: Uniform @ 0, xa: Read @ 1, xb: Read @ 2, xc: ReadWrite @ 3, xz: ReadWrite @ 4 }
+    /// dZ = dC act'(Z) in place; x = elements.
+    ActBackward => Mlp."act_backward", Invocation,
+        { params: Uniform @ 0, xa: Read @ 1, xc: ReadWrite @ 3 }
+    /// Bias gradient (column sums); x = columns.
+    BiasGrad => Mlp."bias_grad", Invocation,
+        { params: Uniform @ 0, xa: Read @ 1, xc: ReadWrite @ 3 }
+    /// Mean squared error and its gradient; x = rows.
+    LossMse => Mlp."loss_mse", Invocation,
+        { params: Uniform @ 0, xa: Read @ 1, xb: Read @ 2, xc: ReadWrite @ 3, xz: ReadWrite @ 4 }
+    /// Gaussian NLL with a predicted log-variance and its gradient; x = rows.
+    LossGaussNll => Mlp."loss_gauss_nll", Invocation,
+        { params: Uniform @ 0, xa: Read @ 1, xb: Read @ 2, xc: ReadWrite @ 3, xz: ReadWrite @ 4 }
+    /// Sum of the per-row losses into a slot.
+    LossReduce => Mlp."loss_reduce", Single,
+        { params: Uniform @ 0, xz: ReadWrite @ 4 }
+    /// Gather minibatch rows by index; x = elements.
+    GatherRows => Mlp."gather_rows", Invocation,
+        { params: Uniform @ 0, xa: Read @ 1, xc: ReadWrite @ 3, idx: Read @ 5 }
+    /// FMA-bound probe for the benchmark; x = invocations.
+    FmaPeak => Mlp."fma_peak", Invocation,
+        { params: Uniform @ 0, xc: ReadWrite @ 3 }
+    /// pCN / MALA proposals in whitened coordinates; x = chains x ceil(d / 4).
+    McmcPropose => Mcmc."mcmc_propose", Invocation,
+        { params: Read @ 0, state: ReadWrite @ 2, prop: ReadWrite @ 3, chains: ReadWrite @ 4 }
+    /// x = m + L w for every chain; x = chains x d.
+    McmcMap => Mcmc."mcmc_map", Invocation,
+        { params: Read @ 0, refm: Read @ 1, prop: ReadWrite @ 3, xp: ReadWrite @ 5 }
+    /// g_w = L^T (-dPhi/dx - x) for every chain; x = chains x d.
+    McmcGrad => Mcmc."mcmc_grad", Invocation,
+        { params: Read @ 0, refm: Read @ 1, prop: ReadWrite @ 3, xp: ReadWrite @ 5, gxi: Read @ 6 }
+    /// Metropolis-Hastings accept / reject and the kept draws; x = chains.
+    McmcAccept => Mcmc."mcmc_accept", Invocation,
+        { params: Read @ 0, state: ReadWrite @ 2, prop: ReadWrite @ 3, chains: ReadWrite @ 4, xp: ReadWrite @ 5,
+          misfit: Read @ 7, cg_fwd: Read @ 8, cg_adj: Read @ 9, samples: ReadWrite @ 10 }
+}
 
 impl KernelId {
-    pub const ALL: &'static [KernelId] = &[
-        KernelId::CgStartQ1,
-        KernelId::CgIterateQ1,
-        KernelId::JacobiRunQ1,
-        KernelId::CgStartP1,
-        KernelId::CgIterateP1,
-        KernelId::JacobiRunP1,
-        KernelId::KlMap,
-        KernelId::KlPullback,
-        KernelId::KlPullbackSerial,
-        KernelId::Q1Apply,
-        KernelId::Q1Diag,
-        KernelId::Q1AdjointGrad,
-        KernelId::P1Apply,
-        KernelId::P1Diag,
-        KernelId::ObsMisfit,
-        KernelId::StreamTriad,
-        KernelId::ViNoise,
-        KernelId::ViSample,
-        KernelId::ViKl,
-        KernelId::ViKlLowRank,
-        KernelId::ViGrad,
-        KernelId::ViElbo,
-        KernelId::AdamStep,
-        KernelId::P1Direct,
-        KernelId::AdamStepClipped,
-        KernelId::GradClip,
-        KernelId::Matmul,
-        KernelId::MatmulBlocked,
-        KernelId::ActBackward,
-        KernelId::BiasGrad,
-        KernelId::LossMse,
-        KernelId::LossGaussNll,
-        KernelId::LossReduce,
-        KernelId::GatherRows,
-        KernelId::FmaPeak,
-        KernelId::McmcPropose,
-        KernelId::McmcMap,
-        KernelId::McmcGrad,
-        KernelId::McmcAccept,
-    ];
-
+    /// Position in [`KernelId::ALL`] (and in the context's pipelines).
     pub fn index(self) -> usize {
-        Self::ALL.iter().position(|&k| k == self).unwrap_or(0)
+        self as usize
     }
 
-    /// (module, entry point, bindings in binding order).
-    pub fn spec(self) -> (ModuleId, &'static str, &'static [(u32, Bind)]) {
-        use KernelId::*;
-        match self {
-            CgStartQ1 => (ModuleId::SolverQ1, "cg_start", SOLVER_BINDS),
-            CgIterateQ1 => (ModuleId::SolverQ1, "cg_iterate", SOLVER_BINDS),
-            JacobiRunQ1 => (ModuleId::SolverQ1, "jacobi_run", SOLVER_BINDS),
-            CgStartP1 => (ModuleId::SolverP1, "cg_start", SOLVER_BINDS),
-            CgIterateP1 => (ModuleId::SolverP1, "cg_iterate", SOLVER_BINDS),
-            JacobiRunP1 => (ModuleId::SolverP1, "jacobi_run", SOLVER_BINDS),
-            KlMap => (
-                ModuleId::Kl,
-                "kl_map",
-                &[(0, U), (1, R), (2, R), (3, W), (4, W)],
-            ),
-            KlPullback => (
-                ModuleId::Kl,
-                "kl_pullback",
-                &[(0, U), (2, R), (5, R), (6, W)],
-            ),
-            KlPullbackSerial => (
-                ModuleId::Kl,
-                "kl_pullback_serial",
-                &[(0, U), (2, R), (5, R), (6, W)],
-            ),
-            Q1Apply => (
-                ModuleId::Darcy,
-                "q1_apply",
-                &[(0, U), (1, R), (2, R), (4, W)],
-            ),
-            Q1Diag => (ModuleId::Darcy, "q1_diag", &[(0, U), (1, R), (4, W)]),
-            Q1AdjointGrad => (
-                ModuleId::Darcy,
-                "q1_adjoint_grad",
-                &[(0, U), (1, R), (2, R), (3, R), (5, W)],
-            ),
-            P1Apply => (ModuleId::Poisson1d, "p1_apply", &[(0, U), (2, R), (4, W)]),
-            P1Diag => (ModuleId::Poisson1d, "p1_diag", &[(0, U), (4, W)]),
-            ObsMisfit => (
-                ModuleId::Obs,
-                "obs_misfit",
-                &[(0, U), (1, R), (2, R), (3, R), (4, W), (5, W)],
-            ),
-            StreamTriad => (
-                ModuleId::Stream,
-                "stream_triad",
-                &[(0, U), (1, R), (2, R), (3, W)],
-            ),
-            ViNoise => (ModuleId::Vi, "vi_noise", &[(0, R), (2, W)]),
-            ViSample => (ModuleId::Vi, "vi_sample", &[(0, R), (1, R), (2, W), (3, W)]),
-            ViKl => (ModuleId::Vi, "vi_kl", &[(0, R), (1, R), (5, W), (7, W)]),
-            ViKlLowRank => (
-                ModuleId::Vi,
-                "vi_kl_lowrank",
-                &[(0, R), (1, R), (5, W), (7, W)],
-            ),
-            ViGrad => (
-                ModuleId::Vi,
-                "vi_grad",
-                &[(0, R), (1, R), (2, W), (4, R), (5, W)],
-            ),
-            ViElbo => (ModuleId::Vi, "vi_elbo", &[(0, R), (6, R), (7, W)]),
-            AdamStep => (
-                ModuleId::Adam,
-                "adam_step",
-                &[(0, U), (1, R), (2, W), (3, W), (4, W)],
-            ),
-            P1Direct => (
-                ModuleId::P1Direct,
-                "p1_direct",
-                &[(0, U), (2, R), (3, W), (5, W)],
-            ),
-            AdamStepClipped => (
-                ModuleId::Adam,
-                "adam_step_clipped",
-                &[(0, U), (1, R), (2, W), (3, W), (4, W), (5, W)],
-            ),
-            GradClip => (ModuleId::Adam, "grad_clip", &[(0, U), (1, R), (5, W)]),
-            Matmul => (ModuleId::Mlp, "matmul", MLP_ABCZ),
-            MatmulBlocked => (ModuleId::Mlp, "matmul_blocked", MLP_ABCZ),
-            ActBackward => (ModuleId::Mlp, "act_backward", &[(0, U), (1, R), (3, W)]),
-            BiasGrad => (ModuleId::Mlp, "bias_grad", &[(0, U), (1, R), (3, W)]),
-            LossMse => (ModuleId::Mlp, "loss_mse", MLP_ABCZ),
-            LossGaussNll => (ModuleId::Mlp, "loss_gauss_nll", MLP_ABCZ),
-            LossReduce => (ModuleId::Mlp, "loss_reduce", &[(0, U), (4, W)]),
-            GatherRows => (
-                ModuleId::Mlp,
-                "gather_rows",
-                &[(0, U), (1, R), (3, W), (5, R)],
-            ),
-            FmaPeak => (ModuleId::Mlp, "fma_peak", &[(0, U), (3, W)]),
-            McmcPropose => (
-                ModuleId::Mcmc,
-                "mcmc_propose",
-                &[(0, R), (2, W), (3, W), (4, W)],
-            ),
-            McmcMap => (
-                ModuleId::Mcmc,
-                "mcmc_map",
-                &[(0, R), (1, R), (3, W), (5, W)],
-            ),
-            McmcGrad => (
-                ModuleId::Mcmc,
-                "mcmc_grad",
-                &[(0, R), (1, R), (3, W), (5, W), (6, R)],
-            ),
-            McmcAccept => (
-                ModuleId::Mcmc,
-                "mcmc_accept",
-                &[
-                    (0, R),
-                    (2, W),
-                    (3, W),
-                    (4, W),
-                    (5, W),
-                    (7, R),
-                    (8, R),
-                    (9, R),
-                    (10, W),
-                ],
-            ),
+    /// The kernel's row of the table.
+    pub fn spec(self) -> &'static KernelSpec {
+        &SPECS[self.index()]
+    }
+
+    /// `pdevi.<module>.<entry>`, the label of its pipeline and bind groups.
+    pub fn label(self) -> String {
+        let s = self.spec();
+        format!("pdevi.{}.{}", s.module.name(), s.entry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_is_in_declaration_order() {
+        assert_eq!(KernelId::ALL.len(), SPECS.len());
+        for (i, k) in KernelId::ALL.iter().enumerate() {
+            assert_eq!(k.index(), i, "{k:?}");
         }
     }
 
-    pub fn label(self) -> String {
-        let (m, e, _) = self.spec();
-        format!("pdevi.{}.{}", m.name(), e)
+    #[test]
+    fn bindings_are_unique_and_ascending() {
+        for &k in KernelId::ALL {
+            let b = k.spec().bindings;
+            for w in b.windows(2) {
+                assert!(w[0].binding < w[1].binding, "{k:?}: bindings out of order");
+                assert_ne!(w[0].name, w[1].name, "{k:?}: two bindings named alike");
+            }
+        }
+    }
+
+    #[test]
+    fn geometry_counts() {
+        assert_eq!(Geometry::Invocation.groups(256, [257, 3]), [2, 3, 1]);
+        assert_eq!(Geometry::Vec4.groups(256, [1025, 1]), [2, 1, 1]);
+        assert_eq!(Geometry::Workgroup.groups(64, [5, 2]), [5, 2, 1]);
+        assert_eq!(Geometry::Tile64.groups(256, [65, 64]), [2, 1, 1]);
+        assert_eq!(Geometry::Single.groups(64, [1000, 9]), [1, 1, 1]);
     }
 }

@@ -6,5 +6,5 @@ pub mod kernels;
 pub mod layout;
 pub mod shaders;
 
-pub use context::{AdapterRequest, GpuContext};
-pub use kernels::{Bind, KernelId};
+pub use context::{AdapterRequest, Dispatch, GpuContext};
+pub use kernels::{args, Bind, KernelArgs, KernelId};

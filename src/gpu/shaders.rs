@@ -192,6 +192,19 @@ pub fn validate_with(id: ModuleId, wg: u32) -> Result<naga::Module> {
 
 /// Validate assembled text (also used on deliberately broken sources in tests).
 pub fn validate_assembled(name: &str, asm: &Assembled) -> Result<naga::Module> {
+    validate_assembled_info(name, asm).map(|(m, _)| m)
+}
+
+/// [`validate`] with naga's analysis of the module (which globals each
+/// entry point uses, and how): the reflection the kernel-table test reads.
+pub fn reflect(id: ModuleId) -> Result<(naga::Module, naga::valid::ModuleInfo)> {
+    validate_assembled_info(id.name(), &assemble(id))
+}
+
+fn validate_assembled_info(
+    name: &str,
+    asm: &Assembled,
+) -> Result<(naga::Module, naga::valid::ModuleInfo)> {
     let fail = |line: Option<usize>, detail: String| {
         let place = match line {
             Some(l) => {
@@ -213,9 +226,9 @@ pub fn validate_assembled(name: &str, asm: &Assembled) -> Result<naga::Module> {
         naga::valid::ValidationFlags::all(),
         naga::valid::Capabilities::empty(),
     );
-    validator.validate(&module).map_err(|e| {
+    let info = validator.validate(&module).map_err(|e| {
         let line = e.location(&asm.text).map(|l| l.line_number as usize);
         fail(line, e.emit_to_string(&asm.text))
     })?;
-    Ok(module)
+    Ok((module, info))
 }
