@@ -410,12 +410,24 @@ fn compare(row: &Row, ws: &WgslStruct, module: ModuleId, out: &mut Vec<Mismatch>
         })
     };
 
-    // Total size (array stride for array<T> in storage).
+    // Total size (also the array stride of array<T> in storage).
     if row.size != ws.span as usize {
+        let whole = RustField {
+            name: "(whole struct)",
+            offset: 0,
+            size: row.size,
+            ty: row.rust,
+        };
+        let span = WgslMember {
+            name: ws.name.clone(),
+            offset: 0,
+            size: ws.span,
+            ty: String::new(),
+        };
         push(
-            "(struct size)",
-            None,
-            None,
+            whole.name,
+            Some(&whole),
+            Some(&span),
             format!(
                 "size_of::<{rust}>() = {} but the WGSL span is {} (align {})",
                 row.size, ws.span, ws.align
@@ -559,7 +571,7 @@ fn rust_structs_match_wgsl_layout() {
             let spaces = p.bound_structs().remove(&h).unwrap_or_default();
             let _ = writeln!(
                 summary,
-                "{:<36} {:>3} B align {:>2} | {:<10} {:<26} span {:>3} align {:>2} {}",
+                "{:<36} {:>3} B align {:>2} | {:<10} {:<30} span {:>3} align {:>2} {}",
                 row.rust,
                 row.size,
                 row.align,
@@ -646,9 +658,26 @@ fn wgsl_struct_copies_agree() {
             .map_or(name, |(_, o)| o)
             .to_string()
     };
+    // The reference of a group is the struct a row checks first (else one
+    // under the original name); the others are compared with it.
+    let mut primary = BTreeSet::new();
+    for row in rows() {
+        let (id, name) = row.targets[0];
+        let p = parsed.iter().find(|p| p.id == id).unwrap();
+        if let Some(h) = p.find(name) {
+            primary.insert((p.file_of(h), name.to_string()));
+        }
+    }
     let mut groups: BTreeMap<String, Vec<&WgslStruct>> = BTreeMap::new();
     for ws in all.values() {
         groups.entry(canonical(&ws.name)).or_default().push(ws);
+    }
+    for copies in groups.values_mut() {
+        copies.sort_by_key(|w| {
+            let is_primary = primary.contains(&(w.file, w.name.clone()));
+            let is_alias = COPIES.iter().any(|(c, _)| *c == w.name);
+            (!is_primary, is_alias, w.file)
+        });
     }
 
     let mut report = String::new();

@@ -256,7 +256,7 @@ fn elbo_gradient_gpu_cpu_and_finite_differences() {
             eng.evaluate(ctx, 3).unwrap();
             let g_gpu = eng.read_grad(ctx).unwrap();
             let sc = eng.read_scalars(ctx).unwrap();
-            let mut v = eng.vp;
+            let mut v = eng.vi_params();
             v.step = 3;
             let mut eps = vec![0.0; s * f.noise_dim(d)];
             cvi::vi_noise(&v, &mut eps);

@@ -426,18 +426,42 @@ impl GpuContext {
 
     /// Bind `args` and size the dispatch for `extent` items of work.
     pub fn prepare<'a, A: KernelArgs<'a>>(&self, args: &A, extent: [usize; 2]) -> Result<Dispatch> {
-        let groups = self.groups(A::KERNEL, extent)?;
-        Ok(self.prepare_groups(args, groups))
+        self.prepare_as(A::KERNEL, args, extent)
+    }
+
+    /// [`prepare`](Self::prepare) for kernel `k`, which must have the same
+    /// bindings as the kernel `args` names (the variants of one family: the
+    /// Q1 and P1 solvers, CG start and iterate, the two products).
+    pub fn prepare_as<'a, A: KernelArgs<'a>>(
+        &self,
+        k: KernelId,
+        args: &A,
+        extent: [usize; 2],
+    ) -> Result<Dispatch> {
+        if k.spec().bindings != A::KERNEL.spec().bindings {
+            return Err(Error::Gpu {
+                context: k.label(),
+                message: format!(
+                    "bound with the arguments of {}, whose bindings differ",
+                    A::KERNEL.label()
+                ),
+            });
+        }
+        let groups = self.groups(k, extent)?;
+        Ok(self.dispatch_of(k, &args.buffers(), groups))
     }
 
     /// [`prepare`](Self::prepare) with explicit workgroup counts (probes
     /// and benchmarks that size their own grids).
     pub fn prepare_groups<'a, A: KernelArgs<'a>>(&self, args: &A, groups: [u32; 3]) -> Dispatch {
-        let k = A::KERNEL;
+        self.dispatch_of(A::KERNEL, &args.buffers(), groups)
+    }
+
+    fn dispatch_of(&self, k: KernelId, buffers: &[&wgpu::Buffer], groups: [u32; 3]) -> Dispatch {
         Dispatch {
             kernel: k,
             pipeline: self.pipelines[k.index()].pipeline.clone(),
-            group: self.bind(k, &args.buffers()),
+            group: self.bind(k, buffers),
             groups,
         }
     }

@@ -183,11 +183,12 @@ kernel_table! {
     /// xi = mean + factor eps per sample; x = samples x d.
     ViSample => Vi."vi_sample", Invocation,
         { params: Read @ 0, theta: Read @ 1, eps: ReadWrite @ 2, xi: ReadWrite @ 3 }
-    /// KL(q || N(0, I)) and its gradient (mean-field and full-rank).
-    ViKl => Vi."vi_kl", Single,
+    /// KL(q || N(0, I)) and its gradient (mean-field and full-rank); x = rows
+    /// (one Gaussian, or one per row of a batch of heads).
+    ViKl => Vi."vi_kl", Workgroup,
         { params: Read @ 0, theta: Read @ 1, grad: ReadWrite @ 5, scalars: ReadWrite @ 7 }
-    /// KL(q || N(0, I)) and its gradient (low-rank plus diagonal).
-    ViKlLowRank => Vi."vi_kl_lowrank", Single,
+    /// KL(q || N(0, I)) and its gradient (low-rank plus diagonal); x = rows.
+    ViKlLowRank => Vi."vi_kl_lowrank", Workgroup,
         { params: Read @ 0, theta: Read @ 1, grad: ReadWrite @ 5, scalars: ReadWrite @ 7 }
     /// The reparameterised misfit gradient pulled back to theta; x = parameters.
     ViGrad => Vi."vi_grad", Invocation,

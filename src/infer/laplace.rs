@@ -125,7 +125,7 @@ impl GaussNewton {
         self.solver.set_data(ctx, &data)?;
         let mut enc = ctx.encoder("laplace.jacobian");
         // The forward solution is still in place (same x): only the adjoint.
-        self.solver.encode_gradient(ctx, &mut enc);
+        self.solver.encode_gradient(&mut enc);
         ctx.submit_wait(enc)?;
         check_converged(
             &self.solver.adjoint_info(ctx)?[..ns],

@@ -491,10 +491,10 @@ impl McmcEngine {
     /// Forward solve and misfit (and for MALA the adjoint and g_w') at the
     /// proposal already in the solver's xi, then the accept kernel.
     fn encode_evaluate(&self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder) {
-        self.solver.encode_forward(ctx, enc);
+        self.solver.encode_forward(enc);
         match self.sampler {
-            Sampler::Pcn => self.solver.encode_misfit(ctx, enc),
-            Sampler::Mala => self.solver.encode_gradient(ctx, enc),
+            Sampler::Pcn => self.solver.encode_misfit(enc),
+            Sampler::Mala => self.solver.encode_gradient(enc),
         }
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("pdevi.mcmc.accept"),

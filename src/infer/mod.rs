@@ -2,6 +2,7 @@
 //! optimiser they share.
 
 pub mod adam;
+pub mod gaussian;
 pub mod laplace;
 pub mod linear;
 pub mod mcmc;

@@ -8,8 +8,9 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gpu::layout::status;
-use crate::gpu::{GpuContext, KernelId};
-use crate::infer::adam::AdamParams;
+use crate::gpu::{args, Dispatch, GpuContext};
+use crate::infer::adam::{Adam, AdamParams};
+use crate::infer::gaussian::{GaussianBlock, GaussianBuffers};
 use crate::physics::problem::Problem;
 use crate::physics::solver::{BatchedSolver, CgInfo, CgParams};
 
@@ -187,7 +188,7 @@ impl Family {
     }
 }
 
-/// Keep in sync with `ViParams` in shaders/vi.wgsl.
+/// `ViParams` of shaders/infer/vi.wgsl (layout checked by tests/layout.rs).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq)]
 pub struct ViParams {
@@ -251,18 +252,14 @@ const SCALARS: usize = 4 + HISTORY;
 pub struct ViEngine {
     pub solver: BatchedSolver,
     pub family: Family,
-    pub vp: ViParams,
-    pub ap: AdamParams,
+    /// Noise, samples, KL and gradient of q.
+    pub gaussian: GaussianBlock,
+    pub adam: Adam,
     pub theta: wgpu::Buffer,
-    pub eps: wgpu::Buffer,
     pub grad: wgpu::Buffer,
+    /// ELBO, KL, expected log-likelihood, and the ELBO history ring.
     pub scalars: wgpu::Buffer,
-    m1: wgpu::Buffer,
-    m2: wgpu::Buffer,
-    u_vi: wgpu::Buffer,
-    u_adam: wgpu::Buffer,
-    bg: Vec<(KernelId, wgpu::BindGroup, [u32; 3])>,
-    bg_adam: wgpu::BindGroup,
+    elbo: Dispatch,
 }
 
 impl ViEngine {
@@ -313,72 +310,50 @@ impl ViEngine {
             .map(|&v| v as f32)
             .collect();
         let theta = ctx.upload("vi.theta", &theta0)?;
-        let eps = ctx.storage("vi.eps", (samples * family.noise_dim(d) * 4) as u64)?;
         let grad = ctx.storage("vi.grad", (np * 4) as u64)?;
         let scalars = ctx.storage("vi.scalars", (SCALARS * 4) as u64)?;
-        let m1 = ctx.storage("adam.m", (np * 4) as u64)?;
-        let m2 = ctx.storage("adam.v", (np * 4) as u64)?;
-        let u_vi = ctx.upload("vi.params", &[vp])?;
-        let u_adam = ctx.uniform("adam.params", &ap);
-        let s = &solver;
-        let blocks = ((samples * family.noise_dim(d)) as u32)
-            .div_ceil(4)
-            .div_ceil(256);
-        let bg = vec![
-            (
-                KernelId::ViNoise,
-                ctx.bind(KernelId::ViNoise, &[&u_vi, &eps]),
-                [blocks, 1, 1],
-            ),
-            (
-                KernelId::ViSample,
-                ctx.bind(KernelId::ViSample, &[&u_vi, &theta, &eps, &s.xi]),
-                [((samples * d) as u32).div_ceil(256), 1, 1],
-            ),
-        ];
-        let bg_post = vec![
-            {
-                let k = match family {
-                    Family::LowRank { .. } => KernelId::ViKlLowRank,
-                    _ => KernelId::ViKl,
-                };
-                (k, ctx.bind(k, &[&u_vi, &theta, &grad, &scalars]), [1, 1, 1])
+        let gaussian = GaussianBlock::new(
+            ctx,
+            "vi",
+            family,
+            vp,
+            GaussianBuffers {
+                theta: &theta,
+                xi: &solver.xi,
+                gxi: &solver.gxi,
+                grad: &grad,
+                kl: &scalars,
             },
-            (
-                KernelId::ViGrad,
-                ctx.bind(KernelId::ViGrad, &[&u_vi, &theta, &eps, &s.gxi, &grad]),
-                [(np as u32).div_ceil(256), 1, 1],
-            ),
-            (
-                KernelId::ViElbo,
-                ctx.bind(KernelId::ViElbo, &[&u_vi, &s.misfit, &scalars]),
-                [1, 1, 1],
-            ),
-        ];
-        let bg_adam = ctx.bind(KernelId::AdamStep, &[&u_adam, &grad, &theta, &m1, &m2]);
-        let mut all = bg;
-        all.extend(bg_post);
+        )?;
+        let elbo = ctx.prepare(
+            &args::ViElbo {
+                params: &gaussian.params_buf,
+                misfit: &solver.misfit,
+                scalars: &scalars,
+            },
+            [1, 1],
+        )?;
+        let adam = Adam::new(ctx, "vi", ap, &theta, &grad)?;
         Ok(ViEngine {
             solver,
             family,
-            vp,
-            ap,
+            gaussian,
+            adam,
             theta,
-            eps,
             grad,
             scalars,
-            m1,
-            m2,
-            u_vi,
-            u_adam,
-            bg: all,
-            bg_adam,
+            elbo,
         })
+    }
+
+    /// The VI settings as last written to the device.
+    pub fn vi_params(&self) -> ViParams {
+        self.gaussian.params
     }
 
     /// Replace the variational parameters (and reset Adam's moments).
     pub fn set_theta(&self, ctx: &GpuContext, theta: &[f64]) -> Result<()> {
-        if theta.len() != self.family.nparam(self.vp.d as usize) {
+        if theta.len() != self.family.nparam(self.gaussian.d) {
             return Err(Error::setting(
                 "theta",
                 theta.len(),
@@ -387,61 +362,51 @@ impl ViEngine {
         }
         let t: Vec<f32> = theta.iter().map(|&v| v as f32).collect();
         ctx.write(&self.theta, &t);
-        let zeros = vec![0f32; theta.len()];
-        ctx.write(&self.m1, &zeros);
-        ctx.write(&self.m2, &zeros);
+        self.adam.reset(ctx);
         Ok(())
     }
 
     /// Record the ELBO and its gradient for `step` (no optimiser update).
-    pub fn encode_elbo(&self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder) {
+    pub fn encode_elbo(&self, enc: &mut wgpu::CommandEncoder) {
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("pdevi.vi.sample"),
                 timestamp_writes: None,
             });
-            for (k, bg, g) in &self.bg[..2] {
-                ctx.dispatch(&mut pass, *k, bg, *g);
-            }
+            self.gaussian.record_sample(&mut pass);
         }
-        self.solver.encode_forward(ctx, enc);
-        self.solver.encode_gradient(ctx, enc);
+        self.solver.encode_forward(enc);
+        self.solver.encode_gradient(enc);
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("pdevi.vi.grad"),
             timestamp_writes: None,
         });
-        for (k, bg, g) in &self.bg[2..] {
-            ctx.dispatch(&mut pass, *k, bg, *g);
-        }
+        self.gaussian.record_backward(&mut pass);
+        self.elbo.record(&mut pass);
     }
 
     /// Compute the ELBO and gradient at the current parameters for `step`'s
     /// noise, without updating (for tests and diagnostics).
     pub fn evaluate(&mut self, ctx: &GpuContext, step: u32) -> Result<()> {
-        self.vp.step = step;
-        ctx.write(&self.u_vi, &[self.vp]);
+        self.gaussian.set_step(ctx, step);
         let mut enc = ctx.encoder("pdevi.vi.evaluate");
-        self.encode_elbo(ctx, &mut enc);
+        self.encode_elbo(&mut enc);
         ctx.submit_wait(enc)
     }
 
     /// One optimisation step (0-based `step`) at learning rate `lr`: one
     /// command encoder, one submit, nothing read back.
     pub fn step(&mut self, ctx: &GpuContext, step: u32, lr: f64) {
-        self.vp.step = step;
-        self.ap.step = step + 1;
-        self.ap.lr = lr as f32;
-        ctx.write(&self.u_vi, &[self.vp]);
-        ctx.write(&self.u_adam, &[self.ap]);
+        self.gaussian.set_step(ctx, step);
+        self.adam.set_step(ctx, step + 1, lr);
         let mut enc = ctx.encoder("pdevi.vi.step");
-        self.encode_elbo(ctx, &mut enc);
+        self.encode_elbo(&mut enc);
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("pdevi.adam"),
                 timestamp_writes: None,
             });
-            let groups = self.ap.n.div_ceil(256);
-            ctx.dispatch(&mut pass, KernelId::AdamStep, &self.bg_adam, [groups, 1, 1]);
+            self.adam.record(&mut pass);
         }
         ctx.queue.submit([enc.finish()]);
     }
@@ -453,16 +418,16 @@ impl ViEngine {
         let it = self.solver.iterate_dispatches() as usize;
         let grad =
             usize::from(self.solver.problem.kind == crate::physics::problem::ProblemKind::Darcy2d);
-        2 + 1 + (1 + it) + 1 + (1 + it) + grad + 1 + 3 + 1
+        GaussianBlock::DISPATCHES + 1 + (1 + it) + 1 + (1 + it) + grad + 1 + 1 + 1
     }
 
     pub fn read_theta(&self, ctx: &GpuContext) -> Result<Vec<f64>> {
-        let v: Vec<f32> = ctx.read(&self.theta, 0, self.family.nparam(self.vp.d as usize))?;
+        let v: Vec<f32> = ctx.read(&self.theta, 0, self.family.nparam(self.gaussian.d))?;
         Ok(v.into_iter().map(f64::from).collect())
     }
 
     pub fn read_grad(&self, ctx: &GpuContext) -> Result<Vec<f64>> {
-        let v: Vec<f32> = ctx.read(&self.grad, 0, self.family.nparam(self.vp.d as usize))?;
+        let v: Vec<f32> = ctx.read(&self.grad, 0, self.family.nparam(self.gaussian.d))?;
         Ok(v.into_iter().map(f64::from).collect())
     }
 

@@ -8,7 +8,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::layout::{status, CgState, PdeParams};
-use crate::gpu::{GpuContext, KernelId};
+use crate::gpu::{args, Dispatch, GpuContext, KernelId};
 use crate::physics::problem::{Problem, ProblemKind};
 
 /// Settings of the iterative solver (shared by the GPU and CPU paths).
@@ -145,15 +145,25 @@ pub struct BatchedSolver {
     per_system_data: bool,
     /// Parameter blocks the bind groups use (kept alive with them).
     _uniforms: Vec<wgpu::Buffer>,
-    bg_kl: wgpu::BindGroup,
-    bg_fwd: wgpu::BindGroup,
-    bg_adj: wgpu::BindGroup,
-    bg_obs: wgpu::BindGroup,
-    bg_grad: Option<wgpu::BindGroup>,
-    bg_pull: wgpu::BindGroup,
-    pullback: (KernelId, [u32; 3]),
-    /// poisson1d direct solves (forward, adjoint) when `cg.direct_1d`.
-    bg_direct: Option<(wgpu::BindGroup, wgpu::BindGroup)>,
+    /// xi -> z and the coefficient.
+    kl: Dispatch,
+    /// The forward solve (u) and the adjoint solve (lambda).
+    fwd: Solve,
+    adjoint: Solve,
+    /// Misfit and adjoint right-hand side.
+    obs: Dispatch,
+    /// dmisfit/dz per cell (darcy2d only).
+    grad: Option<Dispatch>,
+    /// dmisfit/dxi.
+    pull: Dispatch,
+}
+
+/// How one batch of systems is solved.
+enum Solve {
+    /// CG: a start, then bounded chunks of iterations.
+    Cg { start: Dispatch, iterate: Dispatch },
+    /// poisson1d with `cg.direct_1d`: the tridiagonal solve in one pass.
+    Direct(Dispatch),
 }
 
 fn f32s(v: &[f64]) -> Vec<f32> {
@@ -275,41 +285,94 @@ impl BatchedSolver {
         let u_obs = ctx.uniform("params.obs", &p_obs);
         let u_pull = ctx.uniform("params.pullback", &p_pull);
 
-        let (start, _, _) = Self::solver_kernels(pb.kind);
+        let extent = [batch, 1];
         let rhs_fwd = match pb.kind {
             ProblemKind::Darcy2d => &rhs_const,
             ProblemKind::Poisson1d => &aux,
         };
-        let bg_kl = ctx.bind(KernelId::KlMap, &[&u_kl, &xi, &basis, &z, &aux]);
-        let bg_fwd = ctx.bind(start, &[&u_solver, &aux, rhs_fwd, &u, &work, &state_fwd]);
-        let bg_adj = ctx.bind(start, &[&u_solver, &aux, &adj, &lam, &work, &state_adj]);
-        let bg_obs = ctx.bind(
-            KernelId::ObsMisfit,
-            &[&u_obs, &sensors_buf, &data, &u, &adj, &misfit],
-        );
+        let direct = pb.kind == ProblemKind::Poisson1d && cg.direct_1d;
+        // One bind group layout serves start and iterate of both operators.
+        let solve = |rhs: &wgpu::Buffer, x: &wgpu::Buffer, state: &wgpu::Buffer| -> Result<Solve> {
+            if direct {
+                return Ok(Solve::Direct(ctx.prepare(
+                    &args::P1Direct {
+                        params: &u_solver,
+                        rhs,
+                        x,
+                        state,
+                    },
+                    extent,
+                )?));
+            }
+            let a = args::CgStartQ1 {
+                params: &u_solver,
+                coef: &aux,
+                rhs,
+                x,
+                work: &work,
+                state,
+            };
+            let (start, iterate, _) = Self::solver_kernels(pb.kind);
+            Ok(Solve::Cg {
+                start: ctx.prepare_as(start, &a, extent)?,
+                iterate: ctx.prepare_as(iterate, &a, extent)?,
+            })
+        };
+        let fwd = solve(rhs_fwd, &u, &state_fwd)?;
+        let adjoint = solve(&adj, &lam, &state_adj)?;
+        let kl = ctx.prepare(
+            &args::KlMap {
+                params: &u_kl,
+                xi: &xi,
+                basis: &basis,
+                z: &z,
+                aux: &aux,
+            },
+            [nc, batch],
+        )?;
+        let obs = ctx.prepare(
+            &args::ObsMisfit {
+                params: &u_obs,
+                sensors: &sensors_buf,
+                data: &data,
+                u: &u,
+                adj: &adj,
+                misfit: &misfit,
+            },
+            extent,
+        )?;
+        // darcy2d pulls back dmisfit/dz from the adjoint gradient; poisson1d
+        // pulls back lambda itself.
+        let (grad, pulled) = match pb.kind {
+            ProblemKind::Darcy2d => (
+                Some(ctx.prepare(
+                    &args::Q1AdjointGrad {
+                        params: &u_solver,
+                        coef: &aux,
+                        v: &u,
+                        w: &lam,
+                        g: &g,
+                    },
+                    [nc, batch],
+                )?),
+                &g,
+            ),
+            ProblemKind::Poisson1d => (None, &lam),
+        };
+        let pull_args = args::KlPullbackSerial {
+            params: &u_pull,
+            basis: &basis,
+            g: pulled,
+            gxi: &gxi,
+        };
         // Small fields: one invocation per output; large: a workgroup per
         // output (keeps each invocation's loop short).
-        let pullback = if nc <= 16_384 {
-            let groups = ((d * batch) as u32).div_ceil(crate::gpu::shaders::DEFAULT_WG);
-            (KernelId::KlPullbackSerial, [groups, 1, 1])
+        let pull = if nc <= 16_384 {
+            ctx.prepare(&pull_args, [d * batch, 1])?
         } else {
-            (KernelId::KlPullback, [d as u32, batch as u32, 1])
+            ctx.prepare_as(KernelId::KlPullback, &pull_args, [d, batch])?
         };
-        let (bg_grad, bg_pull) = match pb.kind {
-            ProblemKind::Darcy2d => (
-                Some(ctx.bind(KernelId::Q1AdjointGrad, &[&u_solver, &aux, &u, &lam, &g])),
-                ctx.bind(pullback.0, &[&u_pull, &basis, &g, &gxi]),
-            ),
-            ProblemKind::Poisson1d => (None, ctx.bind(pullback.0, &[&u_pull, &basis, &lam, &gxi])),
-        };
-        let bg_direct = (pb.kind == ProblemKind::Poisson1d && cg.direct_1d).then(|| {
-            (
-                ctx.bind(KernelId::P1Direct, &[&u_solver, &aux, &u, &state_fwd]),
-                ctx.bind(KernelId::P1Direct, &[&u_solver, &adj, &lam, &state_adj]),
-            )
-        });
         Ok(BatchedSolver {
-            bg_direct,
             problem: pb.clone(),
             batch,
             cg,
@@ -333,13 +396,12 @@ impl BatchedSolver {
             nsens: sens.len(),
             per_system_data,
             _uniforms: vec![u_kl, u_solver, u_obs, u_pull],
-            bg_kl,
-            bg_fwd,
-            bg_adj,
-            bg_obs,
-            bg_grad,
-            bg_pull,
-            pullback,
+            kl,
+            fwd,
+            adjoint,
+            obs,
+            grad,
+            pull,
         })
     }
 
@@ -358,20 +420,10 @@ impl BatchedSolver {
         }
     }
 
-    fn encode_direct(
-        &self,
-        ctx: &GpuContext,
-        pass: &mut wgpu::ComputePass<'_>,
-        bg: &wgpu::BindGroup,
-    ) {
-        let groups = (self.batch as u32).div_ceil(crate::gpu::shaders::DEFAULT_WG);
-        ctx.dispatch(pass, KernelId::P1Direct, bg, [groups, 1, 1]);
-    }
-
     /// Dispatches recorded per solve after the start (the CG iterations, or
     /// none for a direct solve).
     pub fn iterate_dispatches(&self) -> u32 {
-        if self.bg_direct.is_some() {
+        if matches!(self.fwd, Solve::Direct(_)) {
             return 0;
         }
         self.params.max_iter.div_ceil(self.params.chunk)
@@ -407,7 +459,7 @@ impl BatchedSolver {
     }
 
     /// Record the KL map and the forward CG solve.
-    pub fn encode_forward(&self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder) {
+    pub fn encode_forward(&self, enc: &mut wgpu::CommandEncoder) {
         if !self.cg.warm_start {
             enc.clear_buffer(&self.u, 0, None);
         }
@@ -415,43 +467,36 @@ impl BatchedSolver {
             label: Some("pdevi.forward"),
             timestamp_writes: None,
         });
-        let groups = (self.problem.ncoef() as u32).div_ceil(256);
-        ctx.dispatch(
-            &mut pass,
-            KernelId::KlMap,
-            &self.bg_kl,
-            [groups, self.batch as u32, 1],
-        );
-        match &self.bg_direct {
-            Some((fwd, _)) => self.encode_direct(ctx, &mut pass, fwd),
-            None => self.encode_cg(ctx, &mut pass, &self.bg_fwd),
-        }
+        self.kl.record(&mut pass);
+        self.encode_solve(&mut pass, &self.fwd);
     }
 
-    fn encode_cg(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, bg: &wgpu::BindGroup) {
-        let (start, iterate, _) = Self::solver_kernels(self.problem.kind);
-        let b = self.batch as u32;
-        ctx.dispatch(pass, start, bg, [b, 1, 1]);
-        for _ in 0..self.iterate_dispatches() {
-            ctx.dispatch(pass, iterate, bg, [b, 1, 1]);
+    fn encode_solve(&self, pass: &mut wgpu::ComputePass<'_>, solve: &Solve) {
+        match solve {
+            Solve::Direct(d) => d.record(pass),
+            Solve::Cg { start, iterate } => {
+                start.record(pass);
+                for _ in 0..self.iterate_dispatches() {
+                    iterate.record(pass);
+                }
+            }
         }
     }
 
     /// Record the misfit only (after [`encode_forward`](Self::encode_forward)),
     /// for callers that need no gradient (pCN). It also writes the adjoint
     /// right-hand side at the sensors, which nothing then reads.
-    pub fn encode_misfit(&self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder) {
+    pub fn encode_misfit(&self, enc: &mut wgpu::CommandEncoder) {
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("pdevi.misfit"),
             timestamp_writes: None,
         });
-        let b = self.batch as u32;
-        ctx.dispatch(&mut pass, KernelId::ObsMisfit, &self.bg_obs, [b, 1, 1]);
+        self.obs.record(&mut pass);
     }
 
     /// Record the misfit, the adjoint solve and the gradient with respect to
     /// xi (after [`encode_forward`](Self::encode_forward)).
-    pub fn encode_gradient(&self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder) {
+    pub fn encode_gradient(&self, enc: &mut wgpu::CommandEncoder) {
         enc.clear_buffer(&self.adj, 0, None);
         if !self.cg.warm_start {
             enc.clear_buffer(&self.lam, 0, None);
@@ -460,24 +505,19 @@ impl BatchedSolver {
             label: Some("pdevi.adjoint"),
             timestamp_writes: None,
         });
-        let b = self.batch as u32;
-        ctx.dispatch(&mut pass, KernelId::ObsMisfit, &self.bg_obs, [b, 1, 1]);
-        match &self.bg_direct {
-            Some((_, adj)) => self.encode_direct(ctx, &mut pass, adj),
-            None => self.encode_cg(ctx, &mut pass, &self.bg_adj),
+        self.obs.record(&mut pass);
+        self.encode_solve(&mut pass, &self.adjoint);
+        if let Some(g) = &self.grad {
+            g.record(&mut pass);
         }
-        if let Some(bg) = &self.bg_grad {
-            let groups = (self.problem.ncoef() as u32).div_ceil(256);
-            ctx.dispatch(&mut pass, KernelId::Q1AdjointGrad, bg, [groups, b, 1]);
-        }
-        ctx.dispatch(&mut pass, self.pullback.0, &self.bg_pull, self.pullback.1);
+        self.pull.record(&mut pass);
     }
 
     /// Forward solves for B latent vectors; returns per-system solver info.
     pub fn solve(&self, ctx: &GpuContext, xi: &[f64]) -> Result<Vec<CgInfo>> {
         self.set_xi(ctx, xi)?;
         let mut enc = ctx.encoder("pdevi.solve");
-        self.encode_forward(ctx, &mut enc);
+        self.encode_forward(&mut enc);
         ctx.submit_wait(enc)?;
         self.forward_info(ctx)
     }
@@ -492,8 +532,8 @@ impl BatchedSolver {
     ) -> Result<(Vec<f64>, Vec<f64>, Vec<CgInfo>, Vec<CgInfo>)> {
         self.set_xi(ctx, xi)?;
         let mut enc = ctx.encoder("pdevi.gradient");
-        self.encode_forward(ctx, &mut enc);
-        self.encode_gradient(ctx, &mut enc);
+        self.encode_forward(&mut enc);
+        self.encode_gradient(&mut enc);
         ctx.submit_wait(enc)?;
         let misfit = self.read_f64(ctx, &self.misfit, self.batch)?;
         let gxi = self.read_f64(ctx, &self.gxi, self.batch * self.problem.d)?;
