@@ -42,7 +42,7 @@ fn kl_map_and_pullback_match_cpu() {
                 ctx,
                 KernelId::KlMap,
                 &[&u, &bxi, &bb, &bz, &ba],
-                [(nc as u32).div_ceil(256), batch as u32, 1],
+                [nc, batch],
             );
             assert_close("kl_map z", &read(ctx, &bz, batch * nc), &z, 1e-5, 1e-5);
             assert_close("kl_map aux", &read(ctx, &ba, batch * nc), &aux, 1e-5, 1e-5);
@@ -56,12 +56,7 @@ fn kl_map_and_pullback_match_cpu() {
         let bb = upload(ctx, "basis", &basis);
         let bg = upload(ctx, "g", &g);
         let bo = ctx.storage("gxi", (batch * d * 4) as u64).unwrap();
-        run(
-            ctx,
-            KernelId::KlPullback,
-            &[&u, &bb, &bg, &bo],
-            [d as u32, batch as u32, 1],
-        );
+        run(ctx, KernelId::KlPullback, &[&u, &bb, &bg, &bo], [d, batch]);
         let scale = gxi.iter().fold(0.0f64, |a, v| a.max(v.abs()));
         assert_close(
             "kl_pullback",
@@ -99,13 +94,7 @@ fn q1_apply_diag_adjoint_grad_match_cpu() {
         let bw = upload(ctx, "w", &w);
         let by = ctx.storage("y", (batch * nu * 4) as u64).unwrap();
         let bg = ctx.storage("g", (batch * nc * 4) as u64).unwrap();
-        let gx = (nu as u32).div_ceil(256);
-        run(
-            ctx,
-            KernelId::Q1Apply,
-            &[&u, &bc, &bv, &by],
-            [gx, batch as u32, 1],
-        );
+        run(ctx, KernelId::Q1Apply, &[&u, &bc, &bv, &by], [nu, batch]);
         assert_close(
             &format!("q1_apply n={n}"),
             &read(ctx, &by, batch * nu),
@@ -113,12 +102,7 @@ fn q1_apply_diag_adjoint_grad_match_cpu() {
             1e-5,
             1e-5,
         );
-        run(
-            ctx,
-            KernelId::Q1Diag,
-            &[&u, &bc, &by],
-            [gx, batch as u32, 1],
-        );
+        run(ctx, KernelId::Q1Diag, &[&u, &bc, &by], [nu, batch]);
         assert_close(
             &format!("q1_diag n={n}"),
             &read(ctx, &by, batch * nu),
@@ -130,7 +114,7 @@ fn q1_apply_diag_adjoint_grad_match_cpu() {
             ctx,
             KernelId::Q1AdjointGrad,
             &[&u, &bc, &bv, &bw, &bg],
-            [(nc as u32).div_ceil(256), batch as u32, 1],
+            [nc, batch],
         );
         assert_close(
             &format!("q1_adjoint_grad n={n}"),
@@ -200,12 +184,7 @@ fn p1_apply_diag_match_cpu() {
         let u = ctx.uniform("p", &p);
         let bv = upload(ctx, "v", &v);
         let by = ctx.storage("y", (batch * nu * 4) as u64).unwrap();
-        run(
-            ctx,
-            KernelId::P1Apply,
-            &[&u, &bv, &by],
-            [(nu as u32).div_ceil(256), batch as u32, 1],
-        );
+        run(ctx, KernelId::P1Apply, &[&u, &bv, &by], [nu, batch]);
         assert_close(
             "p1_apply",
             &read(ctx, &by, batch * nu),
@@ -214,12 +193,7 @@ fn p1_apply_diag_match_cpu() {
             1e-5,
         );
         cpu::p1_diag(&p, &mut y);
-        run(
-            ctx,
-            KernelId::P1Diag,
-            &[&u, &by],
-            [(nu as u32).div_ceil(256), batch as u32, 1],
-        );
+        run(ctx, KernelId::P1Diag, &[&u, &by], [nu, batch]);
         assert_close("p1_diag", &read(ctx, &by, batch * nu), &y, 0.0, 1e-6);
     }
 }
@@ -252,7 +226,7 @@ fn obs_misfit_matches_cpu() {
             ctx,
             KernelId::ObsMisfit,
             &[&bp, &bs, &bd, &bu, &ba, &bm],
-            [batch as u32, 1, 1],
+            [batch, 1],
         );
         assert_close("obs adj", &read(ctx, &ba, batch * nu), &adj, 1e-2, 1e-5);
         assert_close("obs misfit", &read(ctx, &bm, batch), &mis, 0.0, 1e-4);
@@ -305,9 +279,9 @@ fn cg_and_jacobi_match_cpu_after_fixed_iterations() {
         let bw = ctx.storage("work", (4 * batch * nu * 4) as u64).unwrap();
         let bs = ctx.storage("state", (batch * 32) as u64).unwrap();
         let bufs = [&bp, &bc, &br, &bx, &bw, &bs];
-        run(ctx, start, &bufs, [batch as u32, 1, 1]);
-        run(ctx, iterate, &bufs, [batch as u32, 1, 1]);
-        run(ctx, iterate, &bufs, [batch as u32, 1, 1]);
+        run(ctx, start, &bufs, [batch, 1]);
+        run(ctx, iterate, &bufs, [batch, 1]);
+        run(ctx, iterate, &bufs, [batch, 1]);
         let gx = read(ctx, &bx, batch * nu);
         let xmax = x.iter().fold(0.0f64, |a, v| a.max(v.abs()));
         assert_close(
@@ -340,8 +314,8 @@ fn cg_and_jacobi_match_cpu_after_fixed_iterations() {
         let bx = ctx.storage("x", (batch * nu * 4) as u64).unwrap();
         let bs = ctx.storage("state", (batch * 32) as u64).unwrap();
         let bufs = [&bp, &bc, &br, &bx, &bw, &bs];
-        run(ctx, jacobi, &bufs, [batch as u32, 1, 1]);
-        run(ctx, jacobi, &bufs, [batch as u32, 1, 1]);
+        run(ctx, jacobi, &bufs, [batch, 1]);
+        run(ctx, jacobi, &bufs, [batch, 1]);
         let xmax = x.iter().fold(0.0f64, |a, v| a.max(v.abs()));
         assert_close(
             &format!("jacobi x ({op:?}, n={n})"),
@@ -381,11 +355,6 @@ fn stream_triad_matches_cpu() {
     let bb = upload(ctx, "b", &b);
     let bc = upload(ctx, "c", &c);
     let ba = ctx.storage("a", (16 * nv) as u64).unwrap();
-    run(
-        ctx,
-        KernelId::StreamTriad,
-        &[&bp, &bb, &bc, &ba],
-        [(nv as u32).div_ceil(256), 1, 1],
-    );
+    run(ctx, KernelId::StreamTriad, &[&bp, &bb, &bc, &ba], [nv, 1]);
     assert_close("stream_triad", &read(ctx, &ba, 4 * nv), &a, 1e-6, 1e-6);
 }

@@ -115,12 +115,12 @@ fn mcmc_kernels_match_cpu() {
 
             // propose
             cm::mcmc_propose(&p, &state, &mut prop, &chains);
-            let blocks = (c * d.div_ceil(4)) as u32;
+            let blocks = c * d.div_ceil(4);
             run(
                 ctx,
                 KernelId::McmcPropose,
                 &[&bp, &bs, &bpr, &bc],
-                [blocks.div_ceil(256), 1, 1],
+                [blocks, 1],
             );
             let tag = format!("{sampler:?} mode {mode}");
             assert_close(
@@ -136,7 +136,7 @@ fn mcmc_kernels_match_cpu() {
             // map
             let mut xp = vec![0.0; c * d];
             cm::mcmc_map(&p, &refm, &prop, &mut xp);
-            let g = [((c * d) as u32).div_ceil(256), 1, 1];
+            let g = [c * d, 1];
             run(ctx, KernelId::McmcMap, &[&bp, &br, &bpr, &bx], g);
             assert_close(
                 &format!("{tag} map"),
@@ -198,7 +198,7 @@ fn mcmc_kernels_match_cpu() {
                     ctx,
                     KernelId::McmcAccept,
                     &[&bp, &bs, &bpr, &bc, &bx, &bm, &bf, &ba, &bsm],
-                    [(c as u32).div_ceil(64), 1, 1],
+                    [c, 1],
                 );
                 let tag = format!("{tag} accept round {round}");
                 let got: Vec<McmcChain> = ctx.read(&bc, 0, c).unwrap();

@@ -76,7 +76,7 @@ fn matmul_matches_cpu_in_the_three_backprop_shapes() {
                     ctx,
                     kernel,
                     &[&u, &ba, &bb, &bc, &bz],
-                    mlp::matmul_groups(&p),
+                    [p.n as usize, p.m as usize],
                 );
                 let tol = 2e-6 * (k as f64).sqrt();
                 let name = format!("{kernel:?} m{m} k{k} n{n} shape {shape} {}", act.name());
@@ -118,7 +118,7 @@ fn elementwise_losses_and_gather_match_cpu() {
             ctx,
             KernelId::ActBackward,
             &[&u, &bz, &bd],
-            [(m * n).div_ceil(256), 1, 1],
+            [(m * n) as usize, 1],
         );
         assert_close(
             &format!("act_backward {}", act.name()),
@@ -142,7 +142,7 @@ fn elementwise_losses_and_gather_match_cpu() {
     cm::bias_grad(&p, &x, &mut g);
     let (bx, bg) = (upload(ctx, "x", &x), upload(ctx, "g", &vec![0.0; g.len()]));
     let u = ctx.uniform("p", &p);
-    run(ctx, KernelId::BiasGrad, &[&u, &bx, &bg], [1, 1, 1]);
+    run(ctx, KernelId::BiasGrad, &[&u, &bx, &bg], [n as usize, 1]);
     assert_close(
         "bias_grad",
         &read(ctx, &bg, g.len())[2..],
@@ -188,9 +188,9 @@ fn elementwise_losses_and_gather_match_cpu() {
             upload(ctx, "l", &l0),
         );
         let u = ctx.uniform("p", &p);
-        run(ctx, kernel, &[&u, &by, &bt, &bgr, &bl], [1, 1, 1]);
+        run(ctx, kernel, &[&u, &by, &bt, &bgr, &bl], [p.m as usize, 1]);
         let ur = ctx.uniform("r", &r);
-        run(ctx, KernelId::LossReduce, &[&ur, &bl], [1, 1, 1]);
+        run(ctx, KernelId::LossReduce, &[&ur, &bl], [1, 1]);
         let name = format!("{kernel:?}");
         assert_close(&name, &read(ctx, &bgr, gr.len()), &gr, 1e-6, 1e-5);
         assert_close(&name, &read(ctx, &bl, losses.len()), &losses, 1e-5, 1e-5);
@@ -222,7 +222,7 @@ fn elementwise_losses_and_gather_match_cpu() {
         ctx,
         KernelId::GatherRows,
         &[&u, &bsrc, &bdst, &bidx],
-        [1, 1, 1],
+        [27, 1],
     );
     assert_close("gather_rows", &read(ctx, &bdst, 27), &dst, 0.0, 0.0);
 }
@@ -253,12 +253,12 @@ fn grad_clip_and_adamw_match_cpu() {
             upload(ctx, "v", &v0),
             upload(ctx, "c", &[0.0, 0.0]),
         );
-        run(ctx, KernelId::GradClip, &[&u, &bg, &bc], [1, 1, 1]);
+        run(ctx, KernelId::GradClip, &[&u, &bg, &bc], [1, 1]);
         run(
             ctx,
             KernelId::AdamStepClipped,
             &[&u, &bg, &bp, &bm, &bv, &bc],
-            [4, 1, 1],
+            [n, 1],
         );
         let name = format!("clip {clip_norm}");
         assert_close(&name, &read(ctx, &bc, 2), &clip, 1e-6, 1e-5);
@@ -285,9 +285,9 @@ fn gpu_pass(net: &Mlp, ws: &Workspace, x: &[f64], t: &[f64]) -> (f64, Vec<f64>, 
     let mut enc = ctx.encoder("test.pass");
     {
         let mut pass = enc.begin_compute_pass(&Default::default());
-        ws.encode_forward(ctx, &mut pass);
-        ws.encode_loss(ctx, &mut pass);
-        ws.encode_backward(ctx, &mut pass, true);
+        ws.encode_forward(&mut pass);
+        ws.encode_loss(&mut pass);
+        ws.encode_backward(&mut pass, true);
     }
     ctx.submit_wait(enc).unwrap();
     (
@@ -407,14 +407,14 @@ fn gaussian_heads_use_the_vi_kernels_and_match_cpu() {
         let mut enc = ctx.encoder("test.head");
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            ws.encode_forward(ctx, &mut pass);
-            head.encode_sample(ctx, &mut pass);
-            head.encode_backward(ctx, &mut pass);
+            ws.encode_forward(&mut pass);
+            head.encode_sample(&mut pass);
+            head.encode_backward(&mut pass);
         }
         ctx.submit_wait(enc).unwrap();
         // CPU: the same VI mirrors, row by row.
         let theta = read(ctx, ws.output(), batch * np);
-        let v = head.vp;
+        let v = head.vi_params();
         let mut eps = vec![0.0; batch * family.noise_dim(d)];
         cvi::vi_noise(&v, &mut eps);
         let mut xi = vec![0.0; batch * d];

@@ -154,9 +154,9 @@ fn q1_converges_at_second_order_cpu_and_gpu() {
         let bw = ctx.storage("work", (4 * nu * 4) as u64).unwrap();
         let bs = ctx.storage("state", 32).unwrap();
         let bufs = [&bp, &bc, &br, &bx, &bw, &bs];
-        run(ctx, KernelId::CgStartQ1, &bufs, [1, 1, 1]);
+        run(ctx, KernelId::CgStartQ1, &bufs, [1, 1]);
         for _ in 0..p.max_iter.div_ceil(p.chunk) {
-            run(ctx, KernelId::CgIterateQ1, &bufs, [1, 1, 1]);
+            run(ctx, KernelId::CgIterateQ1, &bufs, [1, 1]);
         }
         let st: Vec<CgState> = ctx.read(&bs, 0, 1).unwrap();
         gpu_errs.push((
@@ -404,7 +404,7 @@ fn p1_direct_matches_cpu_and_cg() {
     let br = upload(ctx, "rhs", &rhs);
     let bx = ctx.storage("x", (batch * nu * 4) as u64).unwrap();
     let bs = ctx.storage("state", (batch * 32) as u64).unwrap();
-    run(ctx, KernelId::P1Direct, &[&bp, &br, &bx, &bs], [1, 1, 1]);
+    run(ctx, KernelId::P1Direct, &[&bp, &br, &bx, &bs], [batch, 1]);
     let xmax = x.iter().fold(0.0f64, |a, v| a.max(v.abs()));
     assert_close(
         "p1_direct gpu",

@@ -104,12 +104,7 @@ fn vi_kernels_match_cpu() {
         let bt = upload(ctx, "theta", &theta);
         let be = ctx.storage("eps", (s * e * 4) as u64).unwrap();
         let bx = ctx.storage("xi", (s * d * 4) as u64).unwrap();
-        run(
-            ctx,
-            KernelId::ViNoise,
-            &[&bv, &be],
-            [((s * e) as u32).div_ceil(4).div_ceil(256), 1, 1],
-        );
+        run(ctx, KernelId::ViNoise, &[&bv, &be], [s * e, 1]);
         assert_close(
             &format!("{f:?} noise"),
             &read(ctx, &be, s * e),
@@ -117,12 +112,7 @@ fn vi_kernels_match_cpu() {
             2e-5,
             2e-5,
         );
-        run(
-            ctx,
-            KernelId::ViSample,
-            &[&bv, &bt, &be, &bx],
-            [((s * d) as u32).div_ceil(256), 1, 1],
-        );
+        run(ctx, KernelId::ViSample, &[&bv, &bt, &be, &bx], [s * d, 1]);
         assert_close(
             &format!("{f:?} sample"),
             &read(ctx, &bx, s * d),
@@ -147,7 +137,7 @@ fn vi_kernels_match_cpu() {
         } else {
             KernelId::ViKl
         };
-        run(ctx, klk, &[&bv, &bt, &bg, &bs], [1, 1, 1]);
+        run(ctx, klk, &[&bv, &bt, &bg, &bs], [1, 1]);
         assert_close(
             &format!("{f:?} kl grad"),
             &read(ctx, &bg, np),
@@ -162,12 +152,7 @@ fn vi_kernels_match_cpu() {
             1e-5,
             1e-5,
         );
-        run(
-            ctx,
-            KernelId::ViGrad,
-            &[&bv, &bt, &be, &bgx, &bg],
-            [(np as u32).div_ceil(256), 1, 1],
-        );
+        run(ctx, KernelId::ViGrad, &[&bv, &bt, &be, &bgx, &bg], [np, 1]);
         assert_close(
             &format!("{f:?} grad"),
             &read(ctx, &bg, np),
@@ -182,7 +167,7 @@ fn vi_kernels_match_cpu() {
         v2.log_norm = 3.5;
         let bv2 = ctx.upload("v2", &[v2]).unwrap();
         cvi::vi_elbo(&v2, &misfit, &mut sc);
-        run(ctx, KernelId::ViElbo, &[&bv2, &bm, &bs], [1, 1, 1]);
+        run(ctx, KernelId::ViElbo, &[&bv2, &bm, &bs], [1, 1]);
         let got = read(ctx, &bs, 4 + v.history as usize);
         assert_close(&format!("{f:?} elbo"), &got[1..3], &sc[1..3], 1e-4, 1e-5);
         assert_close(
@@ -215,12 +200,7 @@ fn adam_matches_cpu() {
         cvi::adam_step(&a, &grad, &mut param, &mut m1, &mut m2);
         let ba = ctx.uniform("a", &a);
         let bg = upload(ctx, "g", &grad);
-        run(
-            ctx,
-            KernelId::AdamStep,
-            &[&ba, &bg, &bp, &bm, &bv],
-            [(n as u32).div_ceil(256), 1, 1],
-        );
+        run(ctx, KernelId::AdamStep, &[&ba, &bg, &bp, &bm, &bv], [n, 1]);
     }
     assert_close("adam param", &read(ctx, &bp, n), &param, 1e-5, 1e-5);
     assert_close("adam m", &read(ctx, &bm, n), &m1, 1e-5, 1e-5);

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use crate::error::Result;
 use crate::gpu::layout::PdeParams;
-use crate::gpu::{GpuContext, KernelId};
+use crate::gpu::{args, GpuContext, KernelId};
 use crate::physics::problem::{Problem, ProblemKind};
 use crate::physics::solver::{BatchedSolver, CgParams};
 
@@ -24,10 +24,21 @@ pub fn stream_gbs(ctx: &GpuContext, n: usize, reps: usize) -> Result<f64> {
         ..Default::default()
     };
     let u = ctx.uniform("stream.params", &p);
-    let bg = ctx.bind(KernelId::StreamTriad, &[&u, &b, &c, &a]);
+    // One vec4 per invocation, capped at the device's dispatch limit (the
+    // probe then covers a prefix: bandwidth, not coverage, is measured).
+    let wg = ctx.workgroup_size(KernelId::StreamTriad);
     let groups = (nv as u32)
-        .div_ceil(256)
+        .div_ceil(wg)
         .min(ctx.limits.max_compute_workgroups_per_dimension);
+    let triad = ctx.prepare_groups(
+        &args::StreamTriad {
+            params: &u,
+            sb: &b,
+            sc: &c,
+            sa: &a,
+        },
+        [groups, 1, 1],
+    );
     let mut best = f64::INFINITY;
     for r in 0..=reps {
         let mut enc = ctx.encoder("stream");
@@ -36,7 +47,7 @@ pub fn stream_gbs(ctx: &GpuContext, n: usize, reps: usize) -> Result<f64> {
                 label: Some("stream"),
                 timestamp_writes: None,
             });
-            ctx.dispatch(&mut pass, KernelId::StreamTriad, &bg, [groups, 1, 1]);
+            triad.record(&mut pass);
         }
         let t = Instant::now();
         ctx.submit_wait(enc)?;
@@ -240,19 +251,26 @@ pub fn fma_peak_gflops(ctx: &GpuContext) -> Result<f64> {
     use crate::nn::mlp::MlpParams;
     let groups = 256u32;
     let iters = 4096u32;
-    let out = ctx.storage("fma.out", groups as u64 * 256 * 4)?;
+    let wg = ctx.workgroup_size(KernelId::FmaPeak);
+    let out = ctx.storage("fma.out", (groups * wg) as u64 * 4)?;
     let p = MlpParams {
         k: iters,
         ..Default::default()
     };
     let u = ctx.uniform("fma.params", &p);
-    let bg = ctx.bind(KernelId::FmaPeak, &[&u, &out]);
+    let probe = ctx.prepare_groups(
+        &args::FmaPeak {
+            params: &u,
+            xc: &out,
+        },
+        [groups, 1, 1],
+    );
     let mut best = f64::INFINITY;
     for r in 0..3 {
         let mut enc = ctx.encoder("fma");
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            ctx.dispatch(&mut pass, KernelId::FmaPeak, &bg, [groups, 1, 1]);
+            probe.record(&mut pass);
         }
         let t = Instant::now();
         ctx.submit_wait(enc)?;
@@ -260,12 +278,12 @@ pub fn fma_peak_gflops(ctx: &GpuContext) -> Result<f64> {
             best = best.min(t.elapsed().as_secs_f64());
         }
     }
-    Ok(groups as f64 * 256.0 * iters as f64 * 64.0 / best / 1e9)
+    Ok((groups * wg) as f64 * iters as f64 * 64.0 / best / 1e9)
 }
 
 /// Best time of a square product C = A B of `size` (seconds).
 pub fn matmul_seconds(ctx: &GpuContext, size: usize, min_seconds: f64) -> Result<f64> {
-    use crate::nn::mlp::{matmul_groups, MlpParams};
+    use crate::nn::mlp::MlpParams;
     let n = size as u32;
     let bytes = (size * size * 4) as u64;
     let init: Vec<f32> = (0..size * size)
@@ -287,14 +305,22 @@ pub fn matmul_seconds(ctx: &GpuContext, size: usize, min_seconds: f64) -> Result
         ..Default::default()
     };
     let u = ctx.uniform("mm.params", &p);
-    let kernel = ctx.matmul;
-    let groups = matmul_groups(&p);
-    let bg = ctx.bind(kernel, &[&u, &a, &b, &c, &z]);
+    let product = ctx.prepare_as(
+        ctx.matmul,
+        &args::Matmul {
+            params: &u,
+            xa: &a,
+            xb: &b,
+            xc: &c,
+            xz: &z,
+        },
+        [size, size],
+    )?;
     let once = || -> Result<f64> {
         let mut enc = ctx.encoder("mm");
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            ctx.dispatch(&mut pass, kernel, &bg, groups);
+            product.record(&mut pass);
         }
         let t = Instant::now();
         ctx.submit_wait(enc)?;
@@ -355,9 +381,9 @@ pub fn mlp(
         let mut enc = ctx.encoder("bench.gradcheck");
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            ws.encode_forward(ctx, &mut pass);
-            ws.encode_loss(ctx, &mut pass);
-            ws.encode_backward(ctx, &mut pass, false);
+            ws.encode_forward(&mut pass);
+            ws.encode_loss(&mut pass);
+            ws.encode_backward(&mut pass, false);
         }
         ctx.submit_wait(enc)?;
         let gg = net.read_grad(ctx)?;

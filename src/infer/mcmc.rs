@@ -23,7 +23,7 @@ use std::time::Instant;
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
-use crate::gpu::{GpuContext, KernelId};
+use crate::gpu::{args, Dispatch, GpuContext};
 use crate::physics::problem::Problem;
 use crate::physics::solver::{BatchedSolver, CgParams};
 
@@ -292,10 +292,14 @@ pub struct McmcEngine {
     pub chains: wgpu::Buffer,
     /// C x kept x (d + 1): x, logpi(x).
     pub samples: wgpu::Buffer,
-    bg_propose: wgpu::BindGroup,
-    bg_map: wgpu::BindGroup,
-    bg_grad: wgpu::BindGroup,
-    bg_accept: wgpu::BindGroup,
+    /// Proposals in whitened coordinates (per chain, four coordinates per invocation).
+    propose: Dispatch,
+    /// x = m + L w into the solver's xi.
+    map: Dispatch,
+    /// MALA: g_w = L^T (-dPhi/dx - x).
+    grad: Dispatch,
+    /// Metropolis-Hastings and the kept draws.
+    accept: Dispatch,
 }
 
 /// Check a reference Gaussian (m, lower Cholesky factor L).
@@ -386,29 +390,49 @@ impl McmcEngine {
         let samples = ctx.storage("mcmc.samples", sample_floats * 4)?;
         let params_buf = ctx.upload("mcmc.params", &[params])?;
         let s = &solver;
-        let bg_propose = ctx.bind(
-            KernelId::McmcPropose,
-            &[&params_buf, &state, &prop, &chains],
-        );
-        let bg_map = ctx.bind(KernelId::McmcMap, &[&params_buf, &reference, &prop, &s.xi]);
-        let bg_grad = ctx.bind(
-            KernelId::McmcGrad,
-            &[&params_buf, &reference, &prop, &s.xi, &s.gxi],
-        );
-        let bg_accept = ctx.bind(
-            KernelId::McmcAccept,
-            &[
-                &params_buf,
-                &state,
-                &prop,
-                &chains,
-                &s.xi,
-                &s.misfit,
-                &s.state_fwd,
-                &s.state_adj,
-                &samples,
-            ],
-        );
+        let cd = [c * d, 1];
+        let propose = ctx.prepare(
+            &args::McmcPropose {
+                params: &params_buf,
+                state: &state,
+                prop: &prop,
+                chains: &chains,
+            },
+            [c * d.div_ceil(4), 1],
+        )?;
+        let map = ctx.prepare(
+            &args::McmcMap {
+                params: &params_buf,
+                refm: &reference,
+                prop: &prop,
+                xp: &s.xi,
+            },
+            cd,
+        )?;
+        let grad = ctx.prepare(
+            &args::McmcGrad {
+                params: &params_buf,
+                refm: &reference,
+                prop: &prop,
+                xp: &s.xi,
+                gxi: &s.gxi,
+            },
+            cd,
+        )?;
+        let accept = ctx.prepare(
+            &args::McmcAccept {
+                params: &params_buf,
+                state: &state,
+                prop: &prop,
+                chains: &chains,
+                xp: &s.xi,
+                misfit: &s.misfit,
+                cg_fwd: &s.state_fwd,
+                cg_adj: &s.state_adj,
+                samples: &samples,
+            },
+            [c, 1],
+        )?;
         Ok(McmcEngine {
             solver,
             params,
@@ -419,10 +443,10 @@ impl McmcEngine {
             prop,
             chains,
             samples,
-            bg_propose,
-            bg_map,
-            bg_grad,
-            bg_accept,
+            propose,
+            map,
+            grad,
+            accept,
         })
     }
 
@@ -462,9 +486,9 @@ impl McmcEngine {
                 label: Some("pdevi.mcmc.map"),
                 timestamp_writes: None,
             });
-            ctx.dispatch(&mut pass, KernelId::McmcMap, &self.bg_map, self.groups_cd());
+            self.map.record(&mut pass);
         }
-        self.encode_evaluate(ctx, &mut enc);
+        self.encode_evaluate(&mut enc);
         ctx.submit_wait(enc)?;
         ctx.write(&self.params_buf, &[self.params]);
         let ch = self.read_chains(ctx)?;
@@ -484,13 +508,9 @@ impl McmcEngine {
         Ok(())
     }
 
-    fn groups_cd(&self) -> [u32; 3] {
-        [((self.c() * self.d()) as u32).div_ceil(256), 1, 1]
-    }
-
     /// Forward solve and misfit (and for MALA the adjoint and g_w') at the
     /// proposal already in the solver's xi, then the accept kernel.
-    fn encode_evaluate(&self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder) {
+    fn encode_evaluate(&self, enc: &mut wgpu::CommandEncoder) {
         self.solver.encode_forward(enc);
         match self.sampler {
             Sampler::Pcn => self.solver.encode_misfit(enc),
@@ -501,46 +521,29 @@ impl McmcEngine {
             timestamp_writes: None,
         });
         if self.sampler == Sampler::Mala {
-            ctx.dispatch(
-                &mut pass,
-                KernelId::McmcGrad,
-                &self.bg_grad,
-                self.groups_cd(),
-            );
+            self.grad.record(&mut pass);
         }
-        let groups = (self.c() as u32).div_ceil(64);
-        ctx.dispatch(
-            &mut pass,
-            KernelId::McmcAccept,
-            &self.bg_accept,
-            [groups, 1, 1],
-        );
+        self.accept.record(&mut pass);
     }
 
     /// Record one MCMC step of every chain.
-    pub fn encode_step(&self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder) {
+    pub fn encode_step(&self, enc: &mut wgpu::CommandEncoder) {
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("pdevi.mcmc.propose"),
                 timestamp_writes: None,
             });
-            let blocks = (self.c() * self.d().div_ceil(4)) as u32;
-            ctx.dispatch(
-                &mut pass,
-                KernelId::McmcPropose,
-                &self.bg_propose,
-                [blocks.div_ceil(256), 1, 1],
-            );
-            ctx.dispatch(&mut pass, KernelId::McmcMap, &self.bg_map, self.groups_cd());
+            self.propose.record(&mut pass);
+            self.map.record(&mut pass);
         }
-        self.encode_evaluate(ctx, enc);
+        self.encode_evaluate(enc);
     }
 
     /// Record `n` steps into one encoder, submit and wait.
     pub fn run_steps(&self, ctx: &GpuContext, n: usize) -> Result<()> {
         let mut enc = ctx.encoder("pdevi.mcmc.steps");
         for _ in 0..n {
-            self.encode_step(ctx, &mut enc);
+            self.encode_step(&mut enc);
         }
         ctx.submit_wait(enc)
     }

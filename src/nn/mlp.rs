@@ -15,8 +15,9 @@ use bytemuck::{Pod, Zeroable};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::gpu::{GpuContext, KernelId};
-use crate::infer::adam::AdamParams;
+use crate::gpu::{args, Dispatch, GpuContext, KernelId};
+use crate::infer::adam::{Adam, AdamParams};
+use crate::infer::gaussian::{GaussianBlock, GaussianBuffers};
 use crate::infer::vi::{Family, ViParams};
 
 /// Keep in sync with `MlpParams` in shaders/mlp.wgsl.
@@ -370,31 +371,18 @@ impl Arch {
     }
 }
 
-/// Groups for a product of `m x n` outputs (64 x 64 per workgroup, both kernels).
-pub fn matmul_groups(p: &MlpParams) -> [u32; 3] {
-    [p.n.div_ceil(64), p.m.div_ceil(64), 1]
+/// A product `m x n` = (`m x k`)(`k x n`) with the context's product kernel
+/// (tiled or register-blocked; both cover 64 x 64 outputs per workgroup).
+fn product(ctx: &GpuContext, p: &MlpParams, a: args::Matmul<'_>) -> Result<Dispatch> {
+    ctx.prepare_as(ctx.matmul, &a, [p.n as usize, p.m as usize])
 }
-
-fn groups_1d(count: u32) -> [u32; 3] {
-    [count.div_ceil(256).max(1), 1, 1]
-}
-
-type Dispatch = (KernelId, wgpu::BindGroup, [u32; 3]);
 
 /// An MLP's parameters on the device, with its gradient and optimiser state.
 pub struct Mlp {
     pub arch: Arch,
     pub params: wgpu::Buffer,
     pub grad: wgpu::Buffer,
-    pub adam: AdamParams,
-    m1: wgpu::Buffer,
-    m2: wgpu::Buffer,
-    /// [0] clipping factor, [1] gradient norm of the last step.
-    pub clip: wgpu::Buffer,
-    u_adam: wgpu::Buffer,
-    bg_adam: wgpu::BindGroup,
-    bg_adam_clipped: wgpu::BindGroup,
-    bg_clip: wgpu::BindGroup,
+    pub adam: Adam,
 }
 
 impl Mlp {
@@ -417,29 +405,12 @@ impl Mlp {
         };
         let params = ctx.upload("mlp.params", &p)?;
         let grad = ctx.storage("mlp.grad", (np * 4) as u64)?;
-        let m1 = ctx.storage("mlp.adam.m", (np * 4) as u64)?;
-        let m2 = ctx.storage("mlp.adam.v", (np * 4) as u64)?;
-        let clip = ctx.upload("mlp.clip", &[1.0f32, 0.0])?;
-        let adam = AdamParams::new(np, 1e-3);
-        let u_adam = ctx.uniform("mlp.adam", &adam);
-        let bg_adam = ctx.bind(KernelId::AdamStep, &[&u_adam, &grad, &params, &m1, &m2]);
-        let bg_adam_clipped = ctx.bind(
-            KernelId::AdamStepClipped,
-            &[&u_adam, &grad, &params, &m1, &m2, &clip],
-        );
-        let bg_clip = ctx.bind(KernelId::GradClip, &[&u_adam, &grad, &clip]);
+        let adam = Adam::new(ctx, "mlp", AdamParams::new(np, 1e-3), &params, &grad)?;
         Ok(Mlp {
             arch,
             params,
             grad,
             adam,
-            m1,
-            m2,
-            clip,
-            u_adam,
-            bg_adam,
-            bg_adam_clipped,
-            bg_clip,
         })
     }
 
@@ -474,35 +445,21 @@ impl Mlp {
         }
         let v: Vec<f32> = p.iter().map(|&x| x as f32).collect();
         ctx.write(&self.params, &v);
-        let zeros = vec![0f32; self.nparam()];
-        ctx.write(&self.m1, &zeros);
-        ctx.write(&self.m2, &zeros);
-        self.adam.step = 1;
+        self.adam.reset(ctx);
+        self.adam.settings.step = 1;
         Ok(())
     }
 
     /// Set the optimiser's settings for the next `encode_adam` (the uniform
     /// is written now; call once per step, before recording it).
     pub fn prepare_adam(&mut self, ctx: &GpuContext, step: u32, lr: f64) {
-        self.adam.step = step;
-        self.adam.lr = lr as f32;
-        ctx.write(&self.u_adam, &[self.adam]);
+        self.adam.set_step(ctx, step, lr);
     }
 
-    /// Record gradient clipping (when `adam.clip_norm > 0`) and one Adam(W) step.
-    pub fn encode_adam(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>) {
-        let groups = groups_1d(self.nparam() as u32);
-        if self.adam.clip_norm > 0.0 {
-            ctx.dispatch(pass, KernelId::GradClip, &self.bg_clip, [1, 1, 1]);
-            ctx.dispatch(
-                pass,
-                KernelId::AdamStepClipped,
-                &self.bg_adam_clipped,
-                groups,
-            );
-        } else {
-            ctx.dispatch(pass, KernelId::AdamStep, &self.bg_adam, groups);
-        }
+    /// Record gradient clipping (when `adam.settings.clip_norm > 0`) and one
+    /// Adam(W) step.
+    pub fn encode_adam(&self, pass: &mut wgpu::ComputePass<'_>) {
+        self.adam.record(pass);
     }
 
     /// Save the weights (`<stem>.safetensors`) and the architecture
@@ -706,7 +663,7 @@ pub struct Workspace {
     bwd_dx: Option<Dispatch>,
     loss_ops: Vec<Dispatch>,
     u_reduce: wgpu::Buffer,
-    bg_reduce: wgpu::BindGroup,
+    reduce_op: Dispatch,
     reduce: MlpParams,
     _uniforms: Vec<wgpu::Buffer>,
 }
@@ -755,8 +712,17 @@ impl Workspace {
         for (l, p) in arch.forward_params(batch).iter().enumerate() {
             let u = un(p);
             let input = if l == 0 { &x } else { &acts[l - 1] };
-            let bg = ctx.bind(ctx.matmul, &[&u, input, &net.params, &acts[l], &pre[l]]);
-            fwd.push((ctx.matmul, bg, matmul_groups(p)));
+            fwd.push(product(
+                ctx,
+                p,
+                args::Matmul {
+                    params: &u,
+                    xa: input,
+                    xb: &net.params,
+                    xc: &acts[l],
+                    xz: &pre[l],
+                },
+            )?);
         }
         let mut bwd = Vec::new();
         let mut bwd_dx = None;
@@ -765,20 +731,50 @@ impl Workspace {
             let s = &steps[l];
             if arch.layers[l].act != Activation::Identity {
                 let u = un(&s.act);
-                let bg = ctx.bind(KernelId::ActBackward, &[&u, &pre[l], &delta[l]]);
-                bwd.push((KernelId::ActBackward, bg, groups_1d(s.act.m * s.act.n)));
+                bwd.push(ctx.prepare(
+                    &args::ActBackward {
+                        params: &u,
+                        xa: &pre[l],
+                        xc: &delta[l],
+                    },
+                    [(s.act.m * s.act.n) as usize, 1],
+                )?);
             }
             let input = if l == 0 { &x } else { &acts[l - 1] };
             let u = un(&s.dw);
-            let bg = ctx.bind(ctx.matmul, &[&u, input, &delta[l], &net.grad, &dummy]);
-            bwd.push((ctx.matmul, bg, matmul_groups(&s.dw)));
+            bwd.push(product(
+                ctx,
+                &s.dw,
+                args::Matmul {
+                    params: &u,
+                    xa: input,
+                    xb: &delta[l],
+                    xc: &net.grad,
+                    xz: &dummy,
+                },
+            )?);
             let u = un(&s.db);
-            let bg = ctx.bind(KernelId::BiasGrad, &[&u, &delta[l], &net.grad]);
-            bwd.push((KernelId::BiasGrad, bg, groups_1d(s.db.n)));
+            bwd.push(ctx.prepare(
+                &args::BiasGrad {
+                    params: &u,
+                    xa: &delta[l],
+                    xc: &net.grad,
+                },
+                [s.db.n as usize, 1],
+            )?);
             let u = un(&s.dx);
             let target = if l == 0 { &dx } else { &delta[l - 1] };
-            let bg = ctx.bind(ctx.matmul, &[&u, &delta[l], &net.params, target, &dummy]);
-            let d = (ctx.matmul, bg, matmul_groups(&s.dx));
+            let d = product(
+                ctx,
+                &s.dx,
+                args::Matmul {
+                    params: &u,
+                    xa: &delta[l],
+                    xb: &net.params,
+                    xc: target,
+                    xz: &dummy,
+                },
+            )?;
             if l == 0 {
                 bwd_dx = Some(d);
             } else {
@@ -817,8 +813,14 @@ impl Workspace {
         };
         if let Some(k) = kernel {
             let u = un(&lp);
-            let bg = ctx.bind(k, &[&u, &acts[last], &t, &delta[last], &losses]);
-            loss_ops.push((k, bg, groups_1d(batch as u32)));
+            let a = args::LossMse {
+                params: &u,
+                xa: &acts[last],
+                xb: &t,
+                xc: &delta[last],
+                xz: &losses,
+            };
+            loss_ops.push(ctx.prepare_as(k, &a, [batch, 1])?);
         }
         // Loss reduce: the mean over rows (and outputs for MSE); the uniform is
         // rewritten by `set_reduce` (slot, accumulate flag, extra factor).
@@ -832,7 +834,13 @@ impl Workspace {
             ..Default::default()
         };
         let u_reduce = ctx.uniform("mlp.reduce", &reduce);
-        let bg_reduce = ctx.bind(KernelId::LossReduce, &[&u_reduce, &losses]);
+        let reduce_op = ctx.prepare(
+            &args::LossReduce {
+                params: &u_reduce,
+                xz: &losses,
+            },
+            [1, 1],
+        )?;
         Ok(Workspace {
             batch,
             loss,
@@ -848,7 +856,7 @@ impl Workspace {
             bwd_dx,
             loss_ops,
             u_reduce,
-            bg_reduce,
+            reduce_op,
             reduce,
             _uniforms: uniforms,
         })
@@ -864,20 +872,20 @@ impl Workspace {
         &self.delta[self.delta.len() - 1]
     }
 
-    pub fn encode_forward(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>) {
-        for (k, bg, g) in &self.fwd {
-            ctx.dispatch(pass, *k, bg, *g);
+    pub fn encode_forward(&self, pass: &mut wgpu::ComputePass<'_>) {
+        for d in &self.fwd {
+            d.record(pass);
         }
     }
 
     /// The loss, its output gradient and its reduction into the slot set by
-    /// [`Workspace::set_reduce`] (default: `slot::EVAL`, overwritten).
-    pub fn encode_loss(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>) {
-        for (k, bg, g) in &self.loss_ops {
-            ctx.dispatch(pass, *k, bg, *g);
+    /// [`set_reduce`](Self::set_reduce) (nothing for an external loss).
+    pub fn encode_loss(&self, pass: &mut wgpu::ComputePass<'_>) {
+        for d in &self.loss_ops {
+            d.record(pass);
         }
         if !self.loss_ops.is_empty() {
-            ctx.dispatch(pass, KernelId::LossReduce, &self.bg_reduce, [1, 1, 1]);
+            self.reduce_op.record(pass);
         }
     }
 
@@ -894,18 +902,13 @@ impl Workspace {
     /// The backward pass from the output gradient; parameter gradients into
     /// the network's `grad` (overwritten), and the input gradient into `dx`
     /// when `want_dx`.
-    pub fn encode_backward(
-        &self,
-        ctx: &GpuContext,
-        pass: &mut wgpu::ComputePass<'_>,
-        want_dx: bool,
-    ) {
-        for (k, bg, g) in &self.bwd {
-            ctx.dispatch(pass, *k, bg, *g);
+    pub fn encode_backward(&self, pass: &mut wgpu::ComputePass<'_>, want_dx: bool) {
+        for d in &self.bwd {
+            d.record(pass);
         }
         if want_dx {
-            if let Some((k, bg, g)) = &self.bwd_dx {
-                ctx.dispatch(pass, *k, bg, *g);
+            if let Some(d) = &self.bwd_dx {
+                d.record(pass);
             }
         }
     }
@@ -946,7 +949,7 @@ impl Workspace {
         let mut enc = ctx.encoder("mlp.predict");
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            self.encode_forward(ctx, &mut pass);
+            self.encode_forward(&mut pass);
         }
         ctx.submit_wait(enc)?;
         let n = (self.output().size() / 4) as usize;
@@ -969,20 +972,17 @@ pub fn to_f32(x: &[f64]) -> Vec<f32> {
 
 /// A Gaussian head evaluated by the VI kernels, one Gaussian per row of the
 /// network's output: noise, reparameterised samples `xi` (`batch x d`), the
-/// KL of each row to N(0, I) and the backward pass into the output gradient.
+/// KL of each row to N(0, I) and the backward pass into the output gradient,
+/// through the same [`GaussianBlock`] as VI.
 pub struct GaussianHead {
     pub family: Family,
     pub d: usize,
-    pub vp: ViParams,
-    pub eps: wgpu::Buffer,
+    pub block: GaussianBlock,
     pub xi: wgpu::Buffer,
     /// d loss / d xi (`batch x d`), written by whatever consumes the samples.
     pub gxi: wgpu::Buffer,
     /// KL per row.
     pub kl: wgpu::Buffer,
-    u: wgpu::Buffer,
-    ops_sample: Vec<Dispatch>,
-    ops_backward: Vec<Dispatch>,
 }
 
 impl GaussianHead {
@@ -1003,74 +1003,50 @@ impl GaussianHead {
         vp.per_row = 1;
         vp.grad_scale = 1.0;
         vp.kl_scale = (kl_weight / b as f64) as f32;
-        let e = family.noise_dim(d);
-        let eps = ctx.storage("head.eps", (b * e * 4) as u64)?;
         let xi = ctx.storage("head.xi", (b * d * 4) as u64)?;
         let gxi = ctx.storage("head.gxi", (b * d * 4) as u64)?;
         let kl = ctx.storage("head.kl", (b.max(4) * 4) as u64)?;
-        let u = ctx.upload("head.vi", &[vp])?;
-        let theta = ws.output();
-        let blocks = ((b * e) as u32).div_ceil(4).div_ceil(256);
-        let ops_sample = vec![
-            (
-                KernelId::ViNoise,
-                ctx.bind(KernelId::ViNoise, &[&u, &eps]),
-                [blocks, 1, 1],
-            ),
-            (
-                KernelId::ViSample,
-                ctx.bind(KernelId::ViSample, &[&u, theta, &eps, &xi]),
-                groups_1d((b * d) as u32),
-            ),
-        ];
-        let kl_kernel = match family {
-            Family::LowRank { .. } => KernelId::ViKlLowRank,
-            _ => KernelId::ViKl,
-        };
-        let ops_backward = vec![
-            (
-                kl_kernel,
-                ctx.bind(kl_kernel, &[&u, theta, ws.output_grad(), &kl]),
-                [b as u32, 1, 1],
-            ),
-            (
-                KernelId::ViGrad,
-                ctx.bind(KernelId::ViGrad, &[&u, theta, &eps, &gxi, ws.output_grad()]),
-                groups_1d((b * family.nparam(d)) as u32),
-            ),
-        ];
+        let block = GaussianBlock::new(
+            ctx,
+            "head",
+            family,
+            vp,
+            GaussianBuffers {
+                theta: ws.output(),
+                xi: &xi,
+                gxi: &gxi,
+                grad: ws.output_grad(),
+                kl: &kl,
+            },
+        )?;
         Ok(GaussianHead {
             family,
             d,
-            vp,
-            eps,
+            block,
             xi,
             gxi,
             kl,
-            u,
-            ops_sample,
-            ops_backward,
         })
+    }
+
+    /// The head's VI settings as last written to the device.
+    pub fn vi_params(&self) -> ViParams {
+        self.block.params
     }
 
     /// Use the noise of `step` in the next `encode_sample`.
     pub fn set_step(&mut self, ctx: &GpuContext, step: u32) {
-        self.vp.step = step;
-        ctx.write(&self.u, &[self.vp]);
+        self.block.set_step(ctx, step);
     }
 
     /// Noise and samples xi = m + L eps for every row (after the forward pass).
-    pub fn encode_sample(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>) {
-        for (k, bg, g) in &self.ops_sample {
-            ctx.dispatch(pass, *k, bg, *g);
-        }
+    pub fn encode_sample(&self, pass: &mut wgpu::ComputePass<'_>) {
+        self.block.record_sample(pass);
     }
 
     /// KL per row, and the output gradient: kl_weight / batch dKL/dtheta plus
     /// the reparameterisation term from `gxi`.
-    pub fn encode_backward(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>) {
-        for (k, bg, g) in &self.ops_backward {
-            ctx.dispatch(pass, *k, bg, *g);
-        }
+    pub fn encode_backward(&self, pass: &mut wgpu::ComputePass<'_>) {
+        self.block.record_backward(pass);
     }
 }

@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::gpu::{GpuContext, KernelId};
+use crate::gpu::{args, GpuContext};
 use crate::nn::mlp::{slot, Loss, Mlp, MlpParams, Workspace};
 
 /// Inputs and targets, row-major (`n x input`, `n x target width`).
@@ -218,10 +218,24 @@ pub fn train(
     let mut gt = gather(data.target);
     let u_gx = ctx.uniform("train.gather.x", &gx);
     let u_gt = ctx.uniform("train.gather.t", &gt);
-    let bg_gx = ctx.bind(KernelId::GatherRows, &[&u_gx, &gd.x, &ws.x, &gd.perm]);
-    let bg_gt = ctx.bind(KernelId::GatherRows, &[&u_gt, &gd.t, &ws.t, &gd.perm]);
-    let g_x = [((s.batch * data.input) as u32).div_ceil(256), 1, 1];
-    let g_t = [((s.batch * data.target) as u32).div_ceil(256), 1, 1];
+    let gather_x = ctx.prepare(
+        &args::GatherRows {
+            params: &u_gx,
+            xa: &gd.x,
+            xc: &ws.x,
+            idx: &gd.perm,
+        },
+        [s.batch * data.input, 1],
+    )?;
+    let gather_t = ctx.prepare(
+        &args::GatherRows {
+            params: &u_gt,
+            xa: &gd.t,
+            xc: &ws.t,
+            idx: &gd.perm,
+        },
+        [s.batch * data.target, 1],
+    )?;
     ws.set_reduce(ctx, slot::TRAIN, 1.0 / steps_per_epoch as f64, true);
 
     let val_ws = match val {
@@ -241,8 +255,8 @@ pub fn train(
         None => None,
     };
     let best = ctx.storage("train.best", (net.nparam() * 4) as u64)?;
-    net.adam.weight_decay = s.weight_decay as f32;
-    net.adam.clip_norm = s.clip_norm as f32;
+    net.adam.settings.weight_decay = s.weight_decay as f32;
+    net.adam.settings.clip_norm = s.clip_norm as f32;
 
     let bar = crate::output::progress::progress_bar(s.epochs, s.quiet, "epochs  {msg}");
     let t0 = Instant::now();
@@ -275,12 +289,12 @@ pub fn train(
             let mut enc = ctx.encoder("train.step");
             {
                 let mut pass = enc.begin_compute_pass(&Default::default());
-                ctx.dispatch(&mut pass, KernelId::GatherRows, &bg_gx, g_x);
-                ctx.dispatch(&mut pass, KernelId::GatherRows, &bg_gt, g_t);
-                ws.encode_forward(ctx, &mut pass);
-                ws.encode_loss(ctx, &mut pass);
-                ws.encode_backward(ctx, &mut pass, false);
-                net.encode_adam(ctx, &mut pass);
+                gather_x.record(&mut pass);
+                gather_t.record(&mut pass);
+                ws.encode_forward(&mut pass);
+                ws.encode_loss(&mut pass);
+                ws.encode_backward(&mut pass, false);
+                net.encode_adam(&mut pass);
             }
             ctx.queue.submit([enc.finish()]);
         }
@@ -299,8 +313,8 @@ pub fn train(
             let mut enc = ctx.encoder("train.validate");
             {
                 let mut pass = enc.begin_compute_pass(&Default::default());
-                vw.encode_forward(ctx, &mut pass);
-                vw.encode_loss(ctx, &mut pass);
+                vw.encode_forward(&mut pass);
+                vw.encode_loss(&mut pass);
             }
             ctx.submit_wait(enc)?;
             let vl = vw.read_loss(ctx, slot::EVAL)?;
@@ -348,8 +362,8 @@ pub fn evaluate(ctx: &GpuContext, net: &Mlp, data: &Dataset, loss: Loss) -> Resu
     let mut enc = ctx.encoder("mlp.evaluate");
     {
         let mut pass = enc.begin_compute_pass(&Default::default());
-        ws.encode_forward(ctx, &mut pass);
-        ws.encode_loss(ctx, &mut pass);
+        ws.encode_forward(&mut pass);
+        ws.encode_loss(&mut pass);
     }
     ctx.submit_wait(enc)?;
     ws.read_loss(ctx, slot::EVAL)
@@ -364,6 +378,10 @@ pub fn dispatches_per_step(net: &Mlp) -> usize {
         .iter()
         .filter(|x| x.act != crate::nn::mlp::Activation::Identity)
         .count();
-    let adam = if net.adam.clip_norm > 0.0 { 2 } else { 1 };
+    let adam = if net.adam.settings.clip_norm > 0.0 {
+        2
+    } else {
+        1
+    };
     2 + l + 2 + acts + 3 * l - 1 + adam
 }

@@ -89,8 +89,10 @@ pub fn f32s(v: &[f64]) -> Vec<f32> {
     v.iter().map(|&x| x as f32).collect()
 }
 
-/// Run one kernel on the given buffers and wait.
-pub fn run(ctx: &GpuContext, k: KernelId, buffers: &[&wgpu::Buffer], groups: [u32; 3]) {
+/// Run one kernel on the given buffers (in its binding order) over `extent`
+/// items of work (the kernel table's geometry sizes the dispatch), and wait.
+pub fn run(ctx: &GpuContext, k: KernelId, buffers: &[&wgpu::Buffer], extent: [usize; 2]) {
+    let groups = ctx.groups(k, extent).expect("dispatch too large");
     let bg = ctx.bind(k, buffers);
     let mut enc = ctx.encoder("test");
     {
