@@ -22,7 +22,7 @@ fn main() -> pdevi::Result<()> {
     // x uniform on [-1, 1] from the normal CDF of the first half of the draws.
     let xs: Vec<f64> = u[..n]
         .iter()
-        .map(|z| 2.0 * pdevi::check::stats::norm_cdf(*z) - 1.0)
+        .map(|z| 2.0 * pdevi::math::special::norm_cdf(*z) - 1.0)
         .collect();
     let ts: Vec<f64> = xs
         .iter()

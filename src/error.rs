@@ -47,9 +47,22 @@ pub enum Error {
         message: String,
     },
 
-    /// An iterative solver did not reach its tolerance.
+    /// Batched CG solves that did not all converge, with their figures.
+    #[error("{0}")]
+    Cg(#[from] CgError),
+
+    /// An iterative method (Gauss-Newton, an f64 reference solve, the MCMC
+    /// start) did not reach its goal.
     #[error("{0}")]
     NoConvergence(String),
+
+    /// A matrix that must be symmetric positive definite (a covariance, a
+    /// Gauss-Newton Hessian) is not.
+    #[error("{what}: {source}")]
+    NotPositiveDefinite {
+        what: String,
+        source: crate::math::linalg::NotSpd,
+    },
 
     /// The optimisation diverged (NaN/inf objective).
     #[error("{0}")]
@@ -65,6 +78,45 @@ pub enum Error {
     Format { path: PathBuf, message: String },
 }
 
+/// The figures of a batch of CG solves of which some did not converge.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CgError {
+    /// What the solves were for ("posterior predictive solves").
+    pub what: String,
+    /// Systems that did not converge, of `systems`.
+    pub failed: usize,
+    pub systems: usize,
+    /// The first system that failed, its iterations, relative residual and
+    /// status (2: iteration cap, 3: breakdown, not SPD or NaN).
+    pub first: usize,
+    pub iters: u32,
+    pub rel_residual: f64,
+    pub status: u32,
+    /// The solver's settings.
+    pub rel_tol: f64,
+    pub max_iters: u32,
+}
+
+impl std::fmt::Display for CgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let why = if self.status == 3 {
+            "breakdown: the operator is not positive definite or the data contain NaN/inf (check the coefficient field)".to_string()
+        } else {
+            format!(
+                "iteration cap {} reached with relative residual {:.3e} > {:.1e} (raise max_iters or loosen the tolerance)",
+                self.max_iters, self.rel_residual, self.rel_tol
+            )
+        };
+        write!(
+            f,
+            "{}: {} of {} systems did not converge; first is system {}: {why}",
+            self.what, self.failed, self.systems, self.first
+        )
+    }
+}
+
+impl std::error::Error for CgError {}
+
 /// Crate result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -73,6 +125,14 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
+            source,
+        }
+    }
+
+    /// A matrix that should have been SPD, named.
+    pub fn not_spd(what: impl Into<String>, source: crate::math::linalg::NotSpd) -> Self {
+        Error::NotPositiveDefinite {
+            what: what.into(),
             source,
         }
     }

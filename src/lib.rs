@@ -12,6 +12,7 @@ pub mod cpu;
 pub mod error;
 pub mod gpu;
 pub mod infer;
+pub mod math;
 pub mod nn;
 pub mod output;
 pub mod physics;

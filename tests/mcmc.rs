@@ -452,7 +452,7 @@ fn pcn_and_mala_recover_exact_poisson1d_posterior() {
                 let sd: Vec<f64> = (0..d).map(|i| cov[i * d + i].sqrt()).collect();
                 let m: Vec<f64> = (0..d).map(|i| mu[i] + 0.3 * sd[i]).collect();
                 let inflated: Vec<f64> = cov.iter().map(|v| 1.3 * v).collect();
-                (m, pdevi::infer::predictive::cholesky(&inflated, d))
+                (m, pdevi::math::linalg::cholesky(&inflated, d).unwrap())
             }
         };
         let settings = McmcSettings {

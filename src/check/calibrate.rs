@@ -12,8 +12,9 @@
 use crate::check::stats;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
-use crate::infer::predictive::{cholesky, field_moments};
+use crate::infer::predictive::field_moments;
 use crate::infer::vi::Family;
+use crate::math::linalg::cholesky;
 use crate::output::plot::{self, Series};
 use crate::physics::problem::Problem;
 use crate::physics::solver::{check_converged, BatchedSolver, CgParams};
@@ -151,7 +152,9 @@ pub fn score(
             for v in cov.iter_mut() {
                 *v *= k2;
             }
-            let l = cholesky(&cov, d);
+            let l = cholesky(&cov, d).map_err(|e| {
+                Error::not_spd(format!("the posterior covariance of problem {j}"), e)
+            })?;
             let eps = normals(seed, streams::PREDICTIVE, j as u32, s.draws * d);
             let draws: Vec<Vec<f64>> = (0..s.draws)
                 .map(|r| {

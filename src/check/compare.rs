@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 
 use crate::check::stats;
 use crate::error::{Error, Result};
+use crate::math::linalg;
 use crate::output::files::{ensure_dir, write_json};
 use crate::output::io;
 use crate::output::plot::{self, Colormap, Field2, Panel, Series};
@@ -349,8 +350,8 @@ pub fn compare(ref_dir: &Path, other_dir: &Path, out_dir: Option<&Path>) -> Resu
         &other.mean_xi,
         &other.cov_xi,
     );
-    let kl_or = stats::kl_gauss(mo, so, mr, sr, d);
-    let kl_ro = stats::kl_gauss(mr, sr, mo, so, d);
+    let kl_or = linalg::kl_gauss(mo, so, mr, sr, d);
+    let kl_ro = linalg::kl_gauss(mr, sr, mo, so, d);
     if kl_or.is_none() {
         warnings.push(format!(
             "KL not computed: {} or {} is not positive definite",
@@ -358,7 +359,7 @@ pub fn compare(ref_dir: &Path, other_dir: &Path, out_dir: Option<&Path>) -> Resu
             other_dir.join(COV_XI).display()
         ));
     }
-    let w2 = stats::w2_gauss(mo, so, mr, sr, d);
+    let w2 = linalg::w2_gauss(mo, so, mr, sr, d);
     if w2.is_none() {
         warnings.push("W2 not computed: a covariance of xi is not positive semi-definite".into());
     }
@@ -574,6 +575,7 @@ fn write_field_figure(path: &Path, rf: &FieldPosterior, of: &FieldPosterior) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::math::special;
     use crate::rng::normals;
 
     fn test_dir(name: &str) -> PathBuf {
@@ -625,7 +627,7 @@ mod tests {
     /// `n` draws from N(mean, cov), flat (n, d).
     fn gaussian_draws(mean: &[f64], cov: &[f64], n: usize) -> Vec<f64> {
         let d = mean.len();
-        let l = stats::cholesky(cov, d).unwrap();
+        let l = crate::math::linalg::cholesky(cov, d).unwrap();
         let mut out = Vec::with_capacity(n * d);
         for k in 0..n {
             let e = normals(42, 31, k as u32, d);
@@ -747,7 +749,7 @@ mod tests {
         // coordinates of one draw are correlated, so count draws, not pairs).
         for l in COVERAGE_LEVELS {
             let key = format!("{l}");
-            let want = 2.0 * stats::norm_cdf(0.5 * stats::norm_ppf(0.5 + 0.5 * l)) - 1.0;
+            let want = 2.0 * special::norm_cdf(0.5 * special::norm_ppf(0.5 + 0.5 * l)) - 1.0;
             let got = num(&v, &["coverage_of_ref_samples", &key]);
             let tol = stats::binomial_halfwidth(want, draws, 4.0);
             assert!(
@@ -759,7 +761,7 @@ mod tests {
             let tol = stats::binomial_halfwidth(l, draws, 4.0);
             assert!((base - l).abs() < tol, "baseline level {l}: {base}");
         }
-        let at90 = 2.0 * stats::norm_cdf(0.5 * 1.644_853_626_951_472_2) - 1.0;
+        let at90 = 2.0 * special::norm_cdf(0.5 * 1.644_853_626_951_472_2) - 1.0;
         assert!((at90 - 0.589_166).abs() < 1e-6, "{at90}");
         for f in ["compare.json", "compare.png", "compare_fields.png"] {
             assert!(out.join(f).is_file(), "{f} missing");

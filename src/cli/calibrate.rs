@@ -17,8 +17,9 @@ use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::infer::laplace::{gauss_newton, GaussNewton};
 use crate::infer::mcmc::{sample_posterior, Precondition};
-use crate::infer::predictive::cholesky;
 use crate::infer::vi::{fit, FitSettings, ViEngine};
+use crate::math::linalg::cholesky;
+use crate::math::special::norm_ppf;
 use crate::output::files::{ensure_dir, write_json};
 use crate::physics::problem::{ProblemArgs, ProblemKind};
 use crate::physics::solver::CgParams;
@@ -107,10 +108,7 @@ pub fn calibrate(cfg: &RunConfig, s: &CalibrateSettings) -> Result<serde_json::V
     };
     let bar = crate::output::progress::progress_bar(m_prob, quiet, "problems  {msg}");
     let levels = COVERAGE_LEVELS;
-    let zl: Vec<f64> = levels
-        .iter()
-        .map(|&l| stats::norm_ppf(0.5 + l / 2.0))
-        .collect();
+    let zl: Vec<f64> = levels.iter().map(|&l| norm_ppf(0.5 + l / 2.0)).collect();
     let mut tally = Tally {
         inside_xi: vec![0; levels.len()],
         inside_z: vec![0; levels.len()],
@@ -177,7 +175,10 @@ pub fn calibrate(cfg: &RunConfig, s: &CalibrateSettings) -> Result<serde_json::V
                     Some(gn) => {
                         gn.set_observations(y)?;
                         let lp = gauss_newton(&ctx, gn, &vec![0.0; d], cfg.gn_iters.unwrap_or(30))?;
-                        (lp.map, cholesky(&lp.cov, d))
+                        let l = cholesky(&lp.cov, d).map_err(|e| {
+                            Error::not_spd("the Laplace covariance of a problem", e)
+                        })?;
+                        (lp.map, l)
                     }
                     None => {
                         let mut l = vec![0.0; d * d];

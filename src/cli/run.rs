@@ -351,7 +351,7 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
             ) {
                 Ok(lp) => {
                     laplace_seconds = lp.seconds;
-                    engine.set_theta(&ctx, &family.theta_from_gaussian(pb.d, &lp.map, &lp.cov))?;
+                    engine.set_theta(&ctx, &family.theta_from_gaussian(pb.d, &lp.map, &lp.cov)?)?;
                 }
                 Err(e) => {
                     if !quiet {

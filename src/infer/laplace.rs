@@ -9,9 +9,9 @@
 
 use std::time::Instant;
 
-use crate::cpu::infer::vi::spd_inverse;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
+use crate::math::linalg;
 use crate::physics::problem::Problem;
 use crate::physics::solver::{check_converged, BatchedSolver, CgParams};
 
@@ -176,13 +176,6 @@ impl GaussNewton {
     }
 }
 
-fn matvec(a: &[f64], v: &[f64]) -> Vec<f64> {
-    let d = v.len();
-    (0..d)
-        .map(|i| (0..d).map(|j| a[i * d + j] * v[j]).sum())
-        .collect()
-}
-
 /// Gauss-Newton from `x0` until the Newton decrement is negligible, then the
 /// Laplace covariance at the MAP.
 pub fn gauss_newton(
@@ -206,8 +199,12 @@ pub fn gauss_newton(
     let mut decrement;
     loop {
         let (h, grad) = gn.normal_equations(&x, &g, &j);
-        let (hinv, _) = spd_inverse(&h, d);
-        let step: Vec<f64> = matvec(&hinv, &grad).iter().map(|v| -v).collect();
+        // H = I + J^T J / sigma^2 >= I: only a non-finite Jacobian breaks it.
+        let step: Vec<f64> = linalg::solve_spd(&h, d, &grad)
+            .map_err(|e| Error::not_spd("the Gauss-Newton Hessian", e))?
+            .iter()
+            .map(|v| -v)
+            .collect();
         // Newton decrement^2 / 2 = the decrease the quadratic model predicts.
         decrement = -0.5 * step.iter().zip(&grad).map(|(a, b)| a * b).sum::<f64>();
         if decrement <= 1e-9 * (1.0 + f.abs()) || iterations >= max_iters {
@@ -240,7 +237,8 @@ pub fn gauss_newton(
         history.push(f);
     }
     let (h, _) = gn.normal_equations(&x, &g, &j);
-    let (cov, logdet_h) = spd_inverse(&h, d);
+    let (cov, logdet_h) =
+        linalg::spd_inverse(&h, d).map_err(|e| Error::not_spd("the Gauss-Newton Hessian", e))?;
     let ns = gn.sensors.len() as f64;
     let s2 = gn.pb.sigma_n * gn.pb.sigma_n;
     // log p(y) ~ -f(MAP) - 1/2 log det H - ns/2 log(2 pi sigma^2).

@@ -898,7 +898,8 @@ pub fn reference_for(
                         .into(),
                 ));
             }
-            let l = crate::infer::predictive::cholesky(&lap.cov, d);
+            let l = crate::math::linalg::cholesky(&lap.cov, d)
+                .map_err(|e| Error::not_spd("the Laplace covariance (MCMC reference)", e))?;
             Ok((
                 lap.map,
                 l,

@@ -2,7 +2,7 @@
 //! field is linear in xi) and the solution's moments by batched solves of
 //! posterior draws.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::physics::problem::Problem;
 use crate::physics::solver::BatchedSolver;
@@ -28,31 +28,6 @@ pub fn field_moments(pb: &Problem, m: &[f64], cov: &[f64]) -> (Vec<f64>, Vec<f64
     (mean, std)
 }
 
-/// Lower Cholesky factor of an SPD matrix (with a tiny jitter if needed).
-pub fn cholesky(a: &[f64], d: usize) -> Vec<f64> {
-    let mut l = vec![0.0; d * d];
-    let scale = (0..d)
-        .map(|i| a[i * d + i])
-        .fold(0.0f64, f64::max)
-        .max(1e-300);
-    for j in 0..d {
-        let mut dj = a[j * d + j];
-        for k in 0..j {
-            dj -= l[j * d + k] * l[j * d + k];
-        }
-        let r = dj.max(1e-14 * scale).sqrt();
-        l[j * d + j] = r;
-        for i in j + 1..d {
-            let mut v = a[i * d + j];
-            for k in 0..j {
-                v -= l[i * d + k] * l[j * d + k];
-            }
-            l[i * d + j] = v / r;
-        }
-    }
-    l
-}
-
 /// Monte Carlo mean and std of u through the GPU solver, xi drawn from
 /// N(m, cov) with the predictive stream (in batches of the solver's size).
 pub fn predictive_u(
@@ -64,7 +39,8 @@ pub fn predictive_u(
     seed: u64,
 ) -> Result<(Vec<f64>, Vec<f64>, usize)> {
     let (d, b) = (solver.problem.d, solver.batch);
-    let l = cholesky(cov, d);
+    let l = crate::math::linalg::cholesky(cov, d)
+        .map_err(|e| Error::not_spd("the posterior covariance of xi", e))?;
     let batches = count.div_ceil(b).max(1);
     let mut xis = Vec::with_capacity(batches * b * d);
     for batch in 0..batches {

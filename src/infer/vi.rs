@@ -101,7 +101,7 @@ impl Family {
     /// exact one for full-rank, the diagonal for mean-field, and for
     /// low-rank the top `rank` eigenpairs (W = V sqrt(lambda - s2)) plus the
     /// remaining diagonal. Used to start VI from the Laplace approximation.
-    pub fn theta_from_gaussian(self, d: usize, m: &[f64], cov: &[f64]) -> Vec<f64> {
+    pub fn theta_from_gaussian(self, d: usize, m: &[f64], cov: &[f64]) -> Result<Vec<f64>> {
         let mut t = vec![0.0; self.nparam(d)];
         t[..d].copy_from_slice(&m[..d]);
         match self {
@@ -111,7 +111,8 @@ impl Family {
                 }
             }
             Family::FullRank => {
-                let l = crate::infer::predictive::cholesky(cov, d);
+                let l = crate::math::linalg::cholesky(cov, d)
+                    .map_err(|e| Error::not_spd("the covariance to start full-rank VI from", e))?;
                 for i in 0..d {
                     for j in 0..i {
                         t[d + i * d + j] = l[i * d + j];
@@ -120,7 +121,7 @@ impl Family {
                 }
             }
             Family::LowRank { rank } => {
-                let (vals, vecs) = crate::check::stats::sym_eigen(cov, d);
+                let (vals, vecs) = crate::math::linalg::sym_eigen(cov, d);
                 // Ascending eigenvalues: the last `rank` are the largest. The
                 // diagonal takes the mean of the rest (at least a floor).
                 let rest = d - rank;
@@ -141,7 +142,7 @@ impl Family {
                 }
             }
         }
-        t
+        Ok(t)
     }
 
     /// Mean and covariance (d x d, row-major) of q.

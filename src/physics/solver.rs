@@ -6,7 +6,7 @@
 //! built once. The `encode_*` methods only record work into a command
 //! encoder; callers submit once per step and read back scalars.
 
-use crate::error::{Error, Result};
+use crate::error::{CgError, Error, Result};
 use crate::gpu::layout::{status, CgState, PdeParams};
 use crate::gpu::{args, Dispatch, GpuContext, KernelId};
 use crate::physics::problem::{Problem, ProblemKind};
@@ -75,18 +75,18 @@ pub fn check_converged(infos: &[CgInfo], what: &str, params: &CgParams) -> Resul
         .filter(|(_, i)| !i.converged)
         .collect();
     if let Some(&(sys, info)) = bad.first() {
-        let why = match info.status {
-            status::BREAKDOWN => "breakdown: the operator is not positive definite or the data contain NaN/inf (check the coefficient field)".to_string(),
-            _ => format!(
-                "iteration cap {} reached with relative residual {:.3e} > {:.1e} (raise max_iters or loosen the tolerance)",
-                params.max_iters, info.rel_residual, params.rel_tol
-            ),
-        };
-        return Err(Error::NoConvergence(format!(
-            "{what}: {} of {} systems did not converge; first is system {sys}: {why}",
-            bad.len(),
-            infos.len()
-        )));
+        debug_assert_eq!(status::BREAKDOWN, 3);
+        return Err(Error::Cg(CgError {
+            what: what.to_string(),
+            failed: bad.len(),
+            systems: infos.len(),
+            first: sys,
+            iters: info.iters,
+            rel_residual: info.rel_residual,
+            status: info.status,
+            rel_tol: params.rel_tol,
+            max_iters: params.max_iters,
+        }));
     }
     Ok(())
 }

@@ -118,7 +118,9 @@ fn kl_one(v: &ViParams, theta: &[f64], grad: &mut [f64]) -> f64 {
                     c[a * r + b] = val;
                 }
             }
-            let (cinv, logdet_c) = spd_inverse(&c, r);
+            // C = I + W^T D^-1 W >= I: SPD unless theta is not finite.
+            let (cinv, logdet_c) = crate::math::linalg::spd_inverse(&c, r)
+                .unwrap_or_else(|_| (vec![f64::NAN; r * r], f64::NAN));
             for k in 0..d * r {
                 let (i, b) = (k / r, k % r);
                 let mut wc = 0.0;
@@ -146,48 +148,6 @@ fn kl_one(v: &ViParams, theta: &[f64], grad: &mut [f64]) -> f64 {
         }
     }
     0.5 * acc
-}
-
-/// Inverse and log-determinant of a small SPD matrix by Cholesky.
-pub fn spd_inverse(c: &[f64], r: usize) -> (Vec<f64>, f64) {
-    let mut l = vec![0.0; r * r];
-    let mut logdet = 0.0;
-    for j in 0..r {
-        let mut dj = c[j * r + j];
-        for k in 0..j {
-            dj -= l[j * r + k] * l[j * r + k];
-        }
-        let rj = dj.max(1e-300).sqrt();
-        l[j * r + j] = rj;
-        logdet += 2.0 * rj.ln();
-        for i in j + 1..r {
-            let mut val = c[i * r + j];
-            for k in 0..j {
-                val -= l[i * r + k] * l[j * r + k];
-            }
-            l[i * r + j] = val / rj;
-        }
-    }
-    // inverse = L^-T L^-1 via solving column by column
-    let mut inv = vec![0.0; r * r];
-    for col in 0..r {
-        let mut y = vec![0.0; r];
-        for i in 0..r {
-            let mut val = if i == col { 1.0 } else { 0.0 };
-            for k in 0..i {
-                val -= l[i * r + k] * y[k];
-            }
-            y[i] = val / l[i * r + i];
-        }
-        for i in (0..r).rev() {
-            let mut val = y[i];
-            for k in i + 1..r {
-                val -= l[k * r + i] * inv[k * r + col];
-            }
-            inv[i * r + col] = val / l[i * r + i];
-        }
-    }
-    (inv, logdet)
 }
 
 /// grad += grad_scale sum_s gxi_s (d xi_s / d theta); with `per_row`,
