@@ -77,7 +77,7 @@ fn rows() -> Vec<Row> {
         } in [SolverQ1 "PdeParams"],
         pdevi::gpu::layout::CgState {
             iters, status, rz, bnorm2, rnorm2, _pad,
-        } in [SolverQ1 "CgState", P1Direct "CgState", Mcmc "SolveState"],
+        } in [SolverQ1 "CgState", P1Direct "CgState", Mcmc "CgState"],
         pdevi::infer::vi::ViParams {
             d, r, family, samples, step, seed_lo, seed_hi, nparam, nobs, history, log_norm,
             per_row, grad_scale, kl_scale, _pad,
@@ -100,7 +100,7 @@ fn rows() -> Vec<Row> {
 
 /// WGSL structs that are copies of another under a different name:
 /// (copy, original). Checked like same-name copies.
-const COPIES: &[(&str, &str)] = &[("SolveState", "CgState")];
+const COPIES: &[(&str, &str)] = &[];
 
 // ---------------------------------------------------------------------------
 // naga's view.

@@ -625,25 +625,3 @@ fn pdevi_mcmc_end_to_end_and_bad_settings() {
     assert!(!out.status.success(), "pdevi mcmc --chains 0 succeeded");
     assert!(err.contains("`chains` = 0"), "{err}");
 }
-
-#[test]
-fn shared_structs_match_wgsl() {
-    let module = pdevi::gpu::shaders::validate(pdevi::gpu::shaders::ModuleId::Mcmc).unwrap();
-    let mut layouter = naga::proc::Layouter::default();
-    layouter.update(module.to_ctx()).unwrap();
-    for (name, size) in [
-        ("McmcParams", std::mem::size_of::<McmcParams>()),
-        ("Chain", std::mem::size_of::<McmcChain>()),
-        (
-            "SolveState",
-            std::mem::size_of::<pdevi::gpu::layout::CgState>(),
-        ),
-    ] {
-        let (h, _) = module
-            .types
-            .iter()
-            .find(|(_, t)| t.name.as_deref() == Some(name))
-            .unwrap_or_else(|| panic!("no struct {name}"));
-        assert_eq!(layouter[h].size as usize, size, "{name}");
-    }
-}

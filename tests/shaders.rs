@@ -3,7 +3,6 @@
 //! size on both sides.
 
 use pdevi::gpu::kernels::{Bind, KernelId};
-use pdevi::gpu::layout::{CgState, PdeParams};
 use pdevi::gpu::shaders::{self, ModuleId, ALL_SOURCES};
 
 #[test]
@@ -180,29 +179,7 @@ fn kernel_table_check_detects_wrong_access() {
     assert_ne!(Bind::Read, z.2, "a read-only row for z would not match");
 }
 
-fn struct_size(module: &naga::Module, name: &str) -> u32 {
-    let mut layouter = naga::proc::Layouter::default();
-    layouter.update(module.to_ctx()).unwrap();
-    let (h, _) = module
-        .types
-        .iter()
-        .find(|(_, t)| t.name.as_deref() == Some(name))
-        .unwrap_or_else(|| panic!("no struct {name}"));
-    layouter[h].size
-}
-
-#[test]
-fn shared_structs_match_rust() {
-    let m = shaders::validate(ModuleId::SolverQ1).unwrap();
-    assert_eq!(
-        struct_size(&m, "PdeParams") as usize,
-        std::mem::size_of::<PdeParams>()
-    );
-    assert_eq!(
-        struct_size(&m, "CgState") as usize,
-        std::mem::size_of::<CgState>()
-    );
-}
+// Struct sizes and offsets shared with Rust: tests/layout.rs.
 
 #[test]
 fn broken_shader_error_names_file_and_line() {

@@ -51,17 +51,7 @@ struct Chain {
     _pad1: u32,
 }
 
-// Same layout as `CgState` in shaders/solver.wgsl; only `status` is read.
-struct SolveState {
-    iters: u32,
-    status: u32,
-    rz: f32,
-    bnorm2: f32,
-    rnorm2: f32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
+// CgState (of the solver's systems): common/cg_state.wgsl.
 
 @group(0) @binding(0) var<storage, read> P: McmcParams;
 @group(0) @binding(1) var<storage, read> refm: array<f32>;
@@ -71,14 +61,13 @@ struct SolveState {
 @group(0) @binding(5) var<storage, read_write> xp: array<f32>;
 @group(0) @binding(6) var<storage, read> gxi: array<f32>;
 @group(0) @binding(7) var<storage, read> misfit: array<f32>;
-@group(0) @binding(8) var<storage, read> cg_fwd: array<SolveState>;
-@group(0) @binding(9) var<storage, read> cg_adj: array<SolveState>;
+@group(0) @binding(8) var<storage, read> cg_fwd: array<CgState>;
+@group(0) @binding(9) var<storage, read> cg_adj: array<CgState>;
 @group(0) @binding(10) var<storage, read_write> samples: array<f32>;
 
 // rng::streams::MCMC and MCMC_ACCEPT.
 const STREAM_MCMC: u32 = 7u;
 const STREAM_ACCEPT: u32 = 8u;
-const SOLVE_CONVERGED: u32 = 1u;
 
 fn finite(v: f32) -> bool {
     // Exponent bits all set: inf or NaN (a bit test survives fast-math).
@@ -186,12 +175,12 @@ fn mcmc_accept(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
     }
     let lp_new = -phi - 0.5 * xx;
-    var ok = cg_fwd[c].status == SOLVE_CONVERGED && finite(lp_new);
+    var ok = cg_fwd[c].status == CONVERGED && finite(lp_new);
     var la = 0.0;
     if (P.sampler == 0u) {
         la = (lp_new + 0.5 * ww_new) - (ch.lp + 0.5 * ww_old);
     } else {
-        ok = ok && cg_adj[c].status == SOLVE_CONVERGED;
+        ok = ok && cg_adj[c].status == CONVERGED;
         la = lp_new - ch.lp + (fwd - bwd) / (2.0 * h);
     }
     let t = ch.step;

@@ -6,16 +6,7 @@
 //
 // Bindings: 0 params, 2 rhs (B x nunk), 3 x (B x nunk), 5 state (B CgState).
 
-struct CgState {
-    iters: u32,
-    status: u32,
-    rz: f32,
-    bnorm2: f32,
-    rnorm2: f32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
+// CgState: common/cg_state.wgsl.
 
 @group(0) @binding(2) var<storage, read> rhs: array<f32>;
 @group(0) @binding(3) var<storage, read_write> x: array<f32>;
@@ -64,9 +55,9 @@ fn p1_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     var st: CgState;
     st.iters = 1u;
-    st.status = 1u;
+    st.status = CONVERGED;
     if (!(rr == rr)) {
-        st.status = 3u;
+        st.status = BREAKDOWN;
     }
     st.bnorm2 = bb;
     st.rnorm2 = rr;

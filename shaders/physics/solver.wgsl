@@ -12,22 +12,7 @@
 // 3 x (B x nunk, initial guess in / solution out),
 // 4 work (B x 4 nunk: r | p | ap | inverse diagonal), 5 state (B CgState).
 
-// Keep in sync with `CgState` in src/gpu/layout.rs.
-struct CgState {
-    iters: u32,
-    status: u32,   // 0 running, 1 converged, 2 iteration cap, 3 breakdown (not SPD / NaN)
-    rz: f32,       // r^T D^-1 r
-    bnorm2: f32,   // ||b||^2
-    rnorm2: f32,   // ||r||^2 (recursive residual)
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
-const RUNNING: u32 = 0u;
-const CONVERGED: u32 = 1u;
-const MAXITER: u32 = 2u;
-const BREAKDOWN: u32 = 3u;
+// CgState and its status codes: common/cg_state.wgsl.
 
 @group(0) @binding(1) var<storage, read> coef: array<f32>;
 @group(0) @binding(2) var<storage, read> rhs: array<f32>;

@@ -1,9 +1,12 @@
 //! WGSL sources and their assembly into shader modules.
 //!
-//! Kernel families live one per file under `shaders/`, shared pieces under
-//! `shaders/common/`. A module is the concatenation of a fixed list of files
-//! (no preprocessor); naga errors are mapped back to the original file and
-//! line so a broken shader is reported as `shaders/<file>.wgsl:<line>`.
+//! Kernel families live one per file under `shaders/<layer>/`, shared pieces
+//! under `shaders/common/`. A module is the concatenation of a fixed list of
+//! files (no preprocessor); naga errors are mapped back to the original file
+//! and line so a broken shader is reported as `shaders/<file>.wgsl:<line>`.
+//!
+//! A new kernel family is one row in [`sources!`] and one in [`modules!`];
+//! its kernels are rows of the table in [`super::kernels`].
 
 use crate::error::{Error, Result};
 
@@ -23,103 +26,86 @@ macro_rules! wgsl {
     };
 }
 
-pub const PARAMS: Source = wgsl!("common/params.wgsl");
-pub const REDUCE: Source = wgsl!("common/reduce.wgsl");
-pub const OP_Q1: Source = wgsl!("common/op_q1.wgsl");
-pub const OP_P1: Source = wgsl!("common/op_p1.wgsl");
-pub const PASS_Q1: Source = wgsl!("common/pass_q1.wgsl");
-pub const PASS_P1: Source = wgsl!("common/pass_p1.wgsl");
-pub const SOLVER: Source = wgsl!("physics/solver.wgsl");
-pub const KL: Source = wgsl!("physics/kl.wgsl");
-pub const DARCY: Source = wgsl!("physics/darcy.wgsl");
-pub const POISSON1D: Source = wgsl!("physics/poisson1d.wgsl");
-pub const OBS: Source = wgsl!("physics/obs.wgsl");
-pub const STREAM: Source = wgsl!("gpu/stream.wgsl");
-pub const RNG: Source = wgsl!("common/rng.wgsl");
-pub const VI: Source = wgsl!("infer/vi.wgsl");
-pub const ADAM: Source = wgsl!("infer/adam.wgsl");
-pub const P1_DIRECT: Source = wgsl!("physics/p1_direct.wgsl");
-pub const MLP: Source = wgsl!("nn/mlp.wgsl");
-pub const MCMC: Source = wgsl!("infer/mcmc.wgsl");
-
-/// Every WGSL file of the project (a test checks that each is used by a module
-/// and that this list matches the `shaders/` folder).
-pub const ALL_SOURCES: &[Source] = &[
-    PARAMS, REDUCE, OP_Q1, OP_P1, PASS_Q1, PASS_P1, SOLVER, KL, DARCY, POISSON1D, OBS, STREAM, RNG,
-    VI, ADAM, P1_DIRECT, MLP, MCMC,
-];
-
-/// A shader module: a name and the files concatenated to form it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ModuleId {
-    SolverQ1,
-    SolverP1,
-    Kl,
-    Darcy,
-    Poisson1d,
-    Obs,
-    Stream,
-    Vi,
-    Adam,
-    P1Direct,
-    Mlp,
-    Mcmc,
+/// Every WGSL file, one row each: the constant and [`ALL_SOURCES`] come
+/// from the row (a test checks the list against the `shaders/` folder).
+macro_rules! sources {
+    ($($name:ident = $path:literal;)*) => {
+        $(pub const $name: Source = wgsl!($path);)*
+        /// Every WGSL file of the project.
+        pub const ALL_SOURCES: &[Source] = &[$($name),*];
+    };
 }
 
-impl ModuleId {
-    pub const ALL: &'static [ModuleId] = &[
-        ModuleId::SolverQ1,
-        ModuleId::SolverP1,
-        ModuleId::Kl,
-        ModuleId::Darcy,
-        ModuleId::Poisson1d,
-        ModuleId::Obs,
-        ModuleId::Stream,
-        ModuleId::Vi,
-        ModuleId::Adam,
-        ModuleId::P1Direct,
-        ModuleId::Mlp,
-        ModuleId::Mcmc,
-    ];
+sources! {
+    PARAMS = "common/params.wgsl";
+    REDUCE = "common/reduce.wgsl";
+    CG_STATE = "common/cg_state.wgsl";
+    RNG = "common/rng.wgsl";
+    OP_Q1 = "common/op_q1.wgsl";
+    OP_P1 = "common/op_p1.wgsl";
+    PASS_Q1 = "common/pass_q1.wgsl";
+    PASS_P1 = "common/pass_p1.wgsl";
+    SOLVER = "physics/solver.wgsl";
+    KL = "physics/kl.wgsl";
+    DARCY = "physics/darcy.wgsl";
+    POISSON1D = "physics/poisson1d.wgsl";
+    OBS = "physics/obs.wgsl";
+    P1_DIRECT = "physics/p1_direct.wgsl";
+    STREAM = "gpu/stream.wgsl";
+    VI = "infer/vi.wgsl";
+    ADAM = "infer/adam.wgsl";
+    MCMC = "infer/mcmc.wgsl";
+    MLP = "nn/mlp.wgsl";
+}
 
-    pub fn name(self) -> &'static str {
-        match self {
-            ModuleId::SolverQ1 => "solver_q1",
-            ModuleId::SolverP1 => "solver_p1",
-            ModuleId::Kl => "kl",
-            ModuleId::Darcy => "darcy",
-            ModuleId::Poisson1d => "poisson1d",
-            ModuleId::Obs => "obs",
-            ModuleId::Stream => "stream",
-            ModuleId::Vi => "vi",
-            ModuleId::Adam => "adam",
-            ModuleId::P1Direct => "p1_direct",
-            ModuleId::Mlp => "mlp",
-            ModuleId::Mcmc => "mcmc",
+/// Every shader module, one row each: its name and the files concatenated
+/// to form it, in order. Solver modules get their workgroup size per device.
+macro_rules! modules {
+    ($($id:ident = $name:literal [$($src:ident),*] $(solver = $solver:literal)?;)*) => {
+        /// A shader module: a name and the files concatenated to form it.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum ModuleId {
+            $($id,)*
         }
-    }
 
-    /// Whether the module's workgroup size is chosen per device.
-    pub fn is_solver(self) -> bool {
-        matches!(self, ModuleId::SolverQ1 | ModuleId::SolverP1)
-    }
+        impl ModuleId {
+            pub const ALL: &'static [ModuleId] = &[$(ModuleId::$id,)*];
 
-    pub fn sources(self) -> &'static [Source] {
-        match self {
-            ModuleId::SolverQ1 => &[PARAMS, REDUCE, OP_Q1, PASS_Q1, SOLVER],
-            ModuleId::SolverP1 => &[PARAMS, REDUCE, OP_P1, PASS_P1, SOLVER],
-            ModuleId::Kl => &[PARAMS, REDUCE, KL],
-            ModuleId::Darcy => &[PARAMS, OP_Q1, DARCY],
-            ModuleId::Poisson1d => &[PARAMS, OP_P1, POISSON1D],
-            ModuleId::Obs => &[PARAMS, REDUCE, OBS],
-            ModuleId::Stream => &[PARAMS, STREAM],
-            ModuleId::Vi => &[RNG, VI],
-            ModuleId::Adam => &[ADAM],
-            ModuleId::P1Direct => &[PARAMS, P1_DIRECT],
-            ModuleId::Mlp => &[MLP],
-            ModuleId::Mcmc => &[RNG, MCMC],
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(ModuleId::$id => $name,)*
+                }
+            }
+
+            pub fn sources(self) -> &'static [Source] {
+                match self {
+                    $(ModuleId::$id => &[$($src),*],)*
+                }
+            }
+
+            /// Whether the module's workgroup size is chosen per device.
+            pub fn is_solver(self) -> bool {
+                match self {
+                    $(ModuleId::$id => false $(|| $solver)?,)*
+                }
+            }
         }
-    }
+    };
+}
+
+modules! {
+    SolverQ1 = "solver_q1" [PARAMS, REDUCE, CG_STATE, OP_Q1, PASS_Q1, SOLVER] solver = true;
+    SolverP1 = "solver_p1" [PARAMS, REDUCE, CG_STATE, OP_P1, PASS_P1, SOLVER] solver = true;
+    Kl = "kl" [PARAMS, REDUCE, KL];
+    Darcy = "darcy" [PARAMS, OP_Q1, DARCY];
+    Poisson1d = "poisson1d" [PARAMS, OP_P1, POISSON1D];
+    Obs = "obs" [PARAMS, REDUCE, OBS];
+    Stream = "stream" [PARAMS, STREAM];
+    Vi = "vi" [RNG, VI];
+    Adam = "adam" [ADAM];
+    P1Direct = "p1_direct" [PARAMS, CG_STATE, P1_DIRECT];
+    Mlp = "mlp" [MLP];
+    Mcmc = "mcmc" [RNG, CG_STATE, MCMC];
 }
 
 /// The assembled text of a module and where each file starts in it.
