@@ -3,23 +3,27 @@
 
 mod common;
 
+use common::mirror::{run_cases, Case};
 use common::{assert_close, ctx, read, run, upload, Rng};
 use pdevi::cpu::physics::{self as cpu, Op};
 use pdevi::gpu::layout::{CgState, PdeParams};
-use pdevi::gpu::KernelId;
+use pdevi::gpu::{GpuContext, KernelId};
+use pdevi::nn::mlp::MlpParams;
 use pdevi::physics::problem::{Problem, ProblemKind};
 
 fn params(n: usize, nunk: usize, ncoef: usize, batch: usize, d: usize) -> PdeParams {
     PdeParams::new(n, nunk, ncoef, batch, d)
 }
 
-#[test]
-fn kl_map_and_pullback_match_cpu() {
-    let ctx = ctx();
+/// The physics kernels against their mirrors, one case per kernel and size.
+fn physics_cases(ctx: &GpuContext) -> Vec<Case> {
+    let mut cases = Vec::new();
+    // KL map and both pullbacks (odd sizes, batch 1 and > 1, both modes).
     for (kind, n, d, batch) in [
         (ProblemKind::Darcy2d, 16, 7, 1),
         (ProblemKind::Darcy2d, 24, 64, 3),
         (ProblemKind::Poisson1d, 128, 32, 5),
+        (ProblemKind::Poisson1d, 16, 3, 2),
     ] {
         let pb = Problem::new(kind, n, d).unwrap();
         let mut rng = Rng::new(n as u64 * 31 + d as u64);
@@ -33,44 +37,54 @@ fn kl_map_and_pullback_match_cpu() {
             let mut z = vec![0.0; batch * nc];
             let mut aux = vec![0.0; batch * nc];
             cpu::kl_map(&p, &xi, &basis, &mut z, &mut aux);
-            let u = ctx.uniform("p", &p);
-            let bxi = upload(ctx, "xi", &xi);
-            let bb = upload(ctx, "basis", &basis);
-            let bz = ctx.storage("z", (batch * nc * 4) as u64).unwrap();
-            let ba = ctx.storage("aux", (batch * nc * 4) as u64).unwrap();
-            run(
-                ctx,
-                KernelId::KlMap,
-                &[&u, &bxi, &bb, &bz, &ba],
-                [nc, batch],
+            cases.push(
+                Case::new(
+                    format!("kl_map {kind:?} n{n} d{d} b{batch} mode {mode}"),
+                    KernelId::KlMap,
+                    [nc, batch],
+                )
+                .params("params", &p)
+                .f32("xi", &xi)
+                .f32("basis", &basis)
+                .expect("z", &z, 1e-5, 1e-5)
+                .expect("aux", &aux, 1e-5, 1e-5),
             );
-            assert_close("kl_map z", &read(ctx, &bz, batch * nc), &z, 1e-5, 1e-5);
-            assert_close("kl_map aux", &read(ctx, &ba, batch * nc), &aux, 1e-5, 1e-5);
         }
         let g = rng.vec_uniform(batch * nc, -1.0, 1.0);
         let mut p = params(n, pb.nunk(), nc, batch, d);
         p.scale = -1.5;
+        // Both mirrors add in their kernel's order, so f32 rounding is the
+        // only difference left.
+        let wg = ctx.workgroup_size(KernelId::KlPullback) as usize;
         let mut gxi = vec![0.0; batch * d];
-        cpu::kl_pullback(&p, &basis, &g, &mut gxi);
-        let u = ctx.uniform("p", &p);
-        let bb = upload(ctx, "basis", &basis);
-        let bg = upload(ctx, "g", &g);
-        let bo = ctx.storage("gxi", (batch * d * 4) as u64).unwrap();
-        run(ctx, KernelId::KlPullback, &[&u, &bb, &bg, &bo], [d, batch]);
+        cpu::kl_pullback(&p, wg, &basis, &g, &mut gxi);
         let scale = gxi.iter().fold(0.0f64, |a, v| a.max(v.abs()));
-        assert_close(
-            "kl_pullback",
-            &read(ctx, &bo, batch * d),
-            &gxi,
-            1e-5 * scale,
-            1e-4,
+        cases.push(
+            Case::new(
+                format!("kl_pullback n{n} d{d} b{batch}"),
+                KernelId::KlPullback,
+                [d, batch],
+            )
+            .params("params", &p)
+            .f32("basis", &basis)
+            .f32("g", &g)
+            .expect("gxi", &gxi, 2e-6 * scale, 1e-5),
+        );
+        let mut gxi = vec![0.0; batch * d];
+        cpu::kl_pullback_serial(&p, &basis, &g, &mut gxi);
+        cases.push(
+            Case::new(
+                format!("kl_pullback_serial n{n} d{d} b{batch}"),
+                KernelId::KlPullbackSerial,
+                [d * batch, 1],
+            )
+            .params("params", &p)
+            .f32("basis", &basis)
+            .f32("g", &g)
+            .expect("gxi", &gxi, 2e-6 * scale, 1e-5),
         );
     }
-}
-
-#[test]
-fn q1_apply_diag_adjoint_grad_match_cpu() {
-    let ctx = ctx();
+    // Q1 operator, diagonal and adjoint gradient.
     for (n, batch) in [(2usize, 1usize), (5, 2), (16, 3), (33, 1), (64, 2)] {
         let (nu, nc) = ((n - 1) * (n - 1), n * n);
         let mut rng = Rng::new(n as u64);
@@ -88,42 +102,161 @@ fn q1_apply_diag_adjoint_grad_match_cpu() {
         cpu::q1_apply(&p, &coef, &v, &mut y);
         cpu::q1_diag(&p, &coef, &mut dg);
         cpu::q1_adjoint_grad(&p, &coef, &v, &w, &mut g);
-        let u = ctx.uniform("p", &p);
-        let bc = upload(ctx, "coef", &coef);
-        let bv = upload(ctx, "v", &v);
-        let bw = upload(ctx, "w", &w);
-        let by = ctx.storage("y", (batch * nu * 4) as u64).unwrap();
-        let bg = ctx.storage("g", (batch * nc * 4) as u64).unwrap();
-        run(ctx, KernelId::Q1Apply, &[&u, &bc, &bv, &by], [nu, batch]);
-        assert_close(
-            &format!("q1_apply n={n}"),
-            &read(ctx, &by, batch * nu),
-            &y,
-            1e-5,
-            1e-5,
+        cases.push(
+            Case::new(
+                format!("q1_apply n={n} b{batch}"),
+                KernelId::Q1Apply,
+                [nu, batch],
+            )
+            .params("params", &p)
+            .f32("coef", &coef)
+            .f32("v", &v)
+            .expect("y", &y, 1e-5, 1e-5),
         );
-        run(ctx, KernelId::Q1Diag, &[&u, &bc, &by], [nu, batch]);
-        assert_close(
-            &format!("q1_diag n={n}"),
-            &read(ctx, &by, batch * nu),
-            &dg,
-            1e-5,
-            1e-5,
+        cases.push(
+            Case::new(
+                format!("q1_diag n={n} b{batch}"),
+                KernelId::Q1Diag,
+                [nu, batch],
+            )
+            .params("params", &p)
+            .f32("coef", &coef)
+            .expect("y", &dg, 1e-5, 1e-5),
         );
-        run(
-            ctx,
-            KernelId::Q1AdjointGrad,
-            &[&u, &bc, &bv, &bw, &bg],
-            [nc, batch],
-        );
-        assert_close(
-            &format!("q1_adjoint_grad n={n}"),
-            &read(ctx, &bg, batch * nc),
-            &g,
-            1e-5,
-            1e-5,
+        cases.push(
+            Case::new(
+                format!("q1_adjoint_grad n={n} b{batch}"),
+                KernelId::Q1AdjointGrad,
+                [nc, batch],
+            )
+            .params("params", &p)
+            .f32("coef", &coef)
+            .f32("v", &v)
+            .f32("w", &w)
+            .expect("g", &g, 1e-5, 1e-5),
         );
     }
+    // P1 operator and diagonal.
+    for (n, batch) in [(16usize, 1usize), (128, 4), (1000, 2)] {
+        let nu = n - 1;
+        let v = Rng::new(n as u64).vec_uniform(batch * nu, -1.0, 1.0);
+        let p = params(n, nu, nu, batch, 1);
+        let mut y = vec![0.0; batch * nu];
+        cpu::p1_apply(&p, &v, &mut y);
+        cases.push(
+            Case::new(
+                format!("p1_apply n={n} b{batch}"),
+                KernelId::P1Apply,
+                [nu, batch],
+            )
+            .params("params", &p)
+            .f32("v", &v)
+            .expect("y", &y, 1e-5 * n as f64, 1e-5),
+        );
+        let mut dg = vec![0.0; batch * nu];
+        cpu::p1_diag(&p, &mut dg);
+        cases.push(
+            Case::new(
+                format!("p1_diag n={n} b{batch}"),
+                KernelId::P1Diag,
+                [nu, batch],
+            )
+            .params("params", &p)
+            .expect("y", &dg, 0.0, 1e-6),
+        );
+    }
+    // Sensor misfit, shared data (mode 0) and per-system data (mode 1).
+    let (nu, batch) = (63 * 63, 3);
+    let pb = Problem::new(ProblemKind::Darcy2d, 64, 8).unwrap();
+    let sensors: Vec<u32> = pb.sensors.iter().map(|&s| s as u32).collect();
+    let ns = sensors.len();
+    let mut rng = Rng::new(11);
+    let u = rng.vec_uniform(batch * nu, 0.0, 0.1);
+    for mode in [0u32, 1] {
+        let data = rng.vec_uniform(if mode == 1 { batch * ns } else { ns }, 0.0, 0.1);
+        let mut p = params(64, nu, 64 * 64, batch, 8);
+        p.aux = ns as u32;
+        p.scale = 1e6;
+        p.mode = mode;
+        let mut adj = vec![0.0; batch * nu];
+        let mut mis = vec![0.0; batch];
+        cpu::obs_misfit(&p, &sensors, &data, &u, &mut adj, &mut mis);
+        cases.push(
+            Case::new(
+                format!("obs_misfit mode {mode}"),
+                KernelId::ObsMisfit,
+                [batch, 1],
+            )
+            .params("params", &p)
+            .u32("sensors", &sensors)
+            .f32("data", &data)
+            .f32("u", &u)
+            .expect("adj", &adj, 1e-2, 1e-5)
+            .expect("misfit", &mis, 0.0, 1e-4),
+        );
+    }
+    // The bandwidth probe.
+    let nv = 1000usize;
+    let mut rng = Rng::new(9);
+    let b = rng.vec_uniform(4 * nv, -1.0, 1.0);
+    let c = rng.vec_uniform(4 * nv, -1.0, 1.0);
+    let p = PdeParams {
+        nunk: nv as u32,
+        scale: 0.5,
+        ..Default::default()
+    };
+    let mut a = vec![0.0; 4 * nv];
+    cpu::stream_triad(&p, &b, &c, &mut a);
+    cases.push(
+        Case::new("stream_triad", KernelId::StreamTriad, [nv, 1])
+            .params("params", &p)
+            .f32("sb", &b)
+            .f32("sc", &c)
+            .expect("sa", &a, 1e-6, 1e-6),
+    );
+    // The FMA probe (a benchmark kernel, but it must compute what it claims).
+    let p = MlpParams {
+        k: 50,
+        ..Default::default()
+    };
+    let count = ctx.workgroup_size(KernelId::FmaPeak) as usize;
+    let mut xc = vec![0.0; count];
+    pdevi::cpu::nn::mlp::fma_peak(&p, &mut xc);
+    cases.push(
+        Case::new("fma_peak", KernelId::FmaPeak, [count, 1])
+            .params("params", &p)
+            .expect("xc", &xc, 1e-4, 1e-5),
+    );
+    cases
+}
+
+#[test]
+fn physics_kernels_match_mirrors() {
+    let ctx = ctx();
+    run_cases(ctx, &physics_cases(ctx));
+}
+
+/// The harness fails when a kernel and its expectation disagree.
+#[test]
+fn mirror_harness_reports_a_wrong_expectation() {
+    let ctx = ctx();
+    let p = params(5, 16, 25, 1, 1);
+    let v = vec![1.0; 16];
+    let mut y = vec![0.0; 16];
+    cpu::p1_apply(&params(17, 16, 16, 1, 1), &v, &mut y);
+    y[3] += 1.0;
+    let err = Case::new("wrong", KernelId::P1Apply, [16, 1])
+        .params("params", &params(17, 16, 16, 1, 1))
+        .f32("v", &v)
+        .expect("y", &y, 1e-6, 1e-6)
+        .check(ctx)
+        .unwrap_err();
+    assert!(err.contains("[3]"), "{err}");
+    let missing = Case::new("missing", KernelId::Q1Apply, [16, 1])
+        .params("params", &p)
+        .check(ctx)
+        .unwrap_err();
+    assert!(missing.contains("no input for binding `coef`"), "{missing}");
 }
 
 #[test]
@@ -169,67 +302,6 @@ fn q1_operator_is_symmetric_and_matches_assembly() {
             assert!((y[row] - a[row * nu + col]).abs() < 1e-14, "A[{row},{col}]");
             assert!((a[row * nu + col] - a[col * nu + row]).abs() < 1e-14);
         }
-    }
-}
-
-#[test]
-fn p1_apply_diag_match_cpu() {
-    let ctx = ctx();
-    for (n, batch) in [(16usize, 1usize), (128, 4), (1000, 2)] {
-        let nu = n - 1;
-        let v = Rng::new(n as u64).vec_uniform(batch * nu, -1.0, 1.0);
-        let p = params(n, nu, nu, batch, 1);
-        let mut y = vec![0.0; batch * nu];
-        cpu::p1_apply(&p, &v, &mut y);
-        let u = ctx.uniform("p", &p);
-        let bv = upload(ctx, "v", &v);
-        let by = ctx.storage("y", (batch * nu * 4) as u64).unwrap();
-        run(ctx, KernelId::P1Apply, &[&u, &bv, &by], [nu, batch]);
-        assert_close(
-            "p1_apply",
-            &read(ctx, &by, batch * nu),
-            &y,
-            1e-5 * n as f64,
-            1e-5,
-        );
-        cpu::p1_diag(&p, &mut y);
-        run(ctx, KernelId::P1Diag, &[&u, &by], [nu, batch]);
-        assert_close("p1_diag", &read(ctx, &by, batch * nu), &y, 0.0, 1e-6);
-    }
-}
-
-#[test]
-fn obs_misfit_matches_cpu() {
-    let ctx = ctx();
-    let (nu, batch) = (63 * 63, 3);
-    let pb = Problem::new(ProblemKind::Darcy2d, 64, 8).unwrap();
-    let sensors: Vec<u32> = pb.sensors.iter().map(|&s| s as u32).collect();
-    let ns = sensors.len();
-    let mut rng = Rng::new(11);
-    let u = rng.vec_uniform(batch * nu, 0.0, 0.1);
-    for mode in [0u32, 1] {
-        let data = rng.vec_uniform(if mode == 1 { batch * ns } else { ns }, 0.0, 0.1);
-        let mut p = params(64, nu, 64 * 64, batch, 8);
-        p.aux = ns as u32;
-        p.scale = 1e6;
-        p.mode = mode;
-        let mut adj = vec![0.0; batch * nu];
-        let mut mis = vec![0.0; batch];
-        cpu::obs_misfit(&p, &sensors, &data, &u, &mut adj, &mut mis);
-        let bp = ctx.uniform("p", &p);
-        let bs = ctx.upload("sensors", &sensors).unwrap();
-        let bd = upload(ctx, "data", &data);
-        let bu = upload(ctx, "u", &u);
-        let ba = ctx.storage("adj", (batch * nu * 4) as u64).unwrap();
-        let bm = ctx.storage("misfit", (batch * 4) as u64).unwrap();
-        run(
-            ctx,
-            KernelId::ObsMisfit,
-            &[&bp, &bs, &bd, &bu, &ba, &bm],
-            [batch, 1],
-        );
-        assert_close("obs adj", &read(ctx, &ba, batch * nu), &adj, 1e-2, 1e-5);
-        assert_close("obs misfit", &read(ctx, &bm, batch), &mis, 0.0, 1e-4);
     }
 }
 
@@ -335,26 +407,4 @@ fn cg_and_jacobi_match_cpu_after_fixed_iterations() {
             );
         }
     }
-}
-
-#[test]
-fn stream_triad_matches_cpu() {
-    let ctx = ctx();
-    let nv = 1000usize;
-    let mut rng = Rng::new(9);
-    let b = rng.vec_uniform(4 * nv, -1.0, 1.0);
-    let c = rng.vec_uniform(4 * nv, -1.0, 1.0);
-    let p = PdeParams {
-        nunk: nv as u32,
-        scale: 0.5,
-        ..Default::default()
-    };
-    let mut a = vec![0.0; 4 * nv];
-    cpu::stream_triad(&p, &b, &c, &mut a);
-    let bp = ctx.uniform("p", &p);
-    let bb = upload(ctx, "b", &b);
-    let bc = upload(ctx, "c", &c);
-    let ba = ctx.storage("a", (16 * nv) as u64).unwrap();
-    run(ctx, KernelId::StreamTriad, &[&bp, &bb, &bc, &ba], [nv, 1]);
-    assert_close("stream_triad", &read(ctx, &ba, 4 * nv), &a, 1e-6, 1e-6);
 }

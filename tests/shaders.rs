@@ -213,3 +213,35 @@ fn broken_shader_reports_file_and_line() {
     assert_eq!(asm.origin(first.1), (first.0, 1));
     assert_eq!(asm.origin(last.1 + 4), (last.0, 5));
 }
+
+/// Every kernel of the table is run directly by some test against its
+/// mirror (named as `KernelId::<Kernel>` in a test file), not only through
+/// a whole pipeline.
+#[test]
+fn every_kernel_has_a_direct_test() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests");
+    let mut text = String::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "rs") && !p.ends_with("shaders.rs") {
+            text.push_str(&std::fs::read_to_string(&p).unwrap());
+        }
+    }
+    let missing: Vec<String> = KernelId::ALL
+        .iter()
+        .map(|k| format!("KernelId::{k:?}"))
+        .filter(|name| {
+            // A whole-word match: `KernelId::Matmul` must not count for `MatmulBlocked`.
+            !text.match_indices(name.as_str()).any(|(i, _)| {
+                !text[i + name.len()..]
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_alphanumeric() || c == '_')
+            })
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "kernels without a direct test: {missing:?}"
+    );
+}

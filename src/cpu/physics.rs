@@ -47,16 +47,52 @@ pub fn kl_map(p: &PdeParams, xi: &[f64], basis: &[f64], z: &mut [f64], aux: &mut
     }
 }
 
-/// gxi[b, k] = scale sum_c basis[k, c] g[b, c].
-pub fn kl_pullback(p: &PdeParams, basis: &[f64], g: &[f64], gxi: &mut [f64]) {
+/// Mirror of `wg_sum` (common/reduce.wgsl) over one workgroup's partials, in
+/// its order: `WG_COLS = sqrt(WG)` column sums of the strided partials
+/// (column `l` adds partials `l, l + WG_COLS, ...`), then their sum.
+pub fn wg_sum(partials: &[f64]) -> f64 {
+    let cols = (partials.len() as f64).sqrt() as usize;
+    debug_assert_eq!(cols * cols, partials.len(), "WG must be a square");
+    (0..cols)
+        .map(|l| (0..cols).map(|k| partials[k * cols + l]).sum::<f64>())
+        .sum()
+}
+
+/// gxi[b, k] = scale sum_c basis[k, c] g[b, c], one workgroup of `wg`
+/// invocations per output: invocation `l` sums `c = l, l + wg, ...`, then
+/// [`wg_sum`] (the kernel's order).
+pub fn kl_pullback(p: &PdeParams, wg: usize, basis: &[f64], g: &[f64], gxi: &mut [f64]) {
     let (d, nc) = (p.d as usize, p.ncoef as usize);
+    let mut partials = vec![0.0; wg];
     for b in 0..p.batch as usize {
         for k in 0..d {
-            let mut acc = 0.0;
-            for c in 0..nc {
-                acc += basis[k * nc + c] * g[b * nc + c];
+            for (l, acc) in partials.iter_mut().enumerate() {
+                *acc = (l..nc)
+                    .step_by(wg)
+                    .map(|c| basis[k * nc + c] * g[b * nc + c])
+                    .sum();
             }
-            gxi[b * d + k] = p.scale as f64 * acc;
+            gxi[b * d + k] = p.scale as f64 * wg_sum(&partials);
+        }
+    }
+}
+
+/// The same pullback, one invocation per output: four interleaved lanes
+/// (`c mod 4`) over whole vec4s, a scalar tail, then lanes + tail (the
+/// kernel's order).
+pub fn kl_pullback_serial(p: &PdeParams, basis: &[f64], g: &[f64], gxi: &mut [f64]) {
+    let (d, nc) = (p.d as usize, p.ncoef as usize);
+    let whole = nc / 4 * 4;
+    for b in 0..p.batch as usize {
+        for k in 0..d {
+            let mut lanes = [0.0f64; 4];
+            for c in (0..whole).step_by(4) {
+                for (j, lane) in lanes.iter_mut().enumerate() {
+                    *lane += basis[k * nc + c + j] * g[b * nc + c + j];
+                }
+            }
+            let tail: f64 = (whole..nc).map(|c| basis[k * nc + c] * g[b * nc + c]).sum();
+            gxi[b * d + k] = p.scale as f64 * (lanes[0] + lanes[1] + lanes[2] + lanes[3] + tail);
         }
     }
 }

@@ -4,7 +4,7 @@
 //! chains the kernels, and the noisy data that tests and benchmarks share.
 
 use crate::cpu::physics::{
-    cg_solve_tol, kl_map, kl_pullback, obs_misfit, q1_adjoint_grad, CgState, Op,
+    cg_solve_tol, kl_map, kl_pullback_serial, obs_misfit, q1_adjoint_grad, CgState, Op,
 };
 use crate::gpu::layout::PdeParams;
 use crate::physics::problem::{Problem, ProblemKind};
@@ -116,11 +116,11 @@ pub fn misfit_gradient(
             let mut g = vec![0.0; nc];
             q1_adjoint_grad(&p, &fwd.aux, &fwd.u, &lam, &mut g);
             pp.scale = 1.0;
-            kl_pullback(&pp, &basis, &g, &mut gxi);
+            kl_pullback_serial(&pp, &basis, &g, &mut gxi);
         }
         ProblemKind::Poisson1d => {
             pp.scale = 1.0;
-            kl_pullback(&pp, &basis, &lam, &mut gxi);
+            kl_pullback_serial(&pp, &basis, &lam, &mut gxi);
             for v in gxi.iter_mut() {
                 *v *= -pb.h();
             }

@@ -6,6 +6,8 @@ use std::sync::OnceLock;
 
 use pdevi::gpu::{GpuContext, KernelId};
 
+pub mod mirror;
+
 /// The test binary's GPU context; a missing adapter fails the test with install instructions.
 pub fn ctx() -> &'static GpuContext {
     static CTX: OnceLock<GpuContext> = OnceLock::new();
@@ -61,7 +63,20 @@ impl Rng {
 /// first 10 mismatches and the worst one. NaN on either side is a mismatch.
 #[track_caller]
 pub fn assert_close(name: &str, gpu: &[f64], cpu: &[f64], atol: f64, rtol: f64) {
-    assert_eq!(gpu.len(), cpu.len(), "{name}: length differs");
+    if let Err(msg) = compare(name, gpu, cpu, atol, rtol) {
+        panic!("{msg}");
+    }
+}
+
+/// [`assert_close`] as a result, for harnesses that collect failures.
+pub fn compare(name: &str, gpu: &[f64], cpu: &[f64], atol: f64, rtol: f64) -> Result<(), String> {
+    if gpu.len() != cpu.len() {
+        return Err(format!(
+            "{name}: length differs (gpu {}, cpu {})",
+            gpu.len(),
+            cpu.len()
+        ));
+    }
     let mut bad = Vec::new();
     let mut worst = (0usize, 0.0f64);
     for (i, (&g, &c)) in gpu.iter().zip(cpu).enumerate() {
@@ -76,13 +91,15 @@ pub fn assert_close(name: &str, gpu: &[f64], cpu: &[f64], atol: f64, rtol: f64) 
             }
         }
     }
-    assert!(
-        bad.is_empty(),
+    if bad.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
         "{name}: mismatches (atol {atol:e}, rtol {rtol:e}), worst at [{}] |diff| {:.3e}:\n{}",
         worst.0,
         worst.1,
         bad.join("\n")
-    );
+    ))
 }
 
 pub fn f32s(v: &[f64]) -> Vec<f32> {

@@ -213,3 +213,26 @@ pub fn backward(
     }
     (grad, delta)
 }
+
+/// Mirror of `fma_peak`: eight vec4 chains `s = s a + b` of `k` steps per
+/// invocation, summed; `xc` holds one value per invocation.
+pub fn fma_peak(p: &MlpParams, xc: &mut [f64]) {
+    for (i, out) in xc.iter_mut().enumerate() {
+        // The kernel's inputs are f32: round them the same way.
+        let x = (i as f32 * 1e-9) as f64;
+        let a = [0.999f32, 0.998, 0.997, 0.996].map(|v| (v + x as f32) as f64);
+        let b = [1e-3f32, 2e-3, 3e-3, 4e-3].map(f64::from);
+        let mut total = 0.0;
+        for chain in 0..8 {
+            let start = (x as f32 + chain as f32) as f64;
+            for lane in 0..4 {
+                let mut s = if chain == 0 { x } else { start };
+                for _ in 0..p.k {
+                    s = s * a[lane] + b[lane];
+                }
+                total += s;
+            }
+        }
+        *out = total;
+    }
+}
