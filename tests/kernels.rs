@@ -32,8 +32,8 @@ fn physics_cases(ctx: &GpuContext) -> Vec<Case> {
         let nc = pb.ncoef();
         for mode in [0u32, 1] {
             let mut p = params(n, pb.nunk(), nc, batch, d);
-            p.mode = mode;
-            p.scale = 0.37;
+            p.kl_linear = mode;
+            p.kl_scale = 0.37;
             let mut z = vec![0.0; batch * nc];
             let mut aux = vec![0.0; batch * nc];
             cpu::kl_map(&p, &xi, &basis, &mut z, &mut aux);
@@ -52,7 +52,7 @@ fn physics_cases(ctx: &GpuContext) -> Vec<Case> {
         }
         let g = rng.vec_uniform(batch * nc, -1.0, 1.0);
         let mut p = params(n, pb.nunk(), nc, batch, d);
-        p.scale = -1.5;
+        p.kl_scale = -1.5;
         // Both mirrors add in their kernel's order, so f32 rounding is the
         // only difference left.
         let wg = ctx.workgroup_size(KernelId::KlPullback) as usize;
@@ -175,9 +175,9 @@ fn physics_cases(ctx: &GpuContext) -> Vec<Case> {
     for mode in [0u32, 1] {
         let data = rng.vec_uniform(if mode == 1 { batch * ns } else { ns }, 0.0, 0.1);
         let mut p = params(64, nu, 64 * 64, batch, 8);
-        p.aux = ns as u32;
-        p.scale = 1e6;
-        p.mode = mode;
+        p.nsens = ns as u32;
+        p.noise_precision = 1e6;
+        p.per_system_data = mode;
         let mut adj = vec![0.0; batch * nu];
         let mut mis = vec![0.0; batch];
         cpu::obs_misfit(&p, &sensors, &data, &u, &mut adj, &mut mis);
@@ -202,7 +202,7 @@ fn physics_cases(ctx: &GpuContext) -> Vec<Case> {
     let c = rng.vec_uniform(4 * nv, -1.0, 1.0);
     let p = PdeParams {
         nunk: nv as u32,
-        scale: 0.5,
+        triad_scale: 0.5,
         ..Default::default()
     };
     let mut a = vec![0.0; 4 * nv];
@@ -376,7 +376,7 @@ fn cg_and_jacobi_match_cpu_after_fixed_iterations() {
 
         // Weighted Jacobi: 2 dispatches of `chunk` sweeps.
         let mut pj = p;
-        pj.scale = 0.8;
+        pj.omega = 0.8;
         pj.chunk = 7;
         let mut x = vec![0.0; batch * nu];
         let mut st = vec![cpu::CgState::default(); batch];

@@ -73,7 +73,8 @@ macro_rules! rows {
 fn rows() -> Vec<Row> {
     rows![
         pdevi::gpu::layout::PdeParams {
-            n, nunk, ncoef, batch, d, mode, max_iter, chunk, tol, scale, inv_h, aux,
+            n, nunk, ncoef, batch, d, max_iter, chunk, tol, inv_h, kl_linear, per_system_data,
+            nsens, kl_scale, noise_precision, omega, triad_scale,
         } in [SolverQ1 "PdeParams"],
         pdevi::gpu::layout::CgState {
             iters, status, rz, bnorm2, rnorm2, _pad,

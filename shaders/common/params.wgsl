@@ -1,18 +1,22 @@
-// Shared parameter block of every PDE kernel.
-// Keep in sync with `PdeParams` in src/gpu/layout.rs (48 bytes, 16-byte aligned).
+// Shared parameter block of every PDE kernel. Mirrors `PdeParams` in
+// src/gpu/layout.rs (64 bytes; layout checked by tests/layout.rs).
 struct PdeParams {
-    n: u32,        // cells per side
-    nunk: u32,     // unknowns per system
-    ncoef: u32,    // coefficient entries per system (cells for darcy2d, interior nodes for poisson1d)
-    batch: u32,    // number of systems B
-    d: u32,        // latent dimension (KL modes)
-    mode: u32,     // kernel-specific switch, documented at each entry point
-    max_iter: u32, // solver: total iteration cap per system
-    chunk: u32,    // solver: iterations per dispatch (bounds the time of one dispatch)
-    tol: f32,      // solver: relative residual tolerance ||r|| <= tol ||b||
-    scale: f32,    // kernel-specific scale (Jacobi weight, rhs scale, sign, 1/sigma^2)
-    inv_h: f32,    // 1 / h
-    aux: u32,      // kernel-specific count (number of sensors in obs kernels)
+    n: u32,               // cells per side
+    nunk: u32,            // unknowns per system
+    ncoef: u32,           // coefficient entries per system (cells for darcy2d, interior nodes for poisson1d)
+    batch: u32,           // number of systems B
+    d: u32,               // latent dimension (KL modes)
+    max_iter: u32,        // solver: total iteration cap per system
+    chunk: u32,           // solver: iterations per dispatch (bounds the time of one dispatch)
+    tol: f32,             // solver: relative residual tolerance ||r|| <= tol ||b||
+    inv_h: f32,           // 1 / h
+    kl_linear: u32,       // kl_map: second output kl_scale * z (1) instead of exp(z) (0)
+    per_system_data: u32, // obs_misfit: one data vector per system (1) or shared (0)
+    nsens: u32,           // obs_misfit: number of sensors
+    kl_scale: f32,        // kl_map (linear) and the pullbacks: output factor
+    noise_precision: f32, // obs_misfit: 1 / sigma^2
+    omega: f32,           // jacobi_run: damping weight
+    triad_scale: f32,     // stream_triad: s in a = b + s c
 }
 
 @group(0) @binding(0) var<uniform> P: PdeParams;

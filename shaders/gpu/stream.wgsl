@@ -1,7 +1,7 @@
 // Streaming kernel that measures the device's own memory bandwidth (the
 // roofline the solver's bandwidth is compared with): a = b + s c on vec4s.
 //
-// Bindings: 0 params (nunk = number of vec4 elements, scale = s), 1 b, 2 c, 3 a.
+// Bindings: 0 params (nunk = number of vec4 elements, triad_scale = s), 1 b, 2 c, 3 a.
 
 @group(0) @binding(1) var<storage, read> sb: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> sc: array<vec4<f32>>;
@@ -12,6 +12,6 @@
 fn stream_triad(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.x;
     if (i < P.nunk) {
-        sa[i] = sb[i] + P.scale * sc[i];
+        sa[i] = sb[i] + P.triad_scale * sc[i];
     }
 }

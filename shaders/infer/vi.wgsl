@@ -4,18 +4,19 @@
 //
 // Parameters theta (one flat buffer, so Adam is one dispatch):
 //   m = theta[0..d]
-//   family 0, mean-field:  omega = theta[d..2d], s = exp(omega)
-//   family 1, full-rank:   L = theta[d..d+d*d] row-major, lower triangle used,
+//   MEAN_FIELD (0):  omega = theta[d..2d], s = exp(omega)
+//   FULL_RANK (1):  L = theta[d..d+d*d] row-major, lower triangle used,
 //                          diagonal entries hold omega_i = log L_ii
-//   family 2, low-rank:    W = theta[d..d+d*r] row-major (d x r),
+//   LOW_RANK (2):   W = theta[d..d+d*r] row-major (d x r),
 //                          omega = theta[d+d*r..2d+d*r], s = exp(omega)
-// Noise per sample: e = d entries (families 0, 1) or r + d (family 2: e1 | e2).
+// Noise per sample: e = d entries (MEAN_FIELD, FULL_RANK) or r + d (LOW_RANK: e1 | e2).
 //
 // Bindings: 0 params, 1 theta, 2 eps (S x e), 3 xi (S x d),
 // 4 gxi (S x d, d misfit / d xi from the adjoint), 5 grad (like theta),
-// 6 misfit (S), 7 scalars (see ViScalars in src/vi.rs).
+// 6 misfit (S), 7 scalars (S_KL, S_ELBO, S_MISFIT, then the ELBO ring at
+// S_RING; read as `ElboScalars` in src/infer/vi.rs).
 
-// Keep in sync with `ViParams` in src/vi.rs.
+// Mirrors `ViParams` in src/infer/vi.rs (layout checked by tests/layout.rs).
 struct ViParams {
     d: u32,
     r: u32,
@@ -56,6 +57,10 @@ const WG: u32 = 256u;
 const MAX_RANK: u32 = 32u;
 // scalars layout: [0] kl, [1] elbo of the last step, [2] mean misfit, [3] unused,
 // [4 ..] ELBO ring of V.history entries indexed by step % history.
+const MEAN_FIELD: u32 = 0u;
+const FULL_RANK: u32 = 1u;
+const LOW_RANK: u32 = 2u;
+
 const S_KL: u32 = 0u;
 const S_ELBO: u32 = 1u;
 const S_MISFIT: u32 = 2u;
@@ -64,7 +69,7 @@ const S_RING: u32 = 4u;
 const STREAM_ELBO: u32 = 3u;
 
 fn noise_dim() -> u32 {
-    if (V.family == 2u) {
+    if (V.family == LOW_RANK) {
         return V.r + V.d;
     }
     return V.d;
@@ -101,9 +106,9 @@ fn vi_sample(@builtin(global_invocation_id) gid: vec3<u32>) {
     let e = noise_dim();
     let tb = s * V.nparam * V.per_row;
     var v = theta[tb + i];
-    if (V.family == 0u) {
+    if (V.family == MEAN_FIELD) {
         v += exp(theta[tb + d + i]) * eps[s * e + i];
-    } else if (V.family == 1u) {
+    } else if (V.family == FULL_RANK) {
         for (var j = 0u; j < i; j++) {
             v += theta[tb + d + i * d + j] * eps[s * e + j];
         }
@@ -159,7 +164,7 @@ fn vi_kl(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
         grad[tb + i] = ks * (m);
         acc += m * m;
     }
-    if (V.family == 0u) {
+    if (V.family == MEAN_FIELD) {
         for (var i = lid; i < d; i += KL_WG) {
             let w = theta[tb + d + i];
             let s2 = exp(2.0 * w);
@@ -336,13 +341,13 @@ fn vi_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
         for (var s = s0; s < s1; s++) {
             acc += gxi[s * d + p];
         }
-    } else if (V.family == 0u) {
+    } else if (V.family == MEAN_FIELD) {
         let i = p - d;
         for (var s = s0; s < s1; s++) {
             acc += gxi[s * d + i] * eps[s * e + i];
         }
         acc *= exp(theta[tb + p]);
-    } else if (V.family == 1u) {
+    } else if (V.family == FULL_RANK) {
         let i = (p - d) / d;
         let j = (p - d) % d;
         if (j <= i) {

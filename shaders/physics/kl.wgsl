@@ -3,17 +3,17 @@
 // coefficient points (cell centres for darcy2d, interior nodes for poisson1d).
 //
 // Bindings: 0 params, 1 xi (B x d), 2 basis (d x ncoef), 3 z (B x ncoef),
-// 4 aux (B x ncoef), 5 g (B x ncoef), 6 gxi (B x d).
+// 4 kappa_or_load (B x ncoef), 5 g (B x ncoef), 6 gxi (B x d).
 
 @group(0) @binding(1) var<storage, read> xi: array<f32>;
 @group(0) @binding(2) var<storage, read> basis: array<f32>;
 @group(0) @binding(3) var<storage, read_write> z: array<f32>;
-@group(0) @binding(4) var<storage, read_write> aux: array<f32>;
+@group(0) @binding(4) var<storage, read_write> kappa_or_load: array<f32>;
 @group(0) @binding(5) var<storage, read> g: array<f32>;
 @group(0) @binding(6) var<storage, read_write> gxi: array<f32>;
 
-// z[b, c] = sum_k xi[b, k] basis[k, c]; aux = exp(z) (mode 0, kappa) or
-// scale * z (mode 1, the poisson1d load h f).
+// z[b, c] = sum_k xi[b, k] basis[k, c]; kappa_or_load = exp(z) (darcy2d's
+// coefficient kappa) or, with P.kl_linear, kl_scale * z (poisson1d's load h f).
 // Dispatch (ceil(ncoef / WG), B, 1).
 @compute @workgroup_size(WG)
 fn kl_map(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -27,14 +27,14 @@ fn kl_map(@builtin(global_invocation_id) gid: vec3<u32>) {
         acc += xi[b * P.d + k] * basis[k * P.ncoef + c];
     }
     z[b * P.ncoef + c] = acc;
-    if (P.mode == 0u) {
-        aux[b * P.ncoef + c] = exp(acc);
+    if (P.kl_linear == 0u) {
+        kappa_or_load[b * P.ncoef + c] = exp(acc);
     } else {
-        aux[b * P.ncoef + c] = P.scale * acc;
+        kappa_or_load[b * P.ncoef + c] = P.kl_scale * acc;
     }
 }
 
-// gxi[b, k] = scale * sum_c basis[k, c] g[b, c] (the transpose of kl_map,
+// gxi[b, k] = kl_scale * sum_c basis[k, c] g[b, c] (the transpose of kl_map,
 // pulling a gradient with respect to z back to xi).
 // Dispatch (d, B, 1): one workgroup per output, tree reduction.
 @compute @workgroup_size(WG)
@@ -47,7 +47,7 @@ fn kl_pullback(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     }
     let s = wg_sum(acc, lid);
     if (lid == 0u) {
-        gxi[b * P.d + k] = P.scale * s;
+        gxi[b * P.d + k] = P.kl_scale * s;
     }
 }
 
@@ -75,5 +75,5 @@ fn kl_pullback_serial(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (; c < nc; c++) {
         tail += basis[k * nc + c] * g[b * nc + c];
     }
-    gxi[b * P.d + k] = P.scale * (acc.x + acc.y + acc.z + acc.w + tail);
+    gxi[b * P.d + k] = P.kl_scale * (acc.x + acc.y + acc.z + acc.w + tail);
 }

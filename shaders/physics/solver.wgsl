@@ -168,7 +168,7 @@ fn cg_iterate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
 }
 
 // Weighted Jacobi, P.chunk sweeps of x <- x + omega D^-1 (b - A x) with
-// omega = P.scale, then the residual norm into the state (status converged
+// omega = P.omega, then the residual norm into the state (status converged
 // when ||b - A x|| <= tol ||b||, else iteration cap). The p slot holds the
 // current iterate and the ap slot the next one.
 @compute @workgroup_size(WG)
@@ -188,7 +188,7 @@ fn jacobi_run(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     for (var t = 0u; t < P.chunk; t++) {
         for (var k = lid; k < nu; k += WG) {
             let r = rhs[xb + k] - op_apply(sys, wp, k);
-            work[wa + k] = work[wp + k] + P.scale * work[wd + k] * r;
+            work[wa + k] = work[wp + k] + P.omega * work[wd + k] * r;
         }
         storageBarrier();
         for (var k = lid; k < nu; k += WG) {

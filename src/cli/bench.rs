@@ -20,7 +20,7 @@ pub fn stream_gbs(ctx: &GpuContext, n: usize, reps: usize) -> Result<f64> {
     let a = ctx.storage("stream.a", bytes)?;
     let p = PdeParams {
         nunk: nv as u32,
-        scale: 0.5,
+        triad_scale: 0.5,
         ..Default::default()
     };
     let u = ctx.uniform("stream.params", &p);

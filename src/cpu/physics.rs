@@ -28,8 +28,9 @@ pub struct CgState {
 
 // ---- kl.wgsl ----
 
-/// z[b, c] = sum_k xi[b, k] basis[k, c]; aux = exp(z) (mode 0) or scale z (mode 1).
-pub fn kl_map(p: &PdeParams, xi: &[f64], basis: &[f64], z: &mut [f64], aux: &mut [f64]) {
+/// z[b, c] = sum_k xi[b, k] basis[k, c]; kappa_or_load = exp(z), or kl_scale z
+/// with `kl_linear`.
+pub fn kl_map(p: &PdeParams, xi: &[f64], basis: &[f64], z: &mut [f64], kappa_or_load: &mut [f64]) {
     let (d, nc) = (p.d as usize, p.ncoef as usize);
     for b in 0..p.batch as usize {
         for c in 0..nc {
@@ -38,10 +39,10 @@ pub fn kl_map(p: &PdeParams, xi: &[f64], basis: &[f64], z: &mut [f64], aux: &mut
                 acc += xi[b * d + k] * basis[k * nc + c];
             }
             z[b * nc + c] = acc;
-            aux[b * nc + c] = if p.mode == 0 {
+            kappa_or_load[b * nc + c] = if p.kl_linear == 0 {
                 acc.exp()
             } else {
-                p.scale as f64 * acc
+                p.kl_scale as f64 * acc
             };
         }
     }
@@ -72,7 +73,7 @@ pub fn kl_pullback(p: &PdeParams, wg: usize, basis: &[f64], g: &[f64], gxi: &mut
                     .map(|c| basis[k * nc + c] * g[b * nc + c])
                     .sum();
             }
-            gxi[b * d + k] = p.scale as f64 * wg_sum(&partials);
+            gxi[b * d + k] = p.kl_scale as f64 * wg_sum(&partials);
         }
     }
 }
@@ -92,7 +93,7 @@ pub fn kl_pullback_serial(p: &PdeParams, basis: &[f64], g: &[f64], gxi: &mut [f6
                 }
             }
             let tail: f64 = (whole..nc).map(|c| basis[k * nc + c] * g[b * nc + c]).sum();
-            gxi[b * d + k] = p.scale as f64 * (lanes[0] + lanes[1] + lanes[2] + lanes[3] + tail);
+            gxi[b * d + k] = p.kl_scale as f64 * (lanes[0] + lanes[1] + lanes[2] + lanes[3] + tail);
         }
     }
 }
@@ -231,13 +232,13 @@ pub fn obs_misfit(
     adj: &mut [f64],
     misfit: &mut [f64],
 ) {
-    let (nu, ns) = (p.nunk as usize, p.aux as usize);
-    let scale = p.scale as f64;
+    let (nu, ns) = (p.nunk as usize, p.nsens as usize);
+    let scale = p.noise_precision as f64;
     for b in 0..p.batch as usize {
         let mut acc = 0.0;
         for s in 0..ns {
             let k = sensors[s] as usize;
-            let yv = if p.mode == 1 {
+            let yv = if p.per_system_data == 1 {
                 data[b * ns + s]
             } else {
                 data[s]
@@ -255,7 +256,7 @@ pub fn obs_misfit(
 /// a = b + scale c (the bandwidth probe).
 pub fn stream_triad(p: &PdeParams, b: &[f64], c: &[f64], a: &mut [f64]) {
     for i in 0..4 * p.nunk as usize {
-        a[i] = b[i] + p.scale as f64 * c[i];
+        a[i] = b[i] + p.triad_scale as f64 * c[i];
     }
 }
 
@@ -440,7 +441,7 @@ pub fn cg_iterate(
     }
 }
 
-/// Mirror of `jacobi_run` (p.chunk weighted Jacobi sweeps, omega = p.scale).
+/// Mirror of `jacobi_run` (p.chunk weighted Jacobi sweeps, omega = p.omega).
 #[allow(clippy::too_many_arguments, reason = "mirrors the kernel's bindings")]
 pub fn jacobi_run(
     op: Op,
@@ -453,7 +454,7 @@ pub fn jacobi_run(
 ) {
     let (nu, nc) = (p.nunk as usize, p.ncoef as usize);
     let tol = p.tol as f64;
-    let omega = p.scale as f64;
+    let omega = p.omega as f64;
     for sys in 0..p.batch as usize {
         let cf = &coef[(sys * nc).min(coef.len())..((sys + 1) * nc).min(coef.len())];
         let xb = &mut x[sys * nu..(sys + 1) * nu];

@@ -147,13 +147,13 @@ kernel_table! {
     /// Weighted Jacobi sweeps, P1 operator.
     JacobiRunP1 => SolverP1."jacobi_run", Workgroup,
         { params: Uniform @ 0, coef: Read @ 1, rhs: Read @ 2, x: ReadWrite @ 3, work: ReadWrite @ 4, state: ReadWrite @ 5 }
-    /// z = basis^T xi and the coefficient (exp z or a scaled z); x = cells, y = systems.
+    /// z = basis^T xi and kappa = exp(z) or the load kl_scale z; x = cells, y = systems.
     KlMap => Kl."kl_map", Invocation,
-        { params: Uniform @ 0, xi: Read @ 1, basis: Read @ 2, z: ReadWrite @ 3, aux: ReadWrite @ 4 }
-    /// gxi = scale basis g, a workgroup per (mode, system); x = modes, y = systems.
+        { params: Uniform @ 0, xi: Read @ 1, basis: Read @ 2, z: ReadWrite @ 3, kappa_or_load: ReadWrite @ 4 }
+    /// gxi = kl_scale basis g, a workgroup per (mode, system); x = modes, y = systems.
     KlPullback => Kl."kl_pullback", Workgroup,
         { params: Uniform @ 0, basis: Read @ 2, g: Read @ 5, gxi: ReadWrite @ 6 }
-    /// gxi = scale basis g, an invocation per (system, mode); x = systems x modes.
+    /// gxi = kl_scale basis g, an invocation per (system, mode); x = systems x modes.
     KlPullbackSerial => Kl."kl_pullback_serial", Invocation,
         { params: Uniform @ 0, basis: Read @ 2, g: Read @ 5, gxi: ReadWrite @ 6 }
     /// y = A(coef) v for the Q1 operator; x = unknowns, y = systems.

@@ -2,22 +2,46 @@
 
 use bytemuck::{Pod, Zeroable};
 
-/// Keep in sync with `PdeParams` in shaders/common/params.wgsl.
+/// `PdeParams` of shaders/common/params.wgsl: the parameter block of every
+/// physics kernel (layout checked by tests/layout.rs). Each kernel reads the
+/// sizes and the few fields named for it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq)]
 pub struct PdeParams {
+    /// Cells per side.
     pub n: u32,
+    /// Unknowns per system.
     pub nunk: u32,
+    /// Coefficient entries per system (cells for darcy2d, interior nodes for poisson1d).
     pub ncoef: u32,
+    /// Systems in the batch.
     pub batch: u32,
+    /// KL modes.
     pub d: u32,
-    pub mode: u32,
+    /// Solver: iteration cap per system.
     pub max_iter: u32,
+    /// Solver: iterations per dispatch (bounds the time of one dispatch).
     pub chunk: u32,
+    /// Solver: relative residual tolerance.
     pub tol: f32,
-    pub scale: f32,
+    /// 1 / h.
     pub inv_h: f32,
-    pub aux: u32,
+    /// `kl_map`: the second output is `kl_scale * z` (1, poisson1d's load)
+    /// instead of `exp(z)` (0, darcy2d's coefficient).
+    pub kl_linear: u32,
+    /// `obs_misfit`: the data hold one vector per system (1) or one shared (0).
+    pub per_system_data: u32,
+    /// `obs_misfit`: number of sensors.
+    pub nsens: u32,
+    /// `kl_map` (linear) and the pullbacks: the factor applied to the output
+    /// (h for poisson1d's load, -h or 1 for the pullback).
+    pub kl_scale: f32,
+    /// `obs_misfit`: 1 / sigma^2.
+    pub noise_precision: f32,
+    /// `jacobi_run`: the damping weight.
+    pub omega: f32,
+    /// `stream_triad`: s in a = b + s c.
+    pub triad_scale: f32,
 }
 
 impl PdeParams {

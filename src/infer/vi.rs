@@ -55,9 +55,9 @@ impl Family {
 
     pub fn code(self) -> u32 {
         match self {
-            Family::MeanField => 0,
-            Family::FullRank => 1,
-            Family::LowRank { .. } => 2,
+            Family::MeanField => family_code::MEAN_FIELD,
+            Family::FullRank => family_code::FULL_RANK,
+            Family::LowRank { .. } => family_code::LOW_RANK,
         }
     }
 
@@ -242,6 +242,26 @@ impl ViParams {
             _pad: [0; 4],
         }
     }
+}
+
+/// The head of `scalars` (shaders/infer/vi.wgsl: `S_KL`, `S_ELBO`,
+/// `S_MISFIT`; the ELBO ring starts at `S_RING` = 4).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ElboScalars {
+    /// KL(q || N(0, I)).
+    pub kl: f64,
+    /// The ELBO estimate of the step.
+    pub elbo: f64,
+    /// The mean misfit 0.5 |y - G(xi)|^2 / sigma^2 over the samples.
+    pub misfit: f64,
+}
+
+/// Codes of the families in `ViParams.family` (the WGSL constants of the
+/// same names in shaders/infer/vi.wgsl).
+pub mod family_code {
+    pub const MEAN_FIELD: u32 = 0;
+    pub const FULL_RANK: u32 = 1;
+    pub const LOW_RANK: u32 = 2;
 }
 
 /// Length of the ELBO ring on the device (read back every few steps).
@@ -433,9 +453,14 @@ impl ViEngine {
     }
 
     /// [kl, elbo, mean misfit, _] of the last step.
-    pub fn read_scalars(&self, ctx: &GpuContext) -> Result<[f64; 4]> {
-        let v: Vec<f32> = ctx.read(&self.scalars, 0, 4)?;
-        Ok([v[0] as f64, v[1] as f64, v[2] as f64, v[3] as f64])
+    /// The KL, ELBO and expected misfit of the last evaluation.
+    pub fn read_scalars(&self, ctx: &GpuContext) -> Result<ElboScalars> {
+        let v: Vec<f32> = ctx.read(&self.scalars, 0, 3)?;
+        Ok(ElboScalars {
+            kl: v[0] as f64,
+            elbo: v[1] as f64,
+            misfit: v[2] as f64,
+        })
     }
 
     /// ELBO values of steps first..=last (at most HISTORY apart).

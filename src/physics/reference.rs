@@ -23,7 +23,7 @@ pub struct CpuSolve {
     /// z (darcy2d) or f (poisson1d).
     pub field: Vec<f64>,
     /// kappa (darcy2d) or the load h f (poisson1d).
-    pub aux: Vec<f64>,
+    pub kappa_or_load: Vec<f64>,
     pub u: Vec<f64>,
     pub state: CgState,
 }
@@ -37,16 +37,16 @@ pub fn forward(pb: &Problem, xi: &[f64], tol: f64, max_iter: u32) -> CpuSolve {
     p.chunk = max_iter;
     let mut pk = p;
     if pb.kind == ProblemKind::Poisson1d {
-        pk.mode = 1;
-        pk.scale = pb.h() as f32;
+        pk.kl_linear = 1;
+        pk.kl_scale = pb.h() as f32;
     }
     let basis = pb.basis();
     let mut field = vec![0.0; nc];
-    let mut aux = vec![0.0; nc];
-    kl_map(&pk, xi, &basis, &mut field, &mut aux);
+    let mut kappa_or_load = vec![0.0; nc];
+    kl_map(&pk, xi, &basis, &mut field, &mut kappa_or_load);
     let rhs = match pb.kind {
         ProblemKind::Darcy2d => vec![pb.h() * pb.h(); nu],
-        ProblemKind::Poisson1d => aux.clone(),
+        ProblemKind::Poisson1d => kappa_or_load.clone(),
     };
     let mut u = vec![0.0; nu];
     let mut work = vec![0.0; 4 * nu];
@@ -56,7 +56,7 @@ pub fn forward(pb: &Problem, xi: &[f64], tol: f64, max_iter: u32) -> CpuSolve {
         op_for(pb.kind),
         &p,
         tol,
-        &aux,
+        &kappa_or_load,
         &rhs,
         &mut u,
         &mut work,
@@ -64,7 +64,7 @@ pub fn forward(pb: &Problem, xi: &[f64], tol: f64, max_iter: u32) -> CpuSolve {
     );
     CpuSolve {
         field,
-        aux,
+        kappa_or_load,
         u,
         state: st[0],
     }
@@ -86,9 +86,9 @@ pub fn misfit_gradient(
     p.max_iter = 100_000;
     let sens: Vec<u32> = sensors.iter().map(|&s| s as u32).collect();
     let mut po = p;
-    po.aux = sens.len() as u32;
+    po.nsens = sens.len() as u32;
     // obs_misfit takes the f32 params block; apply the f64 scale afterwards.
-    po.scale = 1.0;
+    po.noise_precision = 1.0;
     let mut adj = vec![0.0; nu];
     let mut misfit = [0.0];
     obs_misfit(&po, &sens, y, &fwd.u, &mut adj, &mut misfit);
@@ -102,7 +102,7 @@ pub fn misfit_gradient(
         op_for(pb.kind),
         &p,
         tol,
-        &fwd.aux,
+        &fwd.kappa_or_load,
         &adj,
         &mut lam,
         &mut work,
@@ -114,12 +114,12 @@ pub fn misfit_gradient(
     match pb.kind {
         ProblemKind::Darcy2d => {
             let mut g = vec![0.0; nc];
-            q1_adjoint_grad(&p, &fwd.aux, &fwd.u, &lam, &mut g);
-            pp.scale = 1.0;
+            q1_adjoint_grad(&p, &fwd.kappa_or_load, &fwd.u, &lam, &mut g);
+            pp.kl_scale = 1.0;
             kl_pullback_serial(&pp, &basis, &g, &mut gxi);
         }
         ProblemKind::Poisson1d => {
-            pp.scale = 1.0;
+            pp.kl_scale = 1.0;
             kl_pullback_serial(&pp, &basis, &lam, &mut gxi);
             for v in gxi.iter_mut() {
                 *v *= -pb.h();

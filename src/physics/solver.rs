@@ -127,8 +127,8 @@ pub struct BatchedSolver {
     pub basis: wgpu::Buffer,
     pub z: wgpu::Buffer,
     /// kappa = exp(z) (darcy2d) or the load h f (poisson1d).
-    pub aux: wgpu::Buffer,
-    /// Constant load h^2 (darcy2d only; poisson1d uses `aux`).
+    pub kappa_or_load: wgpu::Buffer,
+    /// Constant load h^2 (darcy2d only; poisson1d uses `kappa_or_load`).
     pub rhs_const: wgpu::Buffer,
     pub u: wgpu::Buffer,
     pub lam: wgpu::Buffer,
@@ -232,7 +232,7 @@ impl BatchedSolver {
         let xi = mk("xi", b * d as u64)?;
         let basis = ctx.upload("basis", &f32s(&pb.basis()))?;
         let z = mk("z", b * nc as u64)?;
-        let aux = mk("aux", b * nc as u64)?;
+        let kappa_or_load = mk("kappa_or_load", b * nc as u64)?;
         let rhs_const = match pb.kind {
             ProblemKind::Darcy2d => {
                 ctx.upload("rhs", &vec![(pb.h() * pb.h()) as f32; batch * nu])?
@@ -263,20 +263,20 @@ impl BatchedSolver {
         params.chunk = cg.chunk.max(1).min(max_chunk(nu, ctx.solver_wg)?);
         let mut p_kl = params;
         match pb.kind {
-            ProblemKind::Darcy2d => p_kl.mode = 0,
+            ProblemKind::Darcy2d => p_kl.kl_linear = 0,
             ProblemKind::Poisson1d => {
-                p_kl.mode = 1;
-                p_kl.scale = pb.h() as f32;
+                p_kl.kl_linear = 1;
+                p_kl.kl_scale = pb.h() as f32;
             }
         }
         let mut p_obs = params;
-        p_obs.aux = sens.len() as u32;
-        p_obs.scale = (1.0 / (pb.sigma_n * pb.sigma_n)) as f32;
-        p_obs.mode = per_system_data as u32;
+        p_obs.nsens = sens.len() as u32;
+        p_obs.noise_precision = (1.0 / (pb.sigma_n * pb.sigma_n)) as f32;
+        p_obs.per_system_data = per_system_data as u32;
         let mut p_pull = params;
         // dmisfit/dxi: darcy2d pulls back dmisfit/dz; poisson1d pulls back
         // -h lambda (the load is h f and dmisfit/db = -lambda).
-        p_pull.scale = match pb.kind {
+        p_pull.kl_scale = match pb.kind {
             ProblemKind::Darcy2d => 1.0,
             ProblemKind::Poisson1d => -(pb.h() as f32),
         };
@@ -288,7 +288,7 @@ impl BatchedSolver {
         let extent = [batch, 1];
         let rhs_fwd = match pb.kind {
             ProblemKind::Darcy2d => &rhs_const,
-            ProblemKind::Poisson1d => &aux,
+            ProblemKind::Poisson1d => &kappa_or_load,
         };
         let direct = pb.kind == ProblemKind::Poisson1d && cg.direct_1d;
         // One bind group layout serves start and iterate of both operators.
@@ -306,7 +306,7 @@ impl BatchedSolver {
             }
             let a = args::CgStartQ1 {
                 params: &u_solver,
-                coef: &aux,
+                coef: &kappa_or_load,
                 rhs,
                 x,
                 work: &work,
@@ -326,7 +326,7 @@ impl BatchedSolver {
                 xi: &xi,
                 basis: &basis,
                 z: &z,
-                aux: &aux,
+                kappa_or_load: &kappa_or_load,
             },
             [nc, batch],
         )?;
@@ -348,7 +348,7 @@ impl BatchedSolver {
                 Some(ctx.prepare(
                     &args::Q1AdjointGrad {
                         params: &u_solver,
-                        coef: &aux,
+                        coef: &kappa_or_load,
                         v: &u,
                         w: &lam,
                         g: &g,
@@ -380,7 +380,7 @@ impl BatchedSolver {
             xi,
             basis,
             z,
-            aux,
+            kappa_or_load,
             rhs_const,
             u,
             lam,

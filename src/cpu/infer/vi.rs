@@ -6,11 +6,12 @@
 )]
 
 use crate::infer::adam::AdamParams;
+use crate::infer::vi::family_code::{FULL_RANK, LOW_RANK, MEAN_FIELD};
 use crate::infer::vi::ViParams;
 
 /// Noise entries per sample.
 pub fn noise_dim(v: &ViParams) -> usize {
-    if v.family == 2 {
+    if v.family == LOW_RANK {
         (v.r + v.d) as usize
     } else {
         v.d as usize
@@ -34,8 +35,8 @@ pub fn vi_sample(v: &ViParams, theta: &[f64], eps: &[f64], xi: &mut [f64]) {
         for i in 0..d {
             let mut val = theta[i];
             match v.family {
-                0 => val += theta[d + i].exp() * eps[s * e + i],
-                1 => {
+                MEAN_FIELD => val += theta[d + i].exp() * eps[s * e + i],
+                FULL_RANK => {
                     for j in 0..i {
                         val += theta[d + i * d + j] * eps[s * e + j];
                     }
@@ -80,7 +81,7 @@ fn kl_one(v: &ViParams, theta: &[f64], grad: &mut [f64]) -> f64 {
         acc += theta[i] * theta[i];
     }
     match v.family {
-        0 => {
+        MEAN_FIELD => {
             for i in 0..d {
                 let w = theta[d + i];
                 let s2 = (2.0 * w).exp();
@@ -88,7 +89,7 @@ fn kl_one(v: &ViParams, theta: &[f64], grad: &mut [f64]) -> f64 {
                 acc += s2 - 1.0 - 2.0 * w;
             }
         }
-        1 => {
+        FULL_RANK => {
             for k in 0..d * d {
                 let (i, j) = (k / d, k % d);
                 let val = theta[d + k];
@@ -174,13 +175,13 @@ pub fn vi_grad(v: &ViParams, theta: &[f64], eps: &[f64], gxi: &[f64], grad: &mut
                 for s in s0..s1 {
                     acc += gxi[s * d + p];
                 }
-            } else if v.family == 0 {
+            } else if v.family == MEAN_FIELD {
                 let i = p - d;
                 for s in s0..s1 {
                     acc += gxi[s * d + i] * eps[s * e + i];
                 }
                 acc *= theta[tb + p].exp();
-            } else if v.family == 1 {
+            } else if v.family == FULL_RANK {
                 let (i, j) = ((p - d) / d, (p - d) % d);
                 if j <= i {
                     for s in s0..s1 {
