@@ -47,7 +47,7 @@ fn physics_cases(ctx: &GpuContext) -> Vec<Case> {
                 .f32("xi", &xi)
                 .f32("basis", &basis)
                 .expect("z", &z, 1e-5, 1e-5)
-                .expect("aux", &aux, 1e-5, 1e-5),
+                .expect("kappa_or_load", &aux, 1e-5, 1e-5),
             );
         }
         let g = rng.vec_uniform(batch * nc, -1.0, 1.0);

@@ -9,7 +9,7 @@ use crate::cli::commands;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::infer::predictive::{field_moments, predictive_u};
-use crate::infer::vi::{fit, Family, FitSettings, ViEngine};
+use crate::infer::vi::{variational, Family, FitSettings, Start, ViRun};
 use crate::output::files::{ensure_dir, write_json};
 use crate::output::io;
 use crate::output::plot::{self, Series};
@@ -333,52 +333,51 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
         cg,
         report_every: 10,
     };
-    let mut engine = ViEngine::new(&ctx, pb, family, samples, sensors, y, seed, cg)?;
     // Start from the Laplace approximation: Adam then refines a good
     // Gaussian instead of shrinking the prior by orders of magnitude.
-    let init = cfg.init.as_deref().unwrap_or("laplace");
-    let mut laplace_seconds = 0.0;
-    match init {
-        "prior" => {}
-        "laplace" => {
-            match crate::infer::laplace::fit_laplace(
-                &ctx,
-                &st.pb,
-                &st.sensors,
-                &st.y,
-                st.cg,
-                cfg.gn_iters.unwrap_or(30),
-            ) {
-                Ok(lp) => {
-                    laplace_seconds = lp.seconds;
-                    engine.set_theta(&ctx, &family.theta_from_gaussian(pb.d, &lp.map, &lp.cov)?)?;
-                }
-                Err(e) => {
-                    if !quiet {
-                        eprintln!("warning: no Laplace start ({e}); starting from the prior");
-                    }
-                }
-            }
-        }
+    let start = match cfg.init.as_deref().unwrap_or("laplace") {
+        "prior" => Start::Prior,
+        "laplace" => Start::Laplace {
+            gn_iters: cfg.gn_iters.unwrap_or(30),
+        },
         other => return Err(Error::setting("init", other, "expected laplace or prior")),
-    }
+    };
     let bar = crate::output::progress::progress_bar(steps, quiet, "steps  {per_sec}  ELBO {msg}");
     let mut last_good = Vec::new();
-    let result = fit(&ctx, &mut engine, &settings, &mut last_good, |t, e| {
-        bar.set_position(t as u64 + 1);
-        bar.set_message(format!("{e:.4e}"));
-    });
+    let result = variational(
+        &ctx,
+        pb,
+        sensors,
+        y,
+        &settings,
+        start,
+        &mut last_good,
+        |t, e| {
+            bar.set_position(t as u64 + 1);
+            bar.set_message(format!("{e:.4e}"));
+        },
+    );
     bar.finish_and_clear();
-    let r = match result {
+    let ViRun {
+        engine,
+        fit: r,
+        laplace_seconds,
+        start_warning,
+    } = match result {
         Ok(r) => r,
         Err(e) => {
-            // Keep the last good parameters for the user.
-            let (m, cov) = family.moments(pb.d, &last_good);
-            io::write_npy(&out.join("last_good_mean_xi.npy"), &[pb.d], &m)?;
-            io::write_npy(&out.join("last_good_cov_xi.npy"), &[pb.d, pb.d], &cov)?;
+            if last_good.len() == family.nparam(pb.d) {
+                // Keep the last good parameters for the user.
+                let (m, cov) = family.moments(pb.d, &last_good);
+                io::write_npy(&out.join("last_good_mean_xi.npy"), &[pb.d], &m)?;
+                io::write_npy(&out.join("last_good_cov_xi.npy"), &[pb.d, pb.d], &cov)?;
+            }
             return Err(e);
         }
     };
+    if let (Some(w), false) = (&start_warning, quiet) {
+        eprintln!("warning: {w}");
+    }
 
     // Posterior in xi, fields, predictive.
     let (m, cov) = family.moments(pb.d, &r.theta);
@@ -432,7 +431,7 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
         "dispatches_per_step": engine.dispatches_per_step(),
         "device": ctx.describe(),
         "method": "vi",
-        "init": init,
+        "init": cfg.init.as_deref().unwrap_or("laplace"),
         "laplace_seconds": laplace_seconds,
         "settings": st.settings_json(),
     });

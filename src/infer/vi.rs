@@ -592,3 +592,63 @@ pub fn fit(
         unconverged_solves: unconverged,
     })
 }
+
+/// Where [`variational`] starts q.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// q = the prior N(0, I) (shrunk by Adam over many steps).
+    Prior,
+    /// q = the Laplace approximation after at most `gn_iters` Gauss-Newton
+    /// steps (the default of `pdevi run`): Adam refines a good Gaussian.
+    Laplace { gn_iters: usize },
+}
+
+/// What [`variational`] returns.
+pub struct ViRun {
+    /// The engine; its solver serves the posterior predictive.
+    pub engine: ViEngine,
+    pub fit: FitResult,
+    /// Seconds spent on the Laplace start (0 from the prior).
+    pub laplace_seconds: f64,
+    /// Why the Laplace start was given up for the prior, if it was.
+    pub start_warning: Option<String>,
+}
+
+/// Gaussian VI of the posterior of `pb` given `y` at `sensors`: the engine,
+/// the start (a failed Laplace fit falls back to the prior, with the reason
+/// in [`ViRun::start_warning`]) and the fit. If the fit fails, `last_good`
+/// holds the last finite parameters.
+#[allow(clippy::too_many_arguments, reason = "the inputs of one inference")]
+pub fn variational(
+    ctx: &GpuContext,
+    pb: &Problem,
+    sensors: &[usize],
+    y: &[f64],
+    s: &FitSettings,
+    start: Start,
+    last_good: &mut Vec<f64>,
+    progress: impl FnMut(usize, f64),
+) -> Result<ViRun> {
+    let mut engine = ViEngine::new(ctx, pb, s.family, s.samples, sensors, y, s.seed, s.cg)?;
+    let mut laplace_seconds = 0.0;
+    let mut start_warning = None;
+    if let Start::Laplace { gn_iters } = start {
+        match crate::infer::laplace::fit_laplace(ctx, pb, sensors, y, s.cg, gn_iters) {
+            Ok(lp) => {
+                laplace_seconds = lp.seconds;
+                let theta = s.family.theta_from_gaussian(pb.d, &lp.map, &lp.cov)?;
+                engine.set_theta(ctx, &theta)?;
+            }
+            Err(e) => {
+                start_warning = Some(format!("no Laplace start ({e}); starting from the prior"))
+            }
+        }
+    }
+    let fit = fit(ctx, &mut engine, s, last_good, progress)?;
+    Ok(ViRun {
+        engine,
+        fit,
+        laplace_seconds,
+        start_warning,
+    })
+}
