@@ -223,7 +223,7 @@ pub fn p1_diag(p: &PdeParams, y: &mut [f64]) {
 
 // ---- obs.wgsl ----
 
-/// e = y - P u; adj[sensor] = scale e; misfit = 0.5 scale |e|^2.
+/// e = y - P u; `adj[sensor]` = noise_precision e; misfit = 0.5 noise_precision |e|^2.
 pub fn obs_misfit(
     p: &PdeParams,
     sensors: &[u32],

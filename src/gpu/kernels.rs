@@ -1,4 +1,4 @@
-//! The table of compute kernels, written once in [`kernel_table!`]: for each
+//! The table of compute kernels, written once in `kernel_table!`: for each
 //! kernel its module, entry point, dispatch geometry and named bindings.
 //! From that one row come the [`KernelId`] variant, its [`KernelSpec`], and a
 //! typed argument struct in [`args`] whose fields are the kernel's buffers by

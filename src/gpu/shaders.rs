@@ -5,7 +5,7 @@
 //! files (no preprocessor); naga errors are mapped back to the original file
 //! and line so a broken shader is reported as `shaders/<file>.wgsl:<line>`.
 //!
-//! A new kernel family is one row in [`sources!`] and one in [`modules!`];
+//! A new kernel family is one row in `sources!` and one in `modules!`;
 //! its kernels are rows of the table in [`super::kernels`].
 
 use crate::error::{Error, Result};

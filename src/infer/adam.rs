@@ -53,7 +53,7 @@ pub struct Adam {
     settings_buf: wgpu::Buffer,
     m1: wgpu::Buffer,
     m2: wgpu::Buffer,
-    /// [0] clipping factor, [1] gradient norm of the last step.
+    /// `[0]` clipping factor, `[1]` gradient norm of the last step.
     pub clip: wgpu::Buffer,
     step: Dispatch,
     step_clipped: Dispatch,

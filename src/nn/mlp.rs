@@ -492,7 +492,7 @@ fn tensor_names(l: usize) -> (String, String) {
 }
 
 /// Write `params` of `arch` as safetensors (f32, `layers.{l}.weight` of
-/// shape [in, out] and `layers.{l}.bias` of shape [out]) plus the
+/// shape `[in, out]` and `layers.{l}.bias` of shape `[out]`) plus the
 /// architecture as JSON.
 pub fn save_weights(arch: &Arch, params: &[f64], path: &Path) -> Result<(PathBuf, PathBuf)> {
     use safetensors::tensor::{Dtype, TensorView};

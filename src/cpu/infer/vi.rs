@@ -54,8 +54,8 @@ pub fn vi_sample(v: &ViParams, theta: &[f64], eps: &[f64], xi: &mut [f64]) {
     }
 }
 
-/// KL(q || N(0, I)) into scalars[0] and `kl_scale` times its gradient into
-/// grad; with `per_row`, one KL per theta row into scalars[row].
+/// KL(q || N(0, I)) into `scalars[0]` and `kl_scale` times its gradient into
+/// grad; with `per_row`, one KL per theta row into `scalars[row]`.
 pub fn vi_kl(v: &ViParams, theta: &[f64], grad: &mut [f64], scalars: &mut [f64]) {
     let np = v.nparam as usize;
     let rows = if v.per_row == 1 {
@@ -249,7 +249,7 @@ fn adam_scaled(
     }
 }
 
-/// Adam(W) with the gradient also scaled by clip[0] (from `grad_clip`).
+/// Adam(W) with the gradient also scaled by `clip[0]` (from `grad_clip`).
 pub fn adam_step_clipped(
     a: &AdamParams,
     grad: &[f64],
@@ -261,7 +261,7 @@ pub fn adam_step_clipped(
     adam_scaled(a, clip[0], grad, param, m1, m2);
 }
 
-/// clip[1] = |grad_scale grad|, clip[0] = min(1, clip_norm / clip[1]).
+/// `clip[1] = |grad_scale grad|`, `clip[0] = min(1, clip_norm / clip[1])`.
 /// Same order as the kernel: 256 strided partial sums, then a tree.
 pub fn grad_clip(a: &AdamParams, grad: &[f64], clip: &mut [f64]) {
     let mut part = [0.0f64; 256];

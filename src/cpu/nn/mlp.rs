@@ -145,7 +145,7 @@ pub fn loss_gauss_nll(p: &MlpParams, xa: &[f64], xb: &[f64], xc: &mut [f64], xz:
     }
 }
 
-/// xz[slot] = scale * sum of the row losses (added when flags & 1).
+/// `xz[slot]` = scale * sum of the row losses (added when flags & 1).
 pub fn loss_reduce(p: &MlpParams, xz: &mut [f64]) {
     let s: f64 = xz[LOSS_ROWS..LOSS_ROWS + p.m as usize].iter().sum();
     let v = s * p.scale as f64;
