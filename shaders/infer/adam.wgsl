@@ -4,7 +4,7 @@
 //
 // Bindings: 0 params, 1 grad, 2 param, 3 m, 4 v, 5 clip ([0] factor, [1] norm).
 
-// Keep in sync with `AdamParams` in src/optim.rs.
+// Mirrors `AdamParams` in src/infer/adam.rs (tests/layout.rs checks).
 struct AdamParams {
     n: u32,
     step: u32,          // 1-based

@@ -19,7 +19,7 @@
 // 8 forward and 9 adjoint solver states (C CgState),
 // 10 samples (C x kept x (d + 1): x, then logpi(x), per kept draw).
 
-// Keep in sync with `McmcParams` in src/mcmc.rs (48 bytes). Bound as a
+// Mirrors `McmcParams` in src/infer/mcmc.rs (48 bytes; tests/layout.rs checks). Bound as a
 // read-only storage buffer, not a uniform: lavapipe (Mesa 22.3) inlines
 // uniform values that bound loops and recompiles such a shader at every
 // dispatch (measured: mcmc_accept 70 ms per dispatch as a uniform, 0.12 ms
@@ -39,7 +39,7 @@ struct McmcParams {
     _pad1: u32,
 }
 
-// Keep in sync with `McmcChain` in src/mcmc.rs (32 bytes).
+// Mirrors `McmcChain` in src/infer/mcmc.rs (32 bytes; tests/layout.rs checks).
 struct Chain {
     step: u32,     // MCMC steps taken (the Philox step counter)
     accepts: u32,  // accepted proposals

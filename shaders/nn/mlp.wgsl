@@ -8,7 +8,7 @@
 // Matrices are flat f32 arrays: element (i, j) of an operand lives at
 // off + i * rs + j * cs, so a transpose is a swap of strides.
 
-// Keep in sync with `MlpParams` in src/mlp.rs (64 bytes). Fields are read
+// Mirrors `MlpParams` in src/nn/mlp.rs (64 bytes; tests/layout.rs checks). Fields are read
 // as documented at each entry point.
 struct MlpParams {
     m: u32,        // rows of the output

@@ -61,7 +61,7 @@ impl PdeParams {
     }
 }
 
-/// Keep in sync with `CgState` in shaders/solver.wgsl.
+/// `CgState` of shaders/common/cg_state.wgsl (layout checked by tests/layout.rs).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq)]
 pub struct CgState {

@@ -117,7 +117,7 @@ impl Precondition {
     }
 }
 
-/// Keep in sync with `McmcParams` in shaders/mcmc.wgsl.
+/// `McmcParams` of shaders/infer/mcmc.wgsl (layout checked by tests/layout.rs).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq)]
 pub struct McmcParams {
@@ -144,7 +144,7 @@ impl McmcParams {
     }
 }
 
-/// Keep in sync with `Chain` in shaders/mcmc.wgsl.
+/// `Chain` of shaders/infer/mcmc.wgsl (layout checked by tests/layout.rs).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq)]
 pub struct McmcChain {

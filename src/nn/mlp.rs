@@ -20,7 +20,7 @@ use crate::infer::adam::{Adam, AdamParams};
 use crate::infer::gaussian::{GaussianBlock, GaussianBuffers};
 use crate::infer::vi::{Family, ViParams};
 
-/// Keep in sync with `MlpParams` in shaders/mlp.wgsl.
+/// `MlpParams` of shaders/nn/mlp.wgsl (layout checked by tests/layout.rs).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq)]
 pub struct MlpParams {
