@@ -4,5 +4,6 @@
 //! Tests compare the GPU against these.
 
 pub mod infer;
+pub mod multigrid;
 pub mod nn;
 pub mod physics;

@@ -1,0 +1,204 @@
+//! The f64 reference of multigrid-preconditioned CG (src/cpu/multigrid.rs):
+//! transfer and coarse operators, the V-cycle as an SPD preconditioner, and
+//! iteration counts on prior draws of darcy2d that stay flat in n.
+
+mod common;
+
+use common::Rng;
+use pdevi::cpu::multigrid::{
+    galerkin, mg_pcg, prolong_add, restrict, Coarsening, Hierarchy, MgSettings, Stencil,
+};
+use pdevi::cpu::physics as cpu;
+use pdevi::physics::problem::{Problem, ProblemKind};
+
+fn prior_kappa(n: usize, seed: u64) -> Vec<f64> {
+    let pb = Problem::new(ProblemKind::Darcy2d, n, 64).unwrap();
+    let xi = pdevi::rng::normals(seed, 0, 0, 64);
+    pb.field(&xi).iter().map(|z| z.exp()).collect()
+}
+
+#[test]
+fn fine_stencil_is_the_q1_operator() {
+    let n = 16;
+    let mut rng = Rng::new(3);
+    let coef: Vec<f64> = rng
+        .vec_uniform(n * n, -2.0, 2.0)
+        .iter()
+        .map(|z| z.exp())
+        .collect();
+    let v = rng.vec_uniform((n - 1) * (n - 1), -1.0, 1.0);
+    let s = Stencil::q1(n, &coef);
+    let mut y = vec![0.0; v.len()];
+    s.apply(&v, &mut y);
+    for (k, got) in y.iter().enumerate() {
+        let want = cpu::q1_op_apply(n, &coef, &v, k);
+        assert!((got - want).abs() < 1e-13, "node {k}: {got} vs {want}");
+    }
+}
+
+#[test]
+fn restriction_is_the_transpose_of_prolongation() {
+    let mf = 15;
+    let mc = 7;
+    let mut rng = Rng::new(5);
+    let r = rng.vec_uniform(mf * mf, -1.0, 1.0);
+    let e = rng.vec_uniform(mc * mc, -1.0, 1.0);
+    let mut rc = vec![0.0; mc * mc];
+    restrict(mf, &r, &mut rc);
+    let mut pe = vec![0.0; mf * mf];
+    prolong_add(mf, &e, &mut pe);
+    let lhs: f64 = rc.iter().zip(&e).map(|(a, b)| a * b).sum();
+    let rhs: f64 = r.iter().zip(&pe).map(|(a, b)| a * b).sum();
+    assert!(
+        (lhs - rhs).abs() < 1e-12 * rhs.abs().max(1.0),
+        "{lhs} vs {rhs}"
+    );
+}
+
+#[test]
+fn galerkin_product_matches_dense_and_rediscretisation_for_constant_kappa() {
+    // Against the dense P^T A P for variable kappa ...
+    let n = 8;
+    let mut rng = Rng::new(9);
+    let coef: Vec<f64> = rng
+        .vec_uniform(n * n, -1.5, 1.5)
+        .iter()
+        .map(|z| z.exp())
+        .collect();
+    let fine = Stencil::q1(n, &coef);
+    let coarse = galerkin(&fine);
+    let (mf, mc) = (fine.m, coarse.m);
+    let a = fine.dense();
+    let (nf, nc) = (mf * mf, mc * mc);
+    let mut p = vec![0.0; nf * nc];
+    for c in 0..nc {
+        let mut e = vec![0.0; nc];
+        e[c] = 1.0;
+        let mut col = vec![0.0; nf];
+        prolong_add(mf, &e, &mut col);
+        for f in 0..nf {
+            p[f * nc + c] = col[f];
+        }
+    }
+    let dense = coarse.dense();
+    for i in 0..nc {
+        for j in 0..nc {
+            let mut acc = 0.0;
+            for f in 0..nf {
+                for g in 0..nf {
+                    acc += p[f * nc + i] * a[f * nf + g] * p[g * nc + j];
+                }
+            }
+            assert!(
+                (dense[i * nc + j] - acc).abs() < 1e-12,
+                "({i}, {j}): {} vs {acc}",
+                dense[i * nc + j]
+            );
+        }
+    }
+    // ... and equal to the coarse Q1 matrix when kappa is constant.
+    let ones = vec![2.5; n * n];
+    let g = galerkin(&Stencil::q1(n, &ones));
+    let r = Stencil::q1(n / 2, &vec![2.5; n * n / 4]);
+    for (a, b) in g.a.iter().zip(&r.a) {
+        for k in 0..9 {
+            assert!((a[k] - b[k]).abs() < 1e-13, "{a:?} vs {b:?}");
+        }
+    }
+}
+
+#[test]
+fn vcycle_is_a_symmetric_positive_definite_preconditioner() {
+    let n = 32;
+    let kappa = prior_kappa(n, 4);
+    for coarsening in [Coarsening::Galerkin, Coarsening::Rediscretise] {
+        let h = Hierarchy::new(
+            n,
+            &kappa,
+            MgSettings {
+                coarsening,
+                ..Default::default()
+            },
+        );
+        let nu = (n - 1) * (n - 1);
+        let mut rng = Rng::new(21);
+        for _ in 0..5 {
+            let x = rng.vec_uniform(nu, -1.0, 1.0);
+            let y = rng.vec_uniform(nu, -1.0, 1.0);
+            let (mx, my) = (h.vcycle(&x), h.vcycle(&y));
+            let ymx: f64 = y.iter().zip(&mx).map(|(a, b)| a * b).sum();
+            let xmy: f64 = x.iter().zip(&my).map(|(a, b)| a * b).sum();
+            assert!(
+                (ymx - xmy).abs() < 1e-10 * ymx.abs().max(1.0),
+                "{coarsening:?}: y^T M x = {ymx}, x^T M y = {xmy}"
+            );
+            let xmx: f64 = x.iter().zip(&mx).map(|(a, b)| a * b).sum();
+            assert!(xmx > 0.0, "{coarsening:?}: x^T M x = {xmx}");
+        }
+    }
+}
+
+/// Iterations to 1e-5 on prior draws: flat in n for multigrid (Galerkin),
+/// growing like n for Jacobi-PCG. Prints the table the design rests on.
+#[test]
+fn multigrid_iterations_stay_flat_in_n() {
+    let mut table = Vec::new();
+    for n in [32usize, 64, 128] {
+        for seed in [1u64, 2] {
+            let kappa = prior_kappa(n, seed);
+            let nu = (n - 1) * (n - 1);
+            let h = 1.0 / n as f64;
+            let rhs = vec![h * h; nu];
+            let mut row = vec![n as f64, seed as f64];
+            for coarsening in [Coarsening::Galerkin, Coarsening::Rediscretise] {
+                let s = MgSettings {
+                    coarsening,
+                    ..Default::default()
+                };
+                let r = mg_pcg(n, &kappa, &rhs, 1e-5, 200, s);
+                assert!(
+                    r.converged,
+                    "n = {n}, {coarsening:?}: {} after {}",
+                    r.rel_residual, r.iters
+                );
+                // The same solution as the reference solver.
+                let mut p = pdevi::gpu::layout::PdeParams::new(n, nu, n * n, 1, 1);
+                p.max_iter = 100_000;
+                let mut x = vec![0.0; nu];
+                let mut work = vec![0.0; 4 * nu];
+                let mut st = [cpu::CgState::default()];
+                cpu::cg_solve_tol(
+                    cpu::Op::Q1,
+                    &p,
+                    1e-12,
+                    &kappa,
+                    &rhs,
+                    &mut x,
+                    &mut work,
+                    &mut st,
+                );
+                let xmax = x.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+                let err = x
+                    .iter()
+                    .zip(&r.x)
+                    .fold(0.0f64, |a, (u, v)| a.max((u - v).abs()));
+                assert!(err < 1e-4 * xmax, "n = {n}: max error {err:e} of {xmax:e}");
+                row.push(r.iters as f64);
+                if coarsening == Coarsening::Galerkin {
+                    row.push(st[0].iters as f64);
+                    assert!(r.iters <= 15, "n = {n}: {} multigrid iterations", r.iters);
+                }
+            }
+            table.push(row);
+        }
+    }
+    eprintln!("n  seed  MG-Galerkin  Jacobi-PCG(1e-12)  MG-rediscretised");
+    for r in &table {
+        eprintln!("{:4} {:3} {:6} {:8} {:6}", r[0], r[1], r[2], r[3], r[4]);
+    }
+    let (first, last) = (table[0][2], table[table.len() - 1][2]);
+    assert!(
+        last <= first + 4.0,
+        "MG iterations grow with n: {first} -> {last}"
+    );
+}
