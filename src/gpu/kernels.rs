@@ -147,6 +147,12 @@ kernel_table! {
     /// Weighted Jacobi sweeps, P1 operator.
     JacobiRunP1 => SolverP1."jacobi_run", Workgroup,
         { params: Uniform @ 0, coef: Read @ 1, rhs: Read @ 2, x: ReadWrite @ 3, work: ReadWrite @ 4, state: ReadWrite @ 5 }
+    /// Multigrid-preconditioned CG start (Galerkin hierarchy, r, z = M r, p), Q1 operator.
+    MgCgStartQ1 => SolverQ1Mg."mg_cg_start", Workgroup,
+        { params: Uniform @ 0, coef: Read @ 1, rhs: Read @ 2, x: ReadWrite @ 3, work: ReadWrite @ 4, state: ReadWrite @ 5 }
+    /// A bounded chunk of multigrid-preconditioned CG iterations, Q1 operator.
+    MgCgIterateQ1 => SolverQ1Mg."mg_cg_iterate", Workgroup,
+        { params: Uniform @ 0, coef: Read @ 1, rhs: Read @ 2, x: ReadWrite @ 3, work: ReadWrite @ 4, state: ReadWrite @ 5 }
     /// z = basis^T xi and kappa = exp(z) or the load kl_scale z; x = cells, y = systems.
     KlMap => Kl."kl_map", Invocation,
         { params: Uniform @ 0, xi: Read @ 1, basis: Read @ 2, z: ReadWrite @ 3, kappa_or_load: ReadWrite @ 4 }

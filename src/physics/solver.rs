@@ -25,6 +25,109 @@ pub struct CgParams {
     /// poisson1d: solve the tridiagonal system directly (Thomas) instead of
     /// by CG. Exact in one pass; CG stays available for comparison.
     pub direct_1d: bool,
+    /// darcy2d: the CG preconditioner.
+    pub precond: Precond,
+}
+
+/// The preconditioner of darcy2d's CG solves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precond {
+    /// The inverse diagonal: cheap per iteration, iterations grow like n.
+    #[default]
+    Jacobi,
+    /// One multigrid V-cycle (Galerkin coarse operators, damped-Jacobi
+    /// smoothing; shaders/physics/multigrid.wgsl): iterations flat in n.
+    Multigrid,
+}
+
+impl Precond {
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "jacobi" => Ok(Precond::Jacobi),
+            "mg" | "multigrid" => Ok(Precond::Multigrid),
+            other => Err(Error::setting("precond", other, "expected jacobi or mg")),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precond::Jacobi => "jacobi",
+            Precond::Multigrid => "mg",
+        }
+    }
+}
+
+/// The multigrid hierarchy of shaders/physics/multigrid.wgsl for `n x n`
+/// cells: interior unknowns per side of every level, coarsest last (the
+/// same rule as the shader and as `cpu::multigrid::Hierarchy`).
+pub fn multigrid_levels(n: usize) -> Vec<usize> {
+    let (mut cells, mut m) = (n, vec![n - 1]);
+    while m.len() < 12 && cells > 4 && cells % 2 == 0 && cells / 2 >= 2 {
+        cells /= 2;
+        m.push(cells - 1);
+    }
+    m
+}
+
+/// Floats of the multigrid solver's `work` per system: r, p, ap, z, then per
+/// level (stencil,) dinv, x, b, t, and the coarsest level's dense factor.
+pub fn multigrid_floats(n: usize) -> usize {
+    let levels = multigrid_levels(n);
+    let last = levels.len() - 1;
+    let mut total = 4 * (n - 1) * (n - 1);
+    for (l, &m) in levels.iter().enumerate() {
+        let nu = m * m;
+        total += 4 * nu + if l > 0 { 9 * nu } else { 0 } + if l == last { nu * nu } else { 0 };
+    }
+    total
+}
+
+/// Largest chunk of multigrid-CG iterations per dispatch under
+/// [`LOOP_TRIP_BUDGET`], and a check that the hierarchy's setup fits in
+/// it too (its Galerkin products loop about 300 times per coarse node).
+pub fn multigrid_max_chunk(n: usize, wg: u32) -> Result<u32> {
+    let levels = multigrid_levels(n);
+    let wg = wg as usize;
+    let coarsest = levels[levels.len() - 1].pow(2);
+    if coarsest > 256 {
+        return Err(Error::setting(
+            "precond",
+            "mg",
+            format!(
+                "n = {n} coarsens to {} unknowns on its coarsest grid (at most 256 are solved directly): use n = m 2^k with m <= 17, or --precond jacobi",
+                coarsest
+            ),
+        ));
+    }
+    let passes = |m: usize| (m * m).div_ceil(wg);
+    // Per V-cycle: 4 sweeps x 2 passes + zero, residual, restrict and
+    // prolong passes per level, stencil loops (9) on coarse levels.
+    let cycle: usize = levels
+        .iter()
+        .enumerate()
+        .map(|(l, &m)| passes(m) * 12 * if l > 0 { 9 } else { 1 })
+        .sum::<usize>()
+        + 2 * coarsest;
+    let cols = (wg as f64).sqrt() as usize;
+    let per_iter = cycle + 5 * passes(n - 1) + 6 * cols + 8;
+    let setup: usize = levels
+        .iter()
+        .enumerate()
+        .map(|(l, &m)| passes(m) * if l > 0 { 310 } else { 1 })
+        .sum::<usize>()
+        + coarsest.pow(3) / 3;
+    let budget = LOOP_TRIP_BUDGET as usize;
+    if setup + per_iter > budget {
+        return Err(Error::setting(
+            "precond",
+            "mg",
+            format!(
+                "n = {n} needs about {} loop trips per invocation for the multigrid setup and one iteration, over the budget of {budget} a software GPU allows: use a smaller n or --precond jacobi",
+                setup + per_iter
+            ),
+        ));
+    }
+    Ok(((budget - setup) / per_iter).max(1) as u32)
 }
 
 impl Default for CgParams {
@@ -36,6 +139,7 @@ impl Default for CgParams {
             chunk: 1024,
             warm_start: false,
             direct_1d: true,
+            precond: Precond::Jacobi,
         }
     }
 }
@@ -212,11 +316,23 @@ impl BatchedSolver {
         }
         let f = 4u64;
         let b = batch as u64;
+        let multigrid = pb.kind == ProblemKind::Darcy2d && cg.precond == Precond::Multigrid;
+        if multigrid {
+            // Refuse sizes the shader cannot handle before allocating.
+            multigrid_max_chunk(pb.n, ctx.solver_wg)?;
+        }
         // Check the largest buffers before building anything (the basis of a
         // huge grid takes minutes to compute on the CPU).
         for (what, count) in [
             ("KL basis (d x n^2 floats)", d as u64 * nc as u64),
-            ("solver work (4 vectors per system)", 4 * b * nu as u64),
+            (
+                "solver work (CG vectors, and multigrid levels with --precond mg)",
+                if multigrid {
+                    b * multigrid_floats(pb.n) as u64
+                } else {
+                    4 * b * nu as u64
+                },
+            ),
             ("fields (batch x n^2 floats)", b * nc as u64),
         ] {
             if count * f > ctx.max_binding() {
@@ -242,7 +358,14 @@ impl BatchedSolver {
         let u = mk("u", b * nu as u64)?;
         let lam = mk("lambda", b * nu as u64)?;
         let adj = mk("adjoint rhs", b * nu as u64)?;
-        let work = mk("solver work (4 vectors per system)", 4 * b * nu as u64)?;
+        let work = if multigrid {
+            mk(
+                "multigrid solver work (CG vectors and every level's stencils and vectors)",
+                b * multigrid_floats(pb.n) as u64,
+            )?
+        } else {
+            mk("solver work (4 vectors per system)", 4 * b * nu as u64)?
+        };
         let state_bytes = (batch * std::mem::size_of::<CgState>()) as u64;
         let state_fwd = ctx.storage("state_fwd", state_bytes)?;
         let state_adj = ctx.storage("state_adj", state_bytes)?;
@@ -260,7 +383,11 @@ impl BatchedSolver {
         let mut params = crate::gpu::layout::PdeParams::new(pb.n, nu, nc, batch, d);
         params.tol = cg.rel_tol as f32;
         params.max_iter = cg.max_iters.max(1);
-        params.chunk = cg.chunk.max(1).min(max_chunk(nu, ctx.solver_wg)?);
+        params.chunk = cg.chunk.max(1).min(if multigrid {
+            multigrid_max_chunk(pb.n, ctx.solver_wg)?
+        } else {
+            max_chunk(nu, ctx.solver_wg)?
+        });
         let mut p_kl = params;
         match pb.kind {
             ProblemKind::Darcy2d => p_kl.kl_linear = 0,
@@ -312,7 +439,15 @@ impl BatchedSolver {
                 work: &work,
                 state,
             };
-            let (start, iterate, _) = Self::solver_kernels(pb.kind);
+            let (start, iterate) = match (pb.kind, cg.precond) {
+                (ProblemKind::Darcy2d, Precond::Multigrid) => {
+                    (KernelId::MgCgStartQ1, KernelId::MgCgIterateQ1)
+                }
+                (kind, _) => {
+                    let (s, i, _) = Self::solver_kernels(kind);
+                    (s, i)
+                }
+            };
             Ok(Solve::Cg {
                 start: ctx.prepare_as(start, &a, extent)?,
                 iterate: ctx.prepare_as(iterate, &a, extent)?,
