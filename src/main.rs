@@ -173,6 +173,9 @@ struct RunOpts {
     tol: Option<f64>,
     #[arg(long)]
     max_iters: Option<u32>,
+    /// darcy2d's CG preconditioner: jacobi (default) or mg (multigrid V-cycle).
+    #[arg(long)]
+    precond: Option<String>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -245,6 +248,7 @@ impl RunOpts {
             predictive_samples: self.predictive_samples,
             tol: self.tol,
             max_iters: self.max_iters,
+            precond: self.precond.clone(),
             quiet: self.quiet.then_some(true),
             sampler: self.sampler.clone(),
             chains: self.chains,
@@ -268,6 +272,9 @@ enum BenchCmd {
         /// Minimum timed seconds per configuration.
         #[arg(long, default_value_t = 1.0)]
         min_seconds: f64,
+        /// Preconditioners to measure: jacobi, mg (multigrid).
+        #[arg(long, value_delimiter = ',', default_value = "jacobi")]
+        precond: Vec<String>,
     },
     /// ELBO steps per second on darcy2d for each variational family.
     Vi {
@@ -279,6 +286,9 @@ enum BenchCmd {
         samples: usize,
         #[arg(long, default_value_t = 20)]
         steps: usize,
+        /// Preconditioners to measure: jacobi, mg (multigrid).
+        #[arg(long, value_delimiter = ',', default_value = "jacobi")]
+        precond: Vec<String>,
     },
     /// MCMC effective samples per second (min bulk ESS over xi / sampling time) on darcy2d,
     /// pCN and MALA with many chains.
@@ -378,10 +388,12 @@ fn run(cli: Cli) -> pdevi::Result<()> {
                 sizes,
                 batches,
                 min_seconds,
+                precond,
             } => {
+                let preconds = parse_preconds(&precond)?;
                 let ctx = pdevi::GpuContext::new()?;
                 eprintln!("device: {}", ctx.describe());
-                pdevi::cli::bench::solver(&ctx, &sizes, &batches, min_seconds, |r| {
+                pdevi::cli::bench::solver(&ctx, &sizes, &batches, min_seconds, &preconds, |r| {
                     println!("{}", serde_json::to_string(r).unwrap_or_default())
                 })?;
             }
@@ -390,10 +402,12 @@ fn run(cli: Cli) -> pdevi::Result<()> {
                 d,
                 samples,
                 steps,
+                precond,
             } => {
+                let preconds = parse_preconds(&precond)?;
                 let ctx = pdevi::GpuContext::new()?;
                 eprintln!("device: {}", ctx.describe());
-                pdevi::cli::bench::vi(&ctx, n, d, samples, steps, |r| {
+                pdevi::cli::bench::vi(&ctx, n, d, samples, steps, &preconds, |r| {
                     println!("{}", serde_json::to_string(r).unwrap_or_default())
                 })?;
             }
@@ -430,4 +444,11 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn parse_preconds(names: &[String]) -> pdevi::Result<Vec<pdevi::physics::solver::Precond>> {
+    names
+        .iter()
+        .map(|n| pdevi::physics::solver::Precond::parse(n))
+        .collect()
 }

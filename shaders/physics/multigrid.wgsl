@@ -4,9 +4,11 @@
 // common/op_q1. Same bindings as solver.wgsl; `work` is larger:
 //
 //   per system: r | p | ap | z (4 nu), then one block per level l:
-//     l = 0:  dinv | x | b | t                     (4 nu_0)
-//     l >= 1: stencil (9 nu_l) | dinv | x | b | t  (13 nu_l)
+//     stencil (9 nu_l) | dinv | x | b | t  (13 nu_l)
 //     the coarsest level also: its dense Cholesky factor (nu_L^2)
+//   Level 0's stencil is assembled from kappa once per solve, so the
+//   Galerkin products read one value per entry (the smoother's level-0
+//   operator stays matrix-free).
 //
 // Levels: n, n/2, ... while the grid has more than MG_COARSEST cells per
 // side, an even number of them, and the next has at least 2. Coarse
@@ -59,10 +61,7 @@ fn lvl_nu(l: u32) -> u32 {
 
 fn lvl_block(l: u32, levels: u32) -> u32 {
     let nu = lvl_nu(l);
-    var size = 4u * nu;
-    if (l > 0u) {
-        size += 9u * nu;
-    }
+    var size = 13u * nu;
     if (l + 1u == levels) {
         size += nu * nu;
     }
@@ -81,7 +80,7 @@ fn mg_system_floats(levels: u32) -> u32 {
 struct Lvl {
     m: u32,
     nu: u32,
-    stencil: u32, // level >= 1
+    stencil: u32,
     dinv: u32,
     x: u32,
     b: u32,
@@ -97,11 +96,8 @@ fn lvl(sys: u32, l: u32, levels: u32) -> Lvl {
     var v: Lvl;
     v.m = lvl_m(l);
     v.nu = v.m * v.m;
-    var base = off;
-    if (l > 0u) {
-        v.stencil = off;
-        base = off + 9u * v.nu;
-    }
+    v.stencil = off;
+    let base = off + 9u * v.nu;
     v.dinv = base;
     v.x = base + v.nu;
     v.b = base + 2u * v.nu;
@@ -142,10 +138,7 @@ fn fine_entry(sys: u32, k: u32, s: u32) -> f32 {
     }
 }
 
-fn stencil_entry(sys: u32, l: u32, lv: Lvl, k: u32, s: u32) -> f32 {
-    if (l == 0u) {
-        return fine_entry(sys, k, s);
-    }
+fn stencil_entry(lv: Lvl, k: u32, s: u32) -> f32 {
     return work[lv.stencil + 9u * k + s];
 }
 
@@ -179,6 +172,13 @@ fn w1d(o: i32) -> f32 {
 // ---- setup: diagonals, Galerkin coarse stencils, the coarsest factor ----
 
 fn mg_setup(sys: u32, lid: u32, levels: u32) {
+    let l0 = lvl(sys, 0u, levels);
+    for (var k = lid; k < l0.nu; k += WG) {
+        for (var s = 0u; s < 9u; s++) {
+            work[l0.stencil + 9u * k + s] = fine_entry(sys, k, s);
+        }
+    }
+    storageBarrier();
     for (var l = 0u; l < levels; l++) {
         let lv = lvl(sys, l, levels);
         if (l > 0u) {
@@ -204,7 +204,7 @@ fn mg_setup(sys: u32, lid: u32, levels: u32) {
                                 let dj = i32(s / 3u) - 1;
                                 let wt = w1d(ox + di) * w1d(oy + dj);
                                 if (wt != 0.0) {
-                                    acc += stencil_entry(sys, l - 1u, fv, kf, s) * wt;
+                                    acc += stencil_entry(fv, kf, s) * wt;
                                 }
                             }
                         }
@@ -236,7 +236,7 @@ fn mg_setup(sys: u32, lid: u32, levels: u32) {
             storageBarrier();
         }
         for (var k = lid; k < lv.nu; k += WG) {
-            work[lv.dinv + k] = 1.0 / stencil_entry(sys, l, lv, k, 4u);
+            work[lv.dinv + k] = 1.0 / stencil_entry(lv, k, 4u);
         }
         storageBarrier();
     }
@@ -254,7 +254,7 @@ fn mg_setup(sys: u32, lid: u32, levels: u32) {
                 let i = i32(r % cv.m) + i32(s % 3u) - 1;
                 let j = i32(r / cv.m) + i32(s / 3u) - 1;
                 if (i >= 0 && j >= 0 && i < i32(cv.m) && j < i32(cv.m)) {
-                    work[cv.chol + r * nu + u32(j) * cv.m + u32(i)] = stencil_entry(sys, cl, cv, r, s);
+                    work[cv.chol + r * nu + u32(j) * cv.m + u32(i)] = stencil_entry(cv, r, s);
                 }
             }
         }

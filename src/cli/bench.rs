@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::gpu::layout::PdeParams;
 use crate::gpu::{args, GpuContext, KernelId};
 use crate::physics::problem::{Problem, ProblemKind};
-use crate::physics::solver::{BatchedSolver, CgParams};
+use crate::physics::solver::{BatchedSolver, CgParams, Precond};
 
 /// Best-of-`reps` bandwidth of `a = b + s c` over `n` f32 (GB/s, 12 bytes
 /// per element): the device's own streaming roofline.
@@ -75,6 +75,7 @@ pub fn cg_bytes_per_iter(pb: &Problem) -> f64 {
 pub struct SolverBench {
     pub bench: &'static str,
     pub problem: &'static str,
+    pub precond: &'static str,
     pub n: usize,
     pub batch: usize,
     pub reps: usize,
@@ -93,6 +94,7 @@ pub fn solver(
     sizes: &[usize],
     batches: &[usize],
     min_seconds: f64,
+    preconds: &[Precond],
     mut emit: impl FnMut(&SolverBench),
 ) -> Result<Vec<SolverBench>> {
     let stream = stream_gbs(ctx, 1 << 24, 5)?;
@@ -102,13 +104,17 @@ pub fn solver(
         BatchedSolver::new(ctx, &pb, 1, CgParams::default(), None, false)?.solve(ctx, &[0.0; 4])?;
     }
     let mut out = Vec::new();
-    for &n in sizes {
+    for (&n, &precond) in sizes
+        .iter()
+        .flat_map(|n| preconds.iter().map(move |p| (n, p)))
+    {
         let pb = Problem::new(ProblemKind::Darcy2d, n, 64)?;
         for &batch in batches {
             let cg = CgParams {
                 rel_tol: 1e-5,
                 max_iters: 20 * n as u32,
                 chunk: 128,
+                precond,
                 ..Default::default()
             };
             let s = BatchedSolver::new(ctx, &pb, batch, cg, None, false)?;
@@ -123,10 +129,16 @@ pub fn solver(
                 reps += 1;
             }
             let dt = t.elapsed().as_secs_f64();
-            let bw = iters * cg_bytes_per_iter(&pb) / dt / 1e9;
+            // The byte model is Jacobi-PCG's; a multigrid iteration moves
+            // several times more (every level's smoothing), so no fraction.
+            let bw = match precond {
+                Precond::Jacobi => iters * cg_bytes_per_iter(&pb) / dt / 1e9,
+                Precond::Multigrid => f64::NAN,
+            };
             let r = SolverBench {
                 bench: "solver",
                 problem: "darcy2d",
+                precond: precond.name(),
                 n,
                 batch,
                 reps,
@@ -154,6 +166,7 @@ pub struct ViBench {
     pub d: usize,
     pub samples: usize,
     pub family: &'static str,
+    pub precond: &'static str,
     pub steps: usize,
     pub steps_per_s: f64,
     pub mean_cg_iters: f64,
@@ -169,24 +182,30 @@ pub fn vi(
     d: usize,
     samples: usize,
     steps: usize,
+    preconds: &[Precond],
     mut emit: impl FnMut(&ViBench),
 ) -> Result<Vec<ViBench>> {
     use crate::infer::vi::{fit, Family, FitSettings, ViEngine};
     let pb = Problem::new(ProblemKind::Darcy2d, n, d)?;
     let (_, y) = crate::physics::reference::simulate_data(&pb, 7);
     let mut out = Vec::new();
-    for family in [
+    let families = [
         Family::MeanField,
         Family::FullRank,
         Family::LowRank { rank: 8 },
-    ] {
-        let s = FitSettings {
+    ];
+    for (&precond, family) in preconds
+        .iter()
+        .flat_map(|p| families.iter().map(move |f| (p, *f)))
+    {
+        let mut s = FitSettings {
             family,
             samples,
             steps,
             report_every: steps,
             ..Default::default()
         };
+        s.cg.precond = precond;
         let mut eng = ViEngine::new(ctx, &pb, family, samples, &pb.sensors, &y, 0, s.cg)?;
         // One warm-up step (pipeline first use).
         eng.step(ctx, 0, 1e-3);
@@ -200,6 +219,7 @@ pub fn vi(
             d,
             samples,
             family: family.name(),
+            precond: precond.name(),
             steps,
             steps_per_s: steps as f64 / r.seconds,
             mean_cg_iters: r.mean_cg_iters,

@@ -15,7 +15,7 @@ use crate::output::io;
 use crate::output::plot::{self, Series};
 use crate::physics::problem::ProblemArgs;
 use crate::physics::problem::{Problem, ProblemKind};
-use crate::physics::solver::{BatchedSolver, CgParams};
+use crate::physics::solver::{BatchedSolver, CgParams, Precond};
 
 /// Settings of `pdevi run`, from a TOML file; flags override each key.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -59,6 +59,8 @@ pub struct RunConfig {
     pub gn_iters: Option<usize>,
     /// `pdevi run`: start q at the Laplace approximation (`laplace`) or the prior (`prior`).
     pub init: Option<String>,
+    /// darcy2d's CG preconditioner: `jacobi` (default) or `mg` (multigrid).
+    pub precond: Option<String>,
 }
 
 impl RunConfig {
@@ -109,7 +111,8 @@ impl RunConfig {
             thin,
             precondition,
             gn_iters,
-            init
+            init,
+            precond
         )
     }
 }
@@ -205,6 +208,7 @@ impl Setup {
             "seed": self.seed, "obs": self.obs_path.display().to_string(),
             "truth": self.truth_path.as_ref().map(|p| p.display().to_string()),
             "cg_tol": self.cg.rel_tol, "cg_max_iters": self.cg.max_iters,
+            "precond": self.cg.precond.name(),
         })
     }
 }
@@ -265,6 +269,7 @@ pub fn setup(cfg: &RunConfig) -> Result<Setup> {
         rel_tol: cfg.tol.unwrap_or(1e-5),
         max_iters: cfg.max_iters.unwrap_or(4000),
         warm_start: true,
+        precond: Precond::parse(cfg.precond.as_deref().unwrap_or("jacobi"))?,
         ..Default::default()
     };
     Ok(Setup {

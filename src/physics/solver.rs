@@ -57,6 +57,10 @@ impl Precond {
     }
 }
 
+/// Iteration cap of multigrid-preconditioned CG (it needs 4-7 to 1e-5 on
+/// prior draws at any n; more means something is wrong).
+pub const MULTIGRID_MAX_ITERS: u32 = 40;
+
 /// The multigrid hierarchy of shaders/physics/multigrid.wgsl for `n x n`
 /// cells: interior unknowns per side of every level, coarsest last (the
 /// same rule as the shader and as `cpu::multigrid::Hierarchy`).
@@ -70,14 +74,14 @@ pub fn multigrid_levels(n: usize) -> Vec<usize> {
 }
 
 /// Floats of the multigrid solver's `work` per system: r, p, ap, z, then per
-/// level (stencil,) dinv, x, b, t, and the coarsest level's dense factor.
+/// level its stencil, dinv, x, b, t, and the coarsest level's dense factor.
 pub fn multigrid_floats(n: usize) -> usize {
     let levels = multigrid_levels(n);
     let last = levels.len() - 1;
     let mut total = 4 * (n - 1) * (n - 1);
     for (l, &m) in levels.iter().enumerate() {
         let nu = m * m;
-        total += 4 * nu + if l > 0 { 9 * nu } else { 0 } + if l == last { nu * nu } else { 0 };
+        total += 13 * nu + if l == last { nu * nu } else { 0 };
     }
     total
 }
@@ -382,7 +386,13 @@ impl BatchedSolver {
 
         let mut params = crate::gpu::layout::PdeParams::new(pb.n, nu, nc, batch, d);
         params.tol = cg.rel_tol as f32;
-        params.max_iter = cg.max_iters.max(1);
+        // Multigrid converges in a handful of iterations at any size: cap
+        // it so that a solve records a few dispatches, not max_iters / chunk.
+        params.max_iter = if multigrid {
+            cg.max_iters.clamp(1, MULTIGRID_MAX_ITERS)
+        } else {
+            cg.max_iters.max(1)
+        };
         params.chunk = cg.chunk.max(1).min(if multigrid {
             multigrid_max_chunk(pb.n, ctx.solver_wg)?
         } else {
