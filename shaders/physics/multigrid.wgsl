@@ -280,14 +280,32 @@ fn mg_setup(sys: u32, lid: u32, levels: u32) {
 
 // ---- the V-cycle: z = M r (r, z at rb, zb in level 0's layout) ----
 
-fn mg_smooth(sys: u32, lid: u32, l: u32, lv: Lvl) {
-    for (var s = 0u; s < MG_SWEEPS; s++) {
+// t = A_l v for every node of the level (level 0 by common/pass_q1's
+// column walk, which loads 3 values of v and 2 of kappa per node).
+fn lvl_apply_all(sys: u32, lid: u32, l: u32, lv: Lvl, vb: u32, tb: u32) {
+    if (l == 0u) {
+        _ = op_pass(sys, vb, tb, lid);
+    } else {
         for (var k = lid; k < lv.nu; k += WG) {
-            work[lv.t + k] = lvl_apply(sys, l, lv, lv.x, k);
+            work[tb + k] = lvl_apply(sys, l, lv, vb, k);
         }
-        storageBarrier();
-        for (var k = lid; k < lv.nu; k += WG) {
-            work[lv.x + k] += MG_OMEGA * work[lv.dinv + k] * (work[lv.b + k] - work[lv.t + k]);
+    }
+    storageBarrier();
+}
+
+// MG_SWEEPS damped-Jacobi sweeps; `from_zero`: x is zero, so the first
+// sweep is x = omega D^-1 b without an operator application.
+fn mg_smooth(sys: u32, lid: u32, l: u32, lv: Lvl, from_zero: bool) {
+    for (var s = 0u; s < MG_SWEEPS; s++) {
+        if (s == 0u && from_zero) {
+            for (var k = lid; k < lv.nu; k += WG) {
+                work[lv.x + k] = MG_OMEGA * work[lv.dinv + k] * work[lv.b + k];
+            }
+        } else {
+            lvl_apply_all(sys, lid, l, lv, lv.x, lv.t);
+            for (var k = lid; k < lv.nu; k += WG) {
+                work[lv.x + k] += MG_OMEGA * work[lv.dinv + k] * (work[lv.b + k] - work[lv.t + k]);
+            }
         }
         storageBarrier();
     }
@@ -303,13 +321,10 @@ fn vcycle(sys: u32, lid: u32, levels: u32, rb: u32, zb: u32) {
     for (var l = 0u; l + 1u < levels; l++) {
         let lv = lvl(sys, l, levels);
         let cv = lvl(sys, l + 1u, levels);
+        mg_smooth(sys, lid, l, lv, true);
+        lvl_apply_all(sys, lid, l, lv, lv.x, lv.t);
         for (var k = lid; k < lv.nu; k += WG) {
-            work[lv.x + k] = 0.0;
-        }
-        storageBarrier();
-        mg_smooth(sys, lid, l, lv);
-        for (var k = lid; k < lv.nu; k += WG) {
-            work[lv.t + k] = work[lv.b + k] - lvl_apply(sys, l, lv, lv.x, k);
+            work[lv.t + k] = work[lv.b + k] - work[lv.t + k];
         }
         storageBarrier();
         let mf = i32(lv.m);
@@ -369,7 +384,7 @@ fn vcycle(sys: u32, lid: u32, levels: u32, rb: u32, zb: u32) {
             work[lv.x + k] += acc;
         }
         storageBarrier();
-        mg_smooth(sys, lid, l, lv);
+        mg_smooth(sys, lid, l, lv, false);
     }
     for (var k = lid; k < l0.nu; k += WG) {
         work[zb + k] = work[l0.x + k];
@@ -472,13 +487,7 @@ fn mg_cg_iterate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
             status = MAXITER;
             break;
         }
-        var part = 0.0;
-        for (var k = lid; k < nu; k += WG) {
-            let a = op_apply(sys, wp, k);
-            work[wa + k] = a;
-            part += a * work[wp + k];
-        }
-        let pap = wg_sum(part, lid);
+        let pap = wg_sum(op_pass(sys, wp, wa, lid), lid);
         if (!(pap > 0.0) || !(rz > 0.0)) {
             status = BREAKDOWN;
             break;

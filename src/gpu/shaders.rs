@@ -97,7 +97,7 @@ macro_rules! modules {
 modules! {
     SolverQ1 = "solver_q1" [PARAMS, REDUCE, CG_STATE, OP_Q1, PASS_Q1, SOLVER] solver = true;
     SolverP1 = "solver_p1" [PARAMS, REDUCE, CG_STATE, OP_P1, PASS_P1, SOLVER] solver = true;
-    SolverQ1Mg = "solver_q1_mg" [PARAMS, REDUCE, CG_STATE, OP_Q1, MULTIGRID] solver = true;
+    SolverQ1Mg = "solver_q1_mg" [PARAMS, REDUCE, CG_STATE, OP_Q1, PASS_Q1, MULTIGRID] solver = true;
     Kl = "kl" [PARAMS, REDUCE, KL];
     Darcy = "darcy" [PARAMS, OP_Q1, DARCY];
     Poisson1d = "poisson1d" [PARAMS, OP_P1, POISSON1D];

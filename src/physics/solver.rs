@@ -57,6 +57,10 @@ impl Precond {
     }
 }
 
+/// Coarsen while the grid has more cells per side than this (the shader's
+/// `MG_COARSEST`).
+pub const MULTIGRID_COARSEST: usize = 4;
+
 /// Iteration cap of multigrid-preconditioned CG (it needs 4-7 to 1e-5 on
 /// prior draws at any n; more means something is wrong).
 pub const MULTIGRID_MAX_ITERS: u32 = 40;
@@ -66,7 +70,7 @@ pub const MULTIGRID_MAX_ITERS: u32 = 40;
 /// same rule as the shader and as `cpu::multigrid::Hierarchy`).
 pub fn multigrid_levels(n: usize) -> Vec<usize> {
     let (mut cells, mut m) = (n, vec![n - 1]);
-    while m.len() < 12 && cells > 4 && cells % 2 == 0 && cells / 2 >= 2 {
+    while m.len() < 12 && cells > MULTIGRID_COARSEST && cells % 2 == 0 && cells / 2 >= 2 {
         cells /= 2;
         m.push(cells - 1);
     }
@@ -131,7 +135,9 @@ pub fn multigrid_max_chunk(n: usize, wg: u32) -> Result<u32> {
             ),
         ));
     }
-    Ok(((budget - setup) / per_iter).max(1) as u32)
+    // The start dispatch runs the setup and one cycle; each iterate dispatch
+    // only iterations.
+    Ok((budget / per_iter).max(1) as u32)
 }
 
 impl Default for CgParams {
