@@ -17,3 +17,22 @@ const RUNNING: u32 = 0u;
 const CONVERGED: u32 = 1u;
 const MAXITER: u32 = 2u;
 const BREAKDOWN: u32 = 3u;
+
+// The state after a CG start from ||b||^2, ||r0||^2 and r0^T z0: converged
+// at once for a zero right-hand side or a small enough initial residual,
+// broken down on NaN.
+fn cg_start_state(bnorm2: f32, rnorm2: f32, rz: f32, tol: f32) -> CgState {
+    var st: CgState;
+    st.iters = 0u;
+    st.status = RUNNING;
+    st.rz = rz;
+    st.bnorm2 = bnorm2;
+    st.rnorm2 = rnorm2;
+    if (bnorm2 == 0.0 || rnorm2 <= tol * tol * bnorm2) {
+        st.status = CONVERGED;
+    }
+    if (!(rnorm2 == rnorm2) || !(rz == rz)) {
+        st.status = BREAKDOWN;
+    }
+    return st;
+}

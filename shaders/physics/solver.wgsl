@@ -61,19 +61,7 @@ fn cg_start(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
         work[wp + k] = work[wd + k] * work[wr + k];
     }
     if (lid == 0u) {
-        var st: CgState;
-        st.iters = 0u;
-        st.status = RUNNING;
-        st.rz = rz;
-        st.bnorm2 = sums.x;
-        st.rnorm2 = sums.y;
-        if (sums.x == 0.0 || sums.y <= P.tol * P.tol * sums.x) {
-            st.status = CONVERGED;
-        }
-        if (!(sums.y == sums.y) || !(rz == rz)) {
-            st.status = BREAKDOWN;
-        }
-        state[sys] = st;
+        state[sys] = cg_start_state(sums.x, sums.y, rz, P.tol);
     }
     // A zero right-hand side has the zero solution whatever the initial guess.
     if (sums.x == 0.0) {
