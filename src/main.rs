@@ -173,7 +173,7 @@ struct RunOpts {
     tol: Option<f64>,
     #[arg(long)]
     max_iters: Option<u32>,
-    /// darcy2d's CG preconditioner: jacobi (default) or mg (multigrid V-cycle).
+    /// darcy2d's CG preconditioner: auto (multigrid where the grid and device allow it), jacobi or mg.
     #[arg(long)]
     precond: Option<String>,
     /// No progress bar.

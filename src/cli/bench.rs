@@ -142,7 +142,7 @@ pub fn solver(
             // several times more (every level's smoothing), so no fraction.
             let bw = match precond {
                 Precond::Jacobi => iters * cg_bytes_per_iter(&pb) / dt / 1e9,
-                Precond::Multigrid => f64::NAN,
+                _ => f64::NAN,
             };
             let r = SolverBench {
                 bench: "solver",

@@ -59,7 +59,8 @@ pub struct RunConfig {
     pub gn_iters: Option<usize>,
     /// `pdevi run`: start q at the Laplace approximation (`laplace`) or the prior (`prior`).
     pub init: Option<String>,
-    /// darcy2d's CG preconditioner: `jacobi` (default) or `mg` (multigrid).
+    /// darcy2d's CG preconditioner: `auto` (default: multigrid where the
+    /// grid and device allow it), `jacobi` or `mg`.
     pub precond: Option<String>,
 }
 
@@ -269,7 +270,7 @@ pub fn setup(cfg: &RunConfig) -> Result<Setup> {
         rel_tol: cfg.tol.unwrap_or(1e-5),
         max_iters: cfg.max_iters.unwrap_or(4000),
         warm_start: true,
-        precond: Precond::parse(cfg.precond.as_deref().unwrap_or("jacobi"))?,
+        precond: Precond::parse(cfg.precond.as_deref().unwrap_or("auto"))?,
         ..Default::default()
     };
     Ok(Setup {

@@ -32,8 +32,10 @@ pub struct CgParams {
 /// The preconditioner of darcy2d's CG solves.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Precond {
-    /// The inverse diagonal: cheap per iteration, iterations grow like n.
+    /// Multigrid where the device and grid allow it, Jacobi otherwise.
     #[default]
+    Auto,
+    /// The inverse diagonal: cheap per iteration, iterations grow like n.
     Jacobi,
     /// One multigrid V-cycle (Galerkin coarse operators, damped-Jacobi
     /// smoothing; shaders/physics/multigrid.wgsl): iterations flat in n.
@@ -43,14 +45,20 @@ pub enum Precond {
 impl Precond {
     pub fn parse(name: &str) -> Result<Self> {
         match name {
+            "auto" => Ok(Precond::Auto),
             "jacobi" => Ok(Precond::Jacobi),
             "mg" | "multigrid" => Ok(Precond::Multigrid),
-            other => Err(Error::setting("precond", other, "expected jacobi or mg")),
+            other => Err(Error::setting(
+                "precond",
+                other,
+                "expected auto, jacobi or mg",
+            )),
         }
     }
 
     pub fn name(self) -> &'static str {
         match self {
+            Precond::Auto => "auto",
             Precond::Jacobi => "jacobi",
             Precond::Multigrid => "mg",
         }
@@ -326,11 +334,13 @@ impl BatchedSolver {
         }
         let f = 4u64;
         let b = batch as u64;
-        let multigrid = pb.kind == ProblemKind::Darcy2d && cg.precond == Precond::Multigrid;
-        if multigrid {
-            // Refuse sizes the shader cannot handle before allocating.
-            multigrid_max_chunk(pb.n, ctx.solver_wg)?;
-        }
+        let multigrid = pb.kind == ProblemKind::Darcy2d
+            && match cg.precond {
+                Precond::Jacobi => false,
+                // Refuse sizes the shader cannot handle before allocating.
+                Precond::Multigrid => multigrid_max_chunk(pb.n, ctx.solver_wg).map(|_| true)?,
+                Precond::Auto => multigrid_max_chunk(pb.n, ctx.solver_wg).is_ok(),
+            };
         // Check the largest buffers before building anything (the basis of a
         // huge grid takes minutes to compute on the CPU).
         for (what, count) in [
@@ -455,14 +465,11 @@ impl BatchedSolver {
                 work: &work,
                 state,
             };
-            let (start, iterate) = match (pb.kind, cg.precond) {
-                (ProblemKind::Darcy2d, Precond::Multigrid) => {
-                    (KernelId::MgCgStartQ1, KernelId::MgCgIterateQ1)
-                }
-                (kind, _) => {
-                    let (s, i, _) = Self::solver_kernels(kind);
-                    (s, i)
-                }
+            let (start, iterate) = if multigrid {
+                (KernelId::MgCgStartQ1, KernelId::MgCgIterateQ1)
+            } else {
+                let (s, i, _) = Self::solver_kernels(pb.kind);
+                (s, i)
             };
             Ok(Solve::Cg {
                 start: ctx.prepare_as(start, &a, extent)?,
