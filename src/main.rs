@@ -393,9 +393,15 @@ fn run(cli: Cli) -> pdevi::Result<()> {
                 let preconds = parse_preconds(&precond)?;
                 let ctx = pdevi::GpuContext::new()?;
                 eprintln!("device: {}", ctx.describe());
-                pdevi::cli::bench::solver(&ctx, &sizes, &batches, min_seconds, &preconds, |r| {
-                    println!("{}", serde_json::to_string(r).unwrap_or_default())
-                })?;
+                pdevi::cli::bench::solver(
+                    &ctx,
+                    &sizes,
+                    &batches,
+                    min_seconds,
+                    &preconds,
+                    |s| println!("{}", serde_json::to_string(s).unwrap_or_default()),
+                    |r| println!("{}", serde_json::to_string(r).unwrap_or_default()),
+                )?;
             }
             BenchCmd::Vi {
                 n,

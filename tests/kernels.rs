@@ -207,12 +207,29 @@ fn physics_cases(ctx: &GpuContext) -> Vec<Case> {
     };
     let mut a = vec![0.0; 4 * nv];
     cpu::stream_triad(&p, &b, &c, &mut a);
+    // Every shape of the roofline probe; the grid-stride ones on a quarter
+    // of the grid, so each invocation makes several trips.
+    for (kernel, extent) in [
+        (KernelId::StreamTriad, nv),
+        (KernelId::StreamTriad64, nv),
+        (KernelId::StreamTriadGrid, nv / 4),
+        (KernelId::StreamTriadGrid64, nv / 4),
+    ] {
+        cases.push(
+            Case::new(format!("{kernel:?}"), kernel, [extent, 1])
+                .params("params", &p)
+                .f32("sb", &b)
+                .f32("sc", &c)
+                .expect("sa", &a, 1e-6, 1e-6),
+        );
+    }
+    let mut copy = vec![0.0; 4 * nv];
+    cpu::stream_copy(&p, &b, &mut copy);
     cases.push(
-        Case::new("stream_triad", KernelId::StreamTriad, [nv, 1])
+        Case::new("stream_copy", KernelId::StreamCopy, [nv, 1])
             .params("params", &p)
             .f32("sb", &b)
-            .f32("sc", &c)
-            .expect("sa", &a, 1e-6, 1e-6),
+            .expect("sa", &copy, 0.0, 1e-7),
     );
     // The FMA probe (a benchmark kernel, but it must compute what it claims).
     let p = MlpParams {

@@ -12,7 +12,7 @@ fn every_module_validates() {
         let sizes: &[u32] = if m.is_solver() {
             shaders::SOLVER_WGS
         } else {
-            &[shaders::DEFAULT_WG]
+            &[m.fixed_wg().unwrap_or(shaders::DEFAULT_WG)]
         };
         for &wg in sizes {
             if let Err(e) = shaders::validate_with(m, wg) {

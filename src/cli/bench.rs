@@ -9,54 +9,131 @@ use crate::gpu::{args, GpuContext, KernelId};
 use crate::physics::problem::{Problem, ProblemKind};
 use crate::physics::solver::{BatchedSolver, CgParams, Precond};
 
-/// Best-of-`reps` bandwidth of `a = b + s c` over `n` f32 (GB/s, 12 bytes
-/// per element): the device's own streaming roofline.
-pub fn stream_gbs(ctx: &GpuContext, n: usize, reps: usize) -> Result<f64> {
-    let n = (n / 4).max(1) * 4;
-    let nv = n / 4;
-    let bytes = (n * 4) as u64;
-    let b = ctx.storage("stream.b", bytes)?;
-    let c = ctx.storage("stream.c", bytes)?;
-    let a = ctx.storage("stream.a", bytes)?;
+/// One shape of the streaming probe.
+#[derive(Debug, serde::Serialize)]
+pub struct StreamShape {
+    pub bench: &'static str,
+    /// `triad` (a = b + s c, one vec4 per invocation), `triad_grid` (the
+    /// same as a grid-stride loop of `trips` per invocation) or `copy` (a = b).
+    pub shape: &'static str,
+    pub workgroup_size: u32,
+    pub trips: u32,
+    /// Bytes moved per f32 element (12 for the triad, 8 for the copy).
+    pub bytes_per_element: u32,
+    pub gbs: f64,
+    /// Every element of the result was checked against the CPU.
+    pub verified: bool,
+    pub device: String,
+}
+
+/// The device's streaming roofline: every shape of the probe, best of `reps`
+/// runs each over `n` f32, every element of each result checked (llvmpipe
+/// silently cuts loops, which would inflate a figure), measured in this
+/// process. `emit` sees each shape; the best verified GB/s is returned.
+pub fn stream_roofline(
+    ctx: &GpuContext,
+    n: usize,
+    reps: usize,
+    mut emit: impl FnMut(&StreamShape),
+) -> Result<f64> {
+    let nv = (n / 4).max(1);
+    let n = 4 * nv;
+    let bv: Vec<f32> = (0..n).map(|i| (i % 1021) as f32 * 0.25).collect();
+    let cv: Vec<f32> = (0..n).map(|i| (i % 997) as f32 * 0.5).collect();
+    let b = ctx.upload("stream.b", &bv)?;
+    let c = ctx.upload("stream.c", &cv)?;
+    let a = ctx.storage("stream.a", (n * 4) as u64)?;
     let p = PdeParams {
         nunk: nv as u32,
         triad_scale: 0.5,
         ..Default::default()
     };
     let u = ctx.uniform("stream.params", &p);
-    // One vec4 per invocation, capped at the device's dispatch limit (the
-    // probe then covers a prefix: bandwidth, not coverage, is measured).
-    let wg = ctx.workgroup_size(KernelId::StreamTriad);
-    let groups = (nv as u32)
-        .div_ceil(wg)
-        .min(ctx.limits.max_compute_workgroups_per_dimension);
-    let triad = ctx.prepare_groups(
-        &args::StreamTriad {
-            params: &u,
-            sb: &b,
-            sc: &c,
-            sa: &a,
-        },
-        [groups, 1, 1],
-    );
-    let mut best = f64::INFINITY;
-    for r in 0..=reps {
-        let mut enc = ctx.encoder("stream");
-        {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("stream"),
-                timestamp_writes: None,
-            });
-            triad.record(&mut pass);
+    let triad = args::StreamTriad {
+        params: &u,
+        sb: &b,
+        sc: &c,
+        sa: &a,
+    };
+    let max_groups = ctx.limits.max_compute_workgroups_per_dimension as usize;
+    let mut best = 0.0f64;
+    for (kernel, shape, trips) in [
+        (KernelId::StreamTriad, "triad", 1u32),
+        (KernelId::StreamTriad64, "triad", 1),
+        (KernelId::StreamTriadGrid, "triad_grid", 16),
+        (KernelId::StreamTriadGrid64, "triad_grid", 16),
+        (KernelId::StreamCopy, "copy", 1),
+    ] {
+        let wg = ctx.workgroup_size(kernel);
+        let groups = nv.div_ceil(wg as usize * trips as usize);
+        if groups > max_groups {
+            continue;
         }
-        let t = Instant::now();
-        ctx.submit_wait(enc)?;
-        let dt = t.elapsed().as_secs_f64();
-        if r > 0 {
-            best = best.min(dt);
+        let d = if kernel == KernelId::StreamCopy {
+            ctx.prepare_groups(
+                &args::StreamCopy {
+                    params: &u,
+                    sb: &b,
+                    sa: &a,
+                },
+                [groups as u32, 1, 1],
+            )
+        } else {
+            ctx.prepare_groups_as(kernel, &triad, [groups as u32, 1, 1])?
+        };
+        let mut fastest = f64::INFINITY;
+        for r in 0..=reps {
+            ctx.write(&a, &[0f32; 4]);
+            let mut enc = ctx.encoder("stream");
+            {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("stream"),
+                    timestamp_writes: None,
+                });
+                d.record(&mut pass);
+            }
+            let t = Instant::now();
+            ctx.submit_wait(enc)?;
+            if r > 0 {
+                fastest = fastest.min(t.elapsed().as_secs_f64());
+            }
         }
+        let got: Vec<f32> = ctx.read(&a, 0, n)?;
+        let verified = got.iter().enumerate().all(|(i, &g)| {
+            let want = if kernel == KernelId::StreamCopy {
+                bv[i]
+            } else {
+                bv[i] + 0.5 * cv[i]
+            };
+            (g - want).abs() <= 1e-6 * want.abs().max(1.0)
+        });
+        let bytes_per_element = if kernel == KernelId::StreamCopy {
+            8
+        } else {
+            12
+        };
+        let gbs = (bytes_per_element * n) as f64 / fastest / 1e9;
+        if verified {
+            best = best.max(gbs);
+        }
+        emit(&StreamShape {
+            bench: "stream",
+            shape,
+            workgroup_size: wg,
+            trips,
+            bytes_per_element: bytes_per_element as u32,
+            gbs,
+            verified,
+            device: ctx.describe(),
+        });
     }
-    Ok(3.0 * bytes as f64 / best / 1e9)
+    if best == 0.0 {
+        return Err(crate::error::Error::Gpu {
+            context: "stream roofline".into(),
+            message: "no probe shape wrote the right result: the device cuts or skips work".into(),
+        });
+    }
+    Ok(best)
 }
 
 /// Bytes one CG iteration moves per system, by the model documented in the
@@ -95,9 +172,13 @@ pub fn solver(
     batches: &[usize],
     min_seconds: f64,
     preconds: &[Precond],
+    emit_stream: impl FnMut(&StreamShape),
     mut emit: impl FnMut(&SolverBench),
 ) -> Result<Vec<SolverBench>> {
-    let stream = stream_gbs(ctx, 1 << 24, 5)?;
+    // The roofline, in this process, right before the solver rows.
+    // 15 M floats: one vec4 per invocation at 64 per workgroup stays under
+    // 65535 workgroups.
+    let stream = stream_roofline(ctx, 15 << 20, 5, emit_stream)?;
     // Warm-up once: drivers compile a pipeline at its first dispatch.
     {
         let pb = Problem::new(ProblemKind::Darcy2d, 16, 4)?;

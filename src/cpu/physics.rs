@@ -260,6 +260,17 @@ pub fn stream_triad(p: &PdeParams, b: &[f64], c: &[f64], a: &mut [f64]) {
     }
 }
 
+/// Mirror of `stream_triad_grid`: the same result, whatever the grid.
+pub fn stream_triad_grid(p: &PdeParams, b: &[f64], c: &[f64], a: &mut [f64]) {
+    stream_triad(p, b, c, a);
+}
+
+/// a = b on `nunk` vec4s.
+pub fn stream_copy(p: &PdeParams, b: &[f64], a: &mut [f64]) {
+    let n = 4 * p.nunk as usize;
+    a[..n].copy_from_slice(&b[..n]);
+}
+
 // ---- p1_direct.wgsl ----
 
 /// Thomas algorithm for A = (1/h) tridiag(-1, 2, -1) with closed-form pivots.

@@ -250,11 +250,7 @@ impl GpuContext {
         let mut entry_wg = std::collections::HashMap::new();
         for &m in ModuleId::ALL {
             // naga validation first: a readable error with file and line.
-            let wg = if m.is_solver() {
-                self.solver_wg
-            } else {
-                shaders::DEFAULT_WG
-            };
+            let wg = m.wg(self.solver_wg);
             let naga_module = shaders::validate_with(m, wg)?;
             for ep in &naga_module.entry_points {
                 entry_wg.insert((m, ep.name.clone()), ep.workgroup_size[0]);
@@ -448,6 +444,26 @@ impl GpuContext {
             });
         }
         let groups = self.groups(k, extent)?;
+        Ok(self.dispatch_of(k, &args.buffers(), groups))
+    }
+
+    /// [`prepare_groups`](Self::prepare_groups) for kernel `k` of the same
+    /// bindings as the kernel `args` names.
+    pub fn prepare_groups_as<'a, A: KernelArgs<'a>>(
+        &self,
+        k: KernelId,
+        args: &A,
+        groups: [u32; 3],
+    ) -> Result<Dispatch> {
+        if k.spec().bindings != A::KERNEL.spec().bindings {
+            return Err(Error::Gpu {
+                context: k.label(),
+                message: format!(
+                    "bound with the arguments of {}, whose bindings differ",
+                    A::KERNEL.label()
+                ),
+            });
+        }
         Ok(self.dispatch_of(k, &args.buffers(), groups))
     }
 

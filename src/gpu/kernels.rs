@@ -180,8 +180,20 @@ kernel_table! {
     /// Sensor misfit and the adjoint right-hand side, a workgroup per system.
     ObsMisfit => Obs."obs_misfit", Workgroup,
         { params: Uniform @ 0, sensors: Read @ 1, data: Read @ 2, u: Read @ 3, adj: ReadWrite @ 4, misfit: ReadWrite @ 5 }
-    /// a = b + scale c on vec4s (the bandwidth probe); x = vec4s.
+    /// a = b + s c on vec4s (a bandwidth probe); x = vec4s.
     StreamTriad => Stream."stream_triad", Invocation,
+        { params: Uniform @ 0, sb: Read @ 1, sc: Read @ 2, sa: ReadWrite @ 3 }
+    /// The triad as a grid-stride loop (the host sizes the grid for the trips per invocation).
+    StreamTriadGrid => Stream."stream_triad_grid", Invocation,
+        { params: Uniform @ 0, sb: Read @ 1, sc: Read @ 2, sa: ReadWrite @ 3 }
+    /// a = b on vec4s (two buffers instead of three).
+    StreamCopy => Stream."stream_copy", Invocation,
+        { params: Uniform @ 0, sb: Read @ 1, sa: ReadWrite @ 3 }
+    /// The triad with 64 invocations per workgroup.
+    StreamTriad64 => Stream64."stream_triad", Invocation,
+        { params: Uniform @ 0, sb: Read @ 1, sc: Read @ 2, sa: ReadWrite @ 3 }
+    /// The grid-stride triad with 64 invocations per workgroup.
+    StreamTriadGrid64 => Stream64."stream_triad_grid", Invocation,
         { params: Uniform @ 0, sb: Read @ 1, sc: Read @ 2, sa: ReadWrite @ 3 }
     /// Standard normal noise of the ELBO's samples; x = noise values.
     ViNoise => Vi."vi_noise", Vec4,

@@ -62,7 +62,7 @@ sources! {
 /// Every shader module, one row each: its name and the files concatenated
 /// to form it, in order. Solver modules get their workgroup size per device.
 macro_rules! modules {
-    ($($id:ident = $name:literal [$($src:ident),*] $(solver = $solver:literal)?;)*) => {
+    ($($id:ident = $name:literal [$($src:ident),*] $(solver = $solver:literal)? $(wg = $wg:literal)?;)*) => {
         /// A shader module: a name and the files concatenated to form it.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         pub enum ModuleId {
@@ -90,6 +90,23 @@ macro_rules! modules {
                     $(ModuleId::$id => false $(|| $solver)?,)*
                 }
             }
+
+            /// A fixed workgroup size other than [`DEFAULT_WG`], if the row sets one.
+            pub fn fixed_wg(self) -> Option<u32> {
+                match self {
+                    $(ModuleId::$id => None $(.or(Some($wg)))?,)*
+                }
+            }
+
+            /// The workgroup size the module is assembled with, given the
+            /// device's solver workgroup size.
+            pub fn wg(self, solver_wg: u32) -> u32 {
+                if self.is_solver() {
+                    solver_wg
+                } else {
+                    self.fixed_wg().unwrap_or(DEFAULT_WG)
+                }
+            }
         }
     };
 }
@@ -103,6 +120,7 @@ modules! {
     Poisson1d = "poisson1d" [PARAMS, OP_P1, POISSON1D];
     Obs = "obs" [PARAMS, REDUCE, OBS];
     Stream = "stream" [PARAMS, STREAM];
+    Stream64 = "stream_64" [PARAMS, STREAM] wg = 64;
     Vi = "vi" [RNG, VI];
     Adam = "adam" [ADAM];
     P1Direct = "p1_direct" [PARAMS, CG_STATE, P1_DIRECT];
@@ -137,7 +155,7 @@ pub const SOLVER_WGS: &[u32] = &[16, 64, 256];
 
 /// `assemble_with` at the default workgroup size.
 pub fn assemble(id: ModuleId) -> Assembled {
-    assemble_with(id, DEFAULT_WG)
+    assemble_with(id, id.fixed_wg().unwrap_or(DEFAULT_WG))
 }
 
 /// Assemble a module; modules built on common/params get `const WG` (and
@@ -170,7 +188,7 @@ pub fn assemble_with(id: ModuleId, wg: u32) -> Assembled {
 /// Parse and validate a module with naga (no device needed). Errors name the
 /// original file and line.
 pub fn validate(id: ModuleId) -> Result<naga::Module> {
-    validate_with(id, DEFAULT_WG)
+    validate_with(id, id.fixed_wg().unwrap_or(DEFAULT_WG))
 }
 
 /// [`validate`] at a given workgroup size.
