@@ -173,6 +173,9 @@ struct RunOpts {
     tol: Option<f64>,
     #[arg(long)]
     max_iters: Option<u32>,
+    /// run: CG tolerance of the first steps, tightened a decade at a time to --tol.
+    #[arg(long)]
+    tol_start: Option<f64>,
     /// darcy2d's CG preconditioner: auto (multigrid where the grid and device allow it), jacobi or mg.
     #[arg(long)]
     precond: Option<String>,
@@ -249,6 +252,7 @@ impl RunOpts {
             tol: self.tol,
             max_iters: self.max_iters,
             precond: self.precond.clone(),
+            tol_start: self.tol_start,
             quiet: self.quiet.then_some(true),
             sampler: self.sampler.clone(),
             chains: self.chains,

@@ -409,3 +409,26 @@ fn families_start_from_a_given_gaussian() {
     let (_, c3) = f.moments(d, &f.theta_from_gaussian(d, &m, &lr).unwrap());
     assert_close("low-rank cov", &c3, &lr, 1e-9, 1e-9);
 }
+
+/// The tolerance schedule of `--tol-start`: a decade at a time from the
+/// start to `cg.rel_tol`, reached by 60 % of the steps, and off by default.
+#[test]
+fn tolerance_schedule_tightens_by_decades() {
+    let mut s = FitSettings {
+        steps: 1000,
+        ..Default::default()
+    };
+    s.cg.rel_tol = 1e-5;
+    assert!((0..1000).all(|t| pdevi::infer::vi::tol_at(&s, t) == 1e-5));
+    s.tol_start = Some(1e-2);
+    let tols: Vec<f64> = (0..1000).map(|t| pdevi::infer::vi::tol_at(&s, t)).collect();
+    assert!((tols[0] - 1e-2).abs() < 1e-15, "{}", tols[0]);
+    assert!(tols.windows(2).all(|w| w[1] <= w[0]), "not monotone");
+    assert!(
+        tols[600..].iter().all(|&t| t == 1e-5),
+        "not tight after 60 %"
+    );
+    let mut levels: Vec<f64> = tols.clone();
+    levels.dedup();
+    assert_eq!(levels.len(), 4, "{levels:?}");
+}

@@ -149,6 +149,7 @@ pub fn calibrate(cfg: &RunConfig, s: &CalibrateSettings) -> Result<serde_json::V
                     seed: seed.wrapping_add(j as u64),
                     cg,
                     report_every: 50,
+                    tol_start: cfg.tol_start,
                 };
                 let mut eng = ViEngine::new(
                     &ctx,

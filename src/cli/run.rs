@@ -59,6 +59,9 @@ pub struct RunConfig {
     pub gn_iters: Option<usize>,
     /// `pdevi run`: start q at the Laplace approximation (`laplace`) or the prior (`prior`).
     pub init: Option<String>,
+    /// `pdevi run`: CG tolerance of the first steps, tightened a decade at a
+    /// time to `tol` over the first 60 % of the steps (off by default).
+    pub tol_start: Option<f64>,
     /// darcy2d's CG preconditioner: `auto` (default: multigrid where the
     /// grid and device allow it), `jacobi` or `mg`.
     pub precond: Option<String>,
@@ -113,6 +116,7 @@ impl RunConfig {
             precondition,
             gn_iters,
             init,
+            tol_start,
             precond
         )
     }
@@ -328,6 +332,15 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
             "must be in (0, 1] (a fraction of lr)",
         ));
     }
+    if let Some(t) = cfg.tol_start {
+        if !(t.is_finite() && t > 0.0 && t < 1.0) {
+            return Err(Error::setting(
+                "tol_start",
+                t,
+                "must be a relative tolerance in (0, 1), looser than --tol",
+            ));
+        }
+    }
     let ctx = GpuContext::new()?;
     let settings = FitSettings {
         family,
@@ -338,6 +351,7 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
         seed,
         cg,
         report_every: 10,
+        tol_start: cfg.tol_start,
     };
     // Start from the Laplace approximation: Adam then refines a good
     // Gaussian instead of shrinking the prior by orders of magnitude.

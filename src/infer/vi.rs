@@ -485,6 +485,12 @@ pub struct FitSettings {
     pub cg: CgParams,
     /// Read the ELBO back every this many steps.
     pub report_every: usize,
+    /// Solves only as accurate as the step needs: the CG tolerance starts
+    /// here and tightens a decade at a time to `cg.rel_tol` over the first
+    /// 60 % of the steps (a stochastic gradient needs its solves about as
+    /// accurate as its own sampling noise). A few decades, not a change per
+    /// step: drivers that inline uniforms recompile the solver at each.
+    pub tol_start: Option<f64>,
 }
 
 impl Default for FitSettings {
@@ -501,7 +507,24 @@ impl Default for FitSettings {
                 ..Default::default()
             },
             report_every: 10,
+            tol_start: None,
         }
+    }
+}
+
+/// The CG tolerance of step `t` (see [`FitSettings::tol_start`]).
+pub fn tol_at(s: &FitSettings, t: usize) -> f64 {
+    let last = s.cg.rel_tol;
+    let Some(first) = s.tol_start.filter(|&f| f > last) else {
+        return last;
+    };
+    let decades = (first / last).log10().ceil().max(1.0) as usize;
+    let ramp = (0.6 * s.steps as f64).max(1.0);
+    let level = ((t as f64 / ramp) * (decades + 1) as f64) as usize;
+    if level >= decades {
+        last
+    } else {
+        (first / 10f64.powi(level as i32)).max(last)
     }
 }
 
@@ -540,7 +563,13 @@ pub fn fit(
     *last_good = engine.read_theta(ctx)?;
     let every = s.report_every.clamp(1, HISTORY);
     let mut first = 0usize;
+    let mut tol = s.cg.rel_tol;
     for t in 0..s.steps {
+        let want = tol_at(s, t);
+        if want != tol {
+            tol = want;
+            engine.solver.set_tol(ctx, tol);
+        }
         engine.step(ctx, t as u32, lr_at(s, t));
         if (t + 1) % every == 0 || t + 1 == s.steps {
             let elbos = engine.read_history(ctx, first as u32, t as u32)?;

@@ -267,6 +267,8 @@ pub struct BatchedSolver {
     per_system_data: bool,
     /// Parameter blocks the bind groups use (kept alive with them).
     _uniforms: Vec<wgpu::Buffer>,
+    /// The solver kernels' parameter block (rewritten by [`set_tol`](Self::set_tol)).
+    solver_params: wgpu::Buffer,
     /// xi -> z and the coefficient.
     kl: Dispatch,
     /// The forward solve (u) and the adjoint solve (lambda).
@@ -553,6 +555,7 @@ impl BatchedSolver {
             misfit,
             nsens: sens.len(),
             per_system_data,
+            solver_params: u_solver.clone(),
             _uniforms: vec![u_kl, u_solver, u_obs, u_pull],
             kl,
             fwd,
@@ -585,6 +588,14 @@ impl BatchedSolver {
             return 0;
         }
         self.params.max_iter.div_ceil(self.params.chunk)
+    }
+
+    /// Change the relative tolerance of the following solves (warm starts
+    /// keep the work done so far).
+    pub fn set_tol(&mut self, ctx: &GpuContext, tol: f64) {
+        self.params.tol = tol as f32;
+        self.cg.rel_tol = tol;
+        ctx.write(&self.solver_params, &[self.params]);
     }
 
     /// Upload B x d latent vectors.
