@@ -36,3 +36,14 @@ fn cg_start_state(bnorm2: f32, rnorm2: f32, rz: f32, tol: f32) -> CgState {
     }
     return st;
 }
+
+var<workgroup> cg_shared: CgState;
+
+// A system's state as one workgroup-uniform value (invocation 0 reads it),
+// so the iteration loop may branch on it and still reach its barriers.
+fn cg_uniform_state(st: CgState, lid: u32) -> CgState {
+    if (lid == 0u) {
+        cg_shared = st;
+    }
+    return workgroupUniformLoad(&cg_shared);
+}

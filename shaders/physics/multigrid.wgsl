@@ -440,10 +440,6 @@ fn mg_cg_start(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     }
 }
 
-var<workgroup> mg_status: u32;
-var<workgroup> mg_iters: u32;
-var<workgroup> mg_rz: f32;
-var<workgroup> mg_bnorm2: f32;
 
 // Up to P.chunk preconditioned CG iterations, resuming from the state.
 @compute @workgroup_size(WG)
@@ -456,17 +452,12 @@ fn mg_cg_iterate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     let wp = wr + nu;
     let wa = wr + 2u * nu;
     let wz = wr + 3u * nu;
-    if (lid == 0u) {
-        mg_status = state[sys].status;
-        mg_iters = state[sys].iters;
-        mg_rz = state[sys].rz;
-        mg_bnorm2 = state[sys].bnorm2;
-    }
-    var status = workgroupUniformLoad(&mg_status);
-    var iters = workgroupUniformLoad(&mg_iters);
-    var rz = workgroupUniformLoad(&mg_rz);
-    let bnorm2 = workgroupUniformLoad(&mg_bnorm2);
-    var rnorm2 = state[sys].rnorm2;
+    let st0 = cg_uniform_state(state[sys], lid);
+    var status = st0.status;
+    var iters = st0.iters;
+    var rz = st0.rz;
+    let bnorm2 = st0.bnorm2;
+    var rnorm2 = st0.rnorm2;
     if (status != RUNNING) {
         return;
     }

@@ -71,10 +71,6 @@ fn cg_start(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
     }
 }
 
-var<workgroup> st_status: u32;
-var<workgroup> st_iters: u32;
-var<workgroup> st_rz: f32;
-var<workgroup> st_bnorm2: f32;
 
 // op_pass writes ap through this.
 fn store_at(idx: u32, v: f32) {
@@ -91,17 +87,12 @@ fn cg_iterate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     let wp = wr + nu;
     let wa = wr + 2u * nu;
     let wd = wr + 3u * nu;
-    if (lid == 0u) {
-        st_status = state[sys].status;
-        st_iters = state[sys].iters;
-        st_rz = state[sys].rz;
-        st_bnorm2 = state[sys].bnorm2;
-    }
-    var status = workgroupUniformLoad(&st_status);
-    var iters = workgroupUniformLoad(&st_iters);
-    var rz = workgroupUniformLoad(&st_rz);
-    let bnorm2 = workgroupUniformLoad(&st_bnorm2);
-    var rnorm2 = state[sys].rnorm2;
+    let st0 = cg_uniform_state(state[sys], lid);
+    var status = st0.status;
+    var iters = st0.iters;
+    var rz = st0.rz;
+    let bnorm2 = st0.bnorm2;
+    var rnorm2 = st0.rnorm2;
     if (status != RUNNING) {
         return;
     }
