@@ -91,9 +91,28 @@ enum Cmd {
         /// Noise standard deviation (default: the spec's sigma_n).
         #[arg(long)]
         noise: Option<f64>,
+        /// Write a training set of COUNT prior draws and their noise-free sensor values
+        /// (batched GPU solves) as one .safetensors file at --out.
+        #[arg(long)]
+        count: Option<usize>,
+        /// With --count: also store the whole solution u of every draw.
+        #[arg(long)]
+        field: bool,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+        /// A folder (one draw), or a .safetensors file with --count.
         #[arg(long, default_value = "out/simulate")]
         out: PathBuf,
     },
+    /// Train networks on a simulated training set.
+    Train {
+        #[command(subcommand)]
+        which: TrainCmd,
+    },
+    /// Amortised posteriors from a trained encoder: one forward pass for one CSV (--obs) or
+    /// every CSV of a folder (--obs-dir), optionally refined by a few VI steps.
+    Amortised(Box<AmortisedOpts>),
     /// Variational inference: posterior of the KL coefficients given observations.
     Run(Box<RunOpts>),
     /// MCMC (pCN or MALA, many chains on the GPU, Laplace- or prior-preconditioned): the gold
@@ -203,6 +222,154 @@ struct RunOpts {
     /// run: start q at the Laplace approximation (laplace, default) or at the prior.
     #[arg(long)]
     init: Option<String>,
+    /// run: the forward model in the likelihood, exact (default) or surrogate:DIR.
+    #[arg(long)]
+    forward: Option<String>,
+    /// run: with a surrogate, add its predicted variance to sigma_n^2.
+    #[arg(long)]
+    surrogate_variance: bool,
+}
+
+#[derive(Args)]
+struct AmortisedOpts {
+    /// Folder written by `pdevi train encoder`.
+    #[arg(long)]
+    encoder: PathBuf,
+    /// One observation CSV: writes the files `pdevi run` writes.
+    #[arg(long)]
+    obs: Option<PathBuf>,
+    /// Every *.csv of a folder in one batch: a sub-folder per file (named after its stem).
+    #[arg(long)]
+    obs_dir: Option<PathBuf>,
+    #[arg(long, default_value = "out/amortised")]
+    out: PathBuf,
+    /// Semi-amortised: run this many VI steps per data set from the encoder's q.
+    #[arg(long, default_value_t = 0)]
+    refine: usize,
+    /// Monte Carlo samples per refinement step.
+    #[arg(long, default_value_t = 16)]
+    samples: usize,
+    #[arg(long, default_value_t = 0.01)]
+    lr: f64,
+    #[arg(long, default_value_t = 0.3)]
+    lr_final: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Truth (xi .npy) for error maps (with --obs).
+    #[arg(long)]
+    truth: Option<PathBuf>,
+    /// Solver samples for the posterior mean/std of u (with --obs).
+    #[arg(long, default_value_t = 64)]
+    predictive_samples: usize,
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum TrainCmd {
+    /// Amortised encoder q(xi | y) by neural posterior estimation (minimise E[-log q(xi | y)]).
+    Encoder(Box<EncoderOpts>),
+    /// Surrogate forward model D(xi) ~ G(xi) (sensor values or the whole field).
+    Surrogate(Box<SurrogateOpts>),
+}
+
+#[derive(Args)]
+struct SurrogateOpts {
+    /// Training set written by `pdevi simulate --count` (with --field for --target field).
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, default_value = "out/surrogate")]
+    out: PathBuf,
+    /// sensors or field.
+    #[arg(long, default_value = "sensors")]
+    target: String,
+    /// Also predict a log-variance per output (Gaussian NLL training).
+    #[arg(long)]
+    variance: bool,
+    #[arg(long, value_delimiter = ',', default_value = "256,256")]
+    hidden: Vec<String>,
+    #[arg(long, default_value = "gelu")]
+    activation: String,
+    #[arg(long, default_value_t = 100)]
+    epochs: usize,
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 0.05)]
+    lr_final: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 0)]
+    val_rows: usize,
+    #[arg(long, default_value_t = 15)]
+    patience: usize,
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct EncoderOpts {
+    /// Training set written by `pdevi simulate --count`.
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, default_value = "out/encoder")]
+    out: PathBuf,
+    /// Gaussian head: mean-field, low-rank or full-rank.
+    #[arg(long, default_value = "full-rank")]
+    family: String,
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    /// Hidden widths ("" for a linear encoder).
+    #[arg(long, value_delimiter = ',', default_value = "256,256")]
+    hidden: Vec<String>,
+    /// Hidden activation: tanh, relu, silu, gelu, softplus.
+    #[arg(long, default_value = "gelu")]
+    activation: String,
+    #[arg(long, default_value_t = 60)]
+    epochs: usize,
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Final learning rate as a fraction of --lr.
+    #[arg(long, default_value_t = 0.05)]
+    lr_final: f64,
+    /// Observation noise sigma_n added to y, fresh every epoch (default: the set's problem's).
+    #[arg(long)]
+    noise: Option<f64>,
+    /// Train K encoders from seeds seed..seed+K-1 and use their mixture.
+    #[arg(long, default_value_t = 1)]
+    ensemble: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Validation rows (default: a tenth of the set).
+    #[arg(long, default_value_t = 0)]
+    val_rows: usize,
+    /// Stop after this many epochs without a better validation loss (0 = never).
+    #[arg(long, default_value_t = 10)]
+    patience: usize,
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn parse_hidden(h: &[String]) -> pdevi::Result<Vec<usize>> {
+    h.iter()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            s.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|&w| w > 0)
+                .ok_or_else(|| {
+                    pdevi::Error::setting(
+                        "hidden",
+                        s,
+                        "expected comma-separated positive widths, e.g. 256,256",
+                    )
+                })
+        })
+        .collect()
 }
 
 #[derive(Args)]
@@ -261,6 +428,8 @@ impl RunOpts {
             precondition: self.precondition.clone(),
             gn_iters: self.gn_iters,
             init: self.init.clone(),
+            forward: self.forward.clone(),
+            surrogate_variance: self.surrogate_variance.then_some(true),
         }))
     }
 }
@@ -337,13 +506,97 @@ fn run(cli: Cli) -> pdevi::Result<()> {
         Cmd::Simulate {
             problem,
             seed,
+            count: Some(count),
+            field,
+            quiet,
+            out,
+            ..
+        } => {
+            let s = pdevi::cli::amortised::simulate_set(
+                &problem.args()?,
+                count,
+                seed,
+                field,
+                &out,
+                quiet,
+            )?;
+            println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+        }
+        Cmd::Simulate {
+            problem,
+            seed,
             xi,
             noise,
             out,
+            ..
         } => {
             let s = commands::simulate(&problem.args()?, seed, xi.as_deref(), noise, &out)?;
             println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
             println!("wrote {}", out.display());
+        }
+        Cmd::Train {
+            which: TrainCmd::Encoder(o),
+        } => {
+            let set_noise = match o.noise {
+                Some(v) => v,
+                None => pdevi::nn::dataset::SimSet::load(&o.data)?.settings.sigma_n,
+            };
+            let s = pdevi::infer::amortised::EncoderSettings {
+                family: pdevi::infer::vi::Family::parse(&o.family, o.rank)?,
+                hidden: parse_hidden(&o.hidden)?,
+                act: pdevi::nn::mlp::Activation::parse(&o.activation)?,
+                epochs: o.epochs,
+                batch: o.batch,
+                lr: o.lr,
+                lr_final: o.lr_final,
+                noise: set_noise,
+                ensemble: o.ensemble,
+                seed: o.seed,
+                val_rows: o.val_rows,
+                patience: o.patience,
+                quiet: o.quiet,
+                ..Default::default()
+            };
+            let m = pdevi::cli::amortised::train_encoder_cmd(&o.data, &o.out, &s)?;
+            println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
+        }
+        Cmd::Train {
+            which: TrainCmd::Surrogate(o),
+        } => {
+            let s = pdevi::infer::surrogate::SurrogateSettings {
+                target: pdevi::infer::surrogate::Target::parse(&o.target)?,
+                hidden: parse_hidden(&o.hidden)?,
+                act: pdevi::nn::mlp::Activation::parse(&o.activation)?,
+                variance: o.variance,
+                epochs: o.epochs,
+                batch: o.batch,
+                lr: o.lr,
+                lr_final: o.lr_final,
+                seed: o.seed,
+                val_rows: o.val_rows,
+                patience: o.patience,
+                quiet: o.quiet,
+            };
+            let m = pdevi::cli::surrogate::train_surrogate_cmd(&o.data, &o.out, &s)?;
+            println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
+        }
+        Cmd::Amortised(o) => {
+            let s = pdevi::cli::amortised::AmortisedSettings {
+                encoder: o.encoder,
+                obs: o.obs,
+                obs_dir: o.obs_dir,
+                out: o.out,
+                refine: o.refine,
+                samples: o.samples,
+                lr: o.lr,
+                lr_final: o.lr_final,
+                seed: o.seed,
+                truth: o.truth,
+                predictive_samples: o.predictive_samples,
+                quiet: o.quiet,
+            };
+            let m = pdevi::cli::amortised::amortised(&s)?;
+            println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
         }
         Cmd::Run(opts) => {
             let cfg = opts.config()?;

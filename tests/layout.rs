@@ -93,6 +93,9 @@ fn rows() -> Vec<Row> {
         pdevi::infer::mcmc::McmcParams {
             d, chains, sampler, mode, seed_lo, seed_hi, warmup, thin, kept, step_size, _pad,
         } in [Mcmc "McmcParams"],
+        pdevi::infer::surrogate::SurrogateParams {
+            rows, nobs, width, lv_off, has_lv, slot, sigma2, _pad,
+        } in [Surrogate "SurrogateParams"],
         pdevi::infer::mcmc::McmcChain {
             step, accepts, kept, failed, lp, phi, _pad,
         } in [Mcmc "Chain"],

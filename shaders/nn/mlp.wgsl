@@ -369,6 +369,246 @@ fn loss_gauss_nll(@builtin(global_invocation_id) gid: vec3<u32>) {
     xz[LOSS_ROWS + r] = 0.5 * acc;
 }
 
+// Neural posterior estimation: row r of xa is the parameter vector theta of
+// a Gaussian q over R^d in the layout of the VI families (infer/vi.wgsl):
+//   mean-field  [m (d), t (d)], sd exp(t_i);
+//   full-rank   [m (d), Lraw (d x d row-major)], L_ij = Lraw_ij (j < i),
+//               L_ii = exp(Lraw_ii), entries j > i ignored (gradient 0);
+//   low-rank    [m (d), W (d x k row-major), t (d)], Sigma = W W^T + diag(exp(2 t)).
+// Row loss -log q(x) = 0.5 (x - m)^T Sigma^-1 (x - m) + 0.5 log det Sigma
+// + 0.5 d log 2 pi for the target row x of xb (unscaled, into
+// xz[LOSS_ROWS + r]); its gradient with respect to theta, times scale, into
+// xc (the whole row of np parameters). Fields: m rows, n = d, k = rank
+// (low-rank), act = family code (infer::vi::family_code), a_off / a_rs the
+// theta rows, b_off / b_rs the targets, c_off / c_rs the gradient rows,
+// scale = 1 / batch. A non-positive Cholesky pivot, a non-finite loss, or
+// d > NPE_MAX_D, k > NPE_MAX_R give a NaN row loss (the host stops on it)
+// and a zero gradient row. Dispatch (ceil(m / 64), 1, 1).
+const NPE_MAX_D: u32 = 256u;
+const NPE_MAX_R: u32 = 16u;
+const NPE_MAX_R2: u32 = 256u; // NPE_MAX_R^2
+const NPE_MEAN_FIELD: u32 = 0u;
+const NPE_FULL_RANK: u32 = 1u;
+const NPE_LOW_RANK: u32 = 2u;
+const LN_2PI: f32 = 1.8378770664093453;
+
+fn npe_finite(v: f32) -> bool {
+    // Exponent bits all set: inf or NaN (a bit test survives fast-math).
+    return (bitcast<u32>(v) & 0x7f800000u) != 0x7f800000u;
+}
+
+fn npe_nan() -> f32 {
+    return bitcast<f32>(0x7fc00000u);
+}
+
+// Mean-field: e_i = (x_i - m_i) / s_i; f = 0.5 e.e + sum t_i;
+// df/dm_i = -e_i / s_i, df/dt_i = 1 - e_i^2.
+fn npe_mean_field(ra: u32, rb: u32, rc: u32) -> f32 {
+    let d = M.n;
+    var f = 0.0;
+    for (var i = 0u; i < d; i++) {
+        let t = xa[ra + d + i];
+        let w = exp(-t);
+        let e = (xb[rb + i] - xa[ra + i]) * w;
+        f += 0.5 * e * e + t;
+        xc[rc + i] = -e * w * M.scale;
+        xc[rc + d + i] = (1.0 - e * e) * M.scale;
+    }
+    return f;
+}
+
+// Full-rank: e = L^-1 (x - m), v = L^-T e; f = 0.5 e.e + sum Lraw_ii;
+// df/dm = -v, df/dLraw_ij = -v_i e_j (j < i), 1 - L_ii v_i e_i (j = i).
+fn npe_full_rank(ra: u32, rb: u32, rc: u32) -> f32 {
+    let d = M.n;
+    let tl = ra + d;
+    var e: array<f32, NPE_MAX_D>;
+    var v: array<f32, NPE_MAX_D>;
+    var f = 0.0;
+    for (var i = 0u; i < d; i++) {
+        var acc = xb[rb + i] - xa[ra + i];
+        for (var j = 0u; j < i; j++) {
+            acc -= xa[tl + i * d + j] * e[j];
+        }
+        let lraw = xa[tl + i * d + i];
+        let ei = acc * exp(-lraw);
+        e[i] = ei;
+        f += 0.5 * ei * ei + lraw;
+    }
+    for (var ii = 0u; ii < d; ii++) {
+        let i = d - 1u - ii;
+        var acc = e[i];
+        for (var j = i + 1u; j < d; j++) {
+            acc -= xa[tl + j * d + i] * v[j];
+        }
+        v[i] = acc * exp(-xa[tl + i * d + i]);
+    }
+    let s = M.scale;
+    for (var i = 0u; i < d; i++) {
+        let vi = v[i];
+        xc[rc + i] = -vi * s;
+        let o = rc + d + i * d;
+        for (var j = 0u; j < i; j++) {
+            xc[o + j] = -vi * e[j] * s;
+        }
+        xc[o + i] = (1.0 - exp(xa[tl + i * d + i]) * vi * e[i]) * s;
+        for (var j = i + 1u; j < d; j++) {
+            xc[o + j] = 0.0;
+        }
+    }
+    return f;
+}
+
+// y = C^-1 y in place for C = K K^T, K lower (k x k, row-major) in kc.
+fn npe_chol_solve(kc: ptr<function, array<f32, NPE_MAX_R2>>, k: u32, y: ptr<function, array<f32, NPE_MAX_R>>) {
+    for (var i = 0u; i < k; i++) {
+        var acc = (*y)[i];
+        for (var j = 0u; j < i; j++) {
+            acc -= (*kc)[i * k + j] * (*y)[j];
+        }
+        (*y)[i] = acc / (*kc)[i * k + i];
+    }
+    for (var ii = 0u; ii < k; ii++) {
+        let i = k - 1u - ii;
+        var acc = (*y)[i];
+        for (var j = i + 1u; j < k; j++) {
+            acc -= (*kc)[j * k + i] * (*y)[j];
+        }
+        (*y)[i] = acc / (*kc)[i * k + i];
+    }
+}
+
+// Low-rank plus diagonal, by Woodbury on the k x k capacitance
+// C = I + W^T D^-1 W (D = diag(exp(2 t))), C = K K^T:
+// a = Sigma^-1 (x - m) = D^-1 res - D^-1 W C^-1 W^T D^-1 res,
+// log det Sigma = log det C + 2 sum t; with g_i = C^-1 w_i and b = W^T a:
+// df/dm = -a, df/dW_ia = g_ia / D_i - a_i b_a,
+// df/dt_i = 1 - w_i.g_i / D_i - D_i a_i^2.
+fn npe_low_rank(ra: u32, rb: u32, rc: u32) -> f32 {
+    let d = M.n;
+    let k = M.k;
+    let tw = ra + d;
+    let tt = ra + d + d * k;
+    var kc: array<f32, NPE_MAX_R2>;
+    var u: array<f32, NPE_MAX_R>;
+    var b: array<f32, NPE_MAX_R>;
+    var g: array<f32, NPE_MAX_R>;
+    var av: array<f32, NPE_MAX_D>;
+    for (var a = 0u; a < k; a++) {
+        kc[a * k + a] = 1.0;
+    }
+    var sum_t = 0.0;
+    for (var i = 0u; i < d; i++) {
+        let t = xa[tt + i];
+        sum_t += t;
+        let dinv = exp(-2.0 * t);
+        let y = dinv * (xb[rb + i] - xa[ra + i]);
+        av[i] = y;
+        for (var a = 0u; a < k; a++) {
+            let wa = xa[tw + i * k + a];
+            u[a] += wa * y;
+            let dw = dinv * wa;
+            for (var c = 0u; c <= a; c++) {
+                kc[a * k + c] += dw * xa[tw + i * k + c];
+            }
+        }
+    }
+    // Cholesky in place (lower triangle).
+    var ldc = 0.0;
+    for (var j = 0u; j < k; j++) {
+        var dj = kc[j * k + j];
+        for (var p = 0u; p < j; p++) {
+            dj -= kc[j * k + p] * kc[j * k + p];
+        }
+        if (!(dj > 0.0) || !npe_finite(dj)) {
+            return npe_nan();
+        }
+        let rj = sqrt(dj);
+        kc[j * k + j] = rj;
+        ldc += 2.0 * log(rj);
+        for (var i = j + 1u; i < k; i++) {
+            var acc = kc[i * k + j];
+            for (var p = 0u; p < j; p++) {
+                acc -= kc[i * k + p] * kc[j * k + p];
+            }
+            kc[i * k + j] = acc / rj;
+        }
+    }
+    npe_chol_solve(&kc, k, &u);
+    // a = y - D^-1 W z (z = C^-1 W^T y, in u); b = W^T a; quad = res.a.
+    var quad = 0.0;
+    for (var i = 0u; i < d; i++) {
+        var wz = 0.0;
+        for (var a = 0u; a < k; a++) {
+            wz += xa[tw + i * k + a] * u[a];
+        }
+        let ai = av[i] - exp(-2.0 * xa[tt + i]) * wz;
+        av[i] = ai;
+        quad += (xb[rb + i] - xa[ra + i]) * ai;
+        for (var a = 0u; a < k; a++) {
+            b[a] += xa[tw + i * k + a] * ai;
+        }
+    }
+    let s = M.scale;
+    for (var i = 0u; i < d; i++) {
+        let t = xa[tt + i];
+        let dinv = exp(-2.0 * t);
+        let ai = av[i];
+        for (var a = 0u; a < k; a++) {
+            g[a] = xa[tw + i * k + a];
+        }
+        npe_chol_solve(&kc, k, &g);
+        var wg = 0.0;
+        for (var a = 0u; a < k; a++) {
+            wg += xa[tw + i * k + a] * g[a];
+            xc[rc + d + i * k + a] = (dinv * g[a] - ai * b[a]) * s;
+        }
+        xc[rc + i] = -ai * s;
+        xc[rc + d + d * k + i] = (1.0 - dinv * wg - exp(2.0 * t) * ai * ai) * s;
+    }
+    return 0.5 * quad + 0.5 * ldc + sum_t;
+}
+
+@compute @workgroup_size(64)
+fn loss_npe(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let r = gid.x;
+    if (r >= M.m) {
+        return;
+    }
+    let d = M.n;
+    let ra = M.a_off + r * M.a_rs;
+    let rb = M.b_off + r * M.b_rs;
+    let rc = M.c_off + r * M.c_rs;
+    // Parameters per row (0 for an unknown family: nothing is written).
+    var np = 0u;
+    var f = npe_nan();
+    let fits = d <= NPE_MAX_D;
+    if (M.act == NPE_MEAN_FIELD) {
+        np = 2u * d;
+        if (fits) {
+            f = npe_mean_field(ra, rb, rc);
+        }
+    } else if (M.act == NPE_FULL_RANK) {
+        np = d + d * d;
+        if (fits) {
+            f = npe_full_rank(ra, rb, rc);
+        }
+    } else if (M.act == NPE_LOW_RANK) {
+        np = 2u * d + d * M.k;
+        if (fits && M.k <= NPE_MAX_R) {
+            f = npe_low_rank(ra, rb, rc);
+        }
+    }
+    if (npe_finite(f)) {
+        xz[LOSS_ROWS + r] = f + 0.5 * f32(d) * LN_2PI;
+    } else {
+        xz[LOSS_ROWS + r] = npe_nan();
+        for (var j = 0u; j < np; j++) {
+            xc[rc + j] = 0.0;
+        }
+    }
+}
+
 // xz[slot] = scale * sum of the m row losses, in row order (added to
 // xz[slot] when flags & 1, to average over an epoch on the device).
 // Dispatch (1, 1, 1).

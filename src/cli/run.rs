@@ -65,6 +65,11 @@ pub struct RunConfig {
     /// darcy2d's CG preconditioner: `auto` (default: multigrid where the
     /// grid and device allow it), `jacobi` or `mg`.
     pub precond: Option<String>,
+    /// The forward model in the likelihood: `exact` (default) or
+    /// `surrogate:DIR` (a folder written by `pdevi train surrogate`).
+    pub forward: Option<String>,
+    /// With a surrogate: add its predicted variance to sigma_n^2.
+    pub surrogate_variance: Option<bool>,
 }
 
 impl RunConfig {
@@ -117,7 +122,9 @@ impl RunConfig {
             gn_iters,
             init,
             tol_start,
-            precond
+            precond,
+            forward,
+            surrogate_variance
         )
     }
 }
@@ -295,6 +302,9 @@ pub fn setup(cfg: &RunConfig) -> Result<Setup> {
 
 /// Run inference as configured; returns the metrics written to metrics.json.
 pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
+    if let Some(dir) = crate::cli::surrogate::parse_forward(cfg.forward.as_deref())? {
+        return crate::cli::surrogate::run_surrogate(cfg, dir);
+    }
     let st = setup(cfg)?;
     let Setup {
         pb,

@@ -214,6 +214,10 @@ kernel_table! {
     /// The ELBO from the misfits and the KL, into the history.
     ViElbo => Vi."vi_elbo", Single,
         { params: Read @ 0, misfit: Read @ 6, scalars: ReadWrite @ 7 }
+    /// A surrogate's Gaussian likelihood: misfit per sample row and its
+    /// gradient with respect to the network's outputs; x = rows.
+    SurrogateMisfit => Surrogate."surrogate_misfit", Invocation,
+        { params: Uniform @ 0, outputs: Read @ 1, obs: Read @ 2, col: Read @ 3, grad: ReadWrite @ 4, misfit: ReadWrite @ 5 }
     /// One Adam step; x = parameters.
     AdamStep => Adam."adam_step", Invocation,
         { params: Uniform @ 0, grad: Read @ 1, param: ReadWrite @ 2, m1: ReadWrite @ 3, m2: ReadWrite @ 4 }
@@ -243,6 +247,10 @@ kernel_table! {
         { params: Uniform @ 0, xa: Read @ 1, xb: Read @ 2, xc: ReadWrite @ 3, xz: ReadWrite @ 4 }
     /// Gaussian NLL with a predicted log-variance and its gradient; x = rows.
     LossGaussNll => Mlp."loss_gauss_nll", Invocation,
+        { params: Uniform @ 0, xa: Read @ 1, xb: Read @ 2, xc: ReadWrite @ 3, xz: ReadWrite @ 4 }
+    /// Neural posterior estimation: -log q(target) for a Gaussian head in a VI
+    /// family's layout, and its gradient; x = rows.
+    LossNpe => Mlp."loss_npe", Invocation,
         { params: Uniform @ 0, xa: Read @ 1, xb: Read @ 2, xc: ReadWrite @ 3, xz: ReadWrite @ 4 }
     /// Sum of the per-row losses into a slot.
     LossReduce => Mlp."loss_reduce", Single,

@@ -56,6 +56,7 @@ sources! {
     VI = "infer/vi.wgsl";
     ADAM = "infer/adam.wgsl";
     MCMC = "infer/mcmc.wgsl";
+    SURROGATE = "infer/surrogate.wgsl";
     MLP = "nn/mlp.wgsl";
 }
 
@@ -126,6 +127,7 @@ modules! {
     P1Direct = "p1_direct" [PARAMS, CG_STATE, P1_DIRECT];
     Mlp = "mlp" [MLP];
     Mcmc = "mcmc" [RNG, CG_STATE, MCMC];
+    Surrogate = "surrogate" [SURROGATE];
 }
 
 /// The assembled text of a module and where each file starts in it.

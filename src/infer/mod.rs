@@ -2,9 +2,11 @@
 //! optimiser they share.
 
 pub mod adam;
+pub mod amortised;
 pub mod gaussian;
 pub mod laplace;
 pub mod linear;
 pub mod mcmc;
 pub mod predictive;
+pub mod surrogate;
 pub mod vi;

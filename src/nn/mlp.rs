@@ -627,9 +627,18 @@ pub enum Loss {
     Mse,
     /// Mean over rows of the Gaussian NLL of a mean / log-variance head.
     GaussNll,
+    /// Neural posterior estimation: mean over rows of -log q(target | Gaussian
+    /// head), q the head's Gaussian in its VI family's layout (the
+    /// `loss_npe` kernel); needs `d <= NPE_MAX_D` and `rank <= NPE_MAX_R`.
+    Npe,
     /// The output gradient is written by the caller (e.g. a Gaussian head).
     External,
 }
+
+/// Largest Gaussian dimension `d` of [`Loss::Npe`] (the kernel's private arrays).
+pub const NPE_MAX_D: usize = 256;
+/// Largest low-rank rank of [`Loss::Npe`] (the kernel's private arrays).
+pub const NPE_MAX_R: usize = 16;
 
 /// Slots of the loss buffer read by the host.
 pub mod slot {
@@ -674,6 +683,7 @@ impl Workspace {
             return Err(Error::setting("batch", 0, "need at least one row"));
         }
         let arch = &net.arch;
+        let mut npe = None;
         let tw = match loss {
             Loss::Mse => arch.output(),
             Loss::GaussNll => match arch.head {
@@ -686,6 +696,27 @@ impl Workspace {
                     ))
                 }
             },
+            Loss::Npe => {
+                let (family, d) = arch.head_family()?.ok_or_else(|| {
+                    Error::setting("loss", "npe", "needs a network with a Gaussian head")
+                })?;
+                if d > NPE_MAX_D {
+                    return Err(Error::setting(
+                        "head",
+                        format!("d {d}"),
+                        format!("the NPE loss supports Gaussians of dimension up to {NPE_MAX_D}"),
+                    ));
+                }
+                if family.rank() > NPE_MAX_R {
+                    return Err(Error::setting(
+                        "head",
+                        format!("rank {}", family.rank()),
+                        format!("the NPE loss supports low-rank heads of rank up to {NPE_MAX_R}"),
+                    ));
+                }
+                npe = Some(family);
+                d
+            }
             Loss::External => 1,
         };
         let f4 = |n: usize| (n * 4) as u64;
@@ -809,6 +840,23 @@ impl Workspace {
                     ..Default::default()
                 },
             ),
+            Loss::Npe => {
+                let family = npe.expect("checked above");
+                (
+                    Some(KernelId::LossNpe),
+                    MlpParams {
+                        m: batch as u32,
+                        n: tw as u32,
+                        k: family.rank() as u32,
+                        act: family.code(),
+                        a_rs: out,
+                        b_rs: tw as u32,
+                        c_rs: out,
+                        scale: (1.0 / batch as f64) as f32,
+                        ..Default::default()
+                    },
+                )
+            }
             Loss::External => (None, MlpParams::default()),
         };
         if let Some(k) = kernel {

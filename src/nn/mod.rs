@@ -1,4 +1,5 @@
 //! Neural networks as WGSL kernels: MLPs, their heads and training.
 
+pub mod dataset;
 pub mod mlp;
 pub mod train;

@@ -112,6 +112,10 @@ pub struct TrainSettings {
     /// Stop after this many epochs without a better validation loss (0 = never).
     pub patience: usize,
     pub quiet: bool,
+    /// Standard deviation of Gaussian noise added to each input column,
+    /// drawn afresh every epoch (simulated observations with their noise
+    /// not baked in); `None` = inputs as given.
+    pub input_noise: Option<Vec<f64>>,
 }
 
 impl Default for TrainSettings {
@@ -127,6 +131,7 @@ impl Default for TrainSettings {
             seed: 0,
             patience: 0,
             quiet: true,
+            input_noise: None,
         }
     }
 }
@@ -206,6 +211,18 @@ pub fn train(
             format!("the loss expects targets of width {tw}"),
         ));
     }
+    if let Some(sd) = &s.input_noise {
+        if sd.len() != data.input || sd.iter().any(|v| !(v.is_finite() && *v >= 0.0)) {
+            return Err(Error::setting(
+                "input noise",
+                format!("{} values", sd.len()),
+                format!(
+                    "need {} finite, non-negative standard deviations (one per input)",
+                    data.input
+                ),
+            ));
+        }
+    }
     let gd = GpuData::new(ctx, data)?;
     let steps_per_epoch = data.n / s.batch;
     // Gathers: the uniform's k (offset into the permutation) changes per step.
@@ -277,6 +294,9 @@ pub fn train(
         let perm =
             crate::rng::permutation(s.seed, crate::rng::streams::SHUFFLE, epoch as u32, data.n);
         ctx.write(&gd.perm, &perm);
+        if let Some(sd) = &s.input_noise {
+            ctx.write(&gd.x, &noisy_inputs(data, sd, s.seed, epoch));
+        }
         ctx.write(&ws.losses, &[0f32]);
         let decay = s.lr_final.powf(epoch as f64 / (s.epochs.max(2) - 1) as f64);
         for b in 0..steps_per_epoch {
@@ -352,6 +372,23 @@ pub fn train(
     report.seconds = t0.elapsed().as_secs_f64();
     report.samples_per_s = (report.steps * s.batch) as f64 / report.seconds;
     Ok(report)
+}
+
+/// The inputs of `data` plus fresh noise of standard deviation `sd[j]` in
+/// column j: the draws of `epoch` (seeded, so a run reproduces).
+pub fn noisy_inputs(data: &Dataset, sd: &[f64], seed: u64, epoch: usize) -> Vec<f32> {
+    let eps = crate::rng::normals(
+        seed,
+        crate::rng::streams::NOISE,
+        epoch as u32,
+        data.n * data.input,
+    );
+    data.x
+        .iter()
+        .zip(&eps)
+        .enumerate()
+        .map(|(k, (x, e))| (x + sd[k % data.input] * e) as f32)
+        .collect()
 }
 
 /// Mean loss of `net` on `data` (one batch of all rows).

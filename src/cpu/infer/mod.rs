@@ -1,4 +1,5 @@
 //! Mirrors of `shaders/infer/`.
 
 pub mod mcmc;
+pub mod surrogate;
 pub mod vi;

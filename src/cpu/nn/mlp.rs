@@ -6,7 +6,8 @@
     reason = "index loops keep the code comparable to the shaders"
 )]
 
-use crate::nn::mlp::{Activation, Arch, MlpParams};
+use crate::infer::vi::family_code::{FULL_RANK, LOW_RANK, MEAN_FIELD};
+use crate::nn::mlp::{Activation, Arch, MlpParams, NPE_MAX_D, NPE_MAX_R};
 
 const GELU_C: f64 = 0.797_884_560_802_865_4;
 const GELU_A: f64 = 0.044715;
@@ -143,6 +144,188 @@ pub fn loss_gauss_nll(p: &MlpParams, xa: &[f64], xb: &[f64], xc: &mut [f64], xz:
         }
         xz[LOSS_ROWS + r] = 0.5 * acc;
     }
+}
+
+/// Neural posterior estimation: -log q(target) for a Gaussian head in the
+/// layout of the VI family `act` (`infer::vi::family_code`), dimension
+/// `n`, rank `k` (low-rank). Row r of xa is theta, row r of xb the target;
+/// the row loss (with its 0.5 d log 2 pi) goes to `xz[LOSS_ROWS + r]`,
+/// `scale` times its gradient to row r of xc. A non-positive Cholesky pivot,
+/// a non-finite loss or sizes over `NPE_MAX_D` / `NPE_MAX_R` give a NaN
+/// row loss and a zero gradient row, as in the kernel.
+pub fn loss_npe(p: &MlpParams, xa: &[f64], xb: &[f64], xc: &mut [f64], xz: &mut [f64]) {
+    let (d, k) = (p.n as usize, p.k as usize);
+    let ln2pi = (2.0 * std::f64::consts::PI).ln();
+    let s = p.scale as f64;
+    let fits = d <= NPE_MAX_D;
+    for r in 0..p.m as usize {
+        let ya = p.a_off as usize + r * p.a_rs as usize;
+        let yb = p.b_off as usize + r * p.b_rs as usize;
+        let yc = p.c_off as usize + r * p.c_rs as usize;
+        let (np, f) = match p.act {
+            MEAN_FIELD => (
+                2 * d,
+                fits.then(|| npe_mean_field(d, s, &xa[ya..], &xb[yb..], &mut xc[yc..])),
+            ),
+            FULL_RANK => (
+                d + d * d,
+                fits.then(|| npe_full_rank(d, s, &xa[ya..], &xb[yb..], &mut xc[yc..])),
+            ),
+            LOW_RANK => (
+                2 * d + d * k,
+                (fits && k <= NPE_MAX_R)
+                    .then(|| npe_low_rank(d, k, s, &xa[ya..], &xb[yb..], &mut xc[yc..])),
+            ),
+            _ => (0, None),
+        };
+        match f {
+            Some(f) if f.is_finite() => xz[LOSS_ROWS + r] = f + 0.5 * d as f64 * ln2pi,
+            _ => {
+                xz[LOSS_ROWS + r] = f64::NAN;
+                xc[yc..yc + np].fill(0.0);
+            }
+        }
+    }
+}
+
+/// Mean-field row of [`loss_npe`] without the constant.
+fn npe_mean_field(d: usize, s: f64, th: &[f64], x: &[f64], g: &mut [f64]) -> f64 {
+    let mut f = 0.0;
+    for i in 0..d {
+        let t = th[d + i];
+        let w = (-t).exp();
+        let e = (x[i] - th[i]) * w;
+        f += 0.5 * e * e + t;
+        g[i] = -e * w * s;
+        g[d + i] = (1.0 - e * e) * s;
+    }
+    f
+}
+
+/// Full-rank row of [`loss_npe`]: e = L^-1 (x - m), v = L^-T e.
+fn npe_full_rank(d: usize, s: f64, th: &[f64], x: &[f64], g: &mut [f64]) -> f64 {
+    let l = &th[d..];
+    let mut e = vec![0.0; d];
+    let mut v = vec![0.0; d];
+    let mut f = 0.0;
+    for i in 0..d {
+        let mut acc = x[i] - th[i];
+        for j in 0..i {
+            acc -= l[i * d + j] * e[j];
+        }
+        let lraw = l[i * d + i];
+        e[i] = acc * (-lraw).exp();
+        f += 0.5 * e[i] * e[i] + lraw;
+    }
+    for i in (0..d).rev() {
+        let mut acc = e[i];
+        for j in i + 1..d {
+            acc -= l[j * d + i] * v[j];
+        }
+        v[i] = acc * (-l[i * d + i]).exp();
+    }
+    for i in 0..d {
+        g[i] = -v[i] * s;
+        let o = d + i * d;
+        for j in 0..d {
+            g[o + j] = if j < i {
+                -v[i] * e[j] * s
+            } else if j == i {
+                (1.0 - l[i * d + i].exp() * v[i] * e[i]) * s
+            } else {
+                0.0
+            };
+        }
+    }
+    f
+}
+
+/// y = C^-1 y for C = K K^T, K lower (k x k, row-major).
+fn npe_chol_solve(kc: &[f64], k: usize, y: &mut [f64]) {
+    for i in 0..k {
+        let mut acc = y[i];
+        for j in 0..i {
+            acc -= kc[i * k + j] * y[j];
+        }
+        y[i] = acc / kc[i * k + i];
+    }
+    for i in (0..k).rev() {
+        let mut acc = y[i];
+        for j in i + 1..k {
+            acc -= kc[j * k + i] * y[j];
+        }
+        y[i] = acc / kc[i * k + i];
+    }
+}
+
+/// Low-rank row of [`loss_npe`], by Woodbury on C = I + W^T D^-1 W.
+fn npe_low_rank(d: usize, k: usize, s: f64, th: &[f64], x: &[f64], g: &mut [f64]) -> f64 {
+    let w = &th[d..d + d * k];
+    let t = &th[d + d * k..2 * d + d * k];
+    let mut kc = vec![0.0; k * k];
+    let mut u = vec![0.0; k];
+    let mut b = vec![0.0; k];
+    let mut av = vec![0.0; d];
+    for a in 0..k {
+        kc[a * k + a] = 1.0;
+    }
+    for i in 0..d {
+        let dinv = (-2.0 * t[i]).exp();
+        let y = dinv * (x[i] - th[i]);
+        av[i] = y;
+        for a in 0..k {
+            u[a] += w[i * k + a] * y;
+            for c in 0..=a {
+                kc[a * k + c] += dinv * w[i * k + a] * w[i * k + c];
+            }
+        }
+    }
+    let mut ldc = 0.0;
+    for j in 0..k {
+        let mut dj = kc[j * k + j];
+        for q in 0..j {
+            dj -= kc[j * k + q] * kc[j * k + q];
+        }
+        if !(dj > 0.0 && dj.is_finite()) {
+            return f64::NAN;
+        }
+        let rj = dj.sqrt();
+        kc[j * k + j] = rj;
+        ldc += 2.0 * rj.ln();
+        for i in j + 1..k {
+            let mut acc = kc[i * k + j];
+            for q in 0..j {
+                acc -= kc[i * k + q] * kc[j * k + q];
+            }
+            kc[i * k + j] = acc / rj;
+        }
+    }
+    npe_chol_solve(&kc, k, &mut u);
+    let mut quad = 0.0;
+    for i in 0..d {
+        let wz: f64 = (0..k).map(|a| w[i * k + a] * u[a]).sum();
+        let ai = av[i] - (-2.0 * t[i]).exp() * wz;
+        av[i] = ai;
+        quad += (x[i] - th[i]) * ai;
+        for a in 0..k {
+            b[a] += w[i * k + a] * ai;
+        }
+    }
+    let mut gi = vec![0.0; k];
+    for i in 0..d {
+        let dinv = (-2.0 * t[i]).exp();
+        let ai = av[i];
+        gi.copy_from_slice(&w[i * k..(i + 1) * k]);
+        npe_chol_solve(&kc, k, &mut gi);
+        let mut wg = 0.0;
+        for a in 0..k {
+            wg += w[i * k + a] * gi[a];
+            g[d + i * k + a] = (dinv * gi[a] - ai * b[a]) * s;
+        }
+        g[i] = -ai * s;
+        g[d + d * k + i] = (1.0 - dinv * wg - (2.0 * t[i]).exp() * ai * ai) * s;
+    }
+    0.5 * quad + 0.5 * ldc + t.iter().sum::<f64>()
 }
 
 /// `xz[slot]` = scale * sum of the row losses (added when flags & 1).

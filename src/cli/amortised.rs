@@ -1,0 +1,375 @@
+//! `pdevi simulate --count`, `pdevi train encoder` and `pdevi amortised`:
+//! training sets, encoder training and amortised (optionally refined)
+//! posteriors for one observation file or a folder of them.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde_json::json;
+
+use crate::cli::run::{write_posterior, Setup};
+use crate::error::{Error, Result};
+use crate::gpu::GpuContext;
+use crate::infer::amortised::{train_encoder, AmortisedPosterior, Encoder, EncoderSettings};
+use crate::infer::vi::{fit, FitSettings, ViEngine};
+use crate::nn::dataset::SimSet;
+use crate::output::files::{ensure_dir, write_json};
+use crate::output::io;
+use crate::output::plot::{self, Series};
+use crate::physics::problem::{Problem, ProblemArgs};
+use crate::physics::solver::{BatchedSolver, CgParams, Precond};
+
+/// `pdevi simulate --count N --out FILE.safetensors`.
+pub fn simulate_set(
+    args: &ProblemArgs,
+    count: usize,
+    seed: u64,
+    field: bool,
+    out: &Path,
+    quiet: bool,
+) -> Result<serde_json::Value> {
+    if out.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+        return Err(Error::setting(
+            "out",
+            out.display(),
+            "a training set is written as one .safetensors file (e.g. --out out/set.safetensors)",
+        ));
+    }
+    let pb = args.build()?;
+    let ctx = GpuContext::new()?;
+    let cg = CgParams {
+        rel_tol: 1e-5,
+        max_iters: 4000,
+        warm_start: false,
+        precond: Precond::Auto,
+        ..Default::default()
+    };
+    let bar = crate::output::progress::progress_bar(count, quiet, "samples  {msg}");
+    let set = SimSet::simulate(&ctx, &pb, count, seed, field, cg, 64, |done, rate| {
+        bar.set_position(done as u64);
+        bar.set_message(format!("{rate:.1} solves/s"));
+    })?;
+    bar.finish_and_clear();
+    set.save(out)?;
+    Ok(json!({
+        "problem": pb.kind.name(), "n": pb.n, "d": pb.d, "count": count, "seed": seed,
+        "sensors": set.m(), "field": field, "seconds": set.seconds,
+        "solves_per_s": count as f64 / set.seconds.max(1e-9),
+        "out": out.display().to_string(), "device": ctx.describe(),
+    }))
+}
+
+/// `pdevi train encoder --data FILE --out DIR`: trains, saves, and draws the loss curves.
+pub fn train_encoder_cmd(
+    data: &Path,
+    out: &Path,
+    s: &EncoderSettings,
+) -> Result<serde_json::Value> {
+    let set = SimSet::load(data)?;
+    let ctx = GpuContext::new()?;
+    let (enc, tr) = train_encoder(&ctx, &set, s)?;
+    enc.save(&ctx, out)?;
+    let mut series = Vec::new();
+    let xs: Vec<Vec<f64>> = tr
+        .reports
+        .iter()
+        .map(|r| (1..=r.train_loss.len()).map(|e| e as f64).collect())
+        .collect();
+    let colours = [[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40]];
+    for (k, r) in tr.reports.iter().enumerate() {
+        let c = colours[k % colours.len()];
+        series.push(Series {
+            label: format!("train {k}"),
+            x: &xs[k],
+            y: &r.train_loss,
+            band: None,
+            rgb: c,
+            dashed: false,
+        });
+        series.push(Series {
+            label: format!("validation {k}"),
+            x: &xs[k][..r.val_loss.len()],
+            y: &r.val_loss,
+            band: None,
+            rgb: c,
+            dashed: true,
+        });
+    }
+    let all: Vec<f64> = tr
+        .reports
+        .iter()
+        .flat_map(|r| r.train_loss.iter().chain(&r.val_loss).copied())
+        .collect();
+    plot::write_line_plot(
+        &out.join("loss.png"),
+        &format!(
+            "encoder NPE loss -log q(xi | y) ({}, {} pairs)",
+            s.family.name(),
+            set.count()
+        ),
+        "epoch",
+        "loss per pair",
+        &series,
+        false,
+        Some(plot::robust_range(&all)),
+    )?;
+    let summary = json!({
+        "data": data.display().to_string(),
+        "out": out.display().to_string(),
+        "family": s.family.name(), "rank": s.family.rank(),
+        "hidden": s.hidden, "ensemble": s.ensemble, "noise": s.noise,
+        "seconds": tr.seconds,
+        "samples_per_s": tr.reports.iter().map(|r| r.samples_per_s).collect::<Vec<f64>>(),
+        "epochs_run": tr.reports.iter().map(|r| r.epochs).collect::<Vec<usize>>(),
+        "best_epoch": tr.reports.iter().map(|r| r.best_epoch).collect::<Vec<usize>>(),
+        "best_val_loss": tr.reports.iter().map(|r| r.val_loss.get(r.best_epoch).copied().unwrap_or(f64::NAN)).collect::<Vec<f64>>(),
+        "train_loss": tr.reports.iter().map(|r| r.train_loss.clone()).collect::<Vec<Vec<f64>>>(),
+        "val_loss": tr.reports.iter().map(|r| r.val_loss.clone()).collect::<Vec<Vec<f64>>>(),
+        "device": ctx.describe(),
+    });
+    write_json(&out.join("training.json"), &summary)?;
+    Ok(summary)
+}
+
+/// Settings of `pdevi amortised`.
+#[derive(Clone, Debug)]
+pub struct AmortisedSettings {
+    pub encoder: PathBuf,
+    pub obs: Option<PathBuf>,
+    pub obs_dir: Option<PathBuf>,
+    pub out: PathBuf,
+    /// VI steps from the encoder's q per data set (0 = none).
+    pub refine: usize,
+    pub samples: usize,
+    pub lr: f64,
+    pub lr_final: f64,
+    pub seed: u64,
+    /// Truth (xi .npy) for error maps, single-file mode.
+    pub truth: Option<PathBuf>,
+    pub predictive_samples: usize,
+    pub quiet: bool,
+}
+
+/// Readings of one CSV in the encoder's sensor order; a file whose sensors
+/// differ from the encoder's is refused with the first difference.
+pub fn encoder_inputs(pb: &Problem, enc: &Encoder, path: &Path) -> Result<Vec<f64>> {
+    let (sensors, y) = crate::physics::sensors::read_obs(pb, path)?;
+    let mut out = Vec::with_capacity(enc.meta.sensors.len());
+    for &s in &enc.meta.sensors {
+        match sensors.iter().position(|&k| k == s) {
+            Some(i) => out.push(y[i]),
+            None => {
+                let (i, j) = pb.unknown_node(s);
+                return Err(Error::Format {
+                    path: path.into(),
+                    message: format!(
+                        "has no reading at node ({i}, {j}), one of the {} sensors the encoder was trained on",
+                        enc.meta.sensors.len()
+                    ),
+                });
+            }
+        }
+    }
+    if sensors.len() != out.len() {
+        return Err(Error::Format {
+            path: path.into(),
+            message: format!(
+                "has {} readings but the encoder was trained on {} sensors; an amortised encoder takes exactly its training layout",
+                sensors.len(),
+                out.len()
+            ),
+        });
+    }
+    Ok(out)
+}
+
+/// The CSV files of a folder, sorted by name.
+fn csv_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("csv"))
+        .collect();
+    v.sort();
+    if v.is_empty() {
+        return Err(Error::setting(
+            "obs-dir",
+            dir.display(),
+            "holds no *.csv observation files",
+        ));
+    }
+    Ok(v)
+}
+
+/// VI from the encoder's posterior: `steps` Adam steps of the encoder's family.
+#[allow(clippy::too_many_arguments, reason = "one refinement's settings")]
+pub fn refine(
+    ctx: &GpuContext,
+    pb: &Problem,
+    enc: &Encoder,
+    post: &AmortisedPosterior,
+    y: &[f64],
+    steps: usize,
+    s: &AmortisedSettings,
+    cg: CgParams,
+) -> Result<(Vec<f64>, Vec<f64>, ViEngine)> {
+    let fam = enc.family;
+    let mut engine = ViEngine::new(ctx, pb, fam, s.samples, &enc.meta.sensors, y, s.seed, cg)?;
+    engine.set_theta(ctx, &fam.theta_from_gaussian(pb.d, &post.mean, &post.cov)?)?;
+    let fs = FitSettings {
+        family: fam,
+        samples: s.samples,
+        steps,
+        lr: s.lr,
+        lr_final: s.lr_final,
+        seed: s.seed,
+        cg,
+        report_every: 10,
+        tol_start: None,
+    };
+    let mut last_good = Vec::new();
+    let r = fit(ctx, &mut engine, &fs, &mut last_good, |_, _| {})?;
+    let (m, cov) = fam.moments(pb.d, &r.theta);
+    Ok((m, cov, engine))
+}
+
+/// `pdevi amortised`: posteriors for one CSV (`--obs`, all the files `pdevi
+/// run` writes) or every CSV of a folder (`--obs-dir`, one batched forward
+/// pass; per file a sub-folder with the posterior in xi and the field).
+pub fn amortised(s: &AmortisedSettings) -> Result<serde_json::Value> {
+    let files = match (&s.obs, &s.obs_dir) {
+        (Some(f), None) => vec![f.clone()],
+        (None, Some(d)) => csv_files(d)?,
+        _ => {
+            return Err(Error::setting(
+                "obs",
+                "",
+                "give exactly one of --obs FILE.csv and --obs-dir DIR",
+            ))
+        }
+    };
+    let ctx = GpuContext::new()?;
+    let enc = Encoder::load(&ctx, &s.encoder)?;
+    let pb = enc.problem()?;
+    let ys: Vec<Vec<f64>> = files
+        .iter()
+        .map(|f| encoder_inputs(&pb, &enc, f))
+        .collect::<Result<_>>()?;
+    let t0 = Instant::now();
+    let posts = enc.posteriors(&ctx, &ys)?;
+    let encode_seconds = t0.elapsed().as_secs_f64();
+    ensure_dir(&s.out)?;
+    let cg = CgParams {
+        rel_tol: 1e-5,
+        max_iters: 4000,
+        warm_start: true,
+        precond: Precond::Auto,
+        ..Default::default()
+    };
+    let single = s.obs.is_some();
+    let mut refine_seconds = 0.0;
+    let mut written = Vec::new();
+    let d = pb.d;
+    for (k, (file, post)) in files.iter().zip(&posts).enumerate() {
+        let dir = if single {
+            s.out.clone()
+        } else {
+            let stem = file
+                .file_stem()
+                .and_then(|x| x.to_str())
+                .unwrap_or("obs")
+                .to_string();
+            s.out.join(stem)
+        };
+        ensure_dir(&dir)?;
+        let t = Instant::now();
+        let (m, cov, engine) = if s.refine > 0 {
+            let (m, cov, e) = refine(&ctx, &pb, &enc, post, &ys[k], s.refine, s, cg)?;
+            (m, cov, Some(e))
+        } else {
+            (post.mean.clone(), post.cov.clone(), None)
+        };
+        refine_seconds += t.elapsed().as_secs_f64();
+        let mut metrics = serde_json::Map::new();
+        if single {
+            let truth = match &s.truth {
+                Some(p) => {
+                    let v = io::read_vector(p)?;
+                    crate::physics::sensors::check_xi(&v, d, p)?;
+                    Some((Some(v.clone()), pb.field(&v)))
+                }
+                None => None,
+            };
+            let st = Setup {
+                kind: pb.kind,
+                args: ProblemArgs {
+                    kind: pb.kind,
+                    n: Some(pb.n),
+                    d: Some(pb.d),
+                },
+                pb: pb.clone(),
+                out: dir.clone(),
+                obs_path: file.clone(),
+                truth_path: s.truth.clone(),
+                sensors: enc.meta.sensors.clone(),
+                y: ys[k].clone(),
+                truth,
+                seed: s.seed,
+                quiet: s.quiet,
+                cg,
+            };
+            let owned;
+            let solver = match &engine {
+                Some(e) => &e.solver,
+                None => {
+                    owned = BatchedSolver::new(&ctx, &pb, 16, cg, Some(&enc.meta.sensors), false)?;
+                    &owned
+                }
+            };
+            write_posterior(
+                &ctx,
+                solver,
+                &st,
+                &m,
+                &cov,
+                None,
+                s.predictive_samples,
+                &mut metrics,
+            )?;
+        } else {
+            io::write_npy(&dir.join("posterior_mean_xi.npy"), &[d], &m)?;
+            io::write_npy(&dir.join("posterior_cov_xi.npy"), &[d, d], &cov)?;
+            let (fm, fs) = crate::infer::predictive::field_moments(&pb, &m, &cov);
+            io::write_npy(&dir.join("posterior_mean_field.npy"), &[fm.len()], &fm)?;
+            io::write_npy(&dir.join("posterior_std_field.npy"), &[fs.len()], &fs)?;
+        }
+        let mut all = json!({
+            "method": if s.refine > 0 { "amortised+refine" } else { "amortised" },
+            "encoder": s.encoder.display().to_string(),
+            "obs": file.display().to_string(),
+            "members": enc.nets.len(),
+            "family": enc.family.name(),
+            "refine_steps": s.refine,
+            "encode_seconds_batch": encode_seconds,
+            "batch": files.len(),
+            "device": ctx.describe(),
+            "settings": {
+                "problem": pb.kind.name(), "n": pb.n, "d": d, "noise": pb.sigma_n,
+                "seed": s.seed, "samples": s.samples, "lr": s.lr, "lr_final": s.lr_final,
+            },
+        });
+        if let Some(o) = all.as_object_mut() {
+            o.extend(metrics);
+        }
+        write_json(&dir.join("metrics.json"), &all)?;
+        written.push(dir.display().to_string());
+    }
+    Ok(json!({
+        "files": files.len(),
+        "out": s.out.display().to_string(),
+        "encode_seconds": encode_seconds,
+        "refine_seconds": refine_seconds,
+        "written": if written.len() <= 8 { json!(written) } else { json!(written.len()) },
+        "device": ctx.describe(),
+    }))
+}

@@ -1,0 +1,224 @@
+//! `pdevi train surrogate` and `pdevi run --forward surrogate:DIR`.
+
+use std::path::Path;
+
+use serde_json::json;
+
+use crate::cli::run::{setup, write_posterior, RunConfig};
+use crate::error::{Error, Result};
+use crate::gpu::GpuContext;
+use crate::infer::surrogate::{train_surrogate, Surrogate, SurrogateSettings, SurrogateVi};
+use crate::infer::vi::{Family, FitSettings};
+use crate::nn::dataset::SimSet;
+use crate::output::files::write_json;
+use crate::output::plot::{self, Series};
+use crate::physics::solver::BatchedSolver;
+
+/// `pdevi train surrogate --data FILE --out DIR`.
+pub fn train_surrogate_cmd(
+    data: &Path,
+    out: &Path,
+    s: &SurrogateSettings,
+) -> Result<serde_json::Value> {
+    let set = SimSet::load(data)?;
+    let ctx = GpuContext::new()?;
+    let (sur, rep) = train_surrogate(&ctx, &set, s)?;
+    sur.save(&ctx, out)?;
+    let xs: Vec<f64> = (1..=rep.train_loss.len()).map(|e| e as f64).collect();
+    let all: Vec<f64> = rep
+        .train_loss
+        .iter()
+        .chain(&rep.val_loss)
+        .copied()
+        .collect();
+    plot::write_line_plot(
+        &out.join("loss.png"),
+        &format!("surrogate loss ({} pairs)", set.count()),
+        "epoch",
+        if s.variance {
+            "Gaussian NLL"
+        } else {
+            "MSE (standardised)"
+        },
+        &[
+            Series {
+                label: "train".into(),
+                x: &xs,
+                y: &rep.train_loss,
+                band: None,
+                rgb: [31, 119, 180],
+                dashed: false,
+            },
+            Series {
+                label: "validation".into(),
+                x: &xs[..rep.val_loss.len()],
+                y: &rep.val_loss,
+                band: None,
+                rgb: [255, 127, 14],
+                dashed: true,
+            },
+        ],
+        !s.variance,
+        if s.variance {
+            Some(plot::robust_range(&all))
+        } else {
+            None
+        },
+    )?;
+    let summary = json!({
+        "data": data.display().to_string(), "out": out.display().to_string(),
+        "target": s.target, "variance": s.variance, "hidden": s.hidden,
+        "seconds": rep.seconds, "samples_per_s": rep.samples_per_s,
+        "epochs_run": rep.epochs, "best_epoch": rep.best_epoch,
+        "best_val_loss": rep.val_loss.get(rep.best_epoch).copied().unwrap_or(f64::NAN),
+        "train_loss": rep.train_loss, "val_loss": rep.val_loss,
+        "device": ctx.describe(),
+    });
+    write_json(&out.join("training.json"), &summary)?;
+    Ok(summary)
+}
+
+/// The folder of a `--forward` setting: `exact` gives `None`.
+pub fn parse_forward(forward: Option<&str>) -> Result<Option<&Path>> {
+    match forward {
+        None | Some("exact") => Ok(None),
+        Some(f) => match f.strip_prefix("surrogate:") {
+            Some(dir) if !dir.is_empty() => Ok(Some(Path::new(dir))),
+            _ => Err(Error::setting(
+                "forward",
+                f,
+                "expected exact or surrogate:DIR (a folder written by `pdevi train surrogate`)",
+            )),
+        },
+    }
+}
+
+/// `pdevi run --forward surrogate:DIR`: VI from the prior with the surrogate
+/// in the likelihood; the predictive u is still drawn with the exact solver.
+pub fn run_surrogate(cfg: &RunConfig, dir: &Path) -> Result<serde_json::Value> {
+    let st = setup(cfg)?;
+    let ctx = GpuContext::new()?;
+    let sur = Surrogate::load(&ctx, dir)?;
+    let spb = sur.problem()?;
+    if spb.kind != st.pb.kind || spb.n != st.pb.n || spb.d != st.pb.d {
+        return Err(Error::setting(
+            "forward",
+            dir.display(),
+            format!(
+                "the surrogate was trained on {} n = {} d = {}, the run is {} n = {} d = {}",
+                spb.kind.name(),
+                spb.n,
+                spb.d,
+                st.pb.kind.name(),
+                st.pb.n,
+                st.pb.d
+            ),
+        ));
+    }
+    let family = Family::parse(
+        cfg.family.as_deref().unwrap_or("full-rank"),
+        cfg.rank.unwrap_or(8),
+    )?;
+    let samples = cfg.samples.unwrap_or(16);
+    let steps = cfg.steps.unwrap_or(3000);
+    let fs = FitSettings {
+        family,
+        samples,
+        steps,
+        lr: cfg.lr.unwrap_or(0.05),
+        lr_final: cfg.lr_final.unwrap_or(0.05),
+        seed: st.seed,
+        cg: st.cg,
+        report_every: 50,
+        tol_start: None,
+    };
+    if steps == 0 || !(fs.lr.is_finite() && fs.lr > 0.0) {
+        return Err(Error::setting(
+            "steps/lr",
+            format!("{steps}/{}", fs.lr),
+            "need steps >= 1 and lr > 0",
+        ));
+    }
+    let add_var = cfg.surrogate_variance.unwrap_or(false);
+    let mut vi = SurrogateVi::new(
+        &ctx,
+        &sur,
+        family,
+        samples,
+        &st.sensors,
+        &st.y,
+        st.pb.sigma_n,
+        add_var,
+        st.seed,
+    )?;
+    let bar =
+        crate::output::progress::progress_bar(steps, st.quiet, "steps  {per_sec}  ELBO {msg}");
+    let r = vi.fit(&ctx, &fs, |t, e| {
+        bar.set_position(t as u64 + 1);
+        bar.set_message(format!("{e:.4e}"));
+    })?;
+    bar.finish_and_clear();
+    let (m, cov) = family.moments(st.pb.d, &r.theta);
+    let solver = BatchedSolver::new(&ctx, &st.pb, 16, st.cg, Some(&st.sensors), false)?;
+    let mut metrics = serde_json::Map::new();
+    write_posterior(
+        &ctx,
+        &solver,
+        &st,
+        &m,
+        &cov,
+        None,
+        cfg.predictive_samples.unwrap_or(64),
+        &mut metrics,
+    )?;
+    let ys: Vec<f64> = r.trace.iter().map(|t| t.1).collect();
+    let mut csv = String::from("step,elbo,wall_seconds\n");
+    for (t, e, w) in &r.trace {
+        csv.push_str(&format!("{t},{e:.10e},{w:.6}\n"));
+    }
+    let p = st.out.join("elbo.csv");
+    std::fs::write(&p, csv).map_err(|e| Error::io(&p, e))?;
+    let xs: Vec<f64> = r.trace.iter().map(|t| t.0 as f64).collect();
+    plot::write_line_plot(
+        &st.out.join("elbo.png"),
+        &format!(
+            "ELBO with the surrogate ({}, {samples} samples/step)",
+            family.name()
+        ),
+        "step",
+        "ELBO",
+        &[Series {
+            label: "ELBO".into(),
+            x: &xs,
+            y: &ys,
+            band: None,
+            rgb: [31, 119, 180],
+            dashed: false,
+        }],
+        false,
+        Some(plot::robust_range(&ys)),
+    )?;
+    let mut all = json!({
+        "method": "vi-surrogate",
+        "forward": format!("surrogate:{}", dir.display()),
+        "surrogate_variance": add_var,
+        "final_elbo": ys.last().copied().unwrap_or(f64::NAN),
+        "steps": steps,
+        "wall_seconds": r.seconds,
+        "steps_per_s": steps as f64 / r.seconds.max(1e-9),
+        "device": ctx.describe(),
+        "settings": st.settings_json(),
+    });
+    if let Some(s) = all.get_mut("settings").and_then(|v| v.as_object_mut()) {
+        s.insert("family".into(), family.name().into());
+        s.insert("rank".into(), family.rank().into());
+        s.insert("samples".into(), samples.into());
+        s.insert("lr".into(), fs.lr.into());
+        s.insert("lr_final".into(), fs.lr_final.into());
+    }
+    if let Some(o) = all.as_object_mut() {
+        o.extend(metrics);
+    }
+    write_json(&st.out.join("metrics.json"), &all)?;
+    Ok(all)
+}

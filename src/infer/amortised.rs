@@ -1,0 +1,472 @@
+//! Amortised posteriors (primer A2): an encoder `q_phi(xi | y)`, an MLP
+//! with a Gaussian head in the layout of a VI family, trained on simulated
+//! pairs by minimising `E[-log q_phi(xi | y)]` (neural posterior
+//! estimation), with fresh observation noise every epoch. Inputs and
+//! targets are standardised; the scalings are saved with the weights, so a
+//! saved encoder maps raw readings to a posterior over raw `xi` in one
+//! forward pass. `K > 1` members trained from different seeds form an
+//! ensemble whose mixture is reported by its mean and covariance.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::gpu::GpuContext;
+use crate::infer::vi::Family;
+use crate::nn::dataset::SimSet;
+use crate::nn::mlp::{Activation, Arch, Head, Layer, Loss, Mlp, Workspace};
+use crate::nn::train::{train, Dataset, TrainReport, TrainSettings};
+use crate::physics::problem::{Problem, ProblemArgs, ProblemKind};
+
+/// The file in an encoder folder that describes it.
+pub const ENCODER_JSON: &str = "encoder.json";
+
+/// Per-column affine scaling `(v - mean) / sd`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Scaling {
+    pub mean: Vec<f64>,
+    pub sd: Vec<f64>,
+}
+
+impl Scaling {
+    /// Column means and standard deviations of `rows` (`n x w`), with
+    /// `extra_var[j]` added to each variance (the training noise); columns
+    /// with no spread get sd 1.
+    pub fn fit(rows: &[f64], w: usize, extra_var: &[f64]) -> Self {
+        let n = (rows.len() / w).max(1) as f64;
+        let mut mean = vec![0.0; w];
+        for r in rows.chunks_exact(w) {
+            for (m, v) in mean.iter_mut().zip(r) {
+                *m += v / n;
+            }
+        }
+        let mut var = extra_var.to_vec();
+        for r in rows.chunks_exact(w) {
+            for j in 0..w {
+                var[j] += (r[j] - mean[j]).powi(2) / n;
+            }
+        }
+        let sd = var
+            .iter()
+            .map(|&v| if v > 1e-30 { v.sqrt() } else { 1.0 })
+            .collect();
+        Scaling { mean, sd }
+    }
+
+    pub fn apply(&self, rows: &[f64]) -> Vec<f64> {
+        let w = self.mean.len();
+        rows.iter()
+            .enumerate()
+            .map(|(k, v)| (v - self.mean[k % w]) / self.sd[k % w])
+            .collect()
+    }
+}
+
+/// Settings of [`train_encoder`].
+#[derive(Clone, Debug)]
+pub struct EncoderSettings {
+    pub family: Family,
+    pub hidden: Vec<usize>,
+    pub act: Activation,
+    pub epochs: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub lr_final: f64,
+    /// Observation noise sigma_n added to `y`, fresh every epoch.
+    pub noise: f64,
+    /// Members of the ensemble (trained from seeds `seed`, `seed + 1`, ...).
+    pub ensemble: usize,
+    pub seed: u64,
+    /// Rows held out for validation and early stopping.
+    pub val_rows: usize,
+    pub patience: usize,
+    pub clip_norm: f64,
+    pub quiet: bool,
+}
+
+impl Default for EncoderSettings {
+    fn default() -> Self {
+        EncoderSettings {
+            family: Family::FullRank,
+            hidden: vec![256, 256],
+            act: Activation::Gelu,
+            epochs: 60,
+            batch: 128,
+            lr: 1e-3,
+            lr_final: 0.05,
+            noise: 1e-3,
+            ensemble: 1,
+            seed: 0,
+            val_rows: 0,
+            patience: 10,
+            clip_norm: 10.0,
+            quiet: true,
+        }
+    }
+}
+
+/// What an encoder folder's `encoder.json` records.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EncoderMeta {
+    pub format: String,
+    pub problem: ProblemKind,
+    pub n: usize,
+    pub d: usize,
+    pub sensors: Vec<usize>,
+    pub noise: f64,
+    pub family: String,
+    pub rank: usize,
+    pub hidden: Vec<usize>,
+    pub activation: Activation,
+    pub members: Vec<String>,
+    pub y_scaling: Scaling,
+    pub xi_scaling: Scaling,
+    /// The training settings and figures, for the record.
+    pub training: serde_json::Value,
+}
+
+/// A trained encoder (one or more members) with its scalings.
+pub struct Encoder {
+    pub meta: EncoderMeta,
+    pub family: Family,
+    pub nets: Vec<Mlp>,
+}
+
+/// Everything [`train_encoder`] measured.
+pub struct EncoderTraining {
+    pub reports: Vec<TrainReport>,
+    pub seconds: f64,
+}
+
+/// The architecture of an encoder: `m -> hidden -> nparam` with a Gaussian head.
+pub fn encoder_arch(m: usize, d: usize, family: Family, hidden: &[usize], act: Activation) -> Arch {
+    let mut layers: Vec<Layer> = hidden.iter().map(|&out| Layer { out, act }).collect();
+    layers.push(Layer {
+        out: family.nparam(d),
+        act: Activation::Identity,
+    });
+    Arch {
+        input: m,
+        layers,
+        head: Head::Gaussian {
+            family: family.name().into(),
+            d,
+            rank: family.rank(),
+        },
+    }
+}
+
+/// Initial weights with the output layer's weights shrunk 100-fold: the
+/// head starts near q = N(0, I) for every input (a full-rank factor with
+/// O(1) random entries is ill-conditioned enough to overflow f32 in the
+/// triangular solve of the NPE loss).
+pub fn small_head_init(arch: &Arch, seed: u64) -> Vec<f64> {
+    let mut p = arch.init(seed);
+    if let Some(&(w, b)) = arch.offsets().last() {
+        for v in &mut p[w..b] {
+            *v *= 1e-2;
+        }
+    }
+    p
+}
+
+/// Train an encoder on `set`: NPE on standardised pairs, fresh noise of
+/// `s.noise` on `y` every epoch, the last `val_rows` rows for validation
+/// (with one fixed noise draw).
+pub fn train_encoder(
+    ctx: &GpuContext,
+    set: &SimSet,
+    s: &EncoderSettings,
+) -> Result<(Encoder, EncoderTraining)> {
+    let (d, m) = (set.settings.d, set.m());
+    if !(s.noise.is_finite() && s.noise > 0.0) {
+        return Err(Error::setting(
+            "noise",
+            s.noise,
+            "the encoder needs the positive observation noise sigma_n of the data it will see",
+        ));
+    }
+    if s.ensemble == 0 {
+        return Err(Error::setting("ensemble", 0, "need at least one member"));
+    }
+    let n = set.count();
+    let val_rows = if s.val_rows > 0 {
+        s.val_rows
+    } else {
+        (n / 10).max(1)
+    };
+    if val_rows >= n || n - val_rows < s.batch {
+        return Err(Error::setting(
+            "count",
+            n,
+            format!(
+                "the training set is too small for {val_rows} validation rows and batches of {}",
+                s.batch
+            ),
+        ));
+    }
+    let y_scaling = Scaling::fit(&set.y, m, &vec![s.noise * s.noise; m]);
+    let xi_scaling = Scaling::fit(&set.xi, d, &vec![0.0; d]);
+    let x = y_scaling.apply(&set.y);
+    let t = xi_scaling.apply(&set.xi);
+    let all = Dataset::new(x, t, m, d)?;
+    let (tr, mut val) = all.split(val_rows)?;
+    // One fixed noise draw on the validation rows, so its loss is comparable
+    // across epochs.
+    let noise_std: Vec<f64> = y_scaling.sd.iter().map(|sd| s.noise / sd).collect();
+    let vx = crate::nn::train::noisy_inputs(&val, &noise_std, s.seed ^ 0x5eed_0fa1, 0);
+    val.x = vx.iter().map(|&v| v as f64).collect();
+
+    let t0 = Instant::now();
+    let mut reports = Vec::new();
+    let mut nets = Vec::new();
+    for k in 0..s.ensemble {
+        let seed = s.seed + k as u64;
+        let arch = encoder_arch(m, d, s.family, &s.hidden, s.act);
+        let init = small_head_init(&arch, seed);
+        let mut net = Mlp::new(ctx, arch, Some(&init), seed)?;
+        let ts = TrainSettings {
+            loss: Loss::Npe,
+            epochs: s.epochs,
+            batch: s.batch,
+            lr: s.lr,
+            lr_final: s.lr_final,
+            weight_decay: 0.0,
+            clip_norm: s.clip_norm,
+            seed,
+            patience: s.patience,
+            quiet: s.quiet,
+            input_noise: Some(noise_std.clone()),
+        };
+        let rep = train(ctx, &mut net, &tr, Some(&val), &ts)?;
+        reports.push(rep);
+        nets.push(net);
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let meta = EncoderMeta {
+        format: "pdevi-encoder".into(),
+        problem: set.settings.problem,
+        n: set.settings.n,
+        d,
+        sensors: set.settings.sensors.clone(),
+        noise: s.noise,
+        family: s.family.name().into(),
+        rank: s.family.rank(),
+        hidden: s.hidden.clone(),
+        activation: s.act,
+        members: (0..s.ensemble).map(|k| format!("member_{k}")).collect(),
+        y_scaling,
+        xi_scaling,
+        training: serde_json::json!({
+            "set_count": n,
+            "set_seed": set.settings.seed,
+            "validation_rows": val_rows,
+            "epochs": s.epochs,
+            "batch": s.batch,
+            "lr": s.lr,
+            "lr_final": s.lr_final,
+            "clip_norm": s.clip_norm,
+            "patience": s.patience,
+            "seed": s.seed,
+            "ensemble": s.ensemble,
+            "seconds": seconds,
+            "best_val_loss": reports.iter().map(|r| r.val_loss.get(r.best_epoch).copied().unwrap_or(f64::NAN)).collect::<Vec<f64>>(),
+            "epochs_run": reports.iter().map(|r| r.epochs).collect::<Vec<usize>>(),
+        }),
+    };
+    Ok((
+        Encoder {
+            meta,
+            family: s.family,
+            nets,
+        },
+        EncoderTraining { reports, seconds },
+    ))
+}
+
+/// One posterior of an encoder: Gaussian moments in raw `xi`, and the
+/// members' own moments (one for a single network).
+#[derive(Clone, Debug)]
+pub struct AmortisedPosterior {
+    pub mean: Vec<f64>,
+    pub cov: Vec<f64>,
+    pub members: Vec<(Vec<f64>, Vec<f64>)>,
+}
+
+/// A head's parameters on standardised targets mapped to raw `xi`
+/// (`xi = mean + sd * x`): the mean shifts and scales, each row of the
+/// factor scales by `sd_i` (log-scales shift by `log sd_i`).
+pub fn unstandardise_theta(family: Family, d: usize, theta: &[f64], sc: &Scaling) -> Vec<f64> {
+    let mut t = theta.to_vec();
+    for i in 0..d {
+        t[i] = sc.mean[i] + sc.sd[i] * theta[i];
+    }
+    let ls = |i: usize| sc.sd[i].ln();
+    match family {
+        Family::MeanField => {
+            for i in 0..d {
+                t[d + i] += ls(i);
+            }
+        }
+        Family::FullRank => {
+            for i in 0..d {
+                for j in 0..i {
+                    t[d + i * d + j] *= sc.sd[i];
+                }
+                t[d + i * d + i] += ls(i);
+            }
+        }
+        Family::LowRank { rank } => {
+            for i in 0..d {
+                for a in 0..rank {
+                    t[d + i * rank + a] *= sc.sd[i];
+                }
+                t[d + d * rank + i] += ls(i);
+            }
+        }
+    }
+    t
+}
+
+/// Mean and covariance of an equal-weight mixture of Gaussians.
+pub fn mixture_moments(parts: &[(Vec<f64>, Vec<f64>)], d: usize) -> (Vec<f64>, Vec<f64>) {
+    let k = parts.len() as f64;
+    let mut m = vec![0.0; d];
+    for (pm, _) in parts {
+        for i in 0..d {
+            m[i] += pm[i] / k;
+        }
+    }
+    let mut cov = vec![0.0; d * d];
+    for (pm, pc) in parts {
+        for i in 0..d {
+            for j in 0..d {
+                cov[i * d + j] += (pc[i * d + j] + (pm[i] - m[i]) * (pm[j] - m[j])) / k;
+            }
+        }
+    }
+    (m, cov)
+}
+
+impl Encoder {
+    /// The problem the encoder was trained on, with its noise level.
+    pub fn problem(&self) -> Result<Problem> {
+        let mut pb = ProblemArgs {
+            kind: self.meta.problem,
+            n: Some(self.meta.n),
+            d: Some(self.meta.d),
+        }
+        .build()?;
+        pb.sigma_n = self.meta.noise;
+        Ok(pb)
+    }
+
+    /// Write `encoder.json` and one weight file pair per member into `dir`.
+    pub fn save(&self, ctx: &GpuContext, dir: &Path) -> Result<()> {
+        crate::output::files::ensure_dir(dir)?;
+        for (name, net) in self.meta.members.iter().zip(&self.nets) {
+            net.save(ctx, &dir.join(name))?;
+        }
+        let json = serde_json::to_value(&self.meta).map_err(|e| Error::Format {
+            path: dir.join(ENCODER_JSON),
+            message: e.to_string(),
+        })?;
+        crate::output::files::write_json(&dir.join(ENCODER_JSON), &json)
+    }
+
+    /// Read an encoder folder written by [`save`](Self::save).
+    pub fn load(ctx: &GpuContext, dir: &Path) -> Result<Encoder> {
+        let path: PathBuf = dir.join(ENCODER_JSON);
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let meta: EncoderMeta = serde_json::from_str(&text).map_err(|e| Error::Input {
+            file: path.clone(),
+            line: e.line(),
+            message: format!("not a pdevi encoder description: {e}"),
+        })?;
+        if meta.format != "pdevi-encoder" {
+            return Err(Error::Format {
+                path,
+                message: format!("format is {:?}, expected \"pdevi-encoder\"", meta.format),
+            });
+        }
+        let family = Family::parse(&meta.family, meta.rank.max(1))?;
+        let m = meta.sensors.len();
+        let bad = |message: String| Error::Format {
+            path: path.clone(),
+            message,
+        };
+        if meta.y_scaling.mean.len() != m
+            || meta.y_scaling.sd.len() != m
+            || meta.xi_scaling.mean.len() != meta.d
+            || meta.xi_scaling.sd.len() != meta.d
+        {
+            return Err(bad(format!(
+                "the scalings do not match {m} sensors and d = {}",
+                meta.d
+            )));
+        }
+        if meta.members.is_empty() {
+            return Err(bad("lists no members".into()));
+        }
+        let mut nets = Vec::new();
+        for name in &meta.members {
+            let net = Mlp::load(ctx, &dir.join(name))?;
+            let want = encoder_arch(m, meta.d, family, &meta.hidden, meta.activation);
+            if net.arch != want {
+                return Err(bad(format!(
+                    "member {name} does not have the architecture {ENCODER_JSON} describes"
+                )));
+            }
+            nets.push(net);
+        }
+        Ok(Encoder { meta, family, nets })
+    }
+
+    /// Posteriors for a batch of observation vectors (raw sensor values, in
+    /// the order of `meta.sensors`): one forward pass per member.
+    pub fn posteriors(&self, ctx: &GpuContext, ys: &[Vec<f64>]) -> Result<Vec<AmortisedPosterior>> {
+        let (d, m) = (self.meta.d, self.meta.sensors.len());
+        if ys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut x = Vec::with_capacity(ys.len() * m);
+        for (k, y) in ys.iter().enumerate() {
+            if y.len() != m {
+                return Err(Error::setting(
+                    "observations",
+                    y.len(),
+                    format!("data set {k}: the encoder takes {m} sensor values"),
+                ));
+            }
+            x.extend(self.meta.y_scaling.apply(y));
+        }
+        let np = self.family.nparam(d);
+        let mut out: Vec<Vec<(Vec<f64>, Vec<f64>)>> = vec![Vec::new(); ys.len()];
+        for net in &self.nets {
+            let ws = Workspace::new(ctx, net, ys.len(), Loss::External)?;
+            let theta = ws.predict(ctx, &x)?;
+            for (k, row) in theta.chunks_exact(np).enumerate() {
+                if let Some(v) = row.iter().find(|v| !v.is_finite()) {
+                    return Err(Error::Diverged(format!(
+                        "the encoder's output for data set {k} is {v}: are the readings on the scale of the training set?"
+                    )));
+                }
+                let t = unstandardise_theta(self.family, d, row, &self.meta.xi_scaling);
+                out[k].push(self.family.moments(d, &t));
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|members| {
+                let (mean, cov) = if members.len() == 1 {
+                    members[0].clone()
+                } else {
+                    mixture_moments(&members, d)
+                };
+                AmortisedPosterior { mean, cov, members }
+            })
+            .collect())
+    }
+}
