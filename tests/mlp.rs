@@ -727,8 +727,8 @@ fn npe_case(rng: &mut Rng, family: Family, d: usize, m: usize) -> (MlpParams, Ve
     let mut theta = rng.vec_uniform(3 + m * (np + 2), -5.0, 5.0);
     for r in 0..m {
         let th = &mut theta[3 + r * (np + 2)..];
-        for i in 0..d {
-            th[i] = rng.uniform(-1.0, 1.0);
+        for v in &mut th[..d] {
+            *v = rng.uniform(-1.0, 1.0);
         }
         match family {
             Family::MeanField => {
