@@ -481,7 +481,10 @@ impl Encoder {
             path: path.clone(),
             message,
         };
-        if !meta.y_scaling.fits(m) || !meta.xi_scaling.fits(meta.d) || !meta.xi_scaling.rotation.is_empty() {
+        if !meta.y_scaling.fits(m)
+            || !meta.xi_scaling.fits(meta.d)
+            || !meta.xi_scaling.rotation.is_empty()
+        {
             return Err(bad(format!(
                 "the scalings do not match {m} sensors and d = {}",
                 meta.d
