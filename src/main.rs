@@ -376,7 +376,8 @@ fn parse_hidden(h: &[String]) -> pdevi::Result<Vec<usize>> {
 struct CalibrateOpts {
     #[command(flatten)]
     run: RunOpts,
-    /// exact (poisson1d only: checks the checker), laplace, vi (with --family) or mcmc.
+    /// exact (poisson1d only: checks the checker), laplace, vi (with --family), mcmc,
+    /// amortised (with --encoder) or surrogate (with --surrogate and --family).
     #[arg(long, default_value = "laplace")]
     method: String,
     /// Number of problems drawn from the prior.
@@ -391,6 +392,13 @@ struct CalibrateOpts {
     /// Multiply every posterior std by this (e.g. 0.5 to see an over-confident posterior flagged).
     #[arg(long, default_value_t = 1.0)]
     std_scale: f64,
+    /// --method amortised: the encoder folder (problems drawn from the prior with a seed the
+    /// training set did not use: set --seed).
+    #[arg(long)]
+    encoder: Option<PathBuf>,
+    /// --method surrogate: the surrogate folder.
+    #[arg(long)]
+    surrogate: Option<PathBuf>,
 }
 
 impl RunOpts {
@@ -620,6 +628,8 @@ fn run(cli: Cli) -> pdevi::Result<()> {
                 draws: opts.draws,
                 bins: opts.bins,
                 std_scale: opts.std_scale,
+                encoder: opts.encoder.clone(),
+                surrogate: opts.surrogate.clone(),
             };
             let m = pdevi::cli::calibrate::calibrate(&cfg, &settings)?;
             println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());

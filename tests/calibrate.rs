@@ -25,6 +25,8 @@ fn settings(method: Method, std_scale: f64) -> CalibrateSettings {
         draws: 99,
         bins: 20,
         std_scale,
+        encoder: None,
+        surrogate: None,
     }
 }
 

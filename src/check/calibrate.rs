@@ -28,6 +28,10 @@ pub enum Method {
     Laplace,
     Vi(Family),
     Mcmc,
+    /// An amortised encoder (`CalibrateSettings::encoder`): one batched forward pass.
+    Amortised,
+    /// VI of a family with a surrogate forward model (`CalibrateSettings::surrogate`).
+    Surrogate(Family),
 }
 
 impl Method {
@@ -40,10 +44,15 @@ impl Method {
                 rank,
             )?)),
             "mcmc" => Ok(Method::Mcmc),
+            "amortised" => Ok(Method::Amortised),
+            "surrogate" => Ok(Method::Surrogate(Family::parse(
+                family.unwrap_or("full-rank"),
+                rank,
+            )?)),
             _ => Err(Error::setting(
                 "method",
                 name,
-                "expected exact, laplace, vi or mcmc",
+                "expected exact, laplace, vi, mcmc, amortised or surrogate",
             )),
         }
     }
@@ -54,6 +63,8 @@ impl Method {
             Method::Laplace => "laplace".into(),
             Method::Vi(f) => format!("vi-{}", f.name()),
             Method::Mcmc => "mcmc".into(),
+            Method::Amortised => "amortised".into(),
+            Method::Surrogate(f) => format!("surrogate-vi-{}", f.name()),
         }
     }
 }
@@ -70,6 +81,10 @@ pub struct CalibrateSettings {
     pub bins: usize,
     /// Multiplies every posterior standard deviation (1 = as inferred).
     pub std_scale: f64,
+    /// Encoder folder of [`Method::Amortised`].
+    pub encoder: Option<std::path::PathBuf>,
+    /// Surrogate folder of [`Method::Surrogate`].
+    pub surrogate: Option<std::path::PathBuf>,
 }
 
 /// A posterior as the scorer sees it: Gaussian moments, or draws.

@@ -106,6 +106,57 @@ pub fn calibrate(cfg: &RunConfig, s: &CalibrateSettings) -> Result<serde_json::V
         true => Some(GaussNewton::new(&ctx, &pb, &pb.sensors, &data[0], cg)?),
         false => None,
     };
+    // Amortised: every problem's posterior in one batched forward pass.
+    let mut amortised = match s.method {
+        Method::Amortised => {
+            let dir = s.encoder.as_ref().ok_or_else(|| {
+                Error::setting("encoder", "none", "--method amortised needs --encoder DIR")
+            })?;
+            let enc = crate::infer::amortised::Encoder::load(&ctx, dir)?;
+            let epb = enc.problem()?;
+            if epb.kind != pb.kind
+                || epb.n != pb.n
+                || epb.d != pb.d
+                || enc.meta.sensors != pb.sensors
+            {
+                return Err(Error::setting(
+                    "encoder",
+                    dir.display(),
+                    format!(
+                        "was trained on {} n = {} d = {}; calibrate with the same --problem, --n and --d",
+                        epb.kind.name(),
+                        epb.n,
+                        epb.d
+                    ),
+                ));
+            }
+            if (enc.meta.noise - pb.sigma_n).abs() > 1e-12 * pb.sigma_n.max(1.0) {
+                return Err(Error::setting(
+                    "noise",
+                    pb.sigma_n,
+                    format!(
+                        "the encoder was trained for sigma_n = {}: pass --noise {}",
+                        enc.meta.noise, enc.meta.noise
+                    ),
+                ));
+            }
+            enc.posteriors(&ctx, &data)?.into_iter()
+        }
+        _ => Vec::new().into_iter(),
+    };
+    let surrogate = match s.method {
+        Method::Surrogate(_) => {
+            let dir = s.surrogate.as_ref().ok_or_else(|| {
+                Error::setting(
+                    "surrogate",
+                    "none",
+                    "--method surrogate needs --surrogate DIR",
+                )
+            })?;
+            Some(crate::infer::surrogate::Surrogate::load(&ctx, dir)?)
+        }
+        _ => None,
+    };
     let bar = crate::output::progress::progress_bar(m_prob, quiet, "problems  {msg}");
     let levels = COVERAGE_LEVELS;
     let zl: Vec<f64> = levels.iter().map(|&l| norm_ppf(0.5 + l / 2.0)).collect();
@@ -197,6 +248,45 @@ pub fn calibrate(cfg: &RunConfig, s: &CalibrateSettings) -> Result<serde_json::V
                     );
                 }
                 Posterior::Draws(r.samples.chunks(d).map(|x| x.to_vec()).collect())
+            }
+            Method::Amortised => {
+                let q = amortised.next().ok_or_else(|| {
+                    Error::setting("method", "amortised", "internal: too few posteriors")
+                })?;
+                Posterior::Gauss {
+                    m: q.mean,
+                    cov: q.cov,
+                }
+            }
+            Method::Surrogate(family) => {
+                let sur = surrogate.as_ref().ok_or_else(|| {
+                    Error::setting("method", "surrogate", "internal: no surrogate")
+                })?;
+                let settings = FitSettings {
+                    family,
+                    samples: cfg.samples.unwrap_or(16),
+                    steps: cfg.steps.unwrap_or(3000),
+                    lr: cfg.lr.unwrap_or(0.05),
+                    lr_final: cfg.lr_final.unwrap_or(0.05),
+                    seed: seed.wrapping_add(j as u64),
+                    cg,
+                    report_every: 500,
+                    tol_start: None,
+                };
+                let mut vi = crate::infer::surrogate::SurrogateVi::new(
+                    &ctx,
+                    sur,
+                    family,
+                    settings.samples,
+                    &pb.sensors,
+                    y,
+                    pb.sigma_n,
+                    cfg.surrogate_variance.unwrap_or(false),
+                    settings.seed,
+                )?;
+                let r = vi.fit(&ctx, &settings, |_, _| {})?;
+                let (m, cov) = family.moments(d, &r.theta);
+                Posterior::Gauss { m, cov }
             }
         };
         score(&pb, truth, post, s, &zl, seed, j, &mut tally)?;
