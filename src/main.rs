@@ -315,8 +315,9 @@ struct EncoderOpts {
     data: PathBuf,
     #[arg(long, default_value = "out/encoder")]
     out: PathBuf,
-    /// Gaussian head: mean-field, low-rank or full-rank.
-    #[arg(long, default_value = "full-rank")]
+    /// Gaussian head: mean-field, low-rank, full-rank, or auto (full-rank up to d = 32, else
+    /// low-rank with --rank: a full-rank head at d = 64 has 4160 outputs and trains 5x slower).
+    #[arg(long, default_value = "auto")]
     family: String,
     #[arg(long, default_value_t = 8)]
     rank: usize,
@@ -351,6 +352,24 @@ struct EncoderOpts {
     patience: usize,
     #[arg(long)]
     quiet: bool,
+}
+
+/// The encoder's family; `auto` picks by the training set's d.
+fn encoder_family(
+    name: &str,
+    rank: usize,
+    data: &std::path::Path,
+) -> pdevi::Result<pdevi::infer::vi::Family> {
+    use pdevi::infer::vi::Family;
+    if name != "auto" {
+        return Family::parse(name, rank);
+    }
+    let d = pdevi::nn::dataset::SimSet::load(data)?.settings.d;
+    if d <= 32 {
+        Ok(Family::FullRank)
+    } else {
+        Family::parse("low-rank", rank.min(d))
+    }
 }
 
 fn parse_hidden(h: &[String]) -> pdevi::Result<Vec<usize>> {
@@ -550,7 +569,7 @@ fn run(cli: Cli) -> pdevi::Result<()> {
                 None => pdevi::nn::dataset::SimSet::load(&o.data)?.settings.sigma_n,
             };
             let s = pdevi::infer::amortised::EncoderSettings {
-                family: pdevi::infer::vi::Family::parse(&o.family, o.rank)?,
+                family: encoder_family(&o.family, o.rank, &o.data)?,
                 hidden: parse_hidden(&o.hidden)?,
                 act: pdevi::nn::mlp::Activation::parse(&o.activation)?,
                 epochs: o.epochs,
