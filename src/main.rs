@@ -350,6 +350,10 @@ struct EncoderOpts {
     /// Stop after this many epochs without a better validation loss (0 = never).
     #[arg(long, default_value_t = 10)]
     patience: usize,
+    /// UQ-VAE: add BETA x the ELBO of the exact physics decoder (one sample of each row's q
+    /// through the batched solver per step, adjoint gradient into the head).
+    #[arg(long, default_value_t = 0.0)]
+    physics_weight: f64,
     #[arg(long)]
     quiet: bool,
 }
@@ -515,6 +519,39 @@ enum BenchCmd {
         #[arg(long, default_value_t = 64)]
         steps: usize,
     },
+    /// When does amortisation pay for itself? Simulation and training seconds of an encoder
+    /// and a surrogate, seconds per inference and accuracy (against a reference posterior) of
+    /// encoder, encoder + refine, surrogate VI, exact VI and Laplace on held-out prior
+    /// problems, and the break-even number of inferences.
+    Amortised {
+        /// darcy2d or poisson1d.
+        #[arg(long, default_value = "darcy2d")]
+        problem: String,
+        #[arg(long, default_value_t = 16)]
+        n: usize,
+        #[arg(long, default_value_t = 16)]
+        d: usize,
+        /// Training pairs.
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+        /// Training epochs of the encoder and of the surrogate.
+        #[arg(long, default_value_t = 30)]
+        epochs: usize,
+        /// Held-out prior problems (seeds 100000..).
+        #[arg(long, default_value_t = 10)]
+        held_out: usize,
+        /// VI steps of the refinement from the encoder's q.
+        #[arg(long, default_value_t = 100)]
+        refine: usize,
+        /// Exact VI steps (Laplace start); the darcy2d reference runs 3x as many.
+        #[arg(long, default_value_t = 300)]
+        vi_steps: usize,
+        /// Steps of VI with the surrogate (prior start).
+        #[arg(long, default_value_t = 1000)]
+        surrogate_steps: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
 }
 
 fn run(cli: Cli) -> pdevi::Result<()> {
@@ -582,6 +619,7 @@ fn run(cli: Cli) -> pdevi::Result<()> {
                 val_rows: o.val_rows,
                 patience: o.patience,
                 quiet: o.quiet,
+                physics_weight: o.physics_weight,
                 ..Default::default()
             };
             let m = pdevi::cli::amortised::train_encoder_cmd(&o.data, &o.out, &s)?;
@@ -720,6 +758,36 @@ fn run(cli: Cli) -> pdevi::Result<()> {
                 let ctx = pdevi::GpuContext::new()?;
                 eprintln!("device: {}", ctx.describe());
                 pdevi::cli::bench::mlp(&ctx, &sizes, steps, |r| {
+                    println!("{}", serde_json::to_string(r).unwrap_or_default())
+                })?;
+            }
+            BenchCmd::Amortised {
+                problem,
+                n,
+                d,
+                count,
+                epochs,
+                held_out,
+                refine,
+                vi_steps,
+                surrogate_steps,
+                seed,
+            } => {
+                let ctx = pdevi::GpuContext::new()?;
+                eprintln!("device: {}", ctx.describe());
+                let o = pdevi::cli::bench::AmortisedBench {
+                    problem,
+                    n,
+                    d,
+                    count,
+                    epochs,
+                    held_out,
+                    refine,
+                    vi_steps,
+                    surrogate_steps,
+                    seed,
+                };
+                pdevi::cli::bench::amortised(&ctx, &o, |r| {
                     println!("{}", serde_json::to_string(r).unwrap_or_default())
                 })?;
             }

@@ -476,3 +476,148 @@ fn darcy16_amortised_posteriors_cover_at_nominal_rates_and_refine_toward_vi() {
         "refinement moved the mean toward VI in only {moved} of 3 problems"
     );
 }
+
+/// The UQ-VAE step's output gradient = NPE gradient + beta / B times the
+/// gradient of each row's negative ELBO (one reparameterised sample through
+/// the exact solver, plus the KL), checked against central differences of
+/// that ELBO in f64 (reference solver, the block's own noise).
+#[test]
+fn uq_vae_gradient_matches_finite_differences_of_the_f64_elbo() {
+    use pdevi::cpu::infer::vi as cvi;
+    use pdevi::cpu::nn::mlp as cm;
+    use pdevi::infer::amortised::{encoder_arch, PhysicsTerm, Scaling};
+    use pdevi::infer::vi::ViParams;
+    use pdevi::nn::mlp::{Activation, Loss, Mlp, Workspace};
+    use pdevi::nn::train::StepExtra;
+    let ctx = ctx();
+    let pb = Problem::new(ProblemKind::Poisson1d, 32, 4).unwrap();
+    let (d, m, b) = (pb.d, pb.sensors.len(), 3usize);
+    let set = SimSet::simulate(ctx, &pb, 8, 6, false, cg(), 8, |_, _| {}).unwrap();
+    let scaling = Scaling::whiten(&set.y, m, pb.sigma_n * pb.sigma_n);
+    for family in [
+        Family::MeanField,
+        Family::FullRank,
+        Family::LowRank { rank: 2 },
+    ] {
+        let beta = 0.7;
+        let arch = encoder_arch(m, d, family, &[], Activation::Identity);
+        // Weights small enough that q is a sensible Gaussian.
+        let init: Vec<f64> = arch.init(5).iter().map(|v| 0.05 * v).collect();
+        let net = Mlp::new(ctx, arch.clone(), Some(&init), 5).unwrap();
+        let ws = Workspace::new(ctx, &net, b, Loss::Npe).unwrap();
+        let mut term = PhysicsTerm::new(
+            &pb,
+            family,
+            beta,
+            b,
+            set.y.clone(),
+            scaling.clone(),
+            pb.sigma_n,
+            9,
+        );
+        term.attach(ctx, &ws).unwrap();
+        let perm: Vec<u32> = vec![5, 2, 7, 0, 1, 3, 4, 6];
+        term.begin_epoch(ctx, 0, &perm).unwrap();
+        let step = 4u32;
+        term.set_step(ctx, 0, step);
+        // Inputs: whitened noisy readings of the permuted rows; targets: their xi.
+        let raw = term.noisy_raw(0);
+        let rows: Vec<usize> = perm[..b].iter().map(|&r| r as usize).collect();
+        let x: Vec<f64> = rows
+            .iter()
+            .flat_map(|&r| scaling.apply(&raw[r * m..(r + 1) * m]))
+            .collect();
+        let t: Vec<f64> = rows
+            .iter()
+            .flat_map(|&r| set.xi[r * d..(r + 1) * d].to_vec())
+            .collect();
+        ws.set_input(ctx, &x).unwrap();
+        ws.set_targets(ctx, &t).unwrap();
+        ws.set_loss_accumulate(ctx, true);
+        let mut enc = ctx.encoder("uqvae");
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            ws.encode_forward(&mut pass);
+        }
+        term.record(&mut enc);
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            ws.encode_loss(&mut pass);
+        }
+        ctx.submit_wait(enc).unwrap();
+        let np = family.nparam(d);
+        let theta = read(ctx, ws.output(), b * np);
+        let got = read(ctx, ws.output_grad(), b * np);
+        // The NPE part from the mirror, on the GPU's theta.
+        let mut npe = vec![0.0; b * np];
+        let mut losses = vec![0.0; 16 + b];
+        let lp = pdevi::nn::mlp::MlpParams {
+            m: b as u32,
+            n: d as u32,
+            k: family.rank() as u32,
+            act: family.code(),
+            a_rs: np as u32,
+            b_rs: d as u32,
+            c_rs: np as u32,
+            scale: 1.0 / b as f32,
+            ..Default::default()
+        };
+        cm::loss_npe(&lp, &theta, &t, &mut npe, &mut losses);
+        // The block's noise for this step.
+        let mut vp = ViParams::new(family, d, b, 9, m, pb.sigma_n);
+        vp.per_row = 1;
+        vp.step = step;
+        let e = family.noise_dim(d);
+        let mut eps = vec![0.0; b * e];
+        cvi::vi_noise(&vp, &mut eps);
+        let prec = 1.0 / (pb.sigma_n * pb.sigma_n);
+        for (k, &r) in rows.iter().enumerate() {
+            let y = &raw[r * m..(r + 1) * m];
+            let neg_elbo = |th: &[f64]| -> f64 {
+                let mut v1 = vp;
+                v1.samples = 1;
+                v1.per_row = 0;
+                let mut xi = vec![0.0; d];
+                cvi::vi_sample(&v1, th, &eps[k * e..(k + 1) * e], &mut xi);
+                let (mis, _) = pdevi::physics::reference::misfit_gradient(
+                    &pb,
+                    &xi,
+                    &pb.sensors,
+                    y,
+                    prec,
+                    1e-13,
+                );
+                let mut g = vec![0.0; np];
+                let mut kl = vec![0.0; 1];
+                cvi::vi_kl(&v1, th, &mut g, &mut kl);
+                mis + kl[0]
+            };
+            let th = &theta[k * np..(k + 1) * np];
+            let mut worst: f64 = 0.0;
+            for p in 0..np {
+                if family == Family::FullRank && (p - d.min(p)) % d > (p.saturating_sub(d)) / d {
+                    continue; // the unused upper triangle of L
+                }
+                let h = 1e-5 * (1.0 + th[p].abs());
+                let (mut a, mut c) = (th.to_vec(), th.to_vec());
+                a[p] += h;
+                c[p] -= h;
+                let fd = (neg_elbo(&a) - neg_elbo(&c)) / (2.0 * h);
+                let want = npe[k * np + p] + beta / b as f64 * fd;
+                let g = got[k * np + p];
+                let err = (g - want).abs() / (1e-3 + want.abs());
+                worst = worst.max(err);
+                assert!(
+                    err < 1e-3,
+                    "{} row {k} parameter {p}: GPU {g:.6e}, NPE {:.6e} + beta/B x finite differences {fd:.6e} = {want:.6e}",
+                    family.name(),
+                    npe[k * np + p]
+                );
+            }
+            eprintln!(
+                "{} row {k}: worst relative error {worst:.2e}",
+                family.name()
+            );
+        }
+    }
+}

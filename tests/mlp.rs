@@ -799,6 +799,21 @@ fn npe_loss_matches_cpu_for_every_family() {
             1e-5,
             1e-4,
         );
+        // With flags & 1 the gradient is added to what xc holds (the UQ-VAE
+        // term writes its part first).
+        let mut pa = p;
+        pa.flags = 1;
+        let (ca, _) = npe_mirror(&pa, &theta, &x, &c0);
+        let bca = upload(ctx, "ca", &c0);
+        let ua = ctx.uniform("pa", &pa);
+        run(ctx, KernelId::LossNpe, &[&ua, &bt, &bx, &bca, &bz], [m, 1]);
+        assert_close(
+            &format!("loss_npe {fname} accumulated gradient"),
+            &read(ctx, &bca, ca.len()),
+            &ca,
+            1e-5,
+            1e-4,
+        );
 
         // A non-finite target: NaN row loss and a zero gradient row (the
         // other row is untouched by it), on both sides.

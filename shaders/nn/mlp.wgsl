@@ -403,6 +403,17 @@ fn npe_nan() -> f32 {
 
 // Mean-field: e_i = (x_i - m_i) / s_i; f = 0.5 e.e + sum t_i;
 // df/dm_i = -e_i / s_i, df/dt_i = 1 - e_i^2.
+// The gradient of the loss into xc: overwritten, or added to what is there
+// when M.flags & 1 (another term, e.g. the physics ELBO of UQ-VAE training,
+// wrote its part first).
+fn npe_put(o: u32, v: f32) {
+    if ((M.flags & 1u) != 0u) {
+        xc[o] += v;
+    } else {
+        xc[o] = v;
+    }
+}
+
 fn npe_mean_field(ra: u32, rb: u32, rc: u32) -> f32 {
     let d = M.n;
     var f = 0.0;
@@ -411,8 +422,8 @@ fn npe_mean_field(ra: u32, rb: u32, rc: u32) -> f32 {
         let w = exp(-t);
         let e = (xb[rb + i] - xa[ra + i]) * w;
         f += 0.5 * e * e + t;
-        xc[rc + i] = -e * w * M.scale;
-        xc[rc + d + i] = (1.0 - e * e) * M.scale;
+        npe_put(rc + i, -e * w * M.scale);
+        npe_put(rc + d + i, (1.0 - e * e) * M.scale);
     }
     return f;
 }
@@ -446,14 +457,14 @@ fn npe_full_rank(ra: u32, rb: u32, rc: u32) -> f32 {
     let s = M.scale;
     for (var i = 0u; i < d; i++) {
         let vi = v[i];
-        xc[rc + i] = -vi * s;
+        npe_put(rc + i, -vi * s);
         let o = rc + d + i * d;
         for (var j = 0u; j < i; j++) {
-            xc[o + j] = -vi * e[j] * s;
+            npe_put(o + j, -vi * e[j] * s);
         }
-        xc[o + i] = (1.0 - exp(xa[tl + i * d + i]) * vi * e[i]) * s;
+        npe_put(o + i, (1.0 - exp(xa[tl + i * d + i]) * vi * e[i]) * s);
         for (var j = i + 1u; j < d; j++) {
-            xc[o + j] = 0.0;
+            npe_put(o + j, 0.0);
         }
     }
     return f;
@@ -561,10 +572,10 @@ fn npe_low_rank(ra: u32, rb: u32, rc: u32) -> f32 {
         var wg = 0.0;
         for (var a = 0u; a < k; a++) {
             wg += xa[tw + i * k + a] * g[a];
-            xc[rc + d + i * k + a] = (dinv * g[a] - ai * b[a]) * s;
+            npe_put(rc + d + i * k + a, (dinv * g[a] - ai * b[a]) * s);
         }
-        xc[rc + i] = -ai * s;
-        xc[rc + d + d * k + i] = (1.0 - dinv * wg - exp(2.0 * t) * ai * ai) * s;
+        npe_put(rc + i, -ai * s);
+        npe_put(rc + d + d * k + i, (1.0 - dinv * wg - exp(2.0 * t) * ai * ai) * s);
     }
     return 0.5 * quad + 0.5 * ldc + sum_t;
 }

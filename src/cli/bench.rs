@@ -638,3 +638,504 @@ pub fn mcmc(
     }
     Ok(out)
 }
+
+/// Settings of `pdevi bench amortised`.
+#[derive(Clone, Debug)]
+pub struct AmortisedBench {
+    /// darcy2d or poisson1d.
+    pub problem: String,
+    pub n: usize,
+    pub d: usize,
+    /// Training pairs simulated for the encoder and the surrogate.
+    pub count: usize,
+    /// Training epochs of the encoder and of the surrogate.
+    pub epochs: usize,
+    /// Held-out problems (prior draws with seeds `100_000 + k`).
+    pub held_out: usize,
+    /// VI steps of the semi-amortised refinement.
+    pub refine: usize,
+    /// Steps of exact VI (the darcy2d reference runs three times as many).
+    pub vi_steps: usize,
+    /// Steps of VI with the surrogate (from the prior, as `pdevi run --forward surrogate:`).
+    pub surrogate_steps: usize,
+    pub seed: u64,
+}
+
+/// Accumulated accuracy of one method against the reference posteriors.
+#[derive(Default)]
+struct Accuracy {
+    seconds: Vec<f64>,
+    sq_err: Vec<f64>,
+    ratios: Vec<f64>,
+    inside: usize,
+    coords: usize,
+}
+
+impl Accuracy {
+    /// Score `(mean, cov)` against the reference `(rm, rcov)` and the truth.
+    fn add(&mut self, mean: &[f64], cov: &[f64], rm: &[f64], rcov: &[f64], truth: &[f64]) {
+        // z of the central 90 % interval.
+        const Z90: f64 = 1.644_853_626_951_472_2;
+        let d = mean.len();
+        for i in 0..d {
+            let sd = cov[i * d + i].max(0.0).sqrt();
+            let rsd = rcov[i * d + i].max(0.0).sqrt();
+            self.sq_err.push(((mean[i] - rm[i]) / rsd).powi(2));
+            self.ratios.push(sd / rsd);
+            if (truth[i] - mean[i]).abs() <= Z90 * sd {
+                self.inside += 1;
+            }
+            self.coords += 1;
+        }
+    }
+
+    fn per_inference(&self) -> f64 {
+        self.seconds.iter().sum::<f64>() / self.seconds.len().max(1) as f64
+    }
+
+    fn rms_err(&self) -> f64 {
+        (self.sq_err.iter().sum::<f64>() / self.sq_err.len().max(1) as f64).sqrt()
+    }
+
+    fn median_ratio(&self) -> f64 {
+        let mut r = self.ratios.clone();
+        r.sort_by(f64::total_cmp);
+        match r.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => r[n / 2],
+            n => 0.5 * (r[n / 2 - 1] + r[n / 2]),
+        }
+    }
+
+    fn coverage(&self) -> f64 {
+        self.inside as f64 / self.coords.max(1) as f64
+    }
+}
+
+/// `pdevi bench amortised`: when does amortisation pay for itself? In one
+/// process on one device: the seconds to simulate a training set and train
+/// an encoder (NPE) and a surrogate, the seconds per inference of the
+/// encoder, encoder + refinement, VI with the surrogate, exact VI and
+/// Laplace on held-out prior problems, their accuracy against a reference
+/// posterior (poisson1d: the exact one; darcy2d: exact VI with three times
+/// the steps from the Laplace start, another seed), and the number of
+/// inferences after which each amortised method has paid for its training
+/// against exact VI (`null` when it is not faster per inference). `emit`
+/// sees one JSON object per method and the summary, which is returned.
+pub fn amortised(
+    ctx: &GpuContext,
+    o: &AmortisedBench,
+    mut emit: impl FnMut(&serde_json::Value),
+) -> Result<serde_json::Value> {
+    use crate::api;
+    use crate::cli::amortised::{refine, AmortisedSettings};
+    use crate::error::Error;
+    use crate::infer::amortised::{train_encoder, EncoderSettings};
+    use crate::infer::surrogate::{train_surrogate, SurrogateSettings, SurrogateVi, Target};
+    use crate::infer::vi::{Family, FitSettings, Start};
+    use crate::nn::dataset::SimSet;
+    use crate::nn::mlp::Activation;
+    use serde_json::json;
+
+    const HELD_OUT_SEED: u64 = 100_000;
+    if o.held_out == 0 || o.vi_steps == 0 || o.surrogate_steps == 0 || o.epochs == 0 {
+        return Err(Error::setting(
+            "held-out/vi-steps/surrogate-steps/epochs",
+            format!(
+                "{}/{}/{}/{}",
+                o.held_out, o.vi_steps, o.surrogate_steps, o.epochs
+            ),
+            "need at least one of each",
+        ));
+    }
+    // The held-out problems (and the warm-up one) are `api::simulate(pb,
+    // 100_000 + k)`, i.e. stream TRUTH, step 0 of seeds 100_000..: the
+    // training set uses steps 0..count of `seed` itself.
+    if (HELD_OUT_SEED..=HELD_OUT_SEED + o.held_out as u64).contains(&o.seed) {
+        return Err(Error::setting(
+            "seed",
+            o.seed,
+            format!(
+                "seeds {HELD_OUT_SEED}..={} draw the held-out problems",
+                HELD_OUT_SEED + o.held_out as u64
+            ),
+        ));
+    }
+    let kind = ProblemKind::parse(&o.problem)?;
+    let pb = Problem::new(kind, o.n, o.d)?;
+    let d = pb.d;
+    let family = if d <= 32 {
+        Family::FullRank
+    } else {
+        Family::LowRank { rank: 8 }
+    };
+    let device = ctx.describe();
+
+    // 1. The training set (as `pdevi simulate --count`).
+    let sim_cg = CgParams {
+        rel_tol: 1e-5,
+        max_iters: 4000,
+        warm_start: false,
+        precond: Precond::Auto,
+        ..Default::default()
+    };
+    let set = SimSet::simulate(ctx, &pb, o.count, o.seed, false, sim_cg, 64, |_, _| {})?;
+    let simulate_seconds = set.seconds;
+    eprintln!("simulated {} pairs in {simulate_seconds:.2} s", o.count);
+
+    // 2. Encoder and surrogate.
+    let hidden = vec![128, 128];
+    let es = EncoderSettings {
+        family,
+        hidden: hidden.clone(),
+        act: Activation::Gelu,
+        epochs: o.epochs,
+        batch: 64,
+        lr: 3e-3,
+        lr_final: 0.05,
+        noise: pb.sigma_n,
+        seed: o.seed,
+        quiet: true,
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let (enc, etr) = train_encoder(ctx, &set, &es)?;
+    let encoder_seconds = t.elapsed().as_secs_f64();
+    eprintln!("encoder trained in {encoder_seconds:.2} s");
+    let ss = SurrogateSettings {
+        target: Target::Sensors,
+        hidden: hidden.clone(),
+        act: Activation::Gelu,
+        variance: false,
+        epochs: o.epochs,
+        batch: 64,
+        lr: 3e-3,
+        lr_final: 0.05,
+        seed: o.seed,
+        quiet: true,
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let (sur, srep) = train_surrogate(ctx, &set, &ss)?;
+    let surrogate_seconds = t.elapsed().as_secs_f64();
+    eprintln!("surrogate trained in {surrogate_seconds:.2} s");
+
+    // 3. Per-inference settings.
+    let cg = CgParams {
+        rel_tol: 1e-5,
+        max_iters: 4000,
+        warm_start: true,
+        precond: Precond::Auto,
+        ..Default::default()
+    };
+    let gn_iters = 30;
+    let vi_fit = |steps: usize, seed: u64| api::ViSettings {
+        fit: FitSettings {
+            family,
+            samples: 16,
+            steps,
+            lr: 0.05,
+            lr_final: 0.1,
+            seed,
+            cg,
+            report_every: 10,
+            tol_start: None,
+        },
+        start: Start::Laplace { gn_iters },
+    };
+    let rs = AmortisedSettings {
+        encoder: Default::default(),
+        obs: None,
+        obs_dir: None,
+        out: Default::default(),
+        refine: o.refine,
+        samples: 16,
+        lr: 0.01,
+        lr_final: 0.3,
+        seed: o.seed,
+        truth: None,
+        predictive_samples: 0,
+        quiet: true,
+    };
+    let sfit = |steps: usize| FitSettings {
+        family,
+        samples: 16,
+        steps,
+        lr: 0.05,
+        lr_final: 0.05,
+        seed: o.seed,
+        cg,
+        report_every: 50,
+        tol_start: None,
+    };
+    let sur_vi = |y: &[f64], steps: usize| -> Result<(Vec<f64>, Vec<f64>)> {
+        let mut v = SurrogateVi::new(
+            ctx,
+            &sur,
+            family,
+            16,
+            &pb.sensors,
+            y,
+            pb.sigma_n,
+            false,
+            o.seed,
+        )?;
+        let r = v.fit(ctx, &sfit(steps), |_, _| {})?;
+        Ok(family.moments(d, &r.theta))
+    };
+
+    // Warm-up on one more prior problem (pipelines compile at first use),
+    // with short runs; not scored.
+    let t = Instant::now();
+    {
+        let w = api::simulate(&pb, HELD_OUT_SEED + o.held_out as u64);
+        let p = enc.posteriors(ctx, std::slice::from_ref(&w.obs.y))?;
+        if o.refine > 0 {
+            refine(ctx, &pb, &enc, &p[0], &w.obs.y, 5, &rs, cg)?;
+        }
+        api::vi(ctx, &pb, &w.obs, &vi_fit(5, o.seed))?;
+        sur_vi(&w.obs.y, 5)?;
+        api::laplace(ctx, &pb, &w.obs, cg, gn_iters)?;
+    }
+    let warmup_seconds = t.elapsed().as_secs_f64();
+
+    let data: Vec<api::Simulated> = (0..o.held_out)
+        .map(|k| api::simulate(&pb, HELD_OUT_SEED + k as u64))
+        .collect();
+    let ys: Vec<Vec<f64>> = data.iter().map(|x| x.obs.y.clone()).collect();
+    let t = Instant::now();
+    let posts = enc.posteriors(ctx, &ys)?;
+    let encoder_batch_seconds = t.elapsed().as_secs_f64();
+
+    let names = [
+        "reference",
+        "encoder",
+        "encoder+refine",
+        "surrogate_vi",
+        "vi",
+        "laplace",
+    ];
+    let mut acc: Vec<Accuracy> = names.iter().map(|_| Accuracy::default()).collect();
+    let mut single = Vec::new();
+    let reference_name = match kind {
+        ProblemKind::Poisson1d => "exact (analytic linear-Gaussian posterior)".to_string(),
+        ProblemKind::Darcy2d => format!(
+            "exact VI, {} family, {} steps (3 x --vi-steps) from the Laplace start, seed {}",
+            family.name(),
+            3 * o.vi_steps,
+            o.seed + 1
+        ),
+    };
+    for (k, x) in data.iter().enumerate() {
+        let t = Instant::now();
+        let (rm, rc) = match kind {
+            ProblemKind::Poisson1d => {
+                let e = api::exact(&pb, &x.obs)?;
+                (e.mean, e.cov)
+            }
+            ProblemKind::Darcy2d => {
+                let e = api::vi(ctx, &pb, &x.obs, &vi_fit(3 * o.vi_steps, o.seed + 1))?;
+                (e.mean, e.cov)
+            }
+        };
+        acc[0].seconds.push(t.elapsed().as_secs_f64());
+        acc[0].add(&rm, &rc, &rm, &rc, &x.truth);
+
+        let t = Instant::now();
+        let p1 = enc.posteriors(ctx, std::slice::from_ref(&x.obs.y))?;
+        single.push(t.elapsed().as_secs_f64());
+        drop(p1);
+        acc[1]
+            .seconds
+            .push(encoder_batch_seconds / o.held_out as f64);
+        acc[1].add(&posts[k].mean, &posts[k].cov, &rm, &rc, &x.truth);
+
+        let t = Instant::now();
+        let (m, c) = if o.refine > 0 {
+            let (m, c, _) = refine(ctx, &pb, &enc, &posts[k], &x.obs.y, o.refine, &rs, cg)?;
+            (m, c)
+        } else {
+            (posts[k].mean.clone(), posts[k].cov.clone())
+        };
+        // The encoder's share (batched) plus the refinement.
+        acc[2]
+            .seconds
+            .push(t.elapsed().as_secs_f64() + encoder_batch_seconds / o.held_out as f64);
+        acc[2].add(&m, &c, &rm, &rc, &x.truth);
+
+        let t = Instant::now();
+        let (m, c) = sur_vi(&x.obs.y, o.surrogate_steps)?;
+        acc[3].seconds.push(t.elapsed().as_secs_f64());
+        acc[3].add(&m, &c, &rm, &rc, &x.truth);
+
+        let t = Instant::now();
+        let v = api::vi(ctx, &pb, &x.obs, &vi_fit(o.vi_steps, o.seed))?;
+        acc[4].seconds.push(t.elapsed().as_secs_f64());
+        acc[4].add(&v.mean, &v.cov, &rm, &rc, &x.truth);
+
+        let t = Instant::now();
+        let l = api::laplace(ctx, &pb, &x.obs, cg, gn_iters)?;
+        acc[5].seconds.push(t.elapsed().as_secs_f64());
+        acc[5].add(&l.mean, &l.cov, &rm, &rc, &x.truth);
+        eprintln!("held-out problem {}/{} done", k + 1, o.held_out);
+    }
+    let encoder_single = single.iter().sum::<f64>() / single.len().max(1) as f64;
+
+    let mut rows = Vec::new();
+    for (name, a) in names.iter().zip(&acc) {
+        let mut row = json!({
+            "bench": "amortised",
+            "method": name,
+            "seconds_per_inference": a.per_inference(),
+            "mean_err_sd": a.rms_err(),
+            "sd_ratio": a.median_ratio(),
+            "coverage90": a.coverage(),
+            "problems": o.held_out,
+        });
+        if *name == "encoder" {
+            row["seconds_single"] = json!(encoder_single);
+            row["seconds_batch"] = json!(encoder_batch_seconds);
+        }
+        if *name == "encoder+refine" {
+            row["refine_steps"] = json!(o.refine);
+        }
+        if *name == "surrogate_vi" {
+            row["steps"] = json!(o.surrogate_steps);
+        }
+        if *name == "vi" {
+            row["steps"] = json!(o.vi_steps);
+        }
+        emit(&row);
+        rows.push(row);
+    }
+
+    // 5. Break-even against exact VI (and, for the record, against Laplace).
+    let per = |i: usize| acc[i].per_inference();
+    let break_even = |fixed: f64, baseline: f64, method: f64| -> serde_json::Value {
+        let gain = baseline - method;
+        if gain > 0.0 {
+            json!((fixed / gain).ceil())
+        } else {
+            serde_json::Value::Null
+        }
+    };
+    let enc_fixed = simulate_seconds + encoder_seconds;
+    let sur_fixed = simulate_seconds + surrogate_seconds;
+    let against = |baseline: f64| {
+        json!({
+            "encoder": break_even(enc_fixed, baseline, per(1)),
+            "encoder_single": break_even(enc_fixed, baseline, encoder_single),
+            "encoder+refine": break_even(enc_fixed, baseline, per(2)),
+            "surrogate_vi": break_even(sur_fixed, baseline, per(3)),
+        })
+    };
+    let summary = json!({
+        "bench": "amortised",
+        "summary": true,
+        "problem": kind.name(), "n": pb.n, "d": d, "sensors": pb.sensors.len(),
+        "sigma_n": pb.sigma_n,
+        "reference": reference_name,
+        "training": {
+            "simulate_seconds": simulate_seconds,
+            "encoder_seconds": encoder_seconds,
+            "encoder_epochs_run": etr.reports.iter().map(|r| r.epochs).collect::<Vec<usize>>(),
+            "encoder_best_val_loss": etr.reports.iter().map(|r| r.val_loss.get(r.best_epoch).copied().unwrap_or(f64::NAN)).collect::<Vec<f64>>(),
+            "surrogate_seconds": surrogate_seconds,
+            "surrogate_epochs_run": srep.epochs,
+            "surrogate_best_val_loss": srep.val_loss.get(srep.best_epoch).copied().unwrap_or(f64::NAN),
+            "encoder_total_seconds": enc_fixed,
+            "surrogate_total_seconds": sur_fixed,
+        },
+        "seconds_per_inference": names.iter().zip(&acc).map(|(n, a)| (n.to_string(), json!(a.per_inference()))).collect::<serde_json::Map<String, serde_json::Value>>(),
+        "break_even_vs_vi": against(per(4)),
+        "break_even_vs_laplace": against(per(5)),
+        "warmup_seconds": warmup_seconds,
+        "device": device,
+        "settings": {
+            "count": o.count, "epochs": o.epochs, "held_out": o.held_out,
+            "held_out_seeds": format!("{}..{}", HELD_OUT_SEED, HELD_OUT_SEED + o.held_out as u64),
+            "refine": o.refine, "vi_steps": o.vi_steps, "surrogate_steps": o.surrogate_steps,
+            "seed": o.seed, "family": family.name(), "rank": family.rank(),
+            "hidden": hidden, "activation": "gelu", "train_batch": 64, "train_lr": 3e-3,
+            "samples": 16, "vi_lr": [0.05, 0.1], "refine_lr": [0.01, 0.3],
+            "surrogate_vi_lr": 0.05, "surrogate_vi_start": "prior",
+            "vi_start": format!("laplace (gn_iters {gn_iters})"),
+            "cg_tol": cg.rel_tol, "precond": "auto",
+        },
+    });
+    emit(&summary);
+
+    // The table on stderr.
+    let f = |v: f64| {
+        if v.is_finite() {
+            format!("{v:.3}")
+        } else {
+            "-".into()
+        }
+    };
+    let secs = |v: f64| {
+        if v < 0.01 {
+            format!("{:.2} ms", v * 1e3)
+        } else {
+            format!("{v:.3} s")
+        }
+    };
+    eprintln!();
+    eprintln!(
+        "{} n = {} d = {}, {} held-out problems; reference: {reference_name}; device: {device}",
+        kind.name(),
+        pb.n,
+        d,
+        o.held_out
+    );
+    eprintln!();
+    eprintln!(
+        "| method | s / inference | mean err (ref sd, RMS) | sd ratio (median) | coverage 90 % |"
+    );
+    eprintln!("|---|---|---|---|---|");
+    for (name, a) in names.iter().zip(&acc) {
+        let label = match *name {
+            "encoder" => format!(
+                "encoder (batch of {}; single {})",
+                o.held_out,
+                secs(encoder_single)
+            ),
+            "encoder+refine" => format!("encoder + {} refine steps", o.refine),
+            "surrogate_vi" => format!("surrogate VI ({} steps, prior start)", o.surrogate_steps),
+            "vi" => format!("exact VI ({} steps, Laplace start)", o.vi_steps),
+            _ => name.to_string(),
+        };
+        eprintln!(
+            "| {label} | {} | {} | {} | {} |",
+            secs(a.per_inference()),
+            f(a.rms_err()),
+            f(a.median_ratio()),
+            f(a.coverage())
+        );
+    }
+    let be = |v: &serde_json::Value| match v.as_f64() {
+        Some(x) => format!("{x:.0}"),
+        None => "never".into(),
+    };
+    let (bv, bl) = (
+        &summary["break_even_vs_vi"],
+        &summary["break_even_vs_laplace"],
+    );
+    eprintln!();
+    eprintln!("| amortised method | training cost (simulate + train) | break-even vs exact VI | vs Laplace |");
+    eprintln!("|---|---|---|---|");
+    for (key, fixed) in [
+        ("encoder", enc_fixed),
+        ("encoder_single", enc_fixed),
+        ("encoder+refine", enc_fixed),
+        ("surrogate_vi", sur_fixed),
+    ] {
+        eprintln!(
+            "| {key} | {fixed:.2} s ({simulate_seconds:.2} + {:.2}) | {} | {} |",
+            fixed - simulate_seconds,
+            be(&bv[key]),
+            be(&bl[key])
+        );
+    }
+    Ok(summary)
+}

@@ -148,6 +148,191 @@ fn moments(rows: &[f64], w: usize) -> (Vec<f64>, Vec<f64>) {
     (mean, cov)
 }
 
+/// The UQ-VAE term of encoder training: for every minibatch row, one
+/// sample of its q through the batched exact solver, and `beta` times the
+/// gradient of that row's negative ELBO (misfit + KL to the prior) written
+/// into the output gradient before the NPE loss adds its own. The solver's
+/// data are the rows' noisy readings in raw units (the same noise draw as
+/// the whitened inputs of the epoch), gathered on the device.
+pub struct PhysicsTerm {
+    pub beta: f64,
+    pb: Problem,
+    family: Family,
+    batch: usize,
+    cg: crate::physics::solver::CgParams,
+    /// Clean training readings (`n x m`) and the whitening of the inputs.
+    y: Vec<f64>,
+    scaling: Scaling,
+    noise: f64,
+    seed: u64,
+    parts: Option<PhysicsParts>,
+}
+
+struct PhysicsParts {
+    solver: crate::physics::solver::BatchedSolver,
+    block: crate::infer::gaussian::GaussianBlock,
+    y_raw: wgpu::Buffer,
+    perm: wgpu::Buffer,
+    gather: crate::gpu::Dispatch,
+    u_gather: wgpu::Buffer,
+    gp: crate::nn::mlp::MlpParams,
+    _kl: wgpu::Buffer,
+}
+
+impl PhysicsTerm {
+    #[allow(clippy::too_many_arguments, reason = "the settings of one term")]
+    pub fn new(
+        pb: &Problem,
+        family: Family,
+        beta: f64,
+        batch: usize,
+        y: Vec<f64>,
+        scaling: Scaling,
+        noise: f64,
+        seed: u64,
+    ) -> Self {
+        let mut pb = pb.clone();
+        pb.sigma_n = noise;
+        PhysicsTerm {
+            beta,
+            pb,
+            family,
+            batch,
+            cg: crate::physics::solver::CgParams {
+                rel_tol: 1e-5,
+                max_iters: 4000,
+                warm_start: false,
+                ..Default::default()
+            },
+            y,
+            scaling,
+            noise,
+            seed,
+            parts: None,
+        }
+    }
+
+    /// The training rows' readings plus the epoch's noise, in raw units:
+    /// `y + sigma U eps` for the `eps` that [`crate::nn::train::noisy_inputs`]
+    /// scales by `sigma / sd_k` in the whitened coordinates.
+    pub fn noisy_raw(&self, epoch: usize) -> Vec<f64> {
+        let m = self.scaling.mean.len();
+        let n = self.y.len() / m;
+        let eps = crate::rng::normals(self.seed, crate::rng::streams::NOISE, epoch as u32, n * m);
+        let rot = &self.scaling.rotation;
+        let mut out = self.y.clone();
+        for r in 0..n {
+            for i in 0..m {
+                let e: f64 = if rot.is_empty() {
+                    eps[r * m + i]
+                } else {
+                    (0..m).map(|k| rot[k * m + i] * eps[r * m + k]).sum()
+                };
+                out[r * m + i] += self.noise * e;
+            }
+        }
+        out
+    }
+}
+
+impl crate::nn::train::StepExtra for PhysicsTerm {
+    fn attach(&mut self, ctx: &GpuContext, ws: &Workspace) -> Result<()> {
+        use crate::infer::gaussian::{GaussianBlock, GaussianBuffers};
+        use crate::infer::vi::ViParams;
+        let (b, d, m) = (self.batch, self.pb.d, self.scaling.mean.len());
+        let solver = crate::physics::solver::BatchedSolver::new(
+            ctx,
+            &self.pb,
+            b,
+            self.cg,
+            Some(&self.pb.sensors),
+            true,
+        )?;
+        let mut vp = ViParams::new(self.family, d, b, self.seed, m, self.noise);
+        vp.per_row = 1;
+        vp.grad_scale = (self.beta / b as f64) as f32;
+        vp.kl_scale = (self.beta / b as f64) as f32;
+        let kl = ctx.storage("uqvae.kl", (b.max(4) * 4) as u64)?;
+        let block = GaussianBlock::new(
+            ctx,
+            "uqvae",
+            self.family,
+            vp,
+            GaussianBuffers {
+                theta: ws.output(),
+                xi: &solver.xi,
+                gxi: &solver.gxi,
+                grad: ws.output_grad(),
+                kl: &kl,
+            },
+        )?;
+        let n = self.y.len() / m;
+        let y_raw = ctx.storage("uqvae.y", (n * m * 4) as u64)?;
+        let perm = ctx.storage("uqvae.perm", (n * 4) as u64)?;
+        let gp = crate::nn::mlp::MlpParams {
+            m: b as u32,
+            n: m as u32,
+            ..Default::default()
+        };
+        let u_gather = ctx.uniform("uqvae.gather", &gp);
+        let gather = ctx.prepare(
+            &crate::gpu::args::GatherRows {
+                params: &u_gather,
+                xa: &y_raw,
+                xc: &solver.data,
+                idx: &perm,
+            },
+            [b * m, 1],
+        )?;
+        self.parts = Some(PhysicsParts {
+            solver,
+            block,
+            y_raw,
+            perm,
+            gather,
+            u_gather,
+            gp,
+            _kl: kl,
+        });
+        Ok(())
+    }
+
+    fn begin_epoch(&mut self, ctx: &GpuContext, epoch: usize, perm: &[u32]) -> Result<()> {
+        let raw = self.noisy_raw(epoch);
+        let p = self.parts.as_ref().ok_or_else(|| {
+            Error::setting(
+                "physics term",
+                "detached",
+                "internal: attach before training",
+            )
+        })?;
+        ctx.write(&p.y_raw, &crate::nn::mlp::to_f32(&raw));
+        ctx.write(&p.perm, perm);
+        Ok(())
+    }
+
+    fn set_step(&mut self, ctx: &GpuContext, b: usize, step: u32) {
+        if let Some(p) = self.parts.as_mut() {
+            p.gp.k = (b * self.batch) as u32;
+            ctx.write(&p.u_gather, &[p.gp]);
+            p.block.set_step(ctx, step);
+        }
+    }
+
+    fn record(&self, enc: &mut wgpu::CommandEncoder) {
+        let Some(p) = &self.parts else { return };
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            p.gather.record(&mut pass);
+            p.block.record_sample(&mut pass);
+        }
+        p.solver.encode_forward(enc);
+        p.solver.encode_gradient(enc);
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        p.block.record_backward(&mut pass);
+    }
+}
+
 /// Settings of [`train_encoder`].
 #[derive(Clone, Debug)]
 pub struct EncoderSettings {
@@ -168,6 +353,8 @@ pub struct EncoderSettings {
     pub patience: usize,
     pub clip_norm: f64,
     pub quiet: bool,
+    /// Weight beta of the UQ-VAE term (0 = plain NPE).
+    pub physics_weight: f64,
 }
 
 impl Default for EncoderSettings {
@@ -187,6 +374,7 @@ impl Default for EncoderSettings {
             patience: 10,
             clip_norm: 10.0,
             quiet: true,
+            physics_weight: 0.0,
         }
     }
 }
@@ -272,6 +460,13 @@ pub fn train_encoder(
             "the encoder needs the positive observation noise sigma_n of the data it will see",
         ));
     }
+    if !(s.physics_weight.is_finite() && s.physics_weight >= 0.0) {
+        return Err(Error::setting(
+            "physics-weight",
+            s.physics_weight,
+            "must be a finite weight >= 0 (0 = plain NPE)",
+        ));
+    }
     if s.ensemble == 0 {
         return Err(Error::setting("ensemble", 0, "need at least one member"));
     }
@@ -292,7 +487,13 @@ pub fn train_encoder(
         ));
     }
     let y_scaling = Scaling::whiten(&set.y, m, s.noise * s.noise);
-    let xi_scaling = Scaling::fit(&set.xi, d, &vec![0.0; d]);
+    // xi ~ N(0, I) by construction: the identity scaling keeps the head in
+    // raw units, where the physics term samples it and the KL is to N(0, I).
+    let xi_scaling = Scaling {
+        mean: vec![0.0; d],
+        sd: vec![1.0; d],
+        rotation: Vec::new(),
+    };
     let x = y_scaling.apply(&set.y);
     let t = xi_scaling.apply(&set.xi);
     let all = Dataset::new(x, t, m, d)?;
@@ -324,7 +525,22 @@ pub fn train_encoder(
             quiet: s.quiet,
             input_noise: Some(noise_std.clone()),
         };
-        let rep = train(ctx, &mut net, &tr, Some(&val), &ts)?;
+        let rep = if s.physics_weight > 0.0 {
+            let pb = set.problem()?;
+            let mut term = PhysicsTerm::new(
+                &pb,
+                s.family,
+                s.physics_weight,
+                s.batch,
+                set.y[..(n - val_rows) * m].to_vec(),
+                y_scaling.clone(),
+                s.noise,
+                seed,
+            );
+            crate::nn::train::train_with(ctx, &mut net, &tr, Some(&val), &ts, Some(&mut term))?
+        } else {
+            train(ctx, &mut net, &tr, Some(&val), &ts)?
+        };
         reports.push(rep);
         nets.push(net);
     }
@@ -355,6 +571,7 @@ pub fn train_encoder(
             "patience": s.patience,
             "seed": s.seed,
             "ensemble": s.ensemble,
+            "physics_weight": s.physics_weight,
             "seconds": seconds,
             "best_val_loss": reports.iter().map(|r| r.val_loss.get(r.best_epoch).copied().unwrap_or(f64::NAN)).collect::<Vec<f64>>(),
             "epochs_run": reports.iter().map(|r| r.epochs).collect::<Vec<usize>>(),

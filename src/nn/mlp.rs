@@ -674,6 +674,8 @@ pub struct Workspace {
     u_reduce: wgpu::Buffer,
     reduce_op: Dispatch,
     reduce: MlpParams,
+    /// The loss kernel's parameter block (rewritten by `set_loss_accumulate`).
+    loss_uniform: Option<(wgpu::Buffer, MlpParams)>,
     _uniforms: Vec<wgpu::Buffer>,
 }
 
@@ -859,8 +861,10 @@ impl Workspace {
             }
             Loss::External => (None, MlpParams::default()),
         };
+        let mut loss_uniform = None;
         if let Some(k) = kernel {
             let u = un(&lp);
+            loss_uniform = Some((u.clone(), lp));
             let a = args::LossMse {
                 params: &u,
                 xa: &acts[last],
@@ -906,6 +910,7 @@ impl Workspace {
             u_reduce,
             reduce_op,
             reduce,
+            loss_uniform,
             _uniforms: uniforms,
         })
     }
@@ -934,6 +939,16 @@ impl Workspace {
         }
         if !self.loss_ops.is_empty() {
             self.reduce_op.record(pass);
+        }
+    }
+
+    /// Whether the NPE loss adds its gradient to the output gradient already
+    /// written (by another term recorded before it) instead of overwriting it.
+    pub fn set_loss_accumulate(&self, ctx: &GpuContext, accumulate: bool) {
+        if let Some((u, p)) = &self.loss_uniform {
+            let mut p = *p;
+            p.flags = accumulate as u32;
+            ctx.write(u, &[p]);
         }
     }
 

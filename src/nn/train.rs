@@ -179,6 +179,36 @@ pub fn train(
     val: Option<&Dataset>,
     s: &TrainSettings,
 ) -> Result<TrainReport> {
+    train_with(ctx, net, data, val, s, None)
+}
+
+/// A term recorded into every training step between the forward pass and
+/// the loss (e.g. the physics ELBO of UQ-VAE training, which writes its
+/// part of the output gradient before the loss adds its own).
+pub trait StepExtra {
+    /// Called once, with the training workspace, before the first step.
+    fn attach(&mut self, ctx: &GpuContext, ws: &Workspace) -> Result<()>;
+    /// Called at the start of every epoch with its row permutation.
+    fn begin_epoch(&mut self, ctx: &GpuContext, epoch: usize, perm: &[u32]) -> Result<()>;
+    /// Called before step `b` of the epoch (minibatch rows `perm[b * batch..]`).
+    fn set_step(&mut self, ctx: &GpuContext, b: usize, step: u32);
+    /// Record the term after the forward pass.
+    fn record(&self, enc: &mut wgpu::CommandEncoder);
+    /// Whether the loss must add its gradient to the output gradient.
+    fn accumulates(&self) -> bool {
+        true
+    }
+}
+
+/// [`train`] with an extra term in every step.
+pub fn train_with(
+    ctx: &GpuContext,
+    net: &mut Mlp,
+    data: &Dataset,
+    val: Option<&Dataset>,
+    s: &TrainSettings,
+    mut extra: Option<&mut dyn StepExtra>,
+) -> Result<TrainReport> {
     if s.batch == 0 || s.batch > data.n {
         return Err(Error::setting(
             "batch",
@@ -275,6 +305,10 @@ pub fn train(
     net.adam.settings.weight_decay = s.weight_decay as f32;
     net.adam.settings.clip_norm = s.clip_norm as f32;
 
+    if let Some(x) = extra.as_deref_mut() {
+        x.attach(ctx, &ws)?;
+    }
+    ws.set_loss_accumulate(ctx, extra.as_deref().is_some_and(|x| x.accumulates()));
     let bar = crate::output::progress::progress_bar(s.epochs, s.quiet, "epochs  {msg}");
     let t0 = Instant::now();
     let mut report = TrainReport {
@@ -297,6 +331,9 @@ pub fn train(
         if let Some(sd) = &s.input_noise {
             ctx.write(&gd.x, &noisy_inputs(data, sd, s.seed, epoch));
         }
+        if let Some(x) = extra.as_deref_mut() {
+            x.begin_epoch(ctx, epoch, &perm)?;
+        }
         ctx.write(&ws.losses, &[0f32]);
         let decay = s.lr_final.powf(epoch as f64 / (s.epochs.max(2) - 1) as f64);
         for b in 0..steps_per_epoch {
@@ -307,11 +344,23 @@ pub fn train(
             ctx.write(&u_gt, &[gt]);
             net.prepare_adam(ctx, step, s.lr * decay);
             let mut enc = ctx.encoder("train.step");
+            if let Some(x) = extra.as_deref_mut() {
+                x.set_step(ctx, b, step);
+                {
+                    let mut pass = enc.begin_compute_pass(&Default::default());
+                    gather_x.record(&mut pass);
+                    gather_t.record(&mut pass);
+                    ws.encode_forward(&mut pass);
+                }
+                x.record(&mut enc);
+            }
             {
                 let mut pass = enc.begin_compute_pass(&Default::default());
-                gather_x.record(&mut pass);
-                gather_t.record(&mut pass);
-                ws.encode_forward(&mut pass);
+                if extra.is_none() {
+                    gather_x.record(&mut pass);
+                    gather_t.record(&mut pass);
+                    ws.encode_forward(&mut pass);
+                }
                 ws.encode_loss(&mut pass);
                 ws.encode_backward(&mut pass, false);
                 net.encode_adam(&mut pass);

@@ -162,6 +162,14 @@ pub fn loss_npe(p: &MlpParams, xa: &[f64], xb: &[f64], xc: &mut [f64], xz: &mut 
         let ya = p.a_off as usize + r * p.a_rs as usize;
         let yb = p.b_off as usize + r * p.b_rs as usize;
         let yc = p.c_off as usize + r * p.c_rs as usize;
+        // With flags & 1 the gradient is added to what xc holds.
+        let np_row = match p.act {
+            MEAN_FIELD => 2 * d,
+            FULL_RANK => d + d * d,
+            LOW_RANK => 2 * d + d * k,
+            _ => 0,
+        };
+        let before: Vec<f64> = xc[yc..yc + np_row].to_vec();
         let (np, f) = match p.act {
             MEAN_FIELD => (
                 2 * d,
@@ -179,7 +187,14 @@ pub fn loss_npe(p: &MlpParams, xa: &[f64], xb: &[f64], xc: &mut [f64], xz: &mut 
             _ => (0, None),
         };
         match f {
-            Some(f) if f.is_finite() => xz[LOSS_ROWS + r] = f + 0.5 * d as f64 * ln2pi,
+            Some(f) if f.is_finite() => {
+                xz[LOSS_ROWS + r] = f + 0.5 * d as f64 * ln2pi;
+                if p.flags & 1 == 1 {
+                    for (x, b) in xc[yc..yc + np].iter_mut().zip(&before) {
+                        *x += b;
+                    }
+                }
+            }
             _ => {
                 xz[LOSS_ROWS + r] = f64::NAN;
                 xc[yc..yc + np].fill(0.0);
