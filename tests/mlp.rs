@@ -1133,3 +1133,42 @@ fn npe_loss_needs_a_gaussian_head_within_the_kernel_limits() {
     let ws = Workspace::new(ctx, &gaussian("low-rank", 3, 2), 4, Loss::Npe).unwrap();
     assert_eq!(ws.t.size(), 4 * 3 * 4, "targets are d wide");
 }
+
+/// Non-finite row losses are left out of the reduction and counted in
+/// `slot + SKIPPED`, on the device as in the mirror (the host stops
+/// training when more than 1 % of an epoch's rows are left out).
+#[test]
+fn loss_reduce_leaves_out_and_counts_non_finite_rows() {
+    let ctx = ctx();
+    let m = 6u32;
+    let mut losses = vec![0.0; 16 + m as usize];
+    losses[1] = 2.0;
+    losses[9] = 1.0;
+    for r in 0..m as usize {
+        losses[16 + r] = r as f64 + 0.5;
+    }
+    losses[16 + 2] = f64::NAN;
+    losses[16 + 4] = f64::INFINITY;
+    let p = MlpParams {
+        m,
+        scale: 0.25,
+        slot: 1,
+        flags: 1,
+        ..Default::default()
+    };
+    let mut want = losses.clone();
+    cm::loss_reduce(&p, &mut want);
+    assert_eq!(want[1], 2.0 + 0.25 * (0.5 + 1.5 + 3.5 + 5.5));
+    assert_eq!(want[1 + mlp::slot::SKIPPED as usize], 3.0);
+    let bl = upload(ctx, "l", &losses);
+    let u = ctx.uniform("p", &p);
+    run(ctx, KernelId::LossReduce, &[&u, &bl], [1, 1]);
+    let got = read(ctx, &bl, 16);
+    assert_close(
+        "loss_reduce with non-finite rows",
+        &got,
+        &want[..16],
+        1e-6,
+        1e-6,
+    );
+}

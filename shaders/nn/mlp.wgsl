@@ -323,6 +323,8 @@ fn bias_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 // Loss buffer xz: [0, 16) scalar slots, then one partial loss per row.
 const LOSS_ROWS: u32 = 16u;
+// Offset of the skipped-row count from a loss slot (src/nn/mlp.rs `slot::SKIPPED`).
+const SKIPPED: u32 = 8u;
 
 // Mean squared error over m rows x n outputs: outputs xa (row stride a_rs),
 // targets xb (row stride b_rs); gradient 2 (y - t) scale into xc (row
@@ -531,10 +533,12 @@ fn npe_low_rank(ra: u32, rb: u32, rc: u32) -> f32 {
         for (var p = 0u; p < j; p++) {
             dj -= kc[j * k + p] * kc[j * k + p];
         }
-        if (!(dj > 0.0) || !npe_finite(dj)) {
+        if (!npe_finite(dj)) {
             return npe_nan();
         }
-        let rj = sqrt(dj);
+        // Every pivot of C = I + PSD is >= 1 in exact arithmetic: the floor
+        // undoes f32 cancellation when D is tiny (training would stop on NaN).
+        let rj = sqrt(max(dj, 1.0));
         kc[j * k + j] = rj;
         ldc += 2.0 * log(rj);
         for (var i = j + 1u; i < k; i++) {
@@ -625,14 +629,25 @@ fn loss_npe(@builtin(global_invocation_id) gid: vec3<u32>) {
 // Dispatch (1, 1, 1).
 @compute @workgroup_size(1)
 fn loss_reduce() {
+    // Non-finite row losses (a row the NPE kernel could not evaluate in
+    // f32; its gradient row is zero) are left out and counted in
+    // xz[slot + SKIPPED]; the host stops when they are more than a few.
     var acc = 0.0;
+    var bad = 0.0;
     for (var r = 0u; r < M.m; r++) {
-        acc += xz[LOSS_ROWS + r];
+        let v = xz[LOSS_ROWS + r];
+        if (npe_finite(v)) {
+            acc += v;
+        } else {
+            bad += 1.0;
+        }
     }
     if ((M.flags & 1u) != 0u) {
         xz[M.slot] += acc * M.scale;
+        xz[M.slot + SKIPPED] += bad;
     } else {
         xz[M.slot] = acc * M.scale;
+        xz[M.slot + SKIPPED] = bad;
     }
 }
 

@@ -646,6 +646,9 @@ pub mod slot {
     pub const TRAIN: u32 = 0;
     /// Loss of the last evaluation.
     pub const EVAL: u32 = 1;
+    /// Offset from a slot to its count of rows left out of the sum (their
+    /// loss was not finite; see `loss_reduce`).
+    pub const SKIPPED: u32 = 8;
 }
 
 /// Buffers and recorded dispatches of one network at one batch size.

@@ -150,6 +150,9 @@ pub struct TrainReport {
     pub stopped_early: bool,
     pub seconds: f64,
     pub samples_per_s: f64,
+    /// Training rows left out because their loss was not finite (summed
+    /// over epochs; each epoch allows at most 1 %).
+    pub skipped_rows: usize,
 }
 
 /// A data set uploaded once, with the permutation of the current epoch.
@@ -320,6 +323,7 @@ pub fn train_with(
         stopped_early: false,
         seconds: 0.0,
         samples_per_s: 0.0,
+        skipped_rows: 0,
     };
     let mut best_val = f64::INFINITY;
     let mut since_best = 0;
@@ -334,7 +338,7 @@ pub fn train_with(
         if let Some(x) = extra.as_deref_mut() {
             x.begin_epoch(ctx, epoch, &perm)?;
         }
-        ctx.write(&ws.losses, &[0f32]);
+        ctx.write(&ws.losses, &[0f32; 9]);
         let decay = s.lr_final.powf(epoch as f64 / (s.epochs.max(2) - 1) as f64);
         for b in 0..steps_per_epoch {
             step += 1;
@@ -369,6 +373,18 @@ pub fn train_with(
         }
         report.steps += steps_per_epoch;
         let tl = ws.read_loss(ctx, slot::TRAIN)?;
+        let skipped = ws.read_loss(ctx, slot::TRAIN + slot::SKIPPED)? as usize;
+        report.skipped_rows += skipped;
+        // A row whose loss is not finite in f32 gets a zero gradient and is
+        // left out; a few are transient (an extreme head output on one
+        // input), many mean the training diverged.
+        if skipped * 100 > steps_per_epoch * s.batch {
+            return Err(Error::Diverged(format!(
+                "{skipped} of {} training rows had a non-finite loss in epoch {epoch}: lower the learning rate (now {}) or set a gradient clip norm",
+                steps_per_epoch * s.batch,
+                s.lr
+            )));
+        }
         if !tl.is_finite() {
             return Err(Error::Diverged(format!(
                 "training loss is {tl} in epoch {epoch}: lower the learning rate (now {}) or set a gradient clip norm",

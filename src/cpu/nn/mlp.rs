@@ -301,10 +301,13 @@ fn npe_low_rank(d: usize, k: usize, s: f64, th: &[f64], x: &[f64], g: &mut [f64]
         for q in 0..j {
             dj -= kc[j * k + q] * kc[j * k + q];
         }
-        if !(dj > 0.0 && dj.is_finite()) {
+        if !dj.is_finite() {
             return f64::NAN;
         }
-        let rj = dj.sqrt();
+        // Every pivot of C = I + W^T D^-1 W is >= 1 in exact arithmetic (a
+        // Schur complement of I + PSD); the floor undoes f32 cancellation
+        // when D is tiny, as in the kernel.
+        let rj = dj.max(1.0).sqrt();
         kc[j * k + j] = rj;
         ldc += 2.0 * rj.ln();
         for i in j + 1..k {
@@ -343,14 +346,20 @@ fn npe_low_rank(d: usize, k: usize, s: f64, th: &[f64], x: &[f64], g: &mut [f64]
     0.5 * quad + 0.5 * ldc + t.iter().sum::<f64>()
 }
 
-/// `xz[slot]` = scale * sum of the row losses (added when flags & 1).
+/// `xz[slot]` = scale * sum of the finite row losses and `xz[slot +
+/// SKIPPED]` = the number of the others (both added when flags & 1).
 pub fn loss_reduce(p: &MlpParams, xz: &mut [f64]) {
-    let s: f64 = xz[LOSS_ROWS..LOSS_ROWS + p.m as usize].iter().sum();
+    let rows = &xz[LOSS_ROWS..LOSS_ROWS + p.m as usize];
+    let s: f64 = rows.iter().filter(|v| v.is_finite()).sum();
+    let bad = rows.iter().filter(|v| !v.is_finite()).count() as f64;
     let v = s * p.scale as f64;
+    let k = p.slot as usize + crate::nn::mlp::slot::SKIPPED as usize;
     if p.flags & 1 != 0 {
         xz[p.slot as usize] += v;
+        xz[k] += bad;
     } else {
         xz[p.slot as usize] = v;
+        xz[k] = bad;
     }
 }
 
