@@ -232,8 +232,9 @@ struct RunOpts {
 
 #[derive(Args)]
 struct AmortisedOpts {
-    /// Folder written by `pdevi train encoder`.
-    #[arg(long)]
+    /// Folder written by `pdevi train encoder` (default: the shipped darcy2d n = 64, d = 64,
+    /// sigma_n = 1e-3 encoder in assets/).
+    #[arg(long, default_value = pdevi::infer::amortised::SHIPPED_ENCODER)]
     encoder: PathBuf,
     /// One observation CSV: writes the files `pdevi run` writes.
     #[arg(long)]
@@ -542,16 +543,16 @@ enum BenchCmd {
         #[arg(long, default_value_t = 30)]
         epochs: usize,
         /// Held-out prior problems (seeds 100000..).
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 5)]
         held_out: usize,
         /// VI steps of the refinement from the encoder's q.
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = 50)]
         refine: usize,
         /// Exact VI steps (Laplace start); the darcy2d reference runs 3x as many.
-        #[arg(long, default_value_t = 300)]
+        #[arg(long, default_value_t = 100)]
         vi_steps: usize,
         /// Steps of VI with the surrogate (prior start).
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 500)]
         surrogate_steps: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,

@@ -20,6 +20,10 @@ use crate::nn::mlp::{Activation, Arch, Head, Layer, Loss, Mlp, Workspace};
 use crate::nn::train::{train, Dataset, TrainReport, TrainSettings};
 use crate::physics::problem::{Problem, ProblemArgs, ProblemKind};
 
+/// The encoder shipped with the sources: darcy2d n = 64, d = 64,
+/// sigma_n = 1e-3 (its training settings are in its `encoder.json`).
+pub const SHIPPED_ENCODER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/encoder-darcy2d-n64");
+
 /// The file in an encoder folder that describes it.
 pub const ENCODER_JSON: &str = "encoder.json";
 
