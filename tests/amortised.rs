@@ -377,6 +377,28 @@ fn a_linear_surrogate_of_poisson1d_and_vi_with_it_match_the_exact_answers() {
         lo > 0.85 && hi < 1.15,
         "surrogate VI sd ratios [{lo:.3}, {hi:.3}]"
     );
+    // Laplace with the surrogate (Jacobian rows by the MLP's backward pass):
+    // the linear map makes it the exact posterior up to the surrogate's error.
+    let gn = pdevi::infer::laplace::GaussNewton::with_surrogate(
+        ctx,
+        &pb,
+        &pb.sensors,
+        &x.obs.y,
+        cg(),
+        &sur,
+    )
+    .unwrap();
+    let lp = pdevi::infer::laplace::gauss_newton(ctx, &gn, &vec![0.0; pb.d], 20).unwrap();
+    let (lw, llo, lhi) = mean_sd_errors(&lp.map, &lp.cov, &e.mean, &e.cov);
+    eprintln!("surrogate Laplace: mean error {lw:.4} sd, sd ratio [{llo:.4}, {lhi:.4}]");
+    assert!(
+        lw < 0.1,
+        "surrogate Laplace MAP is {lw:.3} sd from the exact mean"
+    );
+    assert!(
+        llo > 0.97 && lhi < 1.03,
+        "surrogate Laplace sd ratios [{llo:.4}, {lhi:.4}]"
+    );
 }
 
 #[test]

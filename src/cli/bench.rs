@@ -661,6 +661,16 @@ pub struct AmortisedBench {
     pub seed: u64,
 }
 
+fn median(v: &[f64]) -> f64 {
+    let mut r = v.to_vec();
+    r.sort_by(f64::total_cmp);
+    match r.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => r[n / 2],
+        n => 0.5 * (r[n / 2 - 1] + r[n / 2]),
+    }
+}
+
 /// Accumulated accuracy of one method against the reference posteriors.
 #[derive(Default)]
 struct Accuracy {
@@ -698,13 +708,13 @@ impl Accuracy {
     }
 
     fn median_ratio(&self) -> f64 {
-        let mut r = self.ratios.clone();
-        r.sort_by(f64::total_cmp);
-        match r.len() {
-            0 => f64::NAN,
-            n if n % 2 == 1 => r[n / 2],
-            n => 0.5 * (r[n / 2 - 1] + r[n / 2]),
-        }
+        median(&self.ratios)
+    }
+
+    /// Median of |mean - ref mean| / ref sd over coordinates (the RMS is
+    /// dominated by the best-constrained coordinates).
+    fn median_err(&self) -> f64 {
+        median(&self.sq_err.iter().map(|e| e.sqrt()).collect::<Vec<f64>>())
     }
 
     fn coverage(&self) -> f64 {
@@ -988,6 +998,7 @@ pub fn amortised(
             "method": name,
             "seconds_per_inference": a.per_inference(),
             "mean_err_sd": a.rms_err(),
+            "mean_err_sd_median": a.median_err(),
             "sd_ratio": a.median_ratio(),
             "coverage90": a.coverage(),
             "problems": o.held_out,
@@ -1014,7 +1025,7 @@ pub fn amortised(
     let break_even = |fixed: f64, baseline: f64, method: f64| -> serde_json::Value {
         let gain = baseline - method;
         if gain > 0.0 {
-            json!((fixed / gain).ceil())
+            json!(fixed / gain)
         } else {
             serde_json::Value::Null
         }
@@ -1090,9 +1101,9 @@ pub fn amortised(
     );
     eprintln!();
     eprintln!(
-        "| method | s / inference | mean err (ref sd, RMS) | sd ratio (median) | coverage 90 % |"
+        "| method | s / inference | mean err (ref sd, RMS) | mean err (ref sd, median) | sd ratio (median) | coverage 90 % |"
     );
-    eprintln!("|---|---|---|---|---|");
+    eprintln!("|---|---|---|---|---|---|");
     for (name, a) in names.iter().zip(&acc) {
         let label = match *name {
             "encoder" => format!(
@@ -1106,15 +1117,16 @@ pub fn amortised(
             _ => name.to_string(),
         };
         eprintln!(
-            "| {label} | {} | {} | {} | {} |",
+            "| {label} | {} | {} | {} | {} | {} |",
             secs(a.per_inference()),
             f(a.rms_err()),
+            f(a.median_err()),
             f(a.median_ratio()),
             f(a.coverage())
         );
     }
     let be = |v: &serde_json::Value| match v.as_f64() {
-        Some(x) => format!("{x:.0}"),
+        Some(x) => format!("{:.0} ({x:.2})", x.ceil()),
         None => "never".into(),
     };
     let (bv, bl) = (

@@ -13,7 +13,21 @@ pub fn run_laplace(cfg: &RunConfig) -> Result<serde_json::Value> {
     let st = setup(cfg)?;
     let ctx = GpuContext::new()?;
     let max_iters = cfg.gn_iters.unwrap_or(30);
-    let gn = GaussNewton::new(&ctx, &st.pb, &st.sensors, &st.y, st.cg)?;
+    let forward = crate::cli::surrogate::parse_forward(cfg.forward.as_deref())?;
+    if forward.is_some() && cfg.surrogate_variance == Some(true) {
+        return Err(crate::error::Error::setting(
+            "surrogate-variance",
+            "on",
+            "Gauss-Newton uses the surrogate's mean only; drop --surrogate-variance for laplace (run accepts it)",
+        ));
+    }
+    let gn = match forward {
+        Some(dir) => {
+            let sur = crate::cli::surrogate::load_for(&ctx, dir, &st.pb)?;
+            GaussNewton::with_surrogate(&ctx, &st.pb, &st.sensors, &st.y, st.cg, &sur)?
+        }
+        None => GaussNewton::new(&ctx, &st.pb, &st.sensors, &st.y, st.cg)?,
+    };
     let lp = gauss_newton(&ctx, &gn, &vec![0.0; st.pb.d], max_iters)?;
     if lp.iterations >= max_iters && !st.quiet {
         eprintln!(
@@ -34,7 +48,8 @@ pub fn run_laplace(cfg: &RunConfig) -> Result<serde_json::Value> {
         &mut metrics,
     )?;
     let mut all = serde_json::json!({
-        "method": "laplace",
+        "method": if forward.is_some() { "laplace-surrogate" } else { "laplace" },
+        "forward": cfg.forward.as_deref().unwrap_or("exact"),
         "gauss_newton_iterations": lp.iterations,
         "map_objective": lp.objective,
         "objective_history": lp.history,

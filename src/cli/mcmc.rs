@@ -36,6 +36,13 @@ pub fn mcmc_settings(cfg: &RunConfig, seed: u64) -> Result<McmcSettings> {
 /// draws (`samples_xi.npy` N x d, `chains_xi.npy` chains x kept x d,
 /// `chains_logpost.npy`), per-coordinate diagnostics and a trace figure.
 pub fn run_mcmc(cfg: &RunConfig) -> Result<serde_json::Value> {
+    if crate::cli::surrogate::parse_forward(cfg.forward.as_deref())?.is_some() {
+        return Err(Error::setting(
+            "forward",
+            cfg.forward.as_deref().unwrap_or(""),
+            "MCMC runs with the exact solver only (run and laplace accept a surrogate)",
+        ));
+    }
     // Settings first: a bad one fails before any data are simulated.
     let mut settings = mcmc_settings(cfg, cfg.seed.unwrap_or(0))?;
     let st = setup(cfg)?;

@@ -93,14 +93,15 @@ pub fn parse_forward(forward: Option<&str>) -> Result<Option<&Path>> {
     }
 }
 
-/// `pdevi run --forward surrogate:DIR`: VI from the prior with the surrogate
-/// in the likelihood; the predictive u is still drawn with the exact solver.
-pub fn run_surrogate(cfg: &RunConfig, dir: &Path) -> Result<serde_json::Value> {
-    let st = setup(cfg)?;
-    let ctx = GpuContext::new()?;
-    let sur = Surrogate::load(&ctx, dir)?;
+/// Load a surrogate and check that it was trained on `pb`'s problem, n and d.
+pub fn load_for(
+    ctx: &GpuContext,
+    dir: &Path,
+    pb: &crate::physics::problem::Problem,
+) -> Result<Surrogate> {
+    let sur = Surrogate::load(ctx, dir)?;
     let spb = sur.problem()?;
-    if spb.kind != st.pb.kind || spb.n != st.pb.n || spb.d != st.pb.d {
+    if spb.kind != pb.kind || spb.n != pb.n || spb.d != pb.d {
         return Err(Error::setting(
             "forward",
             dir.display(),
@@ -109,12 +110,21 @@ pub fn run_surrogate(cfg: &RunConfig, dir: &Path) -> Result<serde_json::Value> {
                 spb.kind.name(),
                 spb.n,
                 spb.d,
-                st.pb.kind.name(),
-                st.pb.n,
-                st.pb.d
+                pb.kind.name(),
+                pb.n,
+                pb.d
             ),
         ));
     }
+    Ok(sur)
+}
+
+/// `pdevi run --forward surrogate:DIR`: VI from the prior with the surrogate
+/// in the likelihood; the predictive u is still drawn with the exact solver.
+pub fn run_surrogate(cfg: &RunConfig, dir: &Path) -> Result<serde_json::Value> {
+    let st = setup(cfg)?;
+    let ctx = GpuContext::new()?;
+    let sur = load_for(&ctx, dir, &st.pb)?;
     let family = Family::parse(
         cfg.family.as_deref().unwrap_or("full-rank"),
         cfg.rank.unwrap_or(8),

@@ -22,7 +22,8 @@ use crate::physics::problem::{Problem, ProblemArgs, ProblemKind};
 
 /// The encoder shipped with the sources: darcy2d n = 64, d = 64,
 /// sigma_n = 1e-3 (its training settings are in its `encoder.json`).
-pub const SHIPPED_ENCODER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/encoder-darcy2d-n64");
+pub const SHIPPED_ENCODER: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/assets/encoder-darcy2d-n64");
 
 /// The file in an encoder folder that describes it.
 pub const ENCODER_JSON: &str = "encoder.json";

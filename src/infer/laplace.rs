@@ -41,6 +41,21 @@ pub struct GaussNewton {
     pb: Problem,
     sensors: Vec<usize>,
     y: Vec<f64>,
+    /// When set, G and J come from this surrogate instead of the solver.
+    surrogate: Option<SurrogateModel>,
+}
+
+/// A surrogate as a forward model for Gauss-Newton: values by its forward
+/// pass, Jacobian rows by its backward pass from one-hot output gradients
+/// (one row of the batch per sensor).
+struct SurrogateModel {
+    ws: crate::nn::mlp::Workspace,
+    /// Output column of each sensor, and its un-standardisation.
+    cols: Vec<usize>,
+    mean: Vec<f64>,
+    sd: Vec<f64>,
+    /// Outputs per row (with the log-variances, if any).
+    width: usize,
 }
 
 /// Step lengths tried by the line search, in one batched solve.
@@ -72,7 +87,38 @@ impl GaussNewton {
             pb: pb.clone(),
             sensors: sensors.to_vec(),
             y: y.to_vec(),
+            surrogate: None,
         })
+    }
+
+    /// Gauss-Newton with a surrogate forward model (`pdevi laplace
+    /// --forward surrogate:DIR`); the solver stays for the predictive.
+    pub fn with_surrogate(
+        ctx: &GpuContext,
+        pb: &Problem,
+        sensors: &[usize],
+        y: &[f64],
+        cg: CgParams,
+        sur: &crate::infer::surrogate::Surrogate,
+    ) -> Result<Self> {
+        let mut gn = GaussNewton::new(ctx, pb, sensors, y, cg)?;
+        let cols: Vec<usize> = sur
+            .columns(sensors)?
+            .into_iter()
+            .map(|c| c as usize)
+            .collect();
+        let batch = sensors.len().max(STEPS.len());
+        let ws =
+            crate::nn::mlp::Workspace::new(ctx, &sur.net, batch, crate::nn::mlp::Loss::External)?;
+        let sc = &sur.meta.out_scaling;
+        gn.surrogate = Some(SurrogateModel {
+            mean: cols.iter().map(|&c| sc.mean[c]).collect(),
+            sd: cols.iter().map(|&c| sc.sd[c]).collect(),
+            cols,
+            width: sur.net.arch.output(),
+            ws,
+        });
+        Ok(gn)
     }
 
     /// Replace the observations (same sensors): one solver serves many data sets.
@@ -93,6 +139,21 @@ impl GaussNewton {
 
     /// G(x) at the sensors for each x (at most the batch; padded with the first).
     pub fn forward(&self, ctx: &GpuContext, xs: &[Vec<f64>]) -> Result<Vec<Vec<f64>>> {
+        if let Some(sm) = &self.surrogate {
+            let b = sm.ws.batch;
+            let mut all = Vec::with_capacity(b * self.pb.d);
+            for k in 0..b {
+                all.extend_from_slice(&xs[k.min(xs.len() - 1)]);
+            }
+            let out = sm.ws.predict(ctx, &all)?;
+            return Ok((0..xs.len())
+                .map(|k| {
+                    (0..sm.cols.len())
+                        .map(|j| sm.mean[j] + sm.sd[j] * out[k * sm.width + sm.cols[j]])
+                        .collect()
+                })
+                .collect());
+        }
         let (d, b, nu) = (self.pb.d, self.solver.batch, self.pb.nunk());
         let mut all = Vec::with_capacity(b * d);
         for k in 0..b {
@@ -113,6 +174,25 @@ impl GaussNewton {
 
     /// (G(x), J) with J row-major (sensors x d).
     pub fn jacobian(&self, ctx: &GpuContext, x: &[f64]) -> Result<(Vec<f64>, Vec<f64>)> {
+        if let Some(sm) = &self.surrogate {
+            // Row k of the batch carries the one-hot gradient of sensor k.
+            let (d, ns) = (self.pb.d, self.sensors.len());
+            let g = self.forward(ctx, &[x.to_vec()])?.swap_remove(0);
+            let mut og = vec![0f32; sm.ws.batch * sm.width];
+            for k in 0..ns {
+                og[k * sm.width + sm.cols[k]] = sm.sd[k] as f32;
+            }
+            ctx.write(sm.ws.output_grad(), &og);
+            let mut enc = ctx.encoder("laplace.surrogate_jacobian");
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                // The forward pass of `forward` left every row at x.
+                sm.ws.encode_backward(&mut pass, true);
+            }
+            ctx.submit_wait(enc)?;
+            let dx: Vec<f32> = ctx.read(&sm.ws.dx, 0, ns * d)?;
+            return Ok((g, dx.into_iter().map(f64::from).collect()));
+        }
         let (d, b, ns) = (self.pb.d, self.solver.batch, self.sensors.len());
         let g = self.forward(ctx, &vec![x.to_vec(); b])?.swap_remove(0);
         let mut data = vec![0.0; b * ns];
