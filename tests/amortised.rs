@@ -399,6 +399,52 @@ fn a_linear_surrogate_of_poisson1d_and_vi_with_it_match_the_exact_answers() {
         llo > 0.97 && lhi < 1.03,
         "surrogate Laplace sd ratios [{llo:.4}, {lhi:.4}]"
     );
+    // MALA with the surrogate in every chain, from the surrogate's Laplace fit.
+    let ms = pdevi::infer::mcmc::McmcSettings {
+        chains: 32,
+        warmup: 300,
+        samples: 300,
+        seed: 4,
+        ..Default::default()
+    };
+    let l = pdevi::math::linalg::cholesky(&lp.cov, pb.d).unwrap();
+    let sf = pdevi::infer::surrogate::SurrogateForward::new(
+        ctx,
+        &sur,
+        ms.chains,
+        &pb.sensors,
+        &x.obs.y,
+        pb.sigma_n,
+        false,
+    )
+    .unwrap();
+    let r = pdevi::infer::mcmc::sample_posterior_with(
+        ctx,
+        &pb,
+        &pb.sensors,
+        &x.obs.y,
+        cg(),
+        &ms,
+        (&lp.map, &l),
+        Some(sf),
+        |_, _| {},
+    )
+    .unwrap();
+    let (mm, mc) = r.moments();
+    let (mw, mlo, mhi) = mean_sd_errors(&mm, &mc, &e.mean, &e.cov);
+    eprintln!(
+        "surrogate MCMC: max R-hat {:.3}, mean error {mw:.3} sd, sd ratio [{mlo:.3}, {mhi:.3}]",
+        r.max_rhat()
+    );
+    // 9600 correlated draws: Monte Carlo error of a few percent of an sd.
+    assert!(
+        mw < 0.15,
+        "surrogate MCMC mean is {mw:.3} sd from the exact mean"
+    );
+    assert!(
+        mlo > 0.85 && mhi < 1.15,
+        "surrogate MCMC sd ratios [{mlo:.3}, {mhi:.3}]"
+    );
 }
 
 #[test]

@@ -8,7 +8,7 @@ use crate::cli::run::{setup, write_posterior, RunConfig};
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::infer::mcmc::{
-    reference_for, sample_posterior, McmcResult, McmcSettings, Precondition, Sampler,
+    reference_for, sample_posterior_with, McmcResult, McmcSettings, Precondition, Sampler,
 };
 use crate::output::files::write_json;
 use crate::output::io;
@@ -36,13 +36,7 @@ pub fn mcmc_settings(cfg: &RunConfig, seed: u64) -> Result<McmcSettings> {
 /// draws (`samples_xi.npy` N x d, `chains_xi.npy` chains x kept x d,
 /// `chains_logpost.npy`), per-coordinate diagnostics and a trace figure.
 pub fn run_mcmc(cfg: &RunConfig) -> Result<serde_json::Value> {
-    if crate::cli::surrogate::parse_forward(cfg.forward.as_deref())?.is_some() {
-        return Err(Error::setting(
-            "forward",
-            cfg.forward.as_deref().unwrap_or(""),
-            "MCMC runs with the exact solver only (run and laplace accept a surrogate)",
-        ));
-    }
+    let forward = crate::cli::surrogate::parse_forward(cfg.forward.as_deref())?;
     // Settings first: a bad one fails before any data are simulated.
     let mut settings = mcmc_settings(cfg, cfg.seed.unwrap_or(0))?;
     let st = setup(cfg)?;
@@ -51,15 +45,55 @@ pub fn run_mcmc(cfg: &RunConfig) -> Result<serde_json::Value> {
     let d = st.pb.d;
     let gn_iters = cfg.gn_iters.unwrap_or(30);
     let t_ref = Instant::now();
-    let (m, l, ref_json) = reference_for(
-        &ctx,
-        &st.pb,
-        &st.sensors,
-        &st.y,
-        st.cg,
-        settings.precondition,
-        gn_iters,
-    )?;
+    // With a surrogate: its likelihood in every chain, and its Laplace fit
+    // as the reference.
+    let surrogate = match forward {
+        Some(dir) => Some(crate::cli::surrogate::load_for(&ctx, dir, &st.pb)?),
+        None => None,
+    };
+    let (m, l, ref_json) = match (&surrogate, settings.precondition) {
+        (Some(sur), Precondition::Laplace) => {
+            let gn = crate::infer::laplace::GaussNewton::with_surrogate(
+                &ctx,
+                &st.pb,
+                &st.sensors,
+                &st.y,
+                st.cg,
+                sur,
+            )?;
+            let lap = crate::infer::laplace::gauss_newton(&ctx, &gn, &vec![0.0; d], gn_iters)?;
+            let l = crate::math::linalg::cholesky(&lap.cov, d).map_err(|e| {
+                Error::not_spd("the surrogate's Laplace covariance (MCMC reference)", e)
+            })?;
+            let j = serde_json::json!({
+                "kind": "laplace-surrogate",
+                "gn_iterations": lap.iterations,
+                "objective": lap.objective,
+            });
+            (lap.map, l, j)
+        }
+        _ => reference_for(
+            &ctx,
+            &st.pb,
+            &st.sensors,
+            &st.y,
+            st.cg,
+            settings.precondition,
+            gn_iters,
+        )?,
+    };
+    let sf = match &surrogate {
+        Some(sur) => Some(crate::infer::surrogate::SurrogateForward::new(
+            &ctx,
+            sur,
+            settings.chains,
+            &st.sensors,
+            &st.y,
+            st.pb.sigma_n,
+            cfg.surrogate_variance.unwrap_or(false),
+        )?),
+        None => None,
+    };
     let reference_seconds = t_ref.elapsed().as_secs_f64();
 
     let total = settings.total_steps();
@@ -69,7 +103,7 @@ pub fn run_mcmc(cfg: &RunConfig) -> Result<serde_json::Value> {
         settings.sampler.name(),
         settings.chains
     ));
-    let r = sample_posterior(
+    let r = sample_posterior_with(
         &ctx,
         &st.pb,
         &st.sensors,
@@ -77,6 +111,7 @@ pub fn run_mcmc(cfg: &RunConfig) -> Result<serde_json::Value> {
         st.cg,
         &settings,
         (&m, &l),
+        sf,
         |t, _| bar.set_position(t as u64),
     );
     bar.finish_and_clear();
@@ -121,7 +156,8 @@ pub fn run_mcmc(cfg: &RunConfig) -> Result<serde_json::Value> {
         }
     };
     let mut all = serde_json::json!({
-        "method": "mcmc",
+        "method": if surrogate.is_some() { "mcmc-surrogate" } else { "mcmc" },
+        "forward": cfg.forward.as_deref().unwrap_or("exact"),
         "sampler": r.sampler.name(),
         "precondition": settings.precondition.name(),
         "reference": ref_json,

@@ -300,6 +300,8 @@ pub struct McmcEngine {
     grad: Dispatch,
     /// Metropolis-Hastings and the kept draws.
     accept: Dispatch,
+    /// A surrogate forward model in place of the solver, if any.
+    pub surrogate: Option<crate::infer::surrogate::SurrogateForward>,
 }
 
 /// Check a reference Gaussian (m, lower Cholesky factor L).
@@ -342,9 +344,35 @@ impl McmcEngine {
         m: &[f64],
         l: &[f64],
     ) -> Result<Self> {
+        Self::new_with(ctx, problem, sensors, y, cg, settings, m, l, None)
+    }
+
+    /// [`new`](Self::new) with a surrogate forward model (built for
+    /// `settings.chains` rows) in place of the solver.
+    #[allow(clippy::too_many_arguments, reason = "the inputs of one posterior")]
+    pub fn new_with(
+        ctx: &GpuContext,
+        problem: &Problem,
+        sensors: &[usize],
+        y: &[f64],
+        cg: CgParams,
+        settings: &McmcSettings,
+        m: &[f64],
+        l: &[f64],
+        surrogate: Option<crate::infer::surrogate::SurrogateForward>,
+    ) -> Result<Self> {
         settings.validate()?;
         let d = problem.d;
         check_reference(d, m, l)?;
+        if let Some(sf) = &surrogate {
+            if sf.ws.batch != settings.chains {
+                return Err(Error::setting(
+                    "surrogate",
+                    sf.ws.batch,
+                    format!("rows must equal the chains ({})", settings.chains),
+                ));
+            }
+        }
         let c = settings.chains;
         let max_groups = ctx.limits.max_compute_workgroups_per_dimension as usize;
         if c > max_groups {
@@ -390,6 +418,12 @@ impl McmcEngine {
         let samples = ctx.storage("mcmc.samples", sample_floats * 4)?;
         let params_buf = ctx.upload("mcmc.params", &[params])?;
         let s = &solver;
+        // Where proposals go and where their misfit, gradient and solver
+        // states come from: the solver, or the surrogate.
+        let (xp, gxi, misfit, cg_fwd, cg_adj) = match &surrogate {
+            Some(sf) => (&sf.ws.x, &sf.ws.dx, &sf.misfit, &sf.states, &sf.states),
+            None => (&s.xi, &s.gxi, &s.misfit, &s.state_fwd, &s.state_adj),
+        };
         let cd = [c * d, 1];
         let propose = ctx.prepare(
             &args::McmcPropose {
@@ -405,7 +439,7 @@ impl McmcEngine {
                 params: &params_buf,
                 refm: &reference,
                 prop: &prop,
-                xp: &s.xi,
+                xp,
             },
             cd,
         )?;
@@ -414,8 +448,8 @@ impl McmcEngine {
                 params: &params_buf,
                 refm: &reference,
                 prop: &prop,
-                xp: &s.xi,
-                gxi: &s.gxi,
+                xp,
+                gxi,
             },
             cd,
         )?;
@@ -425,10 +459,10 @@ impl McmcEngine {
                 state: &state,
                 prop: &prop,
                 chains: &chains,
-                xp: &s.xi,
-                misfit: &s.misfit,
-                cg_fwd: &s.state_fwd,
-                cg_adj: &s.state_adj,
+                xp,
+                misfit,
+                cg_fwd,
+                cg_adj,
                 samples: &samples,
             },
             [c, 1],
@@ -447,6 +481,7 @@ impl McmcEngine {
             map,
             grad,
             accept,
+            surrogate,
         })
     }
 
@@ -511,10 +546,18 @@ impl McmcEngine {
     /// Forward solve and misfit (and for MALA the adjoint and g_w') at the
     /// proposal already in the solver's xi, then the accept kernel.
     fn encode_evaluate(&self, enc: &mut wgpu::CommandEncoder) {
-        self.solver.encode_forward(enc);
-        match self.sampler {
-            Sampler::Pcn => self.solver.encode_misfit(enc),
-            Sampler::Mala => self.solver.encode_gradient(enc),
+        if let Some(sf) = &self.surrogate {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("pdevi.mcmc.surrogate"),
+                timestamp_writes: None,
+            });
+            sf.record(&mut pass, self.sampler == Sampler::Mala);
+        } else {
+            self.solver.encode_forward(enc);
+            match self.sampler {
+                Sampler::Pcn => self.solver.encode_misfit(enc),
+                Sampler::Mala => self.solver.encode_gradient(enc),
+            }
         }
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("pdevi.mcmc.accept"),
@@ -744,12 +787,39 @@ pub fn sample_posterior(
     cg: CgParams,
     settings: &McmcSettings,
     reference: (&[f64], &[f64]),
+    progress: impl FnMut(usize, usize),
+) -> Result<McmcResult> {
+    sample_posterior_with(ctx, pb, sensors, y, cg, settings, reference, None, progress)
+}
+
+/// [`sample_posterior`] with a surrogate forward model (rows = chains) in
+/// place of the solver.
+#[allow(clippy::too_many_arguments, reason = "the inputs of one posterior")]
+pub fn sample_posterior_with(
+    ctx: &GpuContext,
+    pb: &Problem,
+    sensors: &[usize],
+    y: &[f64],
+    cg: CgParams,
+    settings: &McmcSettings,
+    reference: (&[f64], &[f64]),
+    surrogate: Option<crate::infer::surrogate::SurrogateForward>,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<McmcResult> {
     let t0 = Instant::now();
     let s = settings;
     let (c, d) = (s.chains, pb.d);
-    let mut eng = McmcEngine::new(ctx, pb, sensors, y, cg, s, reference.0, reference.1)?;
+    let mut eng = McmcEngine::new_with(
+        ctx,
+        pb,
+        sensors,
+        y,
+        cg,
+        s,
+        reference.0,
+        reference.1,
+        surrogate,
+    )?;
     eng.init(ctx, &initial_states(s.seed, c, d))?;
     let total = s.total_steps();
     let target = s.sampler.target_acceptance();

@@ -308,6 +308,105 @@ impl Surrogate {
     }
 }
 
+/// The surrogate as the forward model of `rows` samples: inputs `ws.x`
+/// (`rows x d`), then its forward pass, the misfit per row (`misfit`) and,
+/// when asked, `d misfit / d xi` in `ws.dx` by the backward pass. `states`
+/// holds one converged solver state per row, for kernels that check the
+/// exact solver's convergence.
+pub struct SurrogateForward {
+    pub ws: Workspace,
+    pub misfit: wgpu::Buffer,
+    pub states: wgpu::Buffer,
+    lik: Dispatch,
+    _bufs: Vec<wgpu::Buffer>,
+}
+
+impl SurrogateForward {
+    /// `sensors` (unknown indices) and `y` are the observations, `sigma`
+    /// their noise; `add_variance` adds the surrogate's predicted variance.
+    #[allow(clippy::too_many_arguments, reason = "one likelihood's inputs")]
+    pub fn new(
+        ctx: &GpuContext,
+        sur: &Surrogate,
+        rows: usize,
+        sensors: &[usize],
+        y: &[f64],
+        sigma: f64,
+        add_variance: bool,
+    ) -> Result<Self> {
+        if add_variance && !sur.meta.variance {
+            return Err(Error::setting(
+                "surrogate-variance",
+                "on",
+                "this surrogate has no variance head (train it with --variance)",
+            ));
+        }
+        if let Some(v) = y.iter().find(|v| !v.is_finite()) {
+            return Err(Error::setting("data", v, "observations must be finite"));
+        }
+        let cols = sur.columns(sensors)?;
+        if y.len() != cols.len() {
+            return Err(Error::setting(
+                "data",
+                y.len(),
+                format!("expected one value per sensor ({})", cols.len()),
+            ));
+        }
+        let ws = Workspace::new(ctx, &sur.net, rows, Loss::External)?;
+        let misfit = ctx.storage("surrogate.misfit", (rows.max(4) * 4) as u64)?;
+        let st = crate::gpu::layout::CgState {
+            status: crate::gpu::layout::status::CONVERGED,
+            ..Default::default()
+        };
+        let states = ctx.upload("surrogate.states", &vec![st; rows])?;
+        let width = sur.width();
+        let sc = &sur.meta.out_scaling;
+        let mut obs: Vec<f32> = y.iter().map(|&v| v as f32).collect();
+        obs.extend(cols.iter().map(|&c| sc.mean[c as usize] as f32));
+        obs.extend(cols.iter().map(|&c| sc.sd[c as usize] as f32));
+        let obs_buf = ctx.upload("surrogate.obs", &obs)?;
+        let col_buf = ctx.upload("surrogate.cols", &cols)?;
+        let p = SurrogateParams {
+            rows: rows as u32,
+            nobs: cols.len() as u32,
+            width: if sur.meta.variance { 2 * width } else { width } as u32,
+            lv_off: width as u32,
+            has_lv: add_variance as u32,
+            slot: 0,
+            sigma2: (sigma * sigma) as f32,
+            _pad: 0,
+        };
+        let u = ctx.uniform("surrogate.params", &p);
+        let lik = ctx.prepare(
+            &args::SurrogateMisfit {
+                params: &u,
+                outputs: ws.output(),
+                obs: &obs_buf,
+                col: &col_buf,
+                grad: ws.output_grad(),
+                misfit: &misfit,
+            },
+            [rows, 1],
+        )?;
+        Ok(SurrogateForward {
+            ws,
+            misfit,
+            states,
+            lik,
+            _bufs: vec![obs_buf, col_buf, u],
+        })
+    }
+
+    /// Forward pass and misfit; with `gradient`, also `d misfit / d xi`.
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>, gradient: bool) {
+        self.ws.encode_forward(pass);
+        self.lik.record(pass);
+        if gradient {
+            self.ws.encode_backward(pass, true);
+        }
+    }
+}
+
 /// Gaussian VI with the surrogate in the likelihood.
 pub struct SurrogateVi {
     pub family: Family,
@@ -315,14 +414,11 @@ pub struct SurrogateVi {
     pub samples: usize,
     pub gaussian: GaussianBlock,
     pub adam: Adam,
-    pub ws: Workspace,
+    pub fwd: SurrogateForward,
     pub theta: wgpu::Buffer,
     pub grad: wgpu::Buffer,
     pub scalars: wgpu::Buffer,
-    pub misfit: wgpu::Buffer,
-    lik: Dispatch,
     elbo: Dispatch,
-    _bufs: Vec<wgpu::Buffer>,
 }
 
 impl SurrogateVi {
@@ -347,22 +443,10 @@ impl SurrogateVi {
                 "need at least one sample per step",
             ));
         }
-        if add_variance && !sur.meta.variance {
-            return Err(Error::setting(
-                "surrogate-variance",
-                "on",
-                "this surrogate has no variance head (train it with --variance)",
-            ));
-        }
-        if let Some(v) = y.iter().find(|v| !v.is_finite()) {
-            return Err(Error::setting("data", v, "observations must be finite"));
-        }
         let d = sur.meta.d;
-        let cols = sur.columns(sensors)?;
-        let nobs = cols.len();
-        let ws = Workspace::new(ctx, &sur.net, samples, Loss::External)?;
+        let fwd = SurrogateForward::new(ctx, sur, samples, sensors, y, sigma, add_variance)?;
         let np = family.nparam(d);
-        let vp = ViParams::new(family, d, samples, seed, nobs, sigma);
+        let vp = ViParams::new(family, d, samples, seed, sensors.len(), sigma);
         let mut ap = AdamParams::new(np, 0.01);
         ap.beta2 = 0.99;
         let theta0: Vec<f32> = family
@@ -373,7 +457,6 @@ impl SurrogateVi {
         let theta = ctx.upload("svi.theta", &theta0)?;
         let grad = ctx.storage("svi.grad", (np * 4) as u64)?;
         let scalars = ctx.storage("svi.scalars", ((4 + HISTORY) * 4) as u64)?;
-        let misfit = ctx.storage("svi.misfit", (samples.max(4) * 4) as u64)?;
         let gaussian = GaussianBlock::new(
             ctx,
             "svi",
@@ -381,45 +464,16 @@ impl SurrogateVi {
             vp,
             GaussianBuffers {
                 theta: &theta,
-                xi: &ws.x,
-                gxi: &ws.dx,
+                xi: &fwd.ws.x,
+                gxi: &fwd.ws.dx,
                 grad: &grad,
                 kl: &scalars,
             },
         )?;
-        let width = sur.width();
-        let sc = &sur.meta.out_scaling;
-        let mut obs: Vec<f32> = y.iter().map(|&v| v as f32).collect();
-        obs.extend(cols.iter().map(|&c| sc.mean[c as usize] as f32));
-        obs.extend(cols.iter().map(|&c| sc.sd[c as usize] as f32));
-        let obs_buf = ctx.upload("svi.obs", &obs)?;
-        let col_buf = ctx.upload("svi.cols", &cols)?;
-        let p = SurrogateParams {
-            rows: samples as u32,
-            nobs: nobs as u32,
-            width: if sur.meta.variance { 2 * width } else { width } as u32,
-            lv_off: width as u32,
-            has_lv: add_variance as u32,
-            slot: 0,
-            sigma2: (sigma * sigma) as f32,
-            _pad: 0,
-        };
-        let u = ctx.uniform("svi.params", &p);
-        let lik = ctx.prepare(
-            &args::SurrogateMisfit {
-                params: &u,
-                outputs: ws.output(),
-                obs: &obs_buf,
-                col: &col_buf,
-                grad: ws.output_grad(),
-                misfit: &misfit,
-            },
-            [samples, 1],
-        )?;
         let elbo = ctx.prepare(
             &args::ViElbo {
                 params: &gaussian.params_buf,
-                misfit: &misfit,
+                misfit: &fwd.misfit,
                 scalars: &scalars,
             },
             [1, 1],
@@ -431,14 +485,11 @@ impl SurrogateVi {
             samples,
             gaussian,
             adam,
-            ws,
+            fwd,
             theta,
             grad,
             scalars,
-            misfit,
-            lik,
             elbo,
-            _bufs: vec![obs_buf, col_buf, u],
         })
     }
 
@@ -462,9 +513,7 @@ impl SurrogateVi {
     /// Gaussian's gradient and the ELBO.
     pub fn encode_elbo(&self, pass: &mut wgpu::ComputePass<'_>) {
         self.gaussian.record_sample(pass);
-        self.ws.encode_forward(pass);
-        self.lik.record(pass);
-        self.ws.encode_backward(pass, true);
+        self.fwd.record(pass, true);
         self.gaussian.record_backward(pass);
         self.elbo.record(pass);
     }
