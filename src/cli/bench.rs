@@ -774,10 +774,11 @@ pub fn amortised(
     let kind = ProblemKind::parse(&o.problem)?;
     let pb = Problem::new(kind, o.n, o.d)?;
     let d = pb.d;
-    let family = if d <= 32 {
+    // As `pdevi train encoder --family auto`.
+    let family = if d <= 64 {
         Family::FullRank
     } else {
-        Family::LowRank { rank: 8 }
+        Family::MeanField
     };
     let device = ctx.describe();
 
