@@ -268,6 +268,38 @@ pub fn amortised(s: &AmortisedSettings) -> Result<serde_json::Value> {
     };
     let single = s.obs.is_some();
     let mut refine_seconds = 0.0;
+    // A folder: every file refined in one batched solve per step (chunks of
+    // files so that files x samples stays within 256 systems).
+    let mut batched: Vec<(Vec<f64>, Vec<f64>)> = Vec::new();
+    if !single && s.refine > 0 {
+        let t = Instant::now();
+        let fs = FitSettings {
+            family: enc.family,
+            samples: s.samples,
+            steps: s.refine,
+            lr: s.lr,
+            lr_final: s.lr_final,
+            seed: s.seed,
+            cg,
+            report_every: 10,
+            tol_start: None,
+        };
+        let per = (256 / s.samples.max(1)).max(1);
+        for (pc, yc) in posts.chunks(per).zip(ys.chunks(per)) {
+            let starts: Vec<(Vec<f64>, Vec<f64>)> =
+                pc.iter().map(|p| (p.mean.clone(), p.cov.clone())).collect();
+            batched.extend(crate::infer::amortised::refine_batched(
+                &ctx,
+                &pb,
+                enc.family,
+                &starts,
+                yc,
+                &enc.meta.sensors,
+                &fs,
+            )?);
+        }
+        refine_seconds = t.elapsed().as_secs_f64();
+    }
     let mut written = Vec::new();
     let d = pb.d;
     for (k, (file, post)) in files.iter().zip(&posts).enumerate() {
@@ -283,7 +315,9 @@ pub fn amortised(s: &AmortisedSettings) -> Result<serde_json::Value> {
         };
         ensure_dir(&dir)?;
         let t = Instant::now();
-        let (m, cov, engine) = if s.refine > 0 {
+        let (m, cov, engine) = if !batched.is_empty() {
+            (batched[k].0.clone(), batched[k].1.clone(), None)
+        } else if s.refine > 0 {
             let (m, cov, e) = refine(&ctx, &pb, &enc, post, &ys[k], s.refine, s, cg)?;
             (m, cov, Some(e))
         } else {

@@ -775,3 +775,156 @@ impl Encoder {
             .collect())
     }
 }
+
+/// Semi-amortised refinement of many data sets at once: VI of `family`
+/// for every file, started at its encoder posterior, all files and all
+/// their samples in one batched solve per step. Row `f * samples + s` of
+/// the batch is sample s of file f: the files' parameters are gathered into
+/// one row per sample, every row gets its own reparameterised ELBO
+/// gradient (scaled 1 / samples), and one product with a 0/1 matrix sums
+/// each file's rows back before Adam. Returns the moments per file.
+#[allow(clippy::too_many_arguments, reason = "the settings of one refinement")]
+pub fn refine_batched(
+    ctx: &GpuContext,
+    pb: &Problem,
+    family: Family,
+    starts: &[(Vec<f64>, Vec<f64>)],
+    ys: &[Vec<f64>],
+    sensors: &[usize],
+    settings: &crate::infer::vi::FitSettings,
+) -> Result<Vec<(Vec<f64>, Vec<f64>)>> {
+    use crate::gpu::args;
+    use crate::infer::adam::{Adam, AdamParams};
+    use crate::infer::gaussian::{GaussianBlock, GaussianBuffers};
+    use crate::infer::vi::ViParams;
+    let (f, s, d) = (starts.len(), settings.samples, pb.d);
+    if f == 0 || s == 0 || ys.len() != f {
+        return Err(Error::setting(
+            "refine",
+            format!("{f} starts, {} data sets, {s} samples", ys.len()),
+            "need one start per data set and at least one sample",
+        ));
+    }
+    let (np, rows, m) = (family.nparam(d), f * s, sensors.len());
+    let mut theta0 = Vec::with_capacity(f * np);
+    for (mean, cov) in starts {
+        theta0.extend(family.theta_from_gaussian(d, mean, cov)?);
+    }
+    let theta = ctx.upload("refine.theta", &crate::nn::mlp::to_f32(&theta0))?;
+    let theta_rep = ctx.storage("refine.theta_rows", (rows * np * 4) as u64)?;
+    let grad_rep = ctx.storage("refine.grad_rows", (rows * np * 4) as u64)?;
+    let grad = ctx.storage("refine.grad", (f * np * 4) as u64)?;
+    let kl = ctx.storage("refine.kl", (rows.max(4) * 4) as u64)?;
+    let solver = crate::physics::solver::BatchedSolver::new(
+        ctx,
+        pb,
+        rows,
+        settings.cg,
+        Some(sensors),
+        true,
+    )?;
+    let mut data = Vec::with_capacity(rows * m);
+    for y in ys {
+        for _ in 0..s {
+            data.extend_from_slice(y);
+        }
+    }
+    solver.set_data(ctx, &data)?;
+    let mut vp = ViParams::new(family, d, rows, settings.seed, m, pb.sigma_n);
+    vp.per_row = 1;
+    vp.grad_scale = (1.0 / s as f64) as f32;
+    vp.kl_scale = (1.0 / s as f64) as f32;
+    let mut block = GaussianBlock::new(
+        ctx,
+        "refine",
+        family,
+        vp,
+        GaussianBuffers {
+            theta: &theta_rep,
+            xi: &solver.xi,
+            gxi: &solver.gxi,
+            grad: &grad_rep,
+            kl: &kl,
+        },
+    )?;
+    // theta_rows[r] = theta[r / s].
+    let idx: Vec<u32> = (0..rows).map(|r| (r / s) as u32).collect();
+    let idx_buf = ctx.upload("refine.rows", &idx)?;
+    let gp = crate::nn::mlp::MlpParams {
+        m: rows as u32,
+        n: np as u32,
+        ..Default::default()
+    };
+    let u_gather = ctx.uniform("refine.gather", &gp);
+    let gather = ctx.prepare(
+        &args::GatherRows {
+            params: &u_gather,
+            xa: &theta,
+            xc: &theta_rep,
+            idx: &idx_buf,
+        },
+        [rows * np, 1],
+    )?;
+    // grad (f x np) = A (f x rows) grad_rows, A[i, r] = 1 when r / s = i.
+    let mut a = vec![0f32; f * rows];
+    for r in 0..rows {
+        a[(r / s) * rows + r] = 1.0;
+    }
+    let a_buf = ctx.upload("refine.sum", &a)?;
+    let unused = ctx.storage("refine.unused", 16)?;
+    let sp = crate::nn::mlp::MlpParams {
+        m: f as u32,
+        n: np as u32,
+        k: rows as u32,
+        a_rs: rows as u32,
+        a_cs: 1,
+        b_rs: np as u32,
+        b_cs: 1,
+        c_rs: np as u32,
+        ..Default::default()
+    };
+    let u_sum = ctx.uniform("refine.sum", &sp);
+    let sum = ctx.prepare_as(
+        ctx.matmul,
+        &args::Matmul {
+            params: &u_sum,
+            xa: &a_buf,
+            xb: &grad_rep,
+            xc: &grad,
+            xz: &unused,
+        },
+        [np, f],
+    )?;
+    let mut ap = AdamParams::new(f * np, settings.lr);
+    ap.beta2 = 0.99;
+    let mut adam = Adam::new(ctx, "refine", ap, &theta, &grad)?;
+    for t in 0..settings.steps {
+        block.set_step(ctx, t as u32);
+        adam.set_step(ctx, t as u32 + 1, crate::infer::vi::lr_at(settings, t));
+        let mut enc = ctx.encoder("refine.step");
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            gather.record(&mut pass);
+            block.record_sample(&mut pass);
+        }
+        solver.encode_forward(&mut enc);
+        solver.encode_gradient(&mut enc);
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            block.record_backward(&mut pass);
+            sum.record(&mut pass);
+            adam.record(&mut pass);
+        }
+        ctx.queue.submit([enc.finish()]);
+    }
+    let out: Vec<f32> = ctx.read(&theta, 0, f * np)?;
+    let out: Vec<f64> = out.into_iter().map(f64::from).collect();
+    if let Some(i) = out.iter().position(|v| !v.is_finite()) {
+        return Err(Error::Diverged(format!(
+            "batched refinement: the parameters of data set {} became non-finite; lower --lr (now {})",
+            i / np,
+            settings.lr
+        )));
+    }
+    Ok(out.chunks_exact(np).map(|t| family.moments(d, t)).collect())
+}
