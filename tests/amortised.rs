@@ -612,10 +612,11 @@ fn uq_vae_gradient_matches_finite_differences_of_the_f64_elbo() {
     let (d, m, b) = (pb.d, pb.sensors.len(), 3usize);
     let set = SimSet::simulate(ctx, &pb, 8, 6, false, cg(), 8, |_, _| {}).unwrap();
     let scaling = Scaling::whiten(&set.y, m, pb.sigma_n * pb.sigma_n);
-    for family in [
-        Family::MeanField,
-        Family::FullRank,
-        Family::LowRank { rank: 2 },
+    for (family, sp) in [
+        (Family::MeanField, 1usize),
+        (Family::FullRank, 1),
+        (Family::LowRank { rank: 2 }, 1),
+        (Family::FullRank, 3),
     ] {
         let beta = 0.7;
         let arch = encoder_arch(m, d, family, &[], Activation::Identity);
@@ -633,6 +634,7 @@ fn uq_vae_gradient_matches_finite_differences_of_the_f64_elbo() {
             pb.sigma_n,
             9,
         );
+        term.samples = sp;
         term.attach(ctx, &ws).unwrap();
         let perm: Vec<u32> = vec![5, 2, 7, 0, 1, 3, 4, 6];
         term.begin_epoch(ctx, 0, &perm).unwrap();
@@ -682,33 +684,39 @@ fn uq_vae_gradient_matches_finite_differences_of_the_f64_elbo() {
         };
         cm::loss_npe(&lp, &theta, &t, &mut npe, &mut losses);
         // The block's noise for this step.
-        let mut vp = ViParams::new(family, d, b, 9, m, pb.sigma_n);
+        let mut vp = ViParams::new(family, d, b * sp, 9, m, pb.sigma_n);
         vp.per_row = 1;
         vp.step = step;
         let e = family.noise_dim(d);
-        let mut eps = vec![0.0; b * e];
+        let mut eps = vec![0.0; b * sp * e];
         cvi::vi_noise(&vp, &mut eps);
         let prec = 1.0 / (pb.sigma_n * pb.sigma_n);
         for (k, &r) in rows.iter().enumerate() {
             let y = &raw[r * m..(r + 1) * m];
             let neg_elbo = |th: &[f64]| -> f64 {
+                // Mean over this row's samples of misfit + KL.
                 let mut v1 = vp;
                 v1.samples = 1;
                 v1.per_row = 0;
-                let mut xi = vec![0.0; d];
-                cvi::vi_sample(&v1, th, &eps[k * e..(k + 1) * e], &mut xi);
-                let (mis, _) = pdevi::physics::reference::misfit_gradient(
-                    &pb,
-                    &xi,
-                    &pb.sensors,
-                    y,
-                    prec,
-                    1e-13,
-                );
-                let mut g = vec![0.0; np];
-                let mut kl = vec![0.0; 1];
-                cvi::vi_kl(&v1, th, &mut g, &mut kl);
-                mis + kl[0]
+                let mut total = 0.0;
+                for q in 0..sp {
+                    let r0 = k * sp + q;
+                    let mut xi = vec![0.0; d];
+                    cvi::vi_sample(&v1, th, &eps[r0 * e..(r0 + 1) * e], &mut xi);
+                    let (mis, _) = pdevi::physics::reference::misfit_gradient(
+                        &pb,
+                        &xi,
+                        &pb.sensors,
+                        y,
+                        prec,
+                        1e-13,
+                    );
+                    let mut g = vec![0.0; np];
+                    let mut kl = vec![0.0; 1];
+                    cvi::vi_kl(&v1, th, &mut g, &mut kl);
+                    total += mis + kl[0];
+                }
+                total / sp as f64
             };
             let th = &theta[k * np..(k + 1) * np];
             let mut worst: f64 = 0.0;
@@ -733,7 +741,7 @@ fn uq_vae_gradient_matches_finite_differences_of_the_f64_elbo() {
                 );
             }
             eprintln!(
-                "{} row {k}: worst relative error {worst:.2e}",
+                "{} ({sp} samples) row {k}: worst relative error {worst:.2e}",
                 family.name()
             );
         }

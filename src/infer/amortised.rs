@@ -161,6 +161,8 @@ fn moments(rows: &[f64], w: usize) -> (Vec<f64>, Vec<f64>) {
 /// the whitened inputs of the epoch), gathered on the device.
 pub struct PhysicsTerm {
     pub beta: f64,
+    /// Samples of each row's q per step (1 by default).
+    pub samples: usize,
     pb: Problem,
     family: Family,
     batch: usize,
@@ -181,7 +183,10 @@ struct PhysicsParts {
     gather: crate::gpu::Dispatch,
     u_gather: wgpu::Buffer,
     gp: crate::nn::mlp::MlpParams,
-    _kl: wgpu::Buffer,
+    /// With several samples per row: theta rows per sample, and the sum of
+    /// the sample rows' gradients back into the output gradient.
+    spread: Option<(crate::gpu::Dispatch, crate::gpu::Dispatch)>,
+    _bufs: Vec<wgpu::Buffer>,
 }
 
 impl PhysicsTerm {
@@ -200,6 +205,7 @@ impl PhysicsTerm {
         pb.sigma_n = noise;
         PhysicsTerm {
             beta,
+            samples: 1,
             pb,
             family,
             batch,
@@ -242,53 +248,133 @@ impl PhysicsTerm {
 
 impl crate::nn::train::StepExtra for PhysicsTerm {
     fn attach(&mut self, ctx: &GpuContext, ws: &Workspace) -> Result<()> {
+        use crate::gpu::args;
         use crate::infer::gaussian::{GaussianBlock, GaussianBuffers};
         use crate::infer::vi::ViParams;
         let (b, d, m) = (self.batch, self.pb.d, self.scaling.mean.len());
+        let sp = self.samples.max(1);
+        let rows = b * sp;
+        let np = self.family.nparam(d);
         let solver = crate::physics::solver::BatchedSolver::new(
             ctx,
             &self.pb,
-            b,
+            rows,
             self.cg,
             Some(&self.pb.sensors),
             true,
         )?;
-        let mut vp = ViParams::new(self.family, d, b, self.seed, m, self.noise);
+        let mut vp = ViParams::new(self.family, d, rows, self.seed, m, self.noise);
         vp.per_row = 1;
-        vp.grad_scale = (self.beta / b as f64) as f32;
-        vp.kl_scale = (self.beta / b as f64) as f32;
-        let kl = ctx.storage("uqvae.kl", (b.max(4) * 4) as u64)?;
-        let block = GaussianBlock::new(
-            ctx,
-            "uqvae",
-            self.family,
-            vp,
-            GaussianBuffers {
-                theta: ws.output(),
-                xi: &solver.xi,
-                gxi: &solver.gxi,
-                grad: ws.output_grad(),
-                kl: &kl,
-            },
-        )?;
+        vp.grad_scale = (self.beta / rows as f64) as f32;
+        vp.kl_scale = (self.beta / rows as f64) as f32;
+        let kl = ctx.storage("uqvae.kl", (rows.max(4) * 4) as u64)?;
+        let mut bufs = Vec::new();
+        // One sample per row: the head's rows directly. Several: theta
+        // gathered per sample row, gradients summed back by one product.
+        let (block, spread) = if sp == 1 {
+            let block = GaussianBlock::new(
+                ctx,
+                "uqvae",
+                self.family,
+                vp,
+                GaussianBuffers {
+                    theta: ws.output(),
+                    xi: &solver.xi,
+                    gxi: &solver.gxi,
+                    grad: ws.output_grad(),
+                    kl: &kl,
+                },
+            )?;
+            (block, None)
+        } else {
+            let theta_rep = ctx.storage("uqvae.theta_rows", (rows * np * 4) as u64)?;
+            let grad_rep = ctx.storage("uqvae.grad_rows", (rows * np * 4) as u64)?;
+            let block = GaussianBlock::new(
+                ctx,
+                "uqvae",
+                self.family,
+                vp,
+                GaussianBuffers {
+                    theta: &theta_rep,
+                    xi: &solver.xi,
+                    gxi: &solver.gxi,
+                    grad: &grad_rep,
+                    kl: &kl,
+                },
+            )?;
+            let idx: Vec<u32> = (0..rows).map(|r| (r / sp) as u32).collect();
+            let idx_buf = ctx.upload("uqvae.rows", &idx)?;
+            let u_rep = ctx.uniform(
+                "uqvae.rep",
+                &crate::nn::mlp::MlpParams {
+                    m: rows as u32,
+                    n: np as u32,
+                    ..Default::default()
+                },
+            );
+            let rep = ctx.prepare(
+                &args::GatherRows {
+                    params: &u_rep,
+                    xa: ws.output(),
+                    xc: &theta_rep,
+                    idx: &idx_buf,
+                },
+                [rows * np, 1],
+            )?;
+            let mut a = vec![0f32; b * rows];
+            for r in 0..rows {
+                a[(r / sp) * rows + r] = 1.0;
+            }
+            let a_buf = ctx.upload("uqvae.sum", &a)?;
+            let unused = ctx.storage("uqvae.unused", 16)?;
+            let u_sum = ctx.uniform(
+                "uqvae.sum",
+                &crate::nn::mlp::MlpParams {
+                    m: b as u32,
+                    n: np as u32,
+                    k: rows as u32,
+                    a_rs: rows as u32,
+                    a_cs: 1,
+                    b_rs: np as u32,
+                    b_cs: 1,
+                    c_rs: np as u32,
+                    ..Default::default()
+                },
+            );
+            let sum = ctx.prepare_as(
+                ctx.matmul,
+                &args::Matmul {
+                    params: &u_sum,
+                    xa: &a_buf,
+                    xb: &grad_rep,
+                    xc: ws.output_grad(),
+                    xz: &unused,
+                },
+                [np, b],
+            )?;
+            bufs.extend([theta_rep, grad_rep, idx_buf, u_rep, a_buf, unused, u_sum]);
+            (block, Some((rep, sum)))
+        };
         let n = self.y.len() / m;
         let y_raw = ctx.storage("uqvae.y", (n * m * 4) as u64)?;
-        let perm = ctx.storage("uqvae.perm", (n * 4) as u64)?;
+        // The epoch's permutation with every entry repeated per sample.
+        let perm = ctx.storage("uqvae.perm", (n * sp * 4) as u64)?;
         let gp = crate::nn::mlp::MlpParams {
-            m: b as u32,
+            m: rows as u32,
             n: m as u32,
             ..Default::default()
         };
         let u_gather = ctx.uniform("uqvae.gather", &gp);
         let gather = ctx.prepare(
-            &crate::gpu::args::GatherRows {
+            &args::GatherRows {
                 params: &u_gather,
                 xa: &y_raw,
                 xc: &solver.data,
                 idx: &perm,
             },
-            [b * m, 1],
+            [rows * m, 1],
         )?;
+        bufs.push(kl);
         self.parts = Some(PhysicsParts {
             solver,
             block,
@@ -297,7 +383,8 @@ impl crate::nn::train::StepExtra for PhysicsTerm {
             gather,
             u_gather,
             gp,
-            _kl: kl,
+            spread,
+            _bufs: bufs,
         });
         Ok(())
     }
@@ -312,13 +399,18 @@ impl crate::nn::train::StepExtra for PhysicsTerm {
             )
         })?;
         ctx.write(&p.y_raw, &crate::nn::mlp::to_f32(&raw));
-        ctx.write(&p.perm, perm);
+        let sp = self.samples.max(1);
+        let rep: Vec<u32> = perm
+            .iter()
+            .flat_map(|&r| std::iter::repeat_n(r, sp))
+            .collect();
+        ctx.write(&p.perm, &rep);
         Ok(())
     }
 
     fn set_step(&mut self, ctx: &GpuContext, b: usize, step: u32) {
         if let Some(p) = self.parts.as_mut() {
-            p.gp.k = (b * self.batch) as u32;
+            p.gp.k = (b * self.batch * self.samples.max(1)) as u32;
             ctx.write(&p.u_gather, &[p.gp]);
             p.block.set_step(ctx, step);
         }
@@ -329,12 +421,18 @@ impl crate::nn::train::StepExtra for PhysicsTerm {
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
             p.gather.record(&mut pass);
+            if let Some((rep, _)) = &p.spread {
+                rep.record(&mut pass);
+            }
             p.block.record_sample(&mut pass);
         }
         p.solver.encode_forward(enc);
         p.solver.encode_gradient(enc);
         let mut pass = enc.begin_compute_pass(&Default::default());
         p.block.record_backward(&mut pass);
+        if let Some((_, sum)) = &p.spread {
+            sum.record(&mut pass);
+        }
     }
 }
 
@@ -360,6 +458,8 @@ pub struct EncoderSettings {
     pub quiet: bool,
     /// Weight beta of the UQ-VAE term (0 = plain NPE).
     pub physics_weight: f64,
+    /// Samples of each row's q through the solver per step (UQ-VAE term).
+    pub physics_samples: usize,
 }
 
 impl Default for EncoderSettings {
@@ -380,6 +480,7 @@ impl Default for EncoderSettings {
             clip_norm: 10.0,
             quiet: true,
             physics_weight: 0.0,
+            physics_samples: 1,
         }
     }
 }
@@ -542,6 +643,7 @@ pub fn train_encoder(
                 s.noise,
                 seed,
             );
+            term.samples = s.physics_samples.max(1);
             crate::nn::train::train_with(ctx, &mut net, &tr, Some(&val), &ts, Some(&mut term))?
         } else {
             train(ctx, &mut net, &tr, Some(&val), &ts)?
@@ -577,6 +679,7 @@ pub fn train_encoder(
             "seed": s.seed,
             "ensemble": s.ensemble,
             "physics_weight": s.physics_weight,
+            "physics_samples": s.physics_samples,
             "seconds": seconds,
             "best_val_loss": reports.iter().map(|r| r.val_loss.get(r.best_epoch).copied().unwrap_or(f64::NAN)).collect::<Vec<f64>>(),
             "epochs_run": reports.iter().map(|r| r.epochs).collect::<Vec<usize>>(),
