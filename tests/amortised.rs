@@ -747,3 +747,62 @@ fn uq_vae_gradient_matches_finite_differences_of_the_f64_elbo() {
         }
     }
 }
+
+/// The encoder shipped in assets/ (darcy2d n = 64, d = 64, sigma_n = 1e-3)
+/// loads, records how it was trained, and still covers fresh prior
+/// problems (seeds its training set never used) at about the nominal rates.
+#[test]
+fn the_shipped_encoder_still_calibrates_on_fresh_darcy_problems() {
+    let ctx = ctx();
+    let dir = std::path::Path::new(pdevi::infer::amortised::SHIPPED_ENCODER);
+    let enc = pdevi::infer::amortised::Encoder::load(ctx, dir).unwrap_or_else(|e| {
+        panic!(
+            "the shipped encoder in {} does not load: {e}",
+            dir.display()
+        )
+    });
+    let pb = enc.problem().unwrap();
+    assert_eq!((pb.kind, pb.n, pb.d), (ProblemKind::Darcy2d, 64, 64));
+    assert_eq!(enc.meta.noise, 1e-3);
+    let t = &enc.meta.training;
+    for key in [
+        "set_count",
+        "set_seed",
+        "seed",
+        "epochs",
+        "batch",
+        "lr",
+        "best_val_loss",
+    ] {
+        assert!(
+            t.get(key).is_some(),
+            "encoder.json records no training `{key}`"
+        );
+    }
+    let m = 40;
+    let truths: Vec<Vec<f64>> = (0..m)
+        .map(|j| pdevi::rng::normals(777, pdevi::rng::streams::TRUTH, j as u32, pb.d))
+        .collect();
+    let data = pdevi::check::calibrate::simulate_batched(ctx, &pb, &truths, 777, cg()).unwrap();
+    let posts = enc.posteriors(ctx, &data).unwrap();
+    let d = pb.d;
+    for (level, z, tol) in [
+        (0.5, 0.674_489_750_196_081_7, 0.12),
+        (0.9, 1.644_853_626_951_472_2, 0.08),
+    ] {
+        let mut inside = 0usize;
+        for (x, q) in truths.iter().zip(&posts) {
+            for i in 0..d {
+                if (x[i] - q.mean[i]).abs() <= z * q.cov[i * d + i].sqrt() {
+                    inside += 1;
+                }
+            }
+        }
+        let cov = inside as f64 / (m * d) as f64;
+        eprintln!("shipped encoder: coverage {cov:.3} at {level}");
+        assert!(
+            (cov - level).abs() <= tol,
+            "the shipped encoder covers {cov:.3} at the {level} level (tolerance {tol})"
+        );
+    }
+}
