@@ -582,8 +582,16 @@ fn run(cli: Cli) -> pdevi::Result<()> {
             field,
             quiet,
             out,
-            ..
+            xi,
+            noise,
         } => {
+            if xi.is_some() || noise.is_some() {
+                return Err(pdevi::Error::setting(
+                    "count",
+                    count,
+                    "a training set holds prior draws and noise-free readings: drop --xi and --noise (the trainers add noise, `train encoder --noise`)",
+                ));
+            }
             let s = pdevi::cli::amortised::simulate_set(
                 &problem.args()?,
                 count,
@@ -600,8 +608,16 @@ fn run(cli: Cli) -> pdevi::Result<()> {
             xi,
             noise,
             out,
+            field,
             ..
         } => {
+            if field {
+                return Err(pdevi::Error::setting(
+                    "field",
+                    "on",
+                    "--field stores u in a training set: it needs --count N",
+                ));
+            }
             let s = commands::simulate(&problem.args()?, seed, xi.as_deref(), noise, &out)?;
             println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
             println!("wrote {}", out.display());
