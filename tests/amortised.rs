@@ -806,3 +806,47 @@ fn the_shipped_encoder_still_calibrates_on_fresh_darcy_problems() {
         );
     }
 }
+
+/// An ensemble of two encoders: both members saved and reloaded, and the
+/// reported posterior is the moment-matched mixture of the members'.
+#[test]
+fn an_ensemble_reports_the_mixture_of_its_members() {
+    let ctx = ctx();
+    let pb = Problem::new(ProblemKind::Poisson1d, 32, 4).unwrap();
+    let set = SimSet::simulate(ctx, &pb, 600, 8, false, cg(), 64, |_, _| {}).unwrap();
+    let s = EncoderSettings {
+        family: Family::MeanField,
+        hidden: vec![8],
+        epochs: 3,
+        batch: 50,
+        noise: pb.sigma_n,
+        ensemble: 2,
+        seed: 5,
+        ..Default::default()
+    };
+    let (enc, tr) = train_encoder(ctx, &set, &s).unwrap();
+    assert_eq!(tr.reports.len(), 2);
+    let dir = tmp("ensemble");
+    enc.save(ctx, &dir).unwrap();
+    let back = pdevi::infer::amortised::Encoder::load(ctx, &dir).unwrap();
+    assert_eq!(back.nets.len(), 2);
+    let y = api::simulate(&pb, 31).obs.y;
+    let q = back.posteriors(ctx, &[y]).unwrap().remove(0);
+    assert_eq!(q.members.len(), 2);
+    let d = pb.d;
+    let (m0, c0) = &q.members[0];
+    let (m1, c1) = &q.members[1];
+    assert!(m0 != m1, "two seeds gave the same member");
+    for i in 0..d {
+        let mean = 0.5 * (m0[i] + m1[i]);
+        assert!((q.mean[i] - mean).abs() < 1e-12);
+        for j in 0..d {
+            let want = 0.5 * (c0[i * d + j] + c1[i * d + j])
+                + 0.5 * ((m0[i] - mean) * (m0[j] - mean) + (m1[i] - mean) * (m1[j] - mean));
+            assert!(
+                (q.cov[i * d + j] - want).abs() < 1e-12,
+                "mixture covariance ({i}, {j})"
+            );
+        }
+    }
+}
