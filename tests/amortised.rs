@@ -792,8 +792,8 @@ fn the_shipped_encoder_still_calibrates_on_fresh_darcy_problems() {
     ] {
         let mut inside = 0usize;
         for (x, q) in truths.iter().zip(&posts) {
-            for i in 0..d {
-                if (x[i] - q.mean[i]).abs() <= z * q.cov[i * d + i].sqrt() {
+            for (i, xi) in x.iter().enumerate() {
+                if (xi - q.mean[i]).abs() <= z * q.cov[i * d + i].sqrt() {
                     inside += 1;
                 }
             }
