@@ -98,3 +98,15 @@ fn simulate_then_solve_the_truth_reproduces_it() {
     assert_eq!(obs.len(), 15);
     assert_eq!(obs[0].i, 8);
 }
+
+/// A grid whose KL basis would not fit in host memory is refused with the
+/// figure before anything is allocated (it used to abort the process).
+#[test]
+fn oversized_grids_are_refused_before_allocation() {
+    for n in [8192usize, 100_000] {
+        let e = pdevi::Problem::new(pdevi::ProblemKind::Darcy2d, n, 64)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("GiB of host memory") && e.contains("--n"), "{e}");
+    }
+}

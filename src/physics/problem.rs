@@ -42,6 +42,42 @@ impl ProblemKind {
     }
 }
 
+/// Refuse a grid whose KL basis (d x cells, f64, built on the host by
+/// every command) would not fit in half of this machine's memory, before
+/// anything is allocated (n = 8192 asked for 34 GB and aborted).
+fn check_host_size(kind: ProblemKind, n: usize, d: usize) -> Result<()> {
+    let cells = match kind {
+        ProblemKind::Darcy2d => (n as u128) * (n as u128),
+        ProblemKind::Poisson1d => n as u128,
+    };
+    let bytes = cells * d as u128 * 8;
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u128>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(16 << 30);
+    let limit = total / 2;
+    if bytes > limit {
+        let gib = |b: u128| b as f64 / (1u128 << 30) as f64;
+        return Err(Error::setting(
+            "n",
+            n,
+            format!(
+                "the {} KL basis alone needs {:.1} GiB of host memory (d = {d} modes x {cells} cells x 8 bytes), more than half of this machine's {:.1} GiB; use a smaller --n or --d",
+                kind.name(),
+                gib(bytes),
+                gib(total)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A discretised reference problem with its prior and default sensors.
 #[derive(Clone, Debug)]
 pub struct Problem {
@@ -72,6 +108,7 @@ impl Problem {
         if d == 0 {
             return Err(Error::setting("d", d, "need at least one KL mode"));
         }
+        check_host_size(kind, n, d)?;
         match kind {
             ProblemKind::Darcy2d => {
                 if n < 8 || !n.is_multiple_of(8) {
