@@ -355,6 +355,9 @@ struct EncoderOpts {
     /// through the batched solver per step, adjoint gradient into the head).
     #[arg(long, default_value_t = 0.0)]
     physics_weight: f64,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
     /// UQ-VAE: samples of each row's q through the solver per step.
     #[arg(long, default_value_t = 1)]
     physics_samples: usize,
@@ -645,6 +648,7 @@ fn run(cli: Cli) -> pdevi::Result<()> {
                 quiet: o.quiet,
                 physics_weight: o.physics_weight,
                 physics_samples: o.physics_samples,
+                weight_decay: o.weight_decay,
                 ..Default::default()
             };
             let m = pdevi::cli::amortised::train_encoder_cmd(&o.data, &o.out, &s)?;

@@ -455,6 +455,9 @@ pub struct EncoderSettings {
     pub val_rows: usize,
     pub patience: usize,
     pub clip_norm: f64,
+    /// AdamW's decoupled weight decay (a remedy for the overfitting of
+    /// large heads on small training sets).
+    pub weight_decay: f64,
     pub quiet: bool,
     /// Weight beta of the UQ-VAE term (0 = plain NPE).
     pub physics_weight: f64,
@@ -478,6 +481,7 @@ impl Default for EncoderSettings {
             val_rows: 0,
             patience: 10,
             clip_norm: 10.0,
+            weight_decay: 0.0,
             quiet: true,
             physics_weight: 0.0,
             physics_samples: 1,
@@ -566,6 +570,13 @@ pub fn train_encoder(
             "the encoder needs the positive observation noise sigma_n of the data it will see",
         ));
     }
+    if !(s.weight_decay.is_finite() && s.weight_decay >= 0.0) {
+        return Err(Error::setting(
+            "weight-decay",
+            s.weight_decay,
+            "must be a finite decay >= 0",
+        ));
+    }
     if !(s.physics_weight.is_finite() && s.physics_weight >= 0.0) {
         return Err(Error::setting(
             "physics-weight",
@@ -624,7 +635,7 @@ pub fn train_encoder(
             batch: s.batch,
             lr: s.lr,
             lr_final: s.lr_final,
-            weight_decay: 0.0,
+            weight_decay: s.weight_decay,
             clip_norm: s.clip_norm,
             seed,
             patience: s.patience,
@@ -675,6 +686,7 @@ pub fn train_encoder(
             "lr": s.lr,
             "lr_final": s.lr_final,
             "clip_norm": s.clip_norm,
+            "weight_decay": s.weight_decay,
             "patience": s.patience,
             "seed": s.seed,
             "ensemble": s.ensemble,
