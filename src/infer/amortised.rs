@@ -153,6 +153,94 @@ fn moments(rows: &[f64], w: usize) -> (Vec<f64>, Vec<f64>) {
     (mean, cov)
 }
 
+/// `per` sample rows for each of `groups` parameter rows: the parameters
+/// gathered into one row per sample (`theta_rows[r] = theta[r / per]`),
+/// and the sample rows' gradients summed back per group by one product
+/// with a 0/1 matrix (`grad = A grad_rows`, `A[g, r] = 1` when
+/// `r / per = g`), which overwrites `grad`.
+pub struct SampleRows {
+    pub theta_rows: wgpu::Buffer,
+    pub grad_rows: wgpu::Buffer,
+    pub gather: crate::gpu::Dispatch,
+    pub sum: crate::gpu::Dispatch,
+    _bufs: Vec<wgpu::Buffer>,
+}
+
+impl SampleRows {
+    pub fn new(
+        ctx: &GpuContext,
+        label: &str,
+        theta: &wgpu::Buffer,
+        grad: &wgpu::Buffer,
+        groups: usize,
+        per: usize,
+        np: usize,
+    ) -> Result<Self> {
+        use crate::gpu::args;
+        use crate::nn::mlp::MlpParams;
+        let rows = groups * per;
+        let theta_rows = ctx.storage(&format!("{label}.theta_rows"), (rows * np * 4) as u64)?;
+        let grad_rows = ctx.storage(&format!("{label}.grad_rows"), (rows * np * 4) as u64)?;
+        let idx: Vec<u32> = (0..rows).map(|r| (r / per) as u32).collect();
+        let idx_buf = ctx.upload(&format!("{label}.rows"), &idx)?;
+        let u_gather = ctx.uniform(
+            &format!("{label}.gather_rows"),
+            &MlpParams {
+                m: rows as u32,
+                n: np as u32,
+                ..Default::default()
+            },
+        );
+        let gather = ctx.prepare(
+            &args::GatherRows {
+                params: &u_gather,
+                xa: theta,
+                xc: &theta_rows,
+                idx: &idx_buf,
+            },
+            [rows * np, 1],
+        )?;
+        let mut a = vec![0f32; groups * rows];
+        for r in 0..rows {
+            a[(r / per) * rows + r] = 1.0;
+        }
+        let a_buf = ctx.upload(&format!("{label}.sum"), &a)?;
+        let unused = ctx.storage(&format!("{label}.unused"), 16)?;
+        let u_sum = ctx.uniform(
+            &format!("{label}.sum"),
+            &MlpParams {
+                m: groups as u32,
+                n: np as u32,
+                k: rows as u32,
+                a_rs: rows as u32,
+                a_cs: 1,
+                b_rs: np as u32,
+                b_cs: 1,
+                c_rs: np as u32,
+                ..Default::default()
+            },
+        );
+        let sum = ctx.prepare_as(
+            ctx.matmul,
+            &args::Matmul {
+                params: &u_sum,
+                xa: &a_buf,
+                xb: &grad_rows,
+                xc: grad,
+                xz: &unused,
+            },
+            [np, groups],
+        )?;
+        Ok(SampleRows {
+            theta_rows,
+            grad_rows,
+            gather,
+            sum,
+            _bufs: vec![idx_buf, u_gather, a_buf, unused, u_sum],
+        })
+    }
+}
+
 /// The UQ-VAE term of encoder training: for every minibatch row, one
 /// sample of its q through the batched exact solver, and `beta` times the
 /// gradient of that row's negative ELBO (misfit + KL to the prior) written
@@ -185,7 +273,7 @@ struct PhysicsParts {
     gp: crate::nn::mlp::MlpParams,
     /// With several samples per row: theta rows per sample, and the sum of
     /// the sample rows' gradients back into the output gradient.
-    spread: Option<(crate::gpu::Dispatch, crate::gpu::Dispatch)>,
+    spread: Option<SampleRows>,
     _bufs: Vec<wgpu::Buffer>,
 }
 
@@ -287,73 +375,21 @@ impl crate::nn::train::StepExtra for PhysicsTerm {
             )?;
             (block, None)
         } else {
-            let theta_rep = ctx.storage("uqvae.theta_rows", (rows * np * 4) as u64)?;
-            let grad_rep = ctx.storage("uqvae.grad_rows", (rows * np * 4) as u64)?;
+            let spread = SampleRows::new(ctx, "uqvae", ws.output(), ws.output_grad(), b, sp, np)?;
             let block = GaussianBlock::new(
                 ctx,
                 "uqvae",
                 self.family,
                 vp,
                 GaussianBuffers {
-                    theta: &theta_rep,
+                    theta: &spread.theta_rows,
                     xi: &solver.xi,
                     gxi: &solver.gxi,
-                    grad: &grad_rep,
+                    grad: &spread.grad_rows,
                     kl: &kl,
                 },
             )?;
-            let idx: Vec<u32> = (0..rows).map(|r| (r / sp) as u32).collect();
-            let idx_buf = ctx.upload("uqvae.rows", &idx)?;
-            let u_rep = ctx.uniform(
-                "uqvae.rep",
-                &crate::nn::mlp::MlpParams {
-                    m: rows as u32,
-                    n: np as u32,
-                    ..Default::default()
-                },
-            );
-            let rep = ctx.prepare(
-                &args::GatherRows {
-                    params: &u_rep,
-                    xa: ws.output(),
-                    xc: &theta_rep,
-                    idx: &idx_buf,
-                },
-                [rows * np, 1],
-            )?;
-            let mut a = vec![0f32; b * rows];
-            for r in 0..rows {
-                a[(r / sp) * rows + r] = 1.0;
-            }
-            let a_buf = ctx.upload("uqvae.sum", &a)?;
-            let unused = ctx.storage("uqvae.unused", 16)?;
-            let u_sum = ctx.uniform(
-                "uqvae.sum",
-                &crate::nn::mlp::MlpParams {
-                    m: b as u32,
-                    n: np as u32,
-                    k: rows as u32,
-                    a_rs: rows as u32,
-                    a_cs: 1,
-                    b_rs: np as u32,
-                    b_cs: 1,
-                    c_rs: np as u32,
-                    ..Default::default()
-                },
-            );
-            let sum = ctx.prepare_as(
-                ctx.matmul,
-                &args::Matmul {
-                    params: &u_sum,
-                    xa: &a_buf,
-                    xb: &grad_rep,
-                    xc: ws.output_grad(),
-                    xz: &unused,
-                },
-                [np, b],
-            )?;
-            bufs.extend([theta_rep, grad_rep, idx_buf, u_rep, a_buf, unused, u_sum]);
-            (block, Some((rep, sum)))
+            (block, Some(spread))
         };
         let n = self.y.len() / m;
         let y_raw = ctx.storage("uqvae.y", (n * m * 4) as u64)?;
@@ -421,8 +457,8 @@ impl crate::nn::train::StepExtra for PhysicsTerm {
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
             p.gather.record(&mut pass);
-            if let Some((rep, _)) = &p.spread {
-                rep.record(&mut pass);
+            if let Some(sr) = &p.spread {
+                sr.gather.record(&mut pass);
             }
             p.block.record_sample(&mut pass);
         }
@@ -430,8 +466,8 @@ impl crate::nn::train::StepExtra for PhysicsTerm {
         p.solver.encode_gradient(enc);
         let mut pass = enc.begin_compute_pass(&Default::default());
         p.block.record_backward(&mut pass);
-        if let Some((_, sum)) = &p.spread {
-            sum.record(&mut pass);
+        if let Some(sr) = &p.spread {
+            sr.sum.record(&mut pass);
         }
     }
 }
@@ -790,28 +826,15 @@ impl Encoder {
         for (name, net) in self.meta.members.iter().zip(&self.nets) {
             net.save(ctx, &dir.join(name))?;
         }
-        let json = serde_json::to_value(&self.meta).map_err(|e| Error::Format {
-            path: dir.join(ENCODER_JSON),
-            message: e.to_string(),
-        })?;
-        crate::output::files::write_json(&dir.join(ENCODER_JSON), &json)
+        crate::output::files::write_json(&dir.join(ENCODER_JSON), &self.meta)
     }
 
     /// Read an encoder folder written by [`save`](Self::save).
     pub fn load(ctx: &GpuContext, dir: &Path) -> Result<Encoder> {
         let path: PathBuf = dir.join(ENCODER_JSON);
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let meta: EncoderMeta = serde_json::from_str(&text).map_err(|e| Error::Input {
-            file: path.clone(),
-            line: e.line(),
-            message: format!("not a pdevi encoder description: {e}"),
-        })?;
-        if meta.format != "pdevi-encoder" {
-            return Err(Error::Format {
-                path,
-                message: format!("format is {:?}, expected \"pdevi-encoder\"", meta.format),
-            });
-        }
+        let meta: EncoderMeta =
+            crate::output::files::read_json(&path, "a pdevi encoder description")?;
+        crate::output::files::check_format(&path, &meta.format, "pdevi-encoder")?;
         let family = Family::parse(&meta.family, meta.rank.max(1))?;
         let m = meta.sensors.len();
         let bad = |message: String| Error::Format {
@@ -908,7 +931,6 @@ pub fn refine_batched(
     sensors: &[usize],
     settings: &crate::infer::vi::FitSettings,
 ) -> Result<Vec<(Vec<f64>, Vec<f64>)>> {
-    use crate::gpu::args;
     use crate::infer::adam::{Adam, AdamParams};
     use crate::infer::gaussian::{GaussianBlock, GaussianBuffers};
     use crate::infer::vi::ViParams;
@@ -926,8 +948,6 @@ pub fn refine_batched(
         theta0.extend(family.theta_from_gaussian(d, mean, cov)?);
     }
     let theta = ctx.upload("refine.theta", &crate::nn::mlp::to_f32(&theta0))?;
-    let theta_rep = ctx.storage("refine.theta_rows", (rows * np * 4) as u64)?;
-    let grad_rep = ctx.storage("refine.grad_rows", (rows * np * 4) as u64)?;
     let grad = ctx.storage("refine.grad", (f * np * 4) as u64)?;
     let kl = ctx.storage("refine.kl", (rows.max(4) * 4) as u64)?;
     let solver = crate::physics::solver::BatchedSolver::new(
@@ -949,66 +969,19 @@ pub fn refine_batched(
     vp.per_row = 1;
     vp.grad_scale = (1.0 / s as f64) as f32;
     vp.kl_scale = (1.0 / s as f64) as f32;
+    let sr = SampleRows::new(ctx, "refine", &theta, &grad, f, s, np)?;
     let mut block = GaussianBlock::new(
         ctx,
         "refine",
         family,
         vp,
         GaussianBuffers {
-            theta: &theta_rep,
+            theta: &sr.theta_rows,
             xi: &solver.xi,
             gxi: &solver.gxi,
-            grad: &grad_rep,
+            grad: &sr.grad_rows,
             kl: &kl,
         },
-    )?;
-    // theta_rows[r] = theta[r / s].
-    let idx: Vec<u32> = (0..rows).map(|r| (r / s) as u32).collect();
-    let idx_buf = ctx.upload("refine.rows", &idx)?;
-    let gp = crate::nn::mlp::MlpParams {
-        m: rows as u32,
-        n: np as u32,
-        ..Default::default()
-    };
-    let u_gather = ctx.uniform("refine.gather", &gp);
-    let gather = ctx.prepare(
-        &args::GatherRows {
-            params: &u_gather,
-            xa: &theta,
-            xc: &theta_rep,
-            idx: &idx_buf,
-        },
-        [rows * np, 1],
-    )?;
-    // grad (f x np) = A (f x rows) grad_rows, A[i, r] = 1 when r / s = i.
-    let mut a = vec![0f32; f * rows];
-    for r in 0..rows {
-        a[(r / s) * rows + r] = 1.0;
-    }
-    let a_buf = ctx.upload("refine.sum", &a)?;
-    let unused = ctx.storage("refine.unused", 16)?;
-    let sp = crate::nn::mlp::MlpParams {
-        m: f as u32,
-        n: np as u32,
-        k: rows as u32,
-        a_rs: rows as u32,
-        a_cs: 1,
-        b_rs: np as u32,
-        b_cs: 1,
-        c_rs: np as u32,
-        ..Default::default()
-    };
-    let u_sum = ctx.uniform("refine.sum", &sp);
-    let sum = ctx.prepare_as(
-        ctx.matmul,
-        &args::Matmul {
-            params: &u_sum,
-            xa: &a_buf,
-            xb: &grad_rep,
-            xc: &grad,
-            xz: &unused,
-        },
-        [np, f],
     )?;
     let mut ap = AdamParams::new(f * np, settings.lr);
     ap.beta2 = 0.99;
@@ -1019,7 +992,7 @@ pub fn refine_batched(
         let mut enc = ctx.encoder("refine.step");
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            gather.record(&mut pass);
+            sr.gather.record(&mut pass);
             block.record_sample(&mut pass);
         }
         solver.encode_forward(&mut enc);
@@ -1027,7 +1000,7 @@ pub fn refine_batched(
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
             block.record_backward(&mut pass);
-            sum.record(&mut pass);
+            sr.sum.record(&mut pass);
             adam.record(&mut pass);
         }
         ctx.queue.submit([enc.finish()]);

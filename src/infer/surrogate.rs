@@ -243,27 +243,14 @@ impl Surrogate {
     pub fn save(&self, ctx: &GpuContext, dir: &Path) -> Result<()> {
         crate::output::files::ensure_dir(dir)?;
         self.net.save(ctx, &dir.join("net"))?;
-        let json = serde_json::to_value(&self.meta).map_err(|e| Error::Format {
-            path: dir.join(SURROGATE_JSON),
-            message: e.to_string(),
-        })?;
-        crate::output::files::write_json(&dir.join(SURROGATE_JSON), &json)
+        crate::output::files::write_json(&dir.join(SURROGATE_JSON), &self.meta)
     }
 
     pub fn load(ctx: &GpuContext, dir: &Path) -> Result<Surrogate> {
         let path: PathBuf = dir.join(SURROGATE_JSON);
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let meta: SurrogateMeta = serde_json::from_str(&text).map_err(|e| Error::Input {
-            file: path.clone(),
-            line: e.line(),
-            message: format!("not a pdevi surrogate description: {e}"),
-        })?;
-        if meta.format != "pdevi-surrogate" {
-            return Err(Error::Format {
-                path,
-                message: format!("format is {:?}, expected \"pdevi-surrogate\"", meta.format),
-            });
-        }
+        let meta: SurrogateMeta =
+            crate::output::files::read_json(&path, "a pdevi surrogate description")?;
+        crate::output::files::check_format(&path, &meta.format, "pdevi-surrogate")?;
         let net = Mlp::load(ctx, &dir.join("net"))?;
         let width = meta.out_scaling.mean.len();
         let want = surrogate_arch(meta.d, width, &meta.hidden, meta.activation, meta.variance);

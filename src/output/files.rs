@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -19,4 +20,27 @@ pub fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
         message: format!("could not encode JSON: {e}"),
     })?;
     std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
+}
+
+/// Read a JSON file into `T`; a parse error names the file, the line and
+/// `what` the file should have been.
+pub fn read_json<T: DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Input {
+        file: path.into(),
+        line: e.line(),
+        message: format!("not {what}: {e}"),
+    })
+}
+
+/// Refuse a description whose `format` tag is not `want`.
+pub fn check_format(path: &Path, got: &str, want: &str) -> Result<()> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(Error::Format {
+            path: path.into(),
+            message: format!("format is {got:?}, expected {want:?}"),
+        })
+    }
 }
