@@ -193,6 +193,36 @@ pub fn write_posterior(
     )
 }
 
+/// `elbo.csv` and `elbo.png` of a fit's trace (step, ELBO, wall seconds);
+/// returns the ELBO values.
+pub fn write_elbo_trace(out: &Path, trace: &[(usize, f64, f64)], title: &str) -> Result<Vec<f64>> {
+    let mut csv = String::from("step,elbo,wall_seconds\n");
+    for (t, e, w) in trace {
+        csv.push_str(&format!("{t},{e:.10e},{w:.6}\n"));
+    }
+    let csv_path = out.join("elbo.csv");
+    std::fs::write(&csv_path, csv).map_err(|e| Error::io(&csv_path, e))?;
+    let xs: Vec<f64> = trace.iter().map(|t| t.0 as f64).collect();
+    let ys: Vec<f64> = trace.iter().map(|t| t.1).collect();
+    plot::write_line_plot(
+        &out.join("elbo.png"),
+        title,
+        "step",
+        "ELBO",
+        &[Series {
+            label: "ELBO".into(),
+            x: &xs,
+            y: &ys,
+            band: None,
+            rgb: [31, 119, 180],
+            dashed: false,
+        }],
+        false,
+        Some(plot::robust_range(&ys)),
+    )?;
+    Ok(ys)
+}
+
 /// Problem, data, truth and output folder of one inference, from the
 /// settings every inference command shares (`run`, `mcmc`, `laplace`).
 pub struct Setup {
@@ -425,29 +455,10 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
     )?;
 
     // ELBO trace.
-    let mut csv = String::from("step,elbo,wall_seconds\n");
-    for (t, e, w) in &r.trace {
-        csv.push_str(&format!("{t},{e:.10e},{w:.6}\n"));
-    }
-    let csv_path = out.join("elbo.csv");
-    std::fs::write(&csv_path, csv).map_err(|e| Error::io(&csv_path, e))?;
-    let xs: Vec<f64> = r.trace.iter().map(|t| t.0 as f64).collect();
-    let ys: Vec<f64> = r.trace.iter().map(|t| t.1).collect();
-    plot::write_line_plot(
-        &out.join("elbo.png"),
+    let ys = write_elbo_trace(
+        out,
+        &r.trace,
         &format!("ELBO ({}, {} samples/step)", family.name(), samples),
-        "step",
-        "ELBO",
-        &[Series {
-            label: "ELBO".into(),
-            x: &xs,
-            y: &ys,
-            band: None,
-            rgb: [31, 119, 180],
-            dashed: false,
-        }],
-        false,
-        Some(plot::robust_range(&ys)),
     )?;
 
     let final_elbo = ys.last().copied().unwrap_or(f64::NAN);

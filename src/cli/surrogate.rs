@@ -181,32 +181,13 @@ pub fn run_surrogate(cfg: &RunConfig, dir: &Path) -> Result<serde_json::Value> {
         cfg.predictive_samples.unwrap_or(64),
         &mut metrics,
     )?;
-    let ys: Vec<f64> = r.trace.iter().map(|t| t.1).collect();
-    let mut csv = String::from("step,elbo,wall_seconds\n");
-    for (t, e, w) in &r.trace {
-        csv.push_str(&format!("{t},{e:.10e},{w:.6}\n"));
-    }
-    let p = st.out.join("elbo.csv");
-    std::fs::write(&p, csv).map_err(|e| Error::io(&p, e))?;
-    let xs: Vec<f64> = r.trace.iter().map(|t| t.0 as f64).collect();
-    plot::write_line_plot(
-        &st.out.join("elbo.png"),
+    let ys = crate::cli::run::write_elbo_trace(
+        &st.out,
+        &r.trace,
         &format!(
             "ELBO with the surrogate ({}, {samples} samples/step)",
             family.name()
         ),
-        "step",
-        "ELBO",
-        &[Series {
-            label: "ELBO".into(),
-            x: &xs,
-            y: &ys,
-            band: None,
-            rgb: [31, 119, 180],
-            dashed: false,
-        }],
-        false,
-        Some(plot::robust_range(&ys)),
     )?;
     let mut all = json!({
         "method": "vi-surrogate",
