@@ -624,21 +624,7 @@ pub fn train_encoder(
         return Err(Error::setting("ensemble", 0, "need at least one member"));
     }
     let n = set.count();
-    let val_rows = if s.val_rows > 0 {
-        s.val_rows
-    } else {
-        (n / 10).max(1)
-    };
-    if val_rows >= n || n - val_rows < s.batch {
-        return Err(Error::setting(
-            "count",
-            n,
-            format!(
-                "the training set is too small for {val_rows} validation rows and batches of {}",
-                s.batch
-            ),
-        ));
-    }
+    let val_rows = set.validation_rows(s.val_rows, s.batch)?;
     let y_scaling = Scaling::whiten(&set.y, m, s.noise * s.noise);
     // xi ~ N(0, I) by construction: the identity scaling keeps the head in
     // raw units, where the physics term samples it and the KL is to N(0, I).

@@ -166,21 +166,7 @@ pub fn train_surrogate(
         },
     };
     let n = set.count();
-    let val_rows = if s.val_rows > 0 {
-        s.val_rows
-    } else {
-        (n / 10).max(1)
-    };
-    if val_rows >= n || n - val_rows < s.batch {
-        return Err(Error::setting(
-            "count",
-            n,
-            format!(
-                "the training set is too small for {val_rows} validation rows and batches of {}",
-                s.batch
-            ),
-        ));
-    }
+    let val_rows = set.validation_rows(s.val_rows, s.batch)?;
     let out_scaling = Scaling::fit(&targets, width, &vec![0.0; width]);
     let all = Dataset::new(set.xi.clone(), out_scaling.apply(&targets), d, width)?;
     let (tr, val) = all.split(val_rows)?;

@@ -59,6 +59,27 @@ impl SimSet {
         self.settings.count
     }
 
+    /// Validation rows held out for training (`requested`, or a tenth of
+    /// the set when 0), checked to leave at least one batch of `batch`.
+    pub fn validation_rows(&self, requested: usize, batch: usize) -> Result<usize> {
+        let n = self.count();
+        let val = if requested > 0 {
+            requested
+        } else {
+            (n / 10).max(1)
+        };
+        if val >= n || n - val < batch {
+            return Err(Error::setting(
+                "count",
+                n,
+                format!(
+                    "the training set is too small for {val} validation rows and batches of {batch}"
+                ),
+            ));
+        }
+        Ok(val)
+    }
+
     /// The problem the set was simulated on.
     pub fn problem(&self) -> Result<Problem> {
         ProblemArgs {
