@@ -349,7 +349,7 @@ struct EncoderOpts {
     #[arg(long, default_value_t = 0)]
     val_rows: usize,
     /// Stop after this many epochs without a better validation loss (0 = never).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 5)]
     patience: usize,
     /// UQ-VAE: add BETA x the ELBO of the exact physics decoder (one sample of each row's q
     /// through the batched solver per step, adjoint gradient into the head).

@@ -515,7 +515,7 @@ impl Default for EncoderSettings {
             ensemble: 1,
             seed: 0,
             val_rows: 0,
-            patience: 10,
+            patience: 5,
             clip_norm: 10.0,
             weight_decay: 0.0,
             quiet: true,
