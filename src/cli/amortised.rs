@@ -17,7 +17,7 @@ use crate::output::files::{ensure_dir, write_json};
 use crate::output::io;
 use crate::output::plot::{self, Series};
 use crate::physics::problem::{Problem, ProblemArgs};
-use crate::physics::solver::{BatchedSolver, CgParams, Precond};
+use crate::physics::solver::{BatchedSolver, CgParams};
 
 /// `pdevi simulate --count N --out FILE.safetensors`.
 pub fn simulate_set(
@@ -37,13 +37,7 @@ pub fn simulate_set(
     }
     let pb = args.build()?;
     let ctx = GpuContext::new()?;
-    let cg = CgParams {
-        rel_tol: 1e-5,
-        max_iters: 4000,
-        warm_start: false,
-        precond: Precond::Auto,
-        ..Default::default()
-    };
+    let cg = CgParams::auto(false);
     let bar = crate::output::progress::progress_bar(count, quiet, "samples  {msg}");
     let set = SimSet::simulate(&ctx, &pb, count, seed, field, cg, 64, |done, rate| {
         bar.set_position(done as u64);
@@ -259,13 +253,7 @@ pub fn amortised(s: &AmortisedSettings) -> Result<serde_json::Value> {
     let posts = enc.posteriors(&ctx, &ys)?;
     let encode_seconds = t0.elapsed().as_secs_f64();
     ensure_dir(&s.out)?;
-    let cg = CgParams {
-        rel_tol: 1e-5,
-        max_iters: 4000,
-        warm_start: true,
-        precond: Precond::Auto,
-        ..Default::default()
-    };
+    let cg = CgParams::auto(true);
     let single = s.obs.is_some();
     let mut refine_seconds = 0.0;
     // A folder: every file refined in one batched solve per step (chunks of

@@ -783,13 +783,7 @@ pub fn amortised(
     let device = ctx.describe();
 
     // 1. The training set (as `pdevi simulate --count`).
-    let sim_cg = CgParams {
-        rel_tol: 1e-5,
-        max_iters: 4000,
-        warm_start: false,
-        precond: Precond::Auto,
-        ..Default::default()
-    };
+    let sim_cg = CgParams::auto(false);
     let set = SimSet::simulate(ctx, &pb, o.count, o.seed, false, sim_cg, 64, |_, _| {})?;
     let simulate_seconds = set.seconds;
     eprintln!("simulated {} pairs in {simulate_seconds:.2} s", o.count);
@@ -832,13 +826,7 @@ pub fn amortised(
     eprintln!("surrogate trained in {surrogate_seconds:.2} s");
 
     // 3. Per-inference settings.
-    let cg = CgParams {
-        rel_tol: 1e-5,
-        max_iters: 4000,
-        warm_start: true,
-        precond: Precond::Auto,
-        ..Default::default()
-    };
+    let cg = CgParams::auto(true);
     let gn_iters = 30;
     let vi_fit = |steps: usize, seed: u64| api::ViSettings {
         fit: FitSettings {

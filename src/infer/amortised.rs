@@ -297,12 +297,7 @@ impl PhysicsTerm {
             pb,
             family,
             batch,
-            cg: crate::physics::solver::CgParams {
-                rel_tol: 1e-5,
-                max_iters: 4000,
-                warm_start: false,
-                ..Default::default()
-            },
+            cg: crate::physics::solver::CgParams::default(),
             y,
             scaling,
             noise,

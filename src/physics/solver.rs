@@ -162,6 +162,19 @@ impl Default for CgParams {
     }
 }
 
+impl CgParams {
+    /// The default tolerance and cap with the `auto` preconditioner
+    /// (multigrid where the grid and device allow it); `warm_start` for
+    /// sequences of nearby solves (VI steps), off for independent draws.
+    pub fn auto(warm_start: bool) -> Self {
+        CgParams {
+            warm_start,
+            precond: Precond::Auto,
+            ..Default::default()
+        }
+    }
+}
+
 /// Outcome of one system's solve.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct CgInfo {
