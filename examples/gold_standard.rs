@@ -66,12 +66,16 @@ fn run() -> pdevi::Result<()> {
             ..Default::default()
         },
     ))?;
+    let ctx = pdevi::cli::commands::figure_context();
+    let painter = pdevi::output::plot::Painter::of(ctx.as_ref());
     let c_vi = pdevi::check::compare::compare(
+        painter,
         &out.join("mcmc"),
         &out.join("vi"),
         Some(&out.join("vi_vs_mcmc")),
     )?;
     let c_lp = pdevi::check::compare::compare(
+        painter,
         &out.join("mcmc"),
         &out.join("laplace"),
         Some(&out.join("laplace_vs_mcmc")),

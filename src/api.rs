@@ -302,6 +302,7 @@ pub fn write_posterior(
     metrics.insert("method".into(), q.method.into());
     metrics.insert("predictive_samples".into(), seen.into());
     crate::output::posterior::write_posterior_files(
+        crate::output::plot::Painter::Gpu(ctx),
         dir,
         problem,
         &fmean,
@@ -309,6 +310,7 @@ pub fn write_posterior(
         &umean,
         &ustd,
         truth.as_deref(),
+        &problem.sensors,
         &mut metrics,
     )?;
     crate::output::files::write_json(&dir.join("posterior.json"), &metrics)

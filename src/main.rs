@@ -732,7 +732,10 @@ fn run(cli: Cli) -> pdevi::Result<()> {
         } => {
             let out =
                 out.unwrap_or_else(|| pdevi::check::compare::default_out_dir(&reference, &other));
-            let v = pdevi::check::compare::compare(&reference, &other, Some(&out))?;
+            // A device only for the field figure (drawn by its rasteriser).
+            let ctx = pdevi::cli::commands::figure_context();
+            let painter = pdevi::output::plot::Painter::of(ctx.as_ref());
+            let v = pdevi::check::compare::compare(painter, &reference, &other, Some(&out))?;
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             eprintln!("wrote {}", out.display());
         }

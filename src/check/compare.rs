@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::math::linalg;
 use crate::output::files::{ensure_dir, write_json};
 use crate::output::io;
-use crate::output::plot::{self, Colormap, Field2, Panel, Series};
+use crate::output::plot::{self, Colormap, Field2, Painter, Panel, Series};
 
 /// Nominal levels of the central credible intervals whose coverage is
 /// reported.
@@ -51,6 +51,54 @@ pub struct PosteriorDir {
     pub field: Option<FieldPosterior>,
     /// Posterior draws of xi (one vector of length d per draw), if any.
     pub samples_xi: Option<Vec<Vec<f64>>>,
+    /// What made it, for figure titles ("MCMC (pCN)", "VI, full-rank"):
+    /// from the folder's metrics.json, else the folder's name.
+    pub label: String,
+}
+
+/// A method's name for figures, from a metrics.json of `run`, `mcmc`,
+/// `laplace` or `amortised`.
+pub fn method_label(metrics: &Value) -> Option<String> {
+    let method = metrics.get("method")?.as_str()?;
+    let setting = |k: &str| {
+        metrics
+            .get("settings")
+            .and_then(|s| s.get(k))
+            .or_else(|| metrics.get(k))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    Some(match method {
+        "mcmc" => match setting("sampler").as_deref() {
+            Some("pcn") => "MCMC (pCN)".into(),
+            Some("mala") => "MCMC (MALA)".into(),
+            Some(other) => format!("MCMC ({other})"),
+            None => "MCMC".into(),
+        },
+        "vi" => match setting("family") {
+            Some(f) => format!("VI, {f}"),
+            None => "VI".into(),
+        },
+        "laplace" => "Laplace".into(),
+        "laplace-surrogate" => "Laplace (surrogate)".into(),
+        m if m.starts_with("amortised") => match setting("family") {
+            Some(f) => format!("{m}, {f}"),
+            None => m.into(),
+        },
+        m => m.into(),
+    })
+}
+
+fn dir_label(dir: &Path) -> String {
+    let from_metrics = std::fs::read_to_string(dir.join("metrics.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|v| method_label(&v));
+    from_metrics.unwrap_or_else(|| {
+        dir.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| dir.display().to_string())
+    })
 }
 
 fn format_err(path: &Path, message: impl Into<String>) -> Error {
@@ -177,6 +225,7 @@ pub fn load_posterior(dir: &Path) -> Result<PosteriorDir> {
         cov_xi,
         field: read_field(dir)?,
         samples_xi,
+        label: dir_label(dir),
     })
 }
 
@@ -271,9 +320,18 @@ fn level_map(values: &[f64]) -> Value {
 /// (semi-)definite); and, when REF has `samples_xi.npy`, the fraction of
 /// REF's draws inside OTHER's central Gaussian marginal intervals per
 /// nominal level, with REF's own Gaussian as a baseline.
-pub fn compare(ref_dir: &Path, other_dir: &Path, out_dir: Option<&Path>) -> Result<Value> {
+pub fn compare(
+    painter: Painter,
+    ref_dir: &Path,
+    other_dir: &Path,
+    out_dir: Option<&Path>,
+) -> Result<Value> {
     let reference = load_posterior(ref_dir)?;
-    let other = load_posterior(other_dir)?;
+    let mut other = load_posterior(other_dir)?;
+    if other.label == reference.label {
+        other.label.push_str(" (other)");
+    }
+    let (rl, ol) = (reference.label.as_str(), other.label.as_str());
     let d = reference.d;
     if other.d != d {
         return Err(format_err(
@@ -403,7 +461,7 @@ pub fn compare(ref_dir: &Path, other_dir: &Path, out_dir: Option<&Path>) -> Resu
         let diag = [0.45, 1.0];
         plot::write_line_plot(
             &png,
-            "coverage of REF's draws by central intervals",
+            &format!("coverage of {rl}'s draws by central intervals"),
             "nominal level",
             "fraction inside",
             &[
@@ -416,7 +474,7 @@ pub fn compare(ref_dir: &Path, other_dir: &Path, out_dir: Option<&Path>) -> Resu
                     dashed: true,
                 },
                 Series {
-                    label: "OTHER's Gaussian".into(),
+                    label: format!("{ol}'s Gaussian"),
                     x: &COVERAGE_LEVELS,
                     y: by_other,
                     band: None,
@@ -424,7 +482,7 @@ pub fn compare(ref_dir: &Path, other_dir: &Path, out_dir: Option<&Path>) -> Resu
                     dashed: false,
                 },
                 Series {
-                    label: "REF's Gaussian".into(),
+                    label: format!("{rl}'s Gaussian"),
                     x: &COVERAGE_LEVELS,
                     y: by_ref,
                     band: None,
@@ -446,7 +504,7 @@ pub fn compare(ref_dir: &Path, other_dir: &Path, out_dir: Option<&Path>) -> Resu
             "xi",
             &[
                 Series {
-                    label: "REF".into(),
+                    label: rl.into(),
                     x: &x,
                     y: mr,
                     band: Some(&rb),
@@ -454,7 +512,7 @@ pub fn compare(ref_dir: &Path, other_dir: &Path, out_dir: Option<&Path>) -> Resu
                     dashed: false,
                 },
                 Series {
-                    label: "OTHER".into(),
+                    label: ol.into(),
                     x: &x,
                     y: mo,
                     band: Some(&ob),
@@ -468,7 +526,7 @@ pub fn compare(ref_dir: &Path, other_dir: &Path, out_dir: Option<&Path>) -> Resu
     }
     if let Some((rf, of)) = field {
         figures.push("compare_fields.png");
-        write_field_figure(&out.join("compare_fields.png"), rf, of)?;
+        write_field_figure(painter, &out.join("compare_fields.png"), (rf, rl), (of, ol))?;
     }
     report.insert("figures".into(), json!(figures));
     report.insert("warnings".into(), json!(warnings));
@@ -478,8 +536,14 @@ pub fn compare(ref_dir: &Path, other_dir: &Path, out_dir: Option<&Path>) -> Resu
 }
 
 /// darcy2d: REF mean | OTHER mean (shared scale) | std OTHER / REF
-/// (diverging, centred on 1). poisson1d: both means with 2-sd bands.
-fn write_field_figure(path: &Path, rf: &FieldPosterior, of: &FieldPosterior) -> Result<()> {
+/// (diverging, centred on 1), titled with the methods' names. poisson1d:
+/// both means with 2-sd bands.
+fn write_field_figure(
+    painter: Painter,
+    path: &Path,
+    (rf, rl): (&FieldPosterior, &str),
+    (of, ol): (&FieldPosterior, &str),
+) -> Result<()> {
     if rf.shape.len() == 2 {
         let (ny, nx) = (rf.shape[0], rf.shape[1]);
         let lo = rf
@@ -503,38 +567,22 @@ fn write_field_figure(path: &Path, rf: &FieldPosterior, of: &FieldPosterior) -> 
             .filter(|v| v.is_finite())
             .fold(0.05f64, |m, v| m.max((v - 1.0).abs()));
         plot::write_panels_png(
+            painter,
             path,
-            &format!("posterior of {}: REF vs OTHER", rf.name),
+            &format!("posterior of {}: {rl} vs {ol}", rf.name),
             &[
                 Panel {
-                    title: "REF mean".into(),
-                    field: Field2 {
-                        values: &rf.mean,
-                        nx,
-                        ny,
-                    },
                     range: Some((lo, hi)),
-                    cmap: Colormap::Viridis,
+                    ..Panel::new(format!("{rl}: mean"), Field2::cells(&rf.mean, nx, ny))
                 },
                 Panel {
-                    title: "OTHER mean".into(),
-                    field: Field2 {
-                        values: &of.mean,
-                        nx,
-                        ny,
-                    },
                     range: Some((lo, hi)),
-                    cmap: Colormap::Viridis,
+                    ..Panel::new(format!("{ol}: mean"), Field2::cells(&of.mean, nx, ny))
                 },
                 Panel {
-                    title: "std OTHER / REF".into(),
-                    field: Field2 {
-                        values: &ratio,
-                        nx,
-                        ny,
-                    },
                     range: Some((1.0 - spread, 1.0 + spread)),
                     cmap: Colormap::RdBu,
+                    ..Panel::new(format!("std ratio {ol} / {rl}"), Field2::cells(&ratio, nx, ny))
                 },
             ],
         )
@@ -550,7 +598,7 @@ fn write_field_figure(path: &Path, rf: &FieldPosterior, of: &FieldPosterior) -> 
             rf.name,
             &[
                 Series {
-                    label: "REF".into(),
+                    label: rl.into(),
                     x: &x,
                     y: &rf.mean,
                     band: Some(&rb),
@@ -558,7 +606,7 @@ fn write_field_figure(path: &Path, rf: &FieldPosterior, of: &FieldPosterior) -> 
                     dashed: false,
                 },
                 Series {
-                    label: "OTHER".into(),
+                    label: ol.into(),
                     x: &x,
                     y: &of.mean,
                     band: Some(&ob),
@@ -665,7 +713,7 @@ mod tests {
         let (r, o) = (root.join("mcmc"), root.join("vi"));
         write_folder(&r, &folder);
         write_folder(&o, &folder);
-        let v = compare(&r, &o, None).unwrap();
+        let v = compare(Painter::Cpu, &r, &o, None).unwrap();
         assert_eq!(v["field"], "z");
         assert_eq!(num(&v, &["rel_l2_mean_field"]), 0.0);
         for q in ["median", "q05", "q95"] {
@@ -725,7 +773,7 @@ mod tests {
             },
         );
         let out = root.join("out");
-        let v = compare(&r, &o, Some(&out)).unwrap();
+        let v = compare(Painter::Cpu, &r, &o, Some(&out)).unwrap();
         assert!((num(&v, &["rel_l2_mean_field"]) - 0.1).abs() < 1e-12);
         for key in ["std_ratio_field", "std_ratio_xi"] {
             for q in ["median", "q05", "q95"] {
@@ -795,14 +843,14 @@ mod tests {
             },
         );
         // OTHER lacks the field files the reference has.
-        let e = compare(&r, &o, None).unwrap_err().to_string();
+        let e = compare(Painter::Cpu, &r, &o, None).unwrap_err().to_string();
         assert!(
             e.contains("posterior_mean_z.npy") && e.contains("pdevi run"),
             "{e}"
         );
         // OTHER lacks its covariance.
         std::fs::remove_file(o.join(COV_XI)).unwrap();
-        let e = compare(&r, &o, None).unwrap_err().to_string();
+        let e = compare(Painter::Cpu, &r, &o, None).unwrap_err().to_string();
         assert!(e.contains(COV_XI) && e.contains("pdevi run --out"), "{e}");
         // Different d.
         write_folder(
@@ -814,10 +862,10 @@ mod tests {
                 samples: None,
             },
         );
-        let e = compare(&r, &o, None).unwrap_err().to_string();
+        let e = compare(Painter::Cpu, &r, &o, None).unwrap_err().to_string();
         assert!(e.contains("d = 4") && e.contains("d = 3"), "{e}");
         // Not a folder at all.
-        let e = compare(&root.join("nope"), &o, None)
+        let e = compare(Painter::Cpu, &root.join("nope"), &o, None)
             .unwrap_err()
             .to_string();
         assert!(e.contains("nope") && e.contains("not a folder"), "{e}");

@@ -9,6 +9,7 @@ use crate::gpu::GpuContext;
 use crate::output::fields::write_fields;
 use crate::output::files::{ensure_dir, write_json};
 use crate::output::io::{self, Observation};
+use crate::output::plot::Painter;
 use crate::physics::problem::ProblemArgs;
 use crate::physics::sensors::{check_xi, obs_grid};
 use crate::physics::solver::{check_converged, BatchedSolver, CgParams};
@@ -47,6 +48,19 @@ pub fn info() -> Result<String> {
     Ok(s)
 }
 
+/// A device for a command's figures when the command needs none otherwise;
+/// `None` (said in one line) where there is no adapter, and the figures
+/// are drawn by the CPU mirror.
+pub fn figure_context() -> Option<GpuContext> {
+    match GpuContext::new() {
+        Ok(ctx) => Some(ctx),
+        Err(e) => {
+            eprintln!("note: figures drawn on the CPU: {e}");
+            None
+        }
+    }
+}
+
 /// `pdevi solve`: forward solve for `xi` (or z = 0), files into `out`.
 pub fn solve(
     args: &ProblemArgs,
@@ -72,7 +86,7 @@ pub fn solve(
     let seconds = t.elapsed().as_secs_f64();
     let u = s.read_u(&ctx)?;
     let field = s.read_z(&ctx)?;
-    write_fields(out, &pb, &field, &u, "", "forward solve")?;
+    write_fields(Painter::Gpu(&ctx), out, &pb, &field, &u, "", "forward solve")?;
     let summary = serde_json::json!({
         "problem": pb.kind.name(),
         "n": pb.n,
@@ -142,7 +156,17 @@ pub fn simulate(
     let csv = out.join("obs.csv");
     io::write_observations(&csv, obs_grid(&pb).dim, &obs)?;
     io::write_npy(&out.join("xi_true.npy"), &[pb.d], &xi)?;
-    write_fields(out, &pb, &fwd.field, &fwd.u, "_true", "truth")?;
+    // The truth's figures on the GPU's rasteriser when there is a device.
+    let ctx = figure_context();
+    write_fields(
+        Painter::of(ctx.as_ref()),
+        out,
+        &pb,
+        &fwd.field,
+        &fwd.u,
+        "_true",
+        "truth",
+    )?;
     let summary = serde_json::json!({
         "problem": pb.kind.name(),
         "n": pb.n,

@@ -182,6 +182,7 @@ pub fn write_posterior(
     };
     metrics.insert("predictive_samples".into(), nseen.into());
     crate::output::posterior::write_posterior_files(
+        plot::Painter::Gpu(ctx),
         &st.out,
         &st.pb,
         &fmean,
@@ -189,6 +190,7 @@ pub fn write_posterior(
         &umean,
         &ustd,
         st.truth.as_ref().map(|t| &t.1[..]),
+        &st.sensors,
         metrics,
     )
 }

@@ -7,3 +7,4 @@ pub mod infer;
 pub mod multigrid;
 pub mod nn;
 pub mod physics;
+pub mod render;

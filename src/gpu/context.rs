@@ -7,6 +7,7 @@ use bytemuck::Pod;
 use wgpu::util::DeviceExt;
 
 use super::kernels::{Bind, KernelArgs, KernelId};
+use super::render::FieldRenderer;
 use super::shaders::{self, ModuleId};
 use crate::error::{Error, Result};
 
@@ -67,6 +68,9 @@ pub struct GpuContext {
     /// wgpu errors outside an error scope land here instead of panicking;
     /// [`GpuContext::check`] turns them into [`Error::Gpu`].
     uncaptured: Arc<Mutex<Option<String>>>,
+    /// The instance the adapter came from (a window's surface needs it).
+    pub instance: wgpu::Instance,
+    renderer: std::sync::OnceLock<std::result::Result<FieldRenderer, String>>,
 }
 
 fn parse_backend(name: &str) -> Result<wgpu::Backends> {
@@ -239,6 +243,8 @@ impl GpuContext {
             matmul,
             pipelines: Vec::new(),
             uncaptured,
+            instance,
+            renderer: std::sync::OnceLock::new(),
         };
         ctx.build_pipelines()?;
         Ok(ctx)
@@ -249,6 +255,10 @@ impl GpuContext {
         let mut modules = std::collections::HashMap::new();
         let mut entry_wg = std::collections::HashMap::new();
         for &m in ModuleId::ALL {
+            // Render modules have no compute kernels: FieldRenderer builds them.
+            if !KernelId::ALL.iter().any(|k| k.spec().module == m) {
+                continue;
+            }
             // naga validation first: a readable error with file and line.
             let wg = m.wg(self.solver_wg);
             let naga_module = shaders::validate_with(m, wg)?;
@@ -598,27 +608,53 @@ impl GpuContext {
         let mut enc = self.encoder("pdevi.readback");
         enc.copy_buffer_to_buffer(buf, offset as u64 * sz, &staging, 0, bytes);
         self.queue.submit([enc.finish()]);
+        let view = self.map_read(&staging)?;
+        let out = bytemuck::pod_collect_to_vec::<u8, T>(&view[..(count as u64 * sz) as usize]);
+        Ok(out)
+    }
+
+    /// Wait for the work submitted so far, then copy a MAP_READ buffer's
+    /// bytes to the host.
+    pub fn map_read(&self, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
         let (tx, rx) = std::sync::mpsc::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);
         });
         self.wait()?;
-        let mapped = rx.recv().map_err(|e| Error::Gpu {
+        let fail = |message: String| Error::Gpu {
             context: "readback".into(),
-            message: e.to_string(),
-        })?;
-        mapped.map_err(|e| Error::Gpu {
-            context: "readback".into(),
-            message: e.to_string(),
-        })?;
-        let out = {
-            let view = staging.get_mapped_range(..).map_err(|e| Error::Gpu {
-                context: "readback".into(),
-                message: e.to_string(),
-            })?;
-            bytemuck::pod_collect_to_vec::<u8, T>(&view[..(count as u64 * sz) as usize])
+            message,
         };
+        rx.recv()
+            .map_err(|e| fail(e.to_string()))?
+            .map_err(|e| fail(e.to_string()))?;
+        let out = staging
+            .get_mapped_range(..)
+            .map_err(|e| fail(e.to_string()))?
+            .to_vec();
         staging.unmap();
         Ok(out)
+    }
+
+    /// A uniform buffer holding `values`.
+    pub fn uniform_slice<T: Pod>(&self, label: &str, values: &[T]) -> wgpu::Buffer {
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::cast_slice(values),
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            })
+    }
+
+    /// The field renderer, built on first use and kept with the context
+    /// (render pipelines are built once, like the compute pipelines).
+    pub fn renderer(&self) -> Result<&FieldRenderer> {
+        self.renderer
+            .get_or_init(|| FieldRenderer::new(self).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| Error::Gpu {
+                context: "field renderer".into(),
+                message: e.clone(),
+            })
     }
 }

@@ -274,6 +274,12 @@ kernel_table! {
     McmcAccept => Mcmc."mcmc_accept", Invocation,
         { params: Read @ 0, state: ReadWrite @ 2, prop: ReadWrite @ 3, chains: ReadWrite @ 4, xp: ReadWrite @ 5,
           misfit: Read @ 7, cg_fwd: Read @ 8, cg_adj: Read @ 9, samples: ReadWrite @ 10 }
+    /// Pointwise mean and std of the field under the current q; x = cells.
+    FieldMoments => Live."field_moments", Invocation,
+        { params: Uniform @ 0, theta: Read @ 1, basis: Read @ 2, fields: ReadWrite @ 3 }
+    /// (min, max) of the finite values of each field, for the colour scale.
+    FieldRange => Live."field_range", Single,
+        { params: Uniform @ 0, fields: ReadWrite @ 3, ranges: ReadWrite @ 4 }
 }
 
 impl KernelId {

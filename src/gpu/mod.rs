@@ -4,6 +4,7 @@
 pub mod context;
 pub mod kernels;
 pub mod layout;
+pub mod render;
 pub mod shaders;
 
 pub use context::{AdapterRequest, Dispatch, GpuContext};

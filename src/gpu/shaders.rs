@@ -58,6 +58,8 @@ sources! {
     MCMC = "infer/mcmc.wgsl";
     SURROGATE = "infer/surrogate.wgsl";
     MLP = "nn/mlp.wgsl";
+    RENDER_FIELD = "render/field.wgsl";
+    LIVE = "render/live.wgsl";
 }
 
 /// Every shader module, one row each: its name and the files concatenated
@@ -128,6 +130,8 @@ modules! {
     Mlp = "mlp" [MLP];
     Mcmc = "mcmc" [RNG, CG_STATE, MCMC];
     Surrogate = "surrogate" [SURROGATE];
+    Render = "render" [RENDER_FIELD];
+    Live = "live" [LIVE];
 }
 
 /// The assembled text of a module and where each file starts in it.

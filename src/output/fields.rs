@@ -5,13 +5,14 @@ use std::path::{Path, PathBuf};
 
 use crate::error::Result;
 use crate::output::io;
-use crate::output::plot::{self, Field2, Series};
+use crate::output::plot::{self, Field2, Painter, Series};
 use crate::physics::problem::{Problem, ProblemKind};
 
 /// Files of one field set: darcy2d writes `<z>.npy` (n x n) and `<u>.npy`
 /// ((n+1) x (n+1)); poisson1d writes `<f>.npy` and `<u>.npy` ((n+1,)).
 /// PNGs beside them. `suffix` is appended to the stems (e.g. "_true").
 pub fn write_fields(
+    painter: Painter,
     out: &Path,
     pb: &Problem,
     field: &[f64],
@@ -29,26 +30,23 @@ pub fn write_fields(
             let up = out.join(format!("u{suffix}.npy"));
             io::write_npy(&up, &[n + 1, n + 1], &u)?;
             let zpng = out.join(format!("z{suffix}.png"));
+            let sensors = pb.sensor_points();
             plot::write_field_png(
+                painter,
                 &zpng,
-                &Field2 {
-                    values: field,
-                    nx: n,
-                    ny: n,
-                },
+                &Field2::cells(field, n, n),
                 &format!("log-permeability z ({what})"),
                 "z",
+                &sensors,
             )?;
             let upng = out.join(format!("u{suffix}.png"));
             plot::write_field_png(
+                painter,
                 &upng,
-                &Field2 {
-                    values: &u,
-                    nx: n + 1,
-                    ny: n + 1,
-                },
+                &Field2::nodes(&u, n + 1, n + 1),
                 &format!("pressure u ({what})"),
                 "u",
+                &sensors,
             )?;
             files.extend([zp, up, zpng, upng]);
         }

@@ -1,14 +1,18 @@
 //! Figures for people to look at: heat maps of 2-D fields with colour bars,
 //! multi-panel summary figures, and line plots with uncertainty bands.
 //!
-//! Everything is drawn in software into an [`image::RgbImage`] and saved as
-//! PNG; text uses the built-in monospace bitmap fonts of `embedded-graphics`
+//! Heat maps, colour bars and sensor markers are drawn by the GPU's
+//! rasteriser ([`crate::gpu::render`]) when a [`Painter::Gpu`] is given, and
+//! by its CPU mirror ([`crate::cpu::render`]) otherwise; axes, ticks and
+//! text are drawn in software on top, into an [`image::RgbImage`] saved as
+//! PNG. Text uses the built-in monospace bitmap fonts of `embedded-graphics`
 //! (ASCII only; other characters show as `?`), so no font files are needed.
 //! Heat-map writers also leave a JSON side-car with the numbers behind the
 //! picture, so a script can check a figure without looking at it.
 
 use std::convert::Infallible;
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use embedded_graphics::mono_font::ascii::{
     FONT_6X10, FONT_7X13, FONT_8X13, FONT_8X13_BOLD, FONT_9X15_BOLD,
@@ -18,112 +22,18 @@ use embedded_graphics::pixelcolor::Rgb888;
 use embedded_graphics::prelude::{DrawTarget, OriginDimensions, Pixel, Point, RgbColor, Size};
 use embedded_graphics::text::{Alignment, Baseline, Text, TextStyleBuilder};
 use embedded_graphics::Drawable;
+use glam::UVec2;
 use image::{ImageFormat, Rgb, RgbImage};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::gpu::render::{Draw, Values, KIND_CELL, KIND_NODAL, KIND_RAMP, MAX_DRAWS, MAX_MARKERS};
+use crate::gpu::GpuContext;
 
-/// Colour used for NaN cells.
-pub const NAN_GREY: [u8; 3] = [128, 128, 128];
+pub use crate::output::colormap::{rdbu, viridis, Colormap, NAN_GREY};
 const WHITE: [u8; 3] = [255, 255, 255];
 const INK: [u8; 3] = [25, 25, 25];
 const GRID: [u8; 3] = [228, 228, 228];
-
-// ---------------------------------------------------------------------------
-// Colour maps
-// ---------------------------------------------------------------------------
-
-/// Viridis sampled at 20 evenly spaced points (t = k/19).
-const VIRIDIS: [[u8; 3]; 20] = [
-    [0x44, 0x01, 0x54],
-    [0x48, 0x15, 0x67],
-    [0x48, 0x26, 0x77],
-    [0x45, 0x37, 0x81],
-    [0x40, 0x47, 0x88],
-    [0x39, 0x56, 0x8c],
-    [0x33, 0x63, 0x8d],
-    [0x2d, 0x70, 0x8e],
-    [0x28, 0x7d, 0x8e],
-    [0x23, 0x8a, 0x8d],
-    [0x1f, 0x96, 0x8b],
-    [0x20, 0xa3, 0x87],
-    [0x29, 0xaf, 0x7f],
-    [0x3c, 0xbb, 0x75],
-    [0x55, 0xc6, 0x67],
-    [0x73, 0xd0, 0x55],
-    [0x95, 0xd8, 0x40],
-    [0xb8, 0xde, 0x29],
-    [0xdc, 0xe3, 0x19],
-    [0xfd, 0xe7, 0x25],
-];
-
-/// ColorBrewer's 11-class RdBu, ordered blue (low) to red (high).
-const RDBU: [[u8; 3]; 11] = [
-    [0x05, 0x30, 0x61],
-    [0x21, 0x66, 0xac],
-    [0x43, 0x93, 0xc3],
-    [0x92, 0xc5, 0xde],
-    [0xd1, 0xe5, 0xf0],
-    [0xf7, 0xf7, 0xf7],
-    [0xfd, 0xdb, 0xc7],
-    [0xf4, 0xa5, 0x82],
-    [0xd6, 0x60, 0x4d],
-    [0xb2, 0x18, 0x2b],
-    [0x67, 0x00, 0x1f],
-];
-
-fn interpolate(stops: &[[u8; 3]], t: f64) -> [u8; 3] {
-    if t.is_nan() {
-        return NAN_GREY;
-    }
-    let last = stops.len() - 1;
-    let s = t.clamp(0.0, 1.0) * last as f64;
-    let k = (s.floor() as usize).min(last - 1);
-    let f = s - k as f64;
-    let (a, b) = (stops[k], stops[k + 1]);
-    let mut out = [0u8; 3];
-    for c in 0..3 {
-        out[c] = (a[c] as f64 + f * (b[c] as f64 - a[c] as f64)).round() as u8;
-    }
-    out
-}
-
-/// Viridis colour for `t` in [0, 1] (clamped); NaN gives [`NAN_GREY`].
-pub fn viridis(t: f64) -> [u8; 3] {
-    interpolate(&VIRIDIS, t)
-}
-
-/// Diverging blue-white-red map for signed quantities: t = 0 is dark blue,
-/// 0.5 is near-white, 1 is dark red (matplotlib's `RdBu_r`). Clamped; NaN
-/// gives [`NAN_GREY`].
-pub fn rdbu(t: f64) -> [u8; 3] {
-    interpolate(&RDBU, t)
-}
-
-/// Colour map choice for a heat map.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Colormap {
-    /// Perceptually uniform, for magnitudes.
-    Viridis,
-    /// Diverging, for signed fields; centred on 0 unless a range is given.
-    RdBu,
-}
-
-impl Colormap {
-    fn map(self, t: f64) -> [u8; 3] {
-        match self {
-            Colormap::Viridis => viridis(t),
-            Colormap::RdBu => rdbu(t),
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Colormap::Viridis => "viridis",
-            Colormap::RdBu => "rdbu",
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Drawing primitives
@@ -487,12 +397,47 @@ fn pad_range(lo: f64, hi: f64, frac: f64) -> (f64, f64) {
 // ---------------------------------------------------------------------------
 
 /// A 2-D field on an `nx` x `ny` grid, stored row-major with index
-/// `j * nx + i` (i along x1, j along x2). Drawn with j increasing upwards.
+/// `j * nx + i` (i along x1, j along x2). Drawn with j increasing upwards:
+/// as blocks per value for a cell field, bilinear between the values for a
+/// nodal one (`nodal`: the values sit on the corners of `nx - 1` x `ny - 1`
+/// cells, boundary included).
 #[derive(Debug, Clone, Copy)]
 pub struct Field2<'a> {
     pub values: &'a [f64],
     pub nx: usize,
     pub ny: usize,
+    pub nodal: bool,
+}
+
+impl<'a> Field2<'a> {
+    /// A cell field of `nx x ny` values.
+    pub fn cells(values: &'a [f64], nx: usize, ny: usize) -> Self {
+        Field2 {
+            values,
+            nx,
+            ny,
+            nodal: false,
+        }
+    }
+
+    /// A nodal field of `nx x ny` values (corners of `(nx-1) x (ny-1)` cells).
+    pub fn nodes(values: &'a [f64], nx: usize, ny: usize) -> Self {
+        Field2 {
+            values,
+            nx,
+            ny,
+            nodal: true,
+        }
+    }
+
+    /// Cells of the drawn grid along x1 and x2.
+    fn cells_xy(&self) -> (usize, usize) {
+        if self.nodal {
+            (self.nx.saturating_sub(1).max(1), self.ny.saturating_sub(1).max(1))
+        } else {
+            (self.nx, self.ny)
+        }
+    }
 }
 
 /// One heat map in a multi-panel figure.
@@ -504,6 +449,97 @@ pub struct Panel<'a> {
     /// uses the data range (symmetric about 0 for [`Colormap::RdBu`]).
     pub range: Option<(f64, f64)>,
     pub cmap: Colormap,
+    /// Sensor positions (x1, x2 in [0, 1]) drawn as markers on the map.
+    pub markers: &'a [[f64; 2]],
+    /// Contour bands drawn as lines (0 = none).
+    pub contours: u32,
+}
+
+impl<'a> Panel<'a> {
+    /// A viridis panel on the data's own range, no markers, no contours.
+    pub fn new(title: impl Into<String>, field: Field2<'a>) -> Self {
+        Panel {
+            title: title.into(),
+            field,
+            range: None,
+            cmap: Colormap::Viridis,
+            markers: &[],
+            contours: 0,
+        }
+    }
+}
+
+/// Who paints the heat maps of a figure: the GPU's rasteriser, or its CPU
+/// mirror. Text and axes are drawn on the CPU either way.
+#[derive(Clone, Copy)]
+pub enum Painter<'a> {
+    Cpu,
+    Gpu(&'a GpuContext),
+}
+
+impl<'a> Painter<'a> {
+    /// The GPU painter where there is a context, else the CPU one.
+    pub fn of(ctx: Option<&'a GpuContext>) -> Self {
+        ctx.map_or(Painter::Cpu, Painter::Gpu)
+    }
+}
+
+impl std::fmt::Debug for Painter<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Painter::Cpu => write!(f, "Painter::Cpu"),
+            Painter::Gpu(ctx) => write!(f, "Painter::Gpu({})", ctx.info.name),
+        }
+    }
+}
+
+/// Paint the draws into `img`: on the GPU when the painter has one (one
+/// render per 48 draws, read back once), else, or when the device cannot
+/// render (said once, on stderr), with the CPU mirror.
+pub fn paint(
+    painter: Painter,
+    img: &mut RgbImage,
+    draws: &[Draw],
+    values: &[f64],
+    markers: &[[f64; 2]],
+) {
+    if let Painter::Gpu(ctx) = painter {
+        match paint_gpu(ctx, img, draws, values, markers) {
+            Ok(()) => return,
+            Err(e) => {
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| {
+                    eprintln!("note: figures drawn on the CPU, the device cannot render them ({e})")
+                });
+            }
+        }
+    }
+    crate::cpu::render::paint(img, draws, values, &[], markers);
+}
+
+fn paint_gpu(
+    ctx: &GpuContext,
+    img: &mut RgbImage,
+    draws: &[Draw],
+    values: &[f64],
+    markers: &[[f64; 2]],
+) -> Result<()> {
+    let renderer = ctx.renderer()?;
+    let v32: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+    let m32: Vec<[f32; 2]> = markers.iter().map(|m| [m[0] as f32, m[1] as f32]).collect();
+    let size = UVec2::new(img.width(), img.height());
+    for chunk in draws.chunks(MAX_DRAWS) {
+        let rgba = renderer.render(ctx, size, Values::Host(&v32), None, chunk, &m32)?;
+        for d in chunk {
+            for y in d.origin[1]..d.origin[1] + d.size[1] {
+                for x in d.origin[0]..d.origin[0] + d.size[0] {
+                    let p = rgba.get_pixel(x, y).0;
+                    img.put_pixel(x, y, Rgb([p[0], p[1], p[2]]));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -566,18 +602,37 @@ fn check_field(path: &Path, what: &str, f: &Field2) -> Result<()> {
     Ok(())
 }
 
-/// On-screen size of a heat map: small grids are upscaled by a whole
-/// number so every value is a square block about 256-330 px across in all;
-/// mid-size grids are drawn 1:1; very large ones are subsampled.
+/// Target side of a heat map in pixels (`--figure-px`); see [`map_size`].
+static MAP_PX: AtomicU32 = AtomicU32::new(330);
+
+/// Set the target side of heat maps in pixels (128 .. 2048), e.g. for
+/// print: 330 gives about 3.4 in at 96 dpi, 990 about 3.3 in at 300 dpi.
+pub fn set_map_px(px: u32) -> Result<()> {
+    if !(128..=2048).contains(&px) {
+        return Err(Error::setting(
+            "figure-px",
+            px,
+            "the side of a heat map must be 128 .. 2048 pixels",
+        ));
+    }
+    MAP_PX.store(px, Ordering::Relaxed);
+    Ok(())
+}
+
+/// On-screen size of a heat map of `nx` x `ny` cells: small grids are
+/// upscaled by a whole number so every cell is a square block about
+/// 0.8-1x the target side in all; mid-size grids are drawn 1:1; very large
+/// ones are subsampled.
 fn map_size(nx: usize, ny: usize) -> (u32, u32) {
+    let target = MAP_PX.load(Ordering::Relaxed) as usize;
     let m = nx.max(ny);
-    if m <= 330 {
-        let s = (330 / m).max(1);
+    if m <= target {
+        let s = (target / m).max(1);
         ((nx * s) as u32, (ny * s) as u32)
-    } else if m <= 1024 {
+    } else if m <= 1024.max(target) {
         (nx as u32, ny as u32)
     } else {
-        let f = 512.0 / m as f64;
+        let f = (target as f64 * 1.55) / m as f64;
         let w = ((nx as f64 * f).round() as u32).max(1);
         let h = ((ny as f64 * f).round() as u32).max(1);
         (w, h)
@@ -597,6 +652,8 @@ struct MapPanel<'a> {
     map_w: u32,
     map_h: u32,
     ticks: Vec<(f64, String)>,
+    markers: &'a [[f64; 2]],
+    contours: u32,
 }
 
 const PAD: i32 = 14;
@@ -607,11 +664,17 @@ const AXIS_FONT: &MonoFont = &FONT_6X10;
 const LABEL_FONT: &MonoFont = &FONT_8X13;
 const BAR_W: i32 = 16;
 const BAR_GAP: i32 = 14;
-const X2_COL: i32 = 18;
+/// Left of the map: the x2 name, its tick labels and tick marks.
+const X2_COL: i32 = 44;
+/// Below the map: tick marks, tick labels and the x1 name.
+const X1_ROW: i32 = 30;
 const PANEL_TITLE_H: i32 = 13 + 8;
 const MAX_TITLE_W: u32 = 420;
+/// Domain ticks of both axes (the unit square).
+const DOMAIN_TICKS: [(f64, &str); 3] = [(0.0, "0"), (0.5, "0.5"), (1.0, "1")];
 
 impl<'a> MapPanel<'a> {
+    #[allow(clippy::too_many_arguments, reason = "one panel's settings")]
     fn new(
         path: &Path,
         title: &str,
@@ -619,8 +682,25 @@ impl<'a> MapPanel<'a> {
         range: Option<(f64, f64)>,
         cmap: Colormap,
         label: Option<&str>,
+        markers: &'a [[f64; 2]],
+        contours: u32,
     ) -> Result<Self> {
         check_field(path, title, &field)?;
+        if field.nodal && (field.nx < 2 || field.ny < 2) {
+            return Err(format_err(
+                path,
+                format!(
+                    "{title}: a nodal field needs at least 2 x 2 values, got {} x {}",
+                    field.nx, field.ny
+                ),
+            ));
+        }
+        if let Some(m) = markers.iter().find(|m| !(m[0].is_finite() && m[1].is_finite())) {
+            return Err(format_err(
+                path,
+                format!("{title}: a sensor marker at ({}, {}) is not finite", m[0], m[1]),
+            ));
+        }
         let stats = stats(field.values);
         let (lo, hi) = match range {
             Some((a, b)) => {
@@ -656,7 +736,8 @@ impl<'a> MapPanel<'a> {
             .collect();
         let labels = level_labels(&levels);
         let ticks = levels.into_iter().zip(labels).collect();
-        let (map_w, map_h) = map_size(field.nx, field.ny);
+        let (cx, cy) = field.cells_xy();
+        let (map_w, map_h) = map_size(cx, cy);
         Ok(MapPanel {
             title: title.to_string(),
             field,
@@ -668,6 +749,8 @@ impl<'a> MapPanel<'a> {
             map_w,
             map_h,
             ticks,
+            markers,
+            contours,
         })
     }
 
@@ -703,12 +786,49 @@ impl<'a> MapPanel<'a> {
     fn size(&self) -> (i32, i32) {
         let title_w = text_width(&clean_text(&self.title), PANEL_TITLE_FONT).min(MAX_TITLE_W);
         let w = self.content_w().max(title_w as i32);
-        let body = (self.map_h as i32).max(self.bar_h());
-        let h = self.title_h() + body + 4 + AXIS_FONT.character_size.height as i32;
-        (w, h)
+        let body = (self.map_h as i32 + X1_ROW).max(self.bar_h());
+        (w, self.title_h() + body)
     }
 
-    fn draw(&self, img: &mut RgbImage, ox: i32, oy: i32) {
+    /// Top-left of the map for the panel at (ox, oy).
+    fn map_origin(&self, ox: i32, oy: i32) -> (i32, i32) {
+        (ox + X2_COL, oy + self.title_h())
+    }
+
+    /// The map's and the colour bar's draws; the field's values start at
+    /// `offset` in the figure's values, its markers are the figure's first
+    /// `markers`.
+    fn draws(&self, ox: i32, oy: i32, target: UVec2, offset: u32, markers: u32) -> [Draw; 2] {
+        let (left, top) = self.map_origin(ox, oy);
+        let (cx, cy) = self.field.cells_xy();
+        let origin = UVec2::new(left as u32, top as u32);
+        let kind = if self.field.nodal {
+            KIND_NODAL
+        } else {
+            KIND_CELL
+        };
+        let mut map = Draw::at(origin, UVec2::new(self.map_w, self.map_h), target, kind);
+        map.nx = cx as u32;
+        map.ny = cy as u32;
+        map.cmap = self.cmap.code();
+        map.offset = offset;
+        map.lo = self.lo as f32;
+        map.hi = self.hi as f32;
+        map.contours = self.contours;
+        map.nmarkers = markers;
+        let bx = left + self.map_w as i32 + BAR_GAP;
+        let mut bar = Draw::at(
+            UVec2::new(bx as u32, top as u32),
+            UVec2::new(BAR_W as u32, self.bar_h() as u32),
+            target,
+            KIND_RAMP,
+        );
+        bar.cmap = self.cmap.code();
+        [map, bar]
+    }
+
+    /// Titles, frames, axes, ticks and labels around the painted map and bar.
+    fn draw_chrome(&self, img: &mut RgbImage, ox: i32, oy: i32) {
         let (w, _) = self.size();
         if !self.title.is_empty() {
             let t = fit_text(&self.title, PANEL_TITLE_FONT, w as u32);
@@ -722,30 +842,38 @@ impl<'a> MapPanel<'a> {
                 Baseline::Top,
             );
         }
-        let top = oy + self.title_h();
-        let left = ox + X2_COL;
+        let (left, top) = self.map_origin(ox, oy);
         let (mw, mh) = (self.map_w as i32, self.map_h as i32);
-        let (nx, ny) = (self.field.nx, self.field.ny);
-        for py in 0..mh {
-            // Row 0 of the image is the top, i.e. the largest j.
-            let j = ny - 1 - (py as usize * ny / mh as usize);
-            for px in 0..mw {
-                let i = px as usize * nx / mw as usize;
-                let v = self.field.values[j * nx + i];
-                let c = if v.is_nan() {
-                    NAN_GREY
-                } else {
-                    self.cmap.map(frac(v, self.lo, self.hi))
-                };
-                put(img, left + px, top + py, c);
-            }
-        }
         frame(img, left, top, mw, mh, INK);
-        // Axis names, so the orientation is never in doubt.
+        // Domain axes: ticks at 0, 0.5 and 1 on x1 (below) and x2 (left).
+        for (v, label) in DOMAIN_TICKS {
+            let x = left - 1 + (v * (mw + 1) as f64).round() as i32;
+            vline(img, x, top + mh, top + mh + 3, INK);
+            draw_text(
+                img,
+                label,
+                (x, top + mh + 5),
+                AXIS_FONT,
+                INK,
+                Alignment::Center,
+                Baseline::Top,
+            );
+            let y = top + mh - (v * (mh + 1) as f64).round() as i32;
+            hline(img, left - 4, left - 1, y, INK);
+            draw_text(
+                img,
+                label,
+                (left - 6, y),
+                AXIS_FONT,
+                INK,
+                Alignment::Right,
+                Baseline::Middle,
+            );
+        }
         draw_text(
             img,
             "x1",
-            (left + mw / 2, top + mh + 4),
+            (left + mw / 2, top + mh + 17),
             AXIS_FONT,
             INK,
             Alignment::Center,
@@ -754,7 +882,7 @@ impl<'a> MapPanel<'a> {
         draw_text(
             img,
             "x2",
-            (left - 4, top + mh / 2),
+            (left - 28, top + mh / 2),
             AXIS_FONT,
             INK,
             Alignment::Right,
@@ -763,11 +891,6 @@ impl<'a> MapPanel<'a> {
 
         let bx = left + mw + BAR_GAP;
         let bh = self.bar_h();
-        for py in 0..bh {
-            let t = 1.0 - (py as f64 + 0.5) / bh as f64;
-            let c = self.cmap.map(t);
-            hline(img, bx, bx + BAR_W - 1, top + py, c);
-        }
         frame(img, bx, top, BAR_W, bh, INK);
         for (v, label) in &self.ticks {
             let t = frac(*v, self.lo, self.hi);
@@ -792,8 +915,9 @@ impl<'a> MapPanel<'a> {
     }
 }
 
-/// Lays panels out side by side under an optional figure title.
-fn render_panels(suptitle: &str, panels: &[MapPanel]) -> RgbImage {
+/// Lays panels out side by side under an optional figure title: the maps
+/// and colour bars painted by `painter`, the text on top.
+fn render_panels(painter: Painter, suptitle: &str, panels: &[MapPanel]) -> RgbImage {
     const GAP: i32 = 28;
     let sizes: Vec<(i32, i32)> = panels.iter().map(MapPanel::size).collect();
     let body_w: i32 = sizes.iter().map(|s| s.0).sum::<i32>() + GAP * (sizes.len() as i32 - 1);
@@ -820,10 +944,31 @@ fn render_panels(suptitle: &str, panels: &[MapPanel]) -> RgbImage {
             Baseline::Top,
         );
     }
+    // One marker set per figure: the first panel's that has any.
+    let markers: &[[f64; 2]] = panels
+        .iter()
+        .map(|p| p.markers)
+        .find(|m| !m.is_empty())
+        .unwrap_or(&[]);
+    let target = UVec2::new(width, height);
+    let mut values = Vec::new();
+    let mut draws = Vec::new();
     let mut x = PAD + (body_w.max(sup_w) - body_w) / 2;
+    let mut origins = Vec::with_capacity(panels.len());
     for (p, s) in panels.iter().zip(&sizes) {
-        p.draw(&mut img, x, top);
+        let nm = if p.markers.is_empty() {
+            0
+        } else {
+            markers.len().min(MAX_MARKERS) as u32
+        };
+        draws.extend(p.draws(x, top, target, values.len() as u32, nm));
+        values.extend_from_slice(p.field.values);
+        origins.push(x);
         x += s.0 + GAP;
+    }
+    paint(painter, &mut img, &draws, &values, markers);
+    for (p, &ox) in panels.iter().zip(&origins) {
+        p.draw_chrome(&mut img, ox, top);
     }
     img
 }
@@ -866,7 +1011,14 @@ impl<'a> FieldSummary<'a> {
 /// and title, plus `<stem>.json` beside it holding min, max, mean, nx, ny,
 /// colormap, label and the NaN / infinity counts. NaN cells are grey and,
 /// like infinities, left out of the statistics and the colour range.
-pub fn write_field_png(path: &Path, field: &Field2, title: &str, label: &str) -> Result<()> {
+pub fn write_field_png(
+    painter: Painter,
+    path: &Path,
+    field: &Field2,
+    title: &str,
+    label: &str,
+    markers: &[[f64; 2]],
+) -> Result<()> {
     let panel = MapPanel::new(
         path,
         "",
@@ -874,8 +1026,10 @@ pub fn write_field_png(path: &Path, field: &Field2, title: &str, label: &str) ->
         None,
         Colormap::Viridis,
         (!label.is_empty()).then_some(label),
+        markers,
+        0,
     )?;
-    let img = render_panels(title, std::slice::from_ref(&panel));
+    let img = render_panels(painter, title, std::slice::from_ref(&panel));
     save_png(&img, path)?;
     let mut summary = FieldSummary::of(&panel, label);
     summary.title = title;
@@ -885,15 +1039,31 @@ pub fn write_field_png(path: &Path, field: &Field2, title: &str, label: &str) ->
 /// Writes panels side by side, each with its own title, colour bar and
 /// ticks, under `suptitle` (e.g. truth | posterior mean | posterior std |
 /// |error|), plus `<stem>.json` with each panel's statistics.
-pub fn write_panels_png(path: &Path, suptitle: &str, panels: &[Panel]) -> Result<()> {
+pub fn write_panels_png(
+    painter: Painter,
+    path: &Path,
+    suptitle: &str,
+    panels: &[Panel],
+) -> Result<()> {
     if panels.is_empty() {
         return Err(format_err(path, "no panels to draw"));
     }
     let maps = panels
         .iter()
-        .map(|p| MapPanel::new(path, &p.title, p.field, p.range, p.cmap, None))
+        .map(|p| {
+            MapPanel::new(
+                path,
+                &p.title,
+                p.field,
+                p.range,
+                p.cmap,
+                None,
+                p.markers,
+                p.contours,
+            )
+        })
         .collect::<Result<Vec<_>>>()?;
-    let img = render_panels(suptitle, &maps);
+    let img = render_panels(painter, suptitle, &maps);
     save_png(&img, path)?;
     #[derive(Serialize)]
     struct Summary<'a> {
@@ -1524,13 +1694,14 @@ mod tests {
             values: &values,
             nx,
             ny,
+            nodal: false,
         };
-        write_field_png(&p, &f, "increasing in x2", "u").unwrap();
+        write_field_png(Painter::Cpu, &p, &f, "increasing in x2", "u", &[]).unwrap();
         let img = image::open(&p).unwrap().to_rgb8();
         let (mw, mh) = map_size(nx, ny);
         assert_eq!((mw, mh), (320, 160));
-        let panel = MapPanel::new(&p, "", f, None, Colormap::Viridis, Some("u")).unwrap();
-        let expect = render_panels("increasing in x2", std::slice::from_ref(&panel));
+        let panel = MapPanel::new(&p, "", f, None, Colormap::Viridis, Some("u"), &[], 0).unwrap();
+        let expect = render_panels(Painter::Cpu, "increasing in x2", std::slice::from_ref(&panel));
         assert_eq!(img.dimensions(), expect.dimensions());
         assert!(img.width() >= mw && img.height() >= mh);
 
@@ -1563,8 +1734,9 @@ mod tests {
             values: &values,
             nx: 4,
             ny: 4,
+            nodal: false,
         };
-        write_field_png(&p, &f, "constant", "").unwrap();
+        write_field_png(Painter::Cpu, &p, &f, "constant", "", &[]).unwrap();
         let img = image::open(&p).unwrap().to_rgb8();
         assert!(img.width() > 320);
         let j = read_json(&p);
@@ -1589,8 +1761,9 @@ mod tests {
             values: &values,
             nx: 2,
             ny: 2,
+            nodal: false,
         };
-        write_field_png(&p, &f, "all nan", "u").unwrap();
+        write_field_png(Painter::Cpu, &p, &f, "all nan", "u", &[]).unwrap();
         let j = read_json(&p);
         assert!(j["min"].is_null());
         assert_eq!(j["nan_count"], 4);
@@ -1605,18 +1778,20 @@ mod tests {
             values: &values,
             nx: 2,
             ny: 2,
+            nodal: false,
         };
         assert!(matches!(
-            write_field_png(&p, &f, "t", "u"),
+            write_field_png(Painter::Cpu, &p, &f, "t", "u", &[]),
             Err(Error::Format { .. })
         ));
         let f = Field2 {
             values: &[],
             nx: 0,
             ny: 3,
+            nodal: false,
         };
         assert!(matches!(
-            write_field_png(&p, &f, "t", "u"),
+            write_field_png(Painter::Cpu, &p, &f, "t", "u", &[]),
             Err(Error::Format { .. })
         ));
         let dir = std::env::temp_dir().join("pdevi_no_such_dir_for_tests/x.png");
@@ -1625,9 +1800,10 @@ mod tests {
             values: &values,
             nx: 2,
             ny: 2,
+            nodal: false,
         };
         assert!(matches!(
-            write_field_png(&dir, &f, "t", "u"),
+            write_field_png(Painter::Cpu, &dir, &f, "t", "u", &[]),
             Err(Error::Io { .. })
         ));
     }
@@ -1652,11 +1828,7 @@ mod tests {
         let err: Vec<f64> = truth.iter().zip(&mean).map(|(a, b)| a - b).collect();
         fn f(values: &[f64]) -> Field2<'_> {
             let n = (values.len() as f64).sqrt() as usize;
-            Field2 {
-                values,
-                nx: n,
-                ny: n,
-            }
+            Field2::cells(values, n, n)
         }
         let (truth, mean, std, err) = (&truth[..], &mean[..], &std[..], &err[..]);
         let range = Some((-1.0, 1.0));
@@ -1666,34 +1838,42 @@ mod tests {
                 field: f(truth),
                 range,
                 cmap: Colormap::Viridis,
+                markers: &[],
+                contours: 0,
             },
             Panel {
                 title: "posterior mean".into(),
                 field: f(mean),
                 range,
                 cmap: Colormap::Viridis,
+                markers: &[],
+                contours: 0,
             },
             Panel {
                 title: "posterior std".into(),
                 field: f(std),
                 range: None,
                 cmap: Colormap::Viridis,
+                markers: &[],
+                contours: 0,
             },
             Panel {
                 title: "error".into(),
                 field: f(err),
                 range: None,
                 cmap: Colormap::RdBu,
+                markers: &[],
+                contours: 0,
             },
         ];
         let p = temp_png("panels");
-        write_panels_png(&p, "Poisson 2-D: posterior summary", &panels).unwrap();
+        write_panels_png(Painter::Cpu, &p, "Poisson 2-D: posterior summary", &panels).unwrap();
         let img = image::open(&p).unwrap().to_rgb8();
         let maps: Vec<MapPanel> = panels
             .iter()
-            .map(|q| MapPanel::new(&p, &q.title, q.field, q.range, q.cmap, None).unwrap())
+            .map(|q| MapPanel::new(&p, &q.title, q.field, q.range, q.cmap, None, &[], 0).unwrap())
             .collect();
-        let expect = render_panels("Poisson 2-D: posterior summary", &maps);
+        let expect = render_panels(Painter::Cpu, "Poisson 2-D: posterior summary", &maps);
         assert_eq!(img.dimensions(), expect.dimensions());
         assert!(img.width() > 4 * 264);
         let j = read_json(&p);
@@ -1706,7 +1886,7 @@ mod tests {
         cleanup(&p);
 
         assert!(matches!(
-            write_panels_png(&p, "none", &[]),
+            write_panels_png(Painter::Cpu, &p, "none", &[]),
             Err(Error::Format { .. })
         ));
         let bad = [Panel {
@@ -1714,9 +1894,11 @@ mod tests {
             field: f(truth),
             range: Some((1.0, f64::NAN)),
             cmap: Colormap::Viridis,
+            markers: &[],
+            contours: 0,
         }];
         assert!(matches!(
-            write_panels_png(&p, "bad", &bad),
+            write_panels_png(Painter::Cpu, &p, "bad", &bad),
             Err(Error::Format { .. })
         ));
     }
@@ -1806,8 +1988,9 @@ mod tests {
             values: &v,
             nx: 2,
             ny: 2,
+            nodal: false,
         };
-        write_field_png(&p, &f, "extreme", "u").unwrap();
+        write_field_png(Painter::Cpu, &p, &f, "extreme", "u", &[]).unwrap();
         let j = read_json(&p);
         assert_eq!(j["max"], f64::MAX);
         assert_eq!(j["inf_count"], 1);

@@ -6,12 +6,13 @@ use std::path::Path;
 
 use crate::error::Result;
 use crate::output::io;
-use crate::output::plot::{self, Colormap, Field2, Panel, Series};
+use crate::output::plot::{self, Field2, Painter, Panel, Series};
 use crate::physics::problem::{Problem, ProblemKind};
 
 /// The posterior arrays, their images and the summary figure.
 #[allow(clippy::too_many_arguments, reason = "the fields of one posterior")]
 pub fn write_posterior_files(
+    painter: Painter,
     out: &Path,
     pb: &Problem,
     fmean: &[f64],
@@ -19,6 +20,7 @@ pub fn write_posterior_files(
     umean: &[f64],
     ustd: &[f64],
     truth: Option<&[f64]>,
+    sensors: &[usize],
     metrics: &mut serde_json::Map<String, serde_json::Value>,
 ) -> Result<()> {
     let n = pb.n;
@@ -57,19 +59,12 @@ pub fn write_posterior_files(
             let var: Vec<f64> = fstd.iter().map(|s| s * s).collect();
             io::write_npy(&out.join("posterior_var_z.npy"), &[n, n], &var)?;
             fn cell(v: &[f64], n: usize) -> Field2<'_> {
-                Field2 {
-                    values: v,
-                    nx: n,
-                    ny: n,
-                }
+                Field2::cells(v, n, n)
             }
             fn node(v: &[f64], n: usize) -> Field2<'_> {
-                Field2 {
-                    values: v,
-                    nx: n + 1,
-                    ny: n + 1,
-                }
+                Field2::nodes(v, n + 1, n + 1)
             }
+            let sensors = pb.points_of(sensors);
             let images: [(&str, Field2, &str, &str); 5] = [
                 (
                     "posterior_mean_z",
@@ -98,16 +93,20 @@ pub fn write_posterior_files(
                 ),
             ];
             for (stem, field, title, label) in &images {
-                plot::write_field_png(&out.join(format!("{stem}.png")), field, title, label)?;
-            }
-            fn panel<'a>(title: &str, field: Field2<'a>, range: Option<(f64, f64)>) -> Panel<'a> {
-                Panel {
-                    title: title.into(),
+                plot::write_field_png(
+                    painter,
+                    &out.join(format!("{stem}.png")),
                     field,
-                    range,
-                    cmap: Colormap::Viridis,
-                }
+                    title,
+                    label,
+                    &sensors,
+                )?;
             }
+            let panel = |title: &str, field, range| Panel {
+                range,
+                markers: &sensors,
+                ..Panel::new(title, field)
+            };
             let abs_err: Vec<f64>;
             let panels = if let Some(t) = truth {
                 // Truth and mean share one colour scale.
@@ -132,6 +131,7 @@ pub fn write_posterior_files(
                 ]
             };
             plot::write_panels_png(
+                painter,
                 &out.join("summary.png"),
                 "darcy2d: log-permeability posterior",
                 &panels,

@@ -240,6 +240,24 @@ impl Problem {
             .collect()
     }
 
+    /// The problem's sensors as points (x1, x2) of the unit square, for
+    /// markers on figures.
+    pub fn sensor_points(&self) -> Vec<[f64; 2]> {
+        self.points_of(&self.sensors)
+    }
+
+    /// Unknowns as points (x1, x2) of the unit square (x2 = 0 in 1-D).
+    pub fn points_of(&self, unknowns: &[usize]) -> Vec<[f64; 2]> {
+        let h = 1.0 / self.n as f64;
+        unknowns
+            .iter()
+            .map(|&k| {
+                let (i, j) = self.unknown_node(k);
+                [i as f64 * h, j as f64 * h]
+            })
+            .collect()
+    }
+
     /// Sensor (i, j) node coordinates (j = 0 in 1-D).
     pub fn sensor_nodes(&self) -> Vec<(usize, usize)> {
         self.sensors.iter().map(|&k| self.unknown_node(k)).collect()
