@@ -228,6 +228,25 @@ struct RunOpts {
     /// run: with a surrogate, add its predicted variance to sigma_n^2.
     #[arg(long)]
     surrogate_variance: bool,
+    /// run: open a window showing the posterior mean, std and ELBO as the loop runs
+    /// (mouse wheel zooms the maps, drag pans, R resets).
+    #[arg(long)]
+    live: bool,
+    /// run: write a PNG frame (mean | std | ELBO) every --every steps into this folder.
+    #[arg(long)]
+    frames: Option<PathBuf>,
+    /// run: steps between frames of --frames, --gif and --live (default 10).
+    #[arg(long)]
+    every: Option<usize>,
+    /// run: write the frames as an animated GIF, OUT/posterior_forming.gif.
+    #[arg(long)]
+    gif: bool,
+    /// Side of a heat map in pixels, 128 .. 2048 (default 330; 990 for print at 300 dpi).
+    #[arg(long)]
+    figure_px: Option<u32>,
+    /// Contour lines on the summary maps: this many bands (default 0 = none).
+    #[arg(long)]
+    contours: Option<u32>,
 }
 
 #[derive(Args)]
@@ -472,6 +491,12 @@ impl RunOpts {
             init: self.init.clone(),
             forward: self.forward.clone(),
             surrogate_variance: self.surrogate_variance.then_some(true),
+            live: self.live.then_some(true),
+            frames: self.frames.clone(),
+            every: self.every,
+            gif: self.gif.then_some(true),
+            figure_px: self.figure_px,
+            contours: self.contours,
         }))
     }
 }

@@ -99,6 +99,13 @@ fn rows() -> Vec<Row> {
         pdevi::infer::mcmc::McmcChain {
             step, accepts, kept, failed, lp, phi, _pad,
         } in [Mcmc "Chain"],
+        pdevi::gpu::render::Draw {
+            clip, origin, size, nx, ny, kind, cmap, offset, contours, range_slot, nmarkers,
+            lo, hi, view, _pad, window,
+        } in [Render "Draw"],
+        pdevi::output::live::LiveParams {
+            d, r, family, ncoef, nfields, len, _pad,
+        } in [Live "LiveParams"],
     ]
 }
 

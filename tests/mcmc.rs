@@ -569,8 +569,13 @@ fn pdevi_mcmc_end_to_end_and_bad_settings() {
         }
     }
     assert!(checked >= 10, "only {checked} files compared");
-    let cmp = pdevi::check::compare::compare(pdevi::output::plot::Painter::Cpu, &mdir, &vdir, Some(&tmp("e2e-compare")))
-        .expect("compare rejected the MCMC folder");
+    let cmp = pdevi::check::compare::compare(
+        pdevi::output::plot::Painter::Cpu,
+        &mdir,
+        &vdir,
+        Some(&tmp("e2e-compare")),
+    )
+    .expect("compare rejected the MCMC folder");
     assert_eq!(cmp["n_ref_samples"], 1600);
 
     // Bad settings name the setting (library and command line).

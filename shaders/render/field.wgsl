@@ -168,11 +168,16 @@ fn curve_colour(d: Draw, px: u32, py: u32) -> vec3<f32> {
 }
 
 fn curve_row(d: Draw, r: vec2<f32>, px: u32, last: u32, h: f32) -> f32 {
-    let k = min(px * (d.nx - 1u) / max(last, 1u), d.nx - 1u);
-    let v = values[d.offset + k];
-    if (is_nan(v)) {
+    // Linear between the trace's points at this column's position.
+    let s = f32(px) * f32(d.nx - 1u) / f32(max(last, 1u));
+    let k = min(u32(s), d.nx - 1u);
+    let k1 = min(k + 1u, d.nx - 1u);
+    let a = values[d.offset + k];
+    let b = values[d.offset + k1];
+    if (is_nan(a) || is_nan(b)) {
         return -10.0;
     }
+    let v = a + (s - f32(k)) * (b - a);
     return (1.0 - clamp(frac(v, r), 0.0, 1.0)) * (h - 1.0) + 0.5;
 }
 

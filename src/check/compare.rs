@@ -582,7 +582,10 @@ fn write_field_figure(
                 Panel {
                     range: Some((1.0 - spread, 1.0 + spread)),
                     cmap: Colormap::RdBu,
-                    ..Panel::new(format!("std ratio {ol} / {rl}"), Field2::cells(&ratio, nx, ny))
+                    ..Panel::new(
+                        format!("std ratio {ol} / {rl}"),
+                        Field2::cells(&ratio, nx, ny),
+                    )
                 },
             ],
         )

@@ -86,7 +86,15 @@ pub fn solve(
     let seconds = t.elapsed().as_secs_f64();
     let u = s.read_u(&ctx)?;
     let field = s.read_z(&ctx)?;
-    write_fields(Painter::Gpu(&ctx), out, &pb, &field, &u, "", "forward solve")?;
+    write_fields(
+        Painter::Gpu(&ctx),
+        out,
+        &pb,
+        &field,
+        &u,
+        "",
+        "forward solve",
+    )?;
     let summary = serde_json::json!({
         "problem": pb.kind.name(),
         "n": pb.n,

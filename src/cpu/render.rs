@@ -81,11 +81,18 @@ pub fn contour_level(v: f64, r: [f64; 2], levels: u32) -> i64 {
 }
 
 fn curve_row(d: &Draw, values: &[f64], r: [f64; 2], px: u32, last: u32, h: f64) -> f64 {
-    let k = ((px * (d.nx - 1) / last.max(1)) as usize).min(d.nx as usize - 1);
-    let v = values[d.offset as usize + k];
-    if v.is_nan() {
+    let n = d.nx as usize;
+    let s = px as f64 * (n - 1) as f64 / last.max(1) as f64;
+    let k = (s as usize).min(n - 1);
+    let k1 = (k + 1).min(n - 1);
+    let (a, b) = (
+        values[d.offset as usize + k],
+        values[d.offset as usize + k1],
+    );
+    if a.is_nan() || b.is_nan() {
         return -10.0;
     }
+    let v = a + (s - k as f64) * (b - a);
     (1.0 - frac(v, r).clamp(0.0, 1.0)) * (h - 1.0) + 0.5
 }
 
@@ -135,7 +142,8 @@ pub fn field_colour(d: &Draw, values: &[f64], ranges: &[[f64; 2]], px: u32, py: 
         if edge {
             let mut out = [0u8; 3];
             for k in 0..3 {
-                let x = c[k] as f64 / 255.0 * (1.0 - CONTOUR_ALPHA) + INK[k] / 255.0 * CONTOUR_ALPHA;
+                let x =
+                    c[k] as f64 / 255.0 * (1.0 - CONTOUR_ALPHA) + INK[k] / 255.0 * CONTOUR_ALPHA;
                 out[k] = (x * 255.0).round() as u8;
             }
             return out;

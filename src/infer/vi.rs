@@ -553,7 +553,24 @@ pub fn fit(
     engine: &mut ViEngine,
     s: &FitSettings,
     last_good: &mut Vec<f64>,
+    progress: impl FnMut(usize, f64),
+) -> Result<FitResult> {
+    fit_watched(ctx, engine, s, last_good, progress, &mut |_, _, _| Ok(()))
+}
+
+/// What a caller may do at each read-back of [`fit_watched`]: look at the
+/// engine (its q is on the GPU) after step `t`, with the trace so far.
+pub type Watch<'a> = dyn FnMut(&ViEngine, usize, &[(usize, f64, f64)]) -> Result<()> + 'a;
+
+/// [`fit`], calling `watch` after every read-back (the live view, frames);
+/// an error from `watch` stops the fit.
+pub fn fit_watched(
+    ctx: &GpuContext,
+    engine: &mut ViEngine,
+    s: &FitSettings,
+    last_good: &mut Vec<f64>,
     mut progress: impl FnMut(usize, f64),
+    watch: &mut Watch<'_>,
 ) -> Result<FitResult> {
     let t0 = std::time::Instant::now();
     let mut trace = Vec::with_capacity(s.steps);
@@ -605,6 +622,7 @@ pub fn fit(
             }
             *last_good = engine.read_theta(ctx)?;
             progress(t, *elbos.last().unwrap_or(&f64::NAN));
+            watch(engine, t, &trace)?;
             first = t + 1;
         }
     }
@@ -658,6 +676,25 @@ pub fn variational(
     last_good: &mut Vec<f64>,
     progress: impl FnMut(usize, f64),
 ) -> Result<ViRun> {
+    let mut none = |_: &ViEngine, _, _: &[(usize, f64, f64)]| Ok(());
+    variational_watched(
+        ctx, pb, sensors, y, s, start, last_good, progress, &mut none,
+    )
+}
+
+/// [`variational`] with a [`Watch`] on the fit.
+#[allow(clippy::too_many_arguments, reason = "the inputs of one inference")]
+pub fn variational_watched(
+    ctx: &GpuContext,
+    pb: &Problem,
+    sensors: &[usize],
+    y: &[f64],
+    s: &FitSettings,
+    start: Start,
+    last_good: &mut Vec<f64>,
+    progress: impl FnMut(usize, f64),
+    watch: &mut Watch<'_>,
+) -> Result<ViRun> {
     let mut engine = ViEngine::new(ctx, pb, s.family, s.samples, sensors, y, s.seed, s.cg)?;
     let mut laplace_seconds = 0.0;
     let mut start_warning = None;
@@ -673,7 +710,7 @@ pub fn variational(
             }
         }
     }
-    let fit = fit(ctx, &mut engine, s, last_good, progress)?;
+    let fit = fit_watched(ctx, &mut engine, s, last_good, progress, watch)?;
     Ok(ViRun {
         engine,
         fit,

@@ -43,12 +43,18 @@ pub fn parse_table(name: &str, text: &str) -> Result<Vec<[u8; 3]>, String> {
         let parts: Vec<&str> = line.split(',').collect();
         let bytes: Vec<u8> = parts.iter().filter_map(|p| p.trim().parse().ok()).collect();
         if parts.len() != 3 || bytes.len() != 3 {
-            return Err(format!("{name}:{}: expected three bytes, got {line:?}", k + 1));
+            return Err(format!(
+                "{name}:{}: expected three bytes, got {line:?}",
+                k + 1
+            ));
         }
         rows.push([bytes[0], bytes[1], bytes[2]]);
     }
     if rows.len() != LUT_SIZE {
-        return Err(format!("{name}: {} entries, expected {LUT_SIZE}", rows.len()));
+        return Err(format!(
+            "{name}: {} entries, expected {LUT_SIZE}",
+            rows.len()
+        ));
     }
     Ok(rows)
 }
@@ -67,7 +73,9 @@ impl Colormap {
         static VIRIDIS: OnceLock<Vec<[u8; 3]>> = OnceLock::new();
         static RDBU: OnceLock<Vec<[u8; 3]>> = OnceLock::new();
         match self {
-            Colormap::Viridis => VIRIDIS.get_or_init(|| load("assets/colormaps/viridis.csv", VIRIDIS_CSV)),
+            Colormap::Viridis => {
+                VIRIDIS.get_or_init(|| load("assets/colormaps/viridis.csv", VIRIDIS_CSV))
+            }
             Colormap::RdBu => RDBU.get_or_init(|| load("assets/colormaps/rdbu.csv", RDBU_CSV)),
         }
     }

@@ -44,3 +44,15 @@ pub fn check_format(path: &Path, got: &str, want: &str) -> Result<()> {
         })
     }
 }
+
+/// Write an RGB image as PNG.
+pub fn write_png(path: &Path, img: &image::RgbImage) -> Result<()> {
+    img.save_with_format(path, image::ImageFormat::Png)
+        .map_err(|e| match e {
+            image::ImageError::IoError(io) => Error::io(path, io),
+            other => Error::Format {
+                path: path.into(),
+                message: format!("could not write PNG: {other}"),
+            },
+        })
+}

@@ -23,7 +23,7 @@ use embedded_graphics::prelude::{DrawTarget, OriginDimensions, Pixel, Point, Rgb
 use embedded_graphics::text::{Alignment, Baseline, Text, TextStyleBuilder};
 use embedded_graphics::Drawable;
 use glam::UVec2;
-use image::{ImageFormat, Rgb, RgbImage};
+use image::{Rgb, RgbImage};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -116,6 +116,31 @@ fn draw_text(
         Text::with_text_style(&s, Point::new(at.0, at.1), style, text_style).draw(&mut canvas);
 }
 
+/// Horizontal placement of [`caption`] text relative to its point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Align {
+    Left,
+    Centre,
+    Right,
+}
+
+/// Text on a figure (the same fonts as every figure): `bold` for titles,
+/// vertically centred on `at`.
+pub fn caption(img: &mut RgbImage, s: &str, at: (i32, i32), align: Align, bold: bool) {
+    let font = if bold { PANEL_TITLE_FONT } else { TICK_FONT };
+    let align = match align {
+        Align::Left => Alignment::Left,
+        Align::Centre => Alignment::Center,
+        Align::Right => Alignment::Right,
+    };
+    draw_text(img, s, at, font, INK, align, Baseline::Middle);
+}
+
+/// A 1-pixel ink outline just outside the rectangle (x, y, w, h).
+pub fn outline(img: &mut RgbImage, x: i32, y: i32, w: i32, h: i32) {
+    frame(img, x, y, w, h, INK);
+}
+
 /// Text reading bottom-to-top, centred on `centre`.
 fn draw_text_vertical(
     img: &mut RgbImage,
@@ -190,11 +215,7 @@ fn vline(img: &mut RgbImage, x: i32, y0: i32, y1: i32, c: [u8; 3]) {
 }
 
 fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
-    img.save_with_format(path, ImageFormat::Png)
-        .map_err(|e| match e {
-            image::ImageError::IoError(io) => Error::io(path, io),
-            other => format_err(path, format!("could not write PNG: {other}")),
-        })
+    crate::output::files::write_png(path, img)
 }
 
 /// The JSON side-car of a figure (`path` with the extension `.json`).
@@ -227,7 +248,7 @@ fn tidy_zero(s: String) -> String {
 
 /// Labels for arbitrary levels (colour bars): at least three significant
 /// digits, and more until neighbouring labels differ.
-fn level_labels(values: &[f64]) -> Vec<String> {
+pub fn level_labels(values: &[f64]) -> Vec<String> {
     let maxabs = values
         .iter()
         .filter(|v| v.is_finite())
@@ -433,7 +454,10 @@ impl<'a> Field2<'a> {
     /// Cells of the drawn grid along x1 and x2.
     fn cells_xy(&self) -> (usize, usize) {
         if self.nodal {
-            (self.nx.saturating_sub(1).max(1), self.ny.saturating_sub(1).max(1))
+            (
+                self.nx.saturating_sub(1).max(1),
+                self.ny.saturating_sub(1).max(1),
+            )
         } else {
             (self.nx, self.ny)
         }
@@ -605,6 +629,18 @@ fn check_field(path: &Path, what: &str, f: &Field2) -> Result<()> {
 /// Target side of a heat map in pixels (`--figure-px`); see [`map_size`].
 static MAP_PX: AtomicU32 = AtomicU32::new(330);
 
+/// Contour bands drawn on heat maps that ask for none (`--contours`).
+static CONTOURS: AtomicU32 = AtomicU32::new(0);
+
+/// Draw `k` contour bands on every heat map (0 = none, at most 32).
+pub fn set_contours(k: u32) -> Result<()> {
+    if k > 32 {
+        return Err(Error::setting("contours", k, "at most 32 contour bands"));
+    }
+    CONTOURS.store(k, Ordering::Relaxed);
+    Ok(())
+}
+
 /// Set the target side of heat maps in pixels (128 .. 2048), e.g. for
 /// print: 330 gives about 3.4 in at 96 dpi, 990 about 3.3 in at 300 dpi.
 pub fn set_map_px(px: u32) -> Result<()> {
@@ -695,10 +731,16 @@ impl<'a> MapPanel<'a> {
                 ),
             ));
         }
-        if let Some(m) = markers.iter().find(|m| !(m[0].is_finite() && m[1].is_finite())) {
+        if let Some(m) = markers
+            .iter()
+            .find(|m| !(m[0].is_finite() && m[1].is_finite()))
+        {
             return Err(format_err(
                 path,
-                format!("{title}: a sensor marker at ({}, {}) is not finite", m[0], m[1]),
+                format!(
+                    "{title}: a sensor marker at ({}, {}) is not finite",
+                    m[0], m[1]
+                ),
             ));
         }
         let stats = stats(field.values);
@@ -750,7 +792,11 @@ impl<'a> MapPanel<'a> {
             map_h,
             ticks,
             markers,
-            contours,
+            contours: if contours == 0 {
+                CONTOURS.load(Ordering::Relaxed)
+            } else {
+                contours
+            },
         })
     }
 
@@ -879,10 +925,11 @@ impl<'a> MapPanel<'a> {
             Alignment::Center,
             Baseline::Top,
         );
+        // Between the 0.5 and 1 ticks, clear of their labels.
         draw_text(
             img,
             "x2",
-            (left - 28, top + mh / 2),
+            (left - 28, top + mh / 4),
             AXIS_FONT,
             INK,
             Alignment::Right,
@@ -1036,6 +1083,21 @@ pub fn write_field_png(
     write_json(path, &summary)
 }
 
+/// The image [`write_panels_png`] saves (for tests and callers that
+/// compose figures themselves).
+pub fn panels_image(painter: Painter, suptitle: &str, panels: &[Panel]) -> Result<RgbImage> {
+    let here = Path::new("<figure>");
+    let maps = panels
+        .iter()
+        .map(|p| {
+            MapPanel::new(
+                here, &p.title, p.field, p.range, p.cmap, None, p.markers, p.contours,
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(render_panels(painter, suptitle, &maps))
+}
+
 /// Writes panels side by side, each with its own title, colour bar and
 /// ticks, under `suptitle` (e.g. truth | posterior mean | posterior std |
 /// |error|), plus `<stem>.json` with each panel's statistics.
@@ -1052,14 +1114,7 @@ pub fn write_panels_png(
         .iter()
         .map(|p| {
             MapPanel::new(
-                path,
-                &p.title,
-                p.field,
-                p.range,
-                p.cmap,
-                None,
-                p.markers,
-                p.contours,
+                path, &p.title, p.field, p.range, p.cmap, None, p.markers, p.contours,
             )
         })
         .collect::<Result<Vec<_>>>()?;
@@ -1701,7 +1756,11 @@ mod tests {
         let (mw, mh) = map_size(nx, ny);
         assert_eq!((mw, mh), (320, 160));
         let panel = MapPanel::new(&p, "", f, None, Colormap::Viridis, Some("u"), &[], 0).unwrap();
-        let expect = render_panels(Painter::Cpu, "increasing in x2", std::slice::from_ref(&panel));
+        let expect = render_panels(
+            Painter::Cpu,
+            "increasing in x2",
+            std::slice::from_ref(&panel),
+        );
         assert_eq!(img.dimensions(), expect.dimensions());
         assert!(img.width() >= mw && img.height() >= mh);
 
