@@ -110,7 +110,13 @@ pub struct Tally {
     pub n_xi: usize,
     /// Field values scored.
     pub n_z: usize,
+    /// Per cell (coefficient point) of the field: problems whose truth lies
+    /// inside the central interval at [`MAP_LEVEL`].
+    pub inside_cell: Vec<usize>,
 }
+
+/// The level of the per-cell coverage map.
+pub const MAP_LEVEL: f64 = 0.9;
 
 /// Noisy data of every truth: forward solves batched on the GPU.
 pub fn simulate_batched(
@@ -228,6 +234,17 @@ pub fn score(
             .filter(|((a, b), c)| (*a - *b).abs() <= z * **c)
             .count();
     }
+    if let Some(l) = s_level_index(zl) {
+        let z = zl[l];
+        if t.inside_cell.len() != zt.len() {
+            t.inside_cell = vec![0; zt.len()];
+        }
+        for (c, ((a, b), sd)) in zt.iter().zip(&fm).zip(&fs).enumerate() {
+            if (a - b).abs() <= z * sd {
+                t.inside_cell[c] += 1;
+            }
+        }
+    }
     t.per_problem.push(per);
     t.n_xi += d;
     t.n_z += zt.len();
@@ -236,6 +253,55 @@ pub fn score(
         t.ranks.push(stats::sbc_rank(truth[a], &col));
     }
     Ok(())
+}
+
+/// Index of the [`MAP_LEVEL`] interval among the half-widths `zl`.
+fn s_level_index(zl: &[f64]) -> Option<usize> {
+    let want = crate::math::special::norm_ppf(0.5 + MAP_LEVEL / 2.0);
+    zl.iter().position(|&z| (z - want).abs() < 1e-9)
+}
+
+/// `coverage_map.png` (darcy2d): per cell, the share of problems whose true
+/// field lies inside the central 90 % interval, on a diverging scale centred
+/// on 0.9: blue where the posterior is over-confident, red where it is too
+/// wide; sensors marked.
+pub fn write_coverage_map(
+    painter: plot::Painter,
+    out: &std::path::Path,
+    pb: &crate::physics::problem::Problem,
+    s: &CalibrateSettings,
+    t: &Tally,
+    problems: usize,
+) -> Result<Option<f64>> {
+    if pb.kind != crate::physics::problem::ProblemKind::Darcy2d
+        || t.inside_cell.len() != pb.n * pb.n
+        || problems == 0
+    {
+        return Ok(None);
+    }
+    let share: Vec<f64> = t
+        .inside_cell
+        .iter()
+        .map(|&k| k as f64 / problems as f64)
+        .collect();
+    let sensors = pb.sensor_points();
+    let worst = share.iter().fold(0.0f64, |a, v| a.max((v - MAP_LEVEL).abs()));
+    let half = worst.max(0.05);
+    plot::write_panels_png(
+        painter,
+        &out.join("coverage_map.png"),
+        &format!(
+            "Per-cell coverage of the 90 % interval of z ({}, {problems} problems)",
+            s.method.name()
+        ),
+        &[plot::Panel {
+            range: Some((MAP_LEVEL - half, MAP_LEVEL + half)),
+            cmap: plot::Colormap::RdBu,
+            markers: &sensors,
+            ..plot::Panel::new("share of truths inside", plot::Field2::cells(&share, pb.n, pb.n))
+        }],
+    )?;
+    Ok(Some(worst))
 }
 
 #[allow(clippy::too_many_arguments, reason = "the numbers of one figure set")]

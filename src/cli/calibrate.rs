@@ -167,6 +167,7 @@ pub fn calibrate(cfg: &RunConfig, s: &CalibrateSettings) -> Result<serde_json::V
         ranks: Vec::new(),
         n_xi: 0,
         n_z: 0,
+        inside_cell: Vec::new(),
     };
     for (j, (truth, y)) in truths.iter().zip(&data).enumerate() {
         let post = match s.method {
@@ -373,6 +374,22 @@ pub fn calibrate(cfg: &RunConfig, s: &CalibrateSettings) -> Result<serde_json::V
             "problem": kind.name(), "n": pb.n, "d": d, "noise": pb.sigma_n, "seed": seed,
         },
     });
+    let worst = crate::check::calibrate::write_coverage_map(
+        crate::output::plot::Painter::Gpu(&ctx),
+        &out,
+        &pb,
+        s,
+        &tally,
+        m_prob,
+    )?;
+    let mut result = result;
+    if let Some(w) = worst {
+        result["coverage_map"] = json!({
+            "level": crate::check::calibrate::MAP_LEVEL,
+            "worst_cell_deviation": w,
+            "figure": "coverage_map.png",
+        });
+    }
     write_json(&out.join("calibration.json"), &result)?;
     write_figures(&out, s, &levels, &cov_xi, &cov_z, &se, &hist, field_name)?;
     Ok(result)
