@@ -285,7 +285,9 @@ pub fn write_coverage_map(
         .map(|&k| k as f64 / problems as f64)
         .collect();
     let sensors = pb.sensor_points();
-    let worst = share.iter().fold(0.0f64, |a, v| a.max((v - MAP_LEVEL).abs()));
+    let worst = share
+        .iter()
+        .fold(0.0f64, |a, v| a.max((v - MAP_LEVEL).abs()));
     let half = worst.max(0.05);
     plot::write_panels_png(
         painter,
@@ -298,7 +300,10 @@ pub fn write_coverage_map(
             range: Some((MAP_LEVEL - half, MAP_LEVEL + half)),
             cmap: plot::Colormap::RdBu,
             markers: &sensors,
-            ..plot::Panel::new("share of truths inside", plot::Field2::cells(&share, pb.n, pb.n))
+            ..plot::Panel::new(
+                "share of truths inside",
+                plot::Field2::cells(&share, pb.n, pb.n),
+            )
         }],
     )?;
     Ok(Some(worst))

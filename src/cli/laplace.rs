@@ -1,10 +1,10 @@
 //! `pdevi laplace`: Gauss-Newton MAP and the Laplace covariance, written
 //! like every other posterior.
 
-use crate::cli::run::{setup, write_posterior, RunConfig};
+use crate::cli::run::{setup, watcher, write_posterior, RunConfig};
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::infer::laplace::{gauss_newton, GaussNewton};
+use crate::infer::laplace::{gauss_newton_watched, GaussNewton};
 use crate::output::files::write_json;
 
 /// `pdevi laplace`: the same inputs and output files as `pdevi run`, with
@@ -28,7 +28,38 @@ pub fn run_laplace(cfg: &RunConfig) -> Result<serde_json::Value> {
         }
         None => GaussNewton::new(&ctx, &st.pb, &st.sensors, &st.y, st.cg)?,
     };
-    let lp = gauss_newton(&ctx, &gn, &vec![0.0; st.pb.d], max_iters)?;
+    // Frames every iteration unless --every says otherwise.
+    let mut wcfg = cfg.clone();
+    if cfg.frames.is_some() || cfg.gif == Some(true) || cfg.live == Some(true) {
+        wcfg.every = cfg.every.or(Some(1));
+    }
+    let mut shown = watcher(&wcfg, &st.out, &st.pb, max_iters + 1, "-log posterior")?;
+    if let Some(w) = &mut shown {
+        w.open_window(&ctx, st.quiet);
+    }
+    let lp = {
+        let (ctx_ref, pb_ref) = (&ctx, &st.pb);
+        let mut show = shown.as_mut().map(|w| {
+            move |x: &[f64], cov: &[f64], it: usize, hist: &[f64]| -> Result<()> {
+                if w.due(it) || it == 0 {
+                    w.show_gaussian(ctx_ref, pb_ref, x, cov, it, hist)?;
+                }
+                Ok(())
+            }
+        });
+        gauss_newton_watched(
+            &ctx,
+            &gn,
+            &vec![0.0; st.pb.d],
+            max_iters,
+            show.as_mut()
+                .map(|f| f as &mut crate::infer::laplace::GnWatch<'_>),
+        )?
+    };
+    let shown = match &mut shown {
+        Some(w) => Some(w.finish()?),
+        None => None,
+    };
     if lp.iterations >= max_iters && !st.quiet {
         eprintln!(
             "warning: Gauss-Newton stopped at --gn-iters {max_iters} with a predicted decrease of {:.3e}; raise --gn-iters",
@@ -64,6 +95,9 @@ pub fn run_laplace(cfg: &RunConfig) -> Result<serde_json::Value> {
     }
     if let Some(obj) = all.as_object_mut() {
         obj.extend(metrics);
+    }
+    if let Some(v) = shown {
+        all["live"] = v;
     }
     write_json(&st.out.join("metrics.json"), &all)?;
     Ok(all)

@@ -97,6 +97,28 @@ pub fn run_mcmc(cfg: &RunConfig) -> Result<serde_json::Value> {
     let reference_seconds = t_ref.elapsed().as_secs_f64();
 
     let total = settings.total_steps();
+    let mut shown = crate::cli::run::watcher(cfg, &st.out, &st.pb, total, "mean log posterior")?;
+    if let Some(w) = &mut shown {
+        w.open_window(&ctx, st.quiet);
+    }
+    let mut running = RunningField::new(&st.pb, settings.warmup);
+    let mut lp_trace = Vec::new();
+    let state_buf = ctx.upload("live.placeholder", &[0f32; 4])?;
+    let mut next_frame = 0usize;
+    let (ctx_ref, pb_ref, buf_ref) = (&ctx, &st.pb, &state_buf);
+    let mut watcher = shown.as_mut().map(|w| {
+        let every = w.every();
+        move |t: usize, x: &[f64], ch: &[crate::infer::mcmc::McmcChain]| -> Result<()> {
+            running.add(t, x);
+            lp_trace.push(ch.iter().map(|c| c.lp as f64).sum::<f64>() / ch.len().max(1) as f64);
+            if t < next_frame && t != total {
+                return Ok(());
+            }
+            next_frame = t + every;
+            let (mean, std) = running.moments();
+            w.show_fields(ctx_ref, pb_ref, buf_ref, &mean, &std, t - 1, &lp_trace)
+        }
+    });
     let bar = crate::output::progress::progress_bar(total, st.quiet, "steps  {per_sec}  {msg}");
     bar.set_message(format!(
         "{} x {} chains",
@@ -113,6 +135,9 @@ pub fn run_mcmc(cfg: &RunConfig) -> Result<serde_json::Value> {
         (&m, &l),
         sf,
         |t, _| bar.set_position(t as u64),
+        watcher
+            .as_mut()
+            .map(|w| w as &mut crate::infer::mcmc::McmcWatch<'_>),
     );
     bar.finish_and_clear();
     let r = r?;
@@ -121,6 +146,12 @@ pub fn run_mcmc(cfg: &RunConfig) -> Result<serde_json::Value> {
     io::write_npy(&out.join("samples_xi.npy"), &[n, d], &r.samples)?;
     io::write_npy(&out.join("chains_xi.npy"), &[c, k, d], &r.samples)?;
     io::write_npy(&out.join("chains_logpost.npy"), &[c, k], &r.logpost)?;
+    drop(watcher);
+    let shown = match &mut shown {
+        Some(w) => w.finish()?,
+        None => serde_json::Value::Null,
+    };
+    let shown = (!shown.is_null()).then_some(shown);
     let (mean, cov) = r.moments();
     write_diagnostics(&out.join("diagnostics.csv"), &r, &mean, &cov)?;
 
@@ -195,6 +226,9 @@ pub fn run_mcmc(cfg: &RunConfig) -> Result<serde_json::Value> {
     }
     if let Some(obj) = all.as_object_mut() {
         obj.extend(metrics);
+    }
+    if let Some(v) = shown {
+        all["live"] = v;
     }
     write_json(&out.join("metrics.json"), &all)?;
     if max_rhat.is_nan() || max_rhat > 1.01 {
@@ -293,4 +327,63 @@ fn write_trace(path: &Path, r: &McmcResult, warmup: usize, thin: usize) -> Resul
         false,
         Some(plot::robust_range(&all)),
     )
+}
+
+/// Pointwise mean and std of the field over the chains' states seen so
+/// far: during warm-up the current states only (they are not draws yet),
+/// then every state read back after it (what `pdevi mcmc --live` shows).
+struct RunningField {
+    basis: Vec<f64>,
+    d: usize,
+    nc: usize,
+    sum: Vec<f64>,
+    sum2: Vec<f64>,
+    count: usize,
+    warmup: usize,
+}
+
+impl RunningField {
+    fn new(pb: &crate::physics::problem::Problem, warmup: usize) -> Self {
+        let nc = pb.ncoef();
+        RunningField {
+            basis: pb.basis(),
+            d: pb.d,
+            nc,
+            sum: vec![0.0; nc],
+            sum2: vec![0.0; nc],
+            count: 0,
+            warmup,
+        }
+    }
+
+    /// The states `x` (chains x d) after step `t`.
+    fn add(&mut self, t: usize, x: &[f64]) {
+        if t <= self.warmup {
+            self.sum.iter_mut().for_each(|v| *v = 0.0);
+            self.sum2.iter_mut().for_each(|v| *v = 0.0);
+            self.count = 0;
+        }
+        for row in x.chunks(self.d) {
+            for c in 0..self.nc {
+                let z: f64 = (0..self.d)
+                    .map(|k| row[k] * self.basis[k * self.nc + c])
+                    .sum();
+                self.sum[c] += z;
+                self.sum2[c] += z * z;
+            }
+            self.count += 1;
+        }
+    }
+
+    fn moments(&self) -> (Vec<f64>, Vec<f64>) {
+        let n = self.count.max(1) as f64;
+        let mean: Vec<f64> = self.sum.iter().map(|s| s / n).collect();
+        let std = self
+            .sum2
+            .iter()
+            .zip(&mean)
+            .map(|(s2, m)| (s2 / n - m * m).max(0.0).sqrt())
+            .collect();
+        (mean, std)
+    }
 }

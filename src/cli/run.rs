@@ -9,12 +9,11 @@ use crate::cli::commands;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::infer::predictive::{field_moments, predictive_u};
-use crate::infer::vi::{variational_watched, Family, FitSettings, Start, ViEngine, ViRun};
+use crate::infer::vi::{variational_watched, Family, FitSettings, Start, ViRun};
 use crate::output::files::{ensure_dir, write_json};
 use crate::output::io;
-use crate::output::live::{FrameLayout, FrameSink, LiveFields};
+use crate::output::live::{WatchOptions, Watcher};
 use crate::output::plot::{self, Series};
-use crate::output::window::LiveWindow;
 use crate::physics::problem::ProblemArgs;
 use crate::physics::problem::{Problem, ProblemKind};
 use crate::physics::solver::{BatchedSolver, CgParams, Precond};
@@ -430,9 +429,9 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
         },
         other => return Err(Error::setting("init", other, "expected laplace or prior")),
     };
-    let mut watcher = Watcher::new(cfg, out, pb, steps)?;
+    let mut watcher = watcher(cfg, out, pb, steps, "ELBO")?;
     let settings = FitSettings {
-        report_every: watcher.report_every(),
+        report_every: watcher.as_ref().map_or(10, Watcher::report_every),
         ..settings
     };
     if let Some(w) = &mut watcher {
@@ -453,8 +452,11 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
             bar.set_message(format!("{e:.4e}"));
         },
         &mut |engine, t, trace| match &mut watcher {
-            Some(w) => w.watch(&ctx, engine, t, trace),
-            None => Ok(()),
+            Some(w) if w.due(t) => {
+                let elbo: Vec<f64> = trace.iter().map(|p| p.1).collect();
+                w.show_engine(&ctx, engine, t, &elbo)
+            }
+            _ => Ok(()),
         },
     );
     bar.finish_and_clear();
@@ -544,137 +546,25 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
     Ok(all)
 }
 
-/// Frames, GIF and live window of a `run`: what it shows is computed on the
-/// GPU from the engine's q every `every` steps.
-struct Watcher {
-    every: usize,
+/// The frames, GIF and live window a command was asked for (`--frames`,
+/// `--every`, `--gif`, `--live`); `None` when none.
+pub fn watcher(
+    cfg: &RunConfig,
+    out: &Path,
+    pb: &Problem,
     steps: usize,
-    layout: FrameLayout,
-    sink: Option<FrameSink>,
-    want_window: bool,
-    window: Option<LiveWindow>,
-    fields: Option<LiveFields>,
-    fit_start: std::time::Instant,
-}
-
-impl Watcher {
-    /// `None` when the run asks for no frames, GIF or window.
-    fn new(cfg: &RunConfig, out: &Path, pb: &Problem, steps: usize) -> Result<Option<Self>> {
-        let gif = cfg.gif.unwrap_or(false);
-        let live = cfg.live.unwrap_or(false);
-        if cfg.frames.is_none() && !gif && !live {
-            if let Some(k) = cfg.every {
-                return Err(Error::setting(
-                    "every",
-                    k,
-                    "--every sets the steps between frames: use it with --frames, --gif or --live",
-                ));
-            }
-            return Ok(None);
-        }
-        let every = cfg.every.unwrap_or(10);
-        let sink = if cfg.frames.is_some() || gif {
-            Some(FrameSink::new(
-                cfg.frames.clone(),
-                every,
-                gif.then(|| out.join("posterior_forming.gif")),
-            )?)
-        } else {
-            None
-        };
-        Ok(Some(Watcher {
-            every,
-            steps,
-            layout: FrameLayout::for_problem(pb),
-            sink,
-            want_window: live,
-            window: None,
-            fields: None,
-            fit_start: std::time::Instant::now(),
-        }))
-    }
-
-    fn open_window(&mut self, ctx: &GpuContext, quiet: bool) {
-        if self.want_window {
-            match LiveWindow::open(ctx, &self.layout) {
-                Ok(w) => self.window = Some(w),
-                // The run goes on without its window: say why, once.
-                Err(e) => {
-                    if !quiet {
-                        eprintln!("warning: no live view: {e}");
-                    }
-                }
-            }
-        }
-        self.fit_start = std::time::Instant::now();
-    }
-
-    fn watch(
-        &mut self,
-        ctx: &GpuContext,
-        engine: &ViEngine,
-        t: usize,
-        trace: &[(usize, f64, f64)],
-    ) -> Result<()> {
-        if !(t + 1).is_multiple_of(self.every) && t + 1 != self.steps {
-            return Ok(());
-        }
-        if self.fields.is_none() {
-            self.fields = Some(LiveFields::for_engine(ctx, engine)?);
-        }
-        let Some(fields) = &self.fields else {
-            return Ok(());
-        };
-        let elbo: Vec<f64> = trace.iter().map(|p| p.1).collect();
-        if let Some(s) = &mut self.sink {
-            s.capture(ctx, fields, &self.layout, t, &elbo)?;
-        }
-        if let Some(w) = &mut self.window {
-            if !w.closed() {
-                w.show(ctx, fields, &self.layout, t, &elbo)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Write the GIF; what was shown and what it cost, for metrics.json.
-    fn finish(&mut self) -> Result<serde_json::Value> {
-        let total = self.fit_start.elapsed().as_secs_f64();
-        let mut v = serde_json::json!({ "every": self.every });
-        if let Some(s) = &mut self.sink {
-            let gif = s.finish()?;
-            v["frames"] = s.written.len().into();
-            v["frames_dir"] = s.dir.as_ref().map(|d| d.display().to_string()).into();
-            v["gif"] = gif.map(|g| g.display().to_string()).into();
-            v["frame_seconds"] = s.seconds.into();
-            v["frame_share_of_fit"] = (s.seconds / total.max(1e-9)).into();
-        }
-        if let Some(w) = &self.window {
-            v["window_frames"] = w.frames.into();
-            v["window_seconds"] = w.seconds.into();
-            v["window_share_of_fit"] = (w.seconds / total.max(1e-9)).into();
-        }
-        Ok(v)
-    }
-}
-
-/// Read-backs every gcd(every, 10) steps, so frames land on their steps.
-trait ReportEvery {
-    fn report_every(&self) -> usize;
-}
-
-impl ReportEvery for Option<Watcher> {
-    fn report_every(&self) -> usize {
-        fn gcd(a: usize, b: usize) -> usize {
-            if b == 0 {
-                a
-            } else {
-                gcd(b, a % b)
-            }
-        }
-        match self {
-            Some(w) => gcd(w.every, 10),
-            None => 10,
-        }
-    }
+    curve_title: &str,
+) -> Result<Option<Watcher>> {
+    Watcher::new(
+        &WatchOptions {
+            frames: cfg.frames.clone(),
+            every: cfg.every,
+            gif: cfg.gif.unwrap_or(false),
+            live: cfg.live.unwrap_or(false),
+        },
+        out,
+        pb,
+        steps,
+        curve_title,
+    )
 }

@@ -264,6 +264,22 @@ pub fn gauss_newton(
     x0: &[f64],
     max_iters: usize,
 ) -> Result<Laplace> {
+    gauss_newton_watched(ctx, gn, x0, max_iters, None)
+}
+
+/// What a caller may do at every Gauss-Newton iterate: look at the Laplace
+/// approximation there (mean, covariance H^-1) after `iteration` steps,
+/// with the objective's history.
+pub type GnWatch<'a> = dyn FnMut(&[f64], &[f64], usize, &[f64]) -> Result<()> + 'a;
+
+/// [`gauss_newton`], calling `watch` at every iterate (the live view).
+pub fn gauss_newton_watched(
+    ctx: &GpuContext,
+    gn: &GaussNewton,
+    x0: &[f64],
+    max_iters: usize,
+    mut watch: Option<&mut GnWatch<'_>>,
+) -> Result<Laplace> {
     let t0 = Instant::now();
     let d = gn.pb.d;
     let mut x = x0.to_vec();
@@ -279,6 +295,11 @@ pub fn gauss_newton(
     let mut decrement;
     loop {
         let (h, grad) = gn.normal_equations(&x, &g, &j);
+        if let Some(w) = watch.as_deref_mut() {
+            let (cov, _) = linalg::spd_inverse(&h, d)
+                .map_err(|e| Error::not_spd("the Gauss-Newton Hessian", e))?;
+            w(&x, &cov, iterations, &history)?;
+        }
         // H = I + J^T J / sigma^2 >= I: only a non-finite Jacobian breaks it.
         let step: Vec<f64> = linalg::solve_spd(&h, d, &grad)
             .map_err(|e| Error::not_spd("the Gauss-Newton Hessian", e))?

@@ -620,6 +620,13 @@ impl McmcEngine {
             .read_f64(ctx, &self.state, self.c() * 3 * self.d())
     }
 
+    /// The chains' current points x, C x d.
+    pub fn read_x(&self, ctx: &GpuContext) -> Result<Vec<f64>> {
+        let d = self.d();
+        let s = self.read_state(ctx)?;
+        Ok(s.chunks(3 * d).flat_map(|c| c[2 * d..].to_vec()).collect())
+    }
+
     /// The proposals, C x 2d: [w' | g_w'] per chain.
     pub fn read_proposal(&self, ctx: &GpuContext) -> Result<Vec<f64>> {
         self.solver
@@ -789,8 +796,14 @@ pub fn sample_posterior(
     reference: (&[f64], &[f64]),
     progress: impl FnMut(usize, usize),
 ) -> Result<McmcResult> {
-    sample_posterior_with(ctx, pb, sensors, y, cg, settings, reference, None, progress)
+    sample_posterior_with(
+        ctx, pb, sensors, y, cg, settings, reference, None, progress, None,
+    )
 }
+
+/// What a caller may do at each read-back of [`sample_posterior_with`]:
+/// look at the chains' current states (`x`, chains x d) after step `t`.
+pub type McmcWatch<'a> = dyn FnMut(usize, &[f64], &[McmcChain]) -> Result<()> + 'a;
 
 /// [`sample_posterior`] with a surrogate forward model (rows = chains) in
 /// place of the solver.
@@ -805,6 +818,7 @@ pub fn sample_posterior_with(
     reference: (&[f64], &[f64]),
     surrogate: Option<crate::infer::surrogate::SurrogateForward>,
     mut progress: impl FnMut(usize, usize),
+    mut watch: Option<&mut McmcWatch<'_>>,
 ) -> Result<McmcResult> {
     let t0 = Instant::now();
     let s = settings;
@@ -867,6 +881,9 @@ pub fn sample_posterior_with(
         }
         eng.set_step_size(ctx, log_step.exp());
         progress(t, total);
+        if let Some(w) = watch.as_deref_mut() {
+            w(t, &eng.read_x(ctx)?, &ch)?;
+        }
     }
     let warmup_seconds = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
@@ -879,6 +896,9 @@ pub fn sample_posterior_with(
         ch = eng.read_chains(ctx)?;
         check_failed(&ch, t)?;
         progress(t, total);
+        if let Some(w) = watch.as_deref_mut() {
+            w(t, &eng.read_x(ctx)?, &ch)?;
+        }
     }
     let (samples, logpost) = eng.read_samples(ctx)?;
     let sampling_seconds = t1.elapsed().as_secs_f64();

@@ -17,6 +17,7 @@ use crate::gpu::render::{Draw, KIND_CELL, KIND_CURVE, KIND_RAMP};
 use crate::gpu::{args, Dispatch, GpuContext};
 use crate::infer::vi::{Family, ViEngine};
 use crate::output::plot::{self, Align};
+use crate::output::window::LiveWindow;
 use crate::physics::problem::{Problem, ProblemKind};
 
 /// `LiveParams` of shaders/render/live.wgsl (layout checked by tests/layout.rs).
@@ -44,6 +45,9 @@ pub struct LiveFields {
     _params: wgpu::Buffer,
     moments: Dispatch,
     range: Dispatch,
+    /// The host writes mean and std ([`LiveFields::set_fields`]); only the
+    /// ranges are computed.
+    host_fields: bool,
 }
 
 impl LiveFields {
@@ -93,7 +97,17 @@ impl LiveFields {
             _params: params,
             moments,
             range,
+            host_fields: false,
         })
+    }
+
+    /// Write mean and std from the host (MCMC's running moments); from
+    /// then on only the ranges are computed on the GPU.
+    pub fn set_fields(&mut self, ctx: &GpuContext, mean: &[f64], std: &[f64]) {
+        let f: Vec<f32> = mean.iter().chain(std).map(|&v| v as f32).collect();
+        ctx.queue
+            .write_buffer(&self.fields, 0, bytemuck::cast_slice(&f));
+        self.host_fields = true;
     }
 
     /// For a VI engine's current q.
@@ -115,7 +129,9 @@ impl LiveFields {
             label: Some("live"),
             timestamp_writes: None,
         });
-        self.moments.record(&mut pass);
+        if !self.host_fields {
+            self.moments.record(&mut pass);
+        }
         self.range.record(&mut pass);
     }
 
@@ -237,6 +253,7 @@ impl FrameLayout {
         img: &mut RgbImage,
         header: &str,
         ranges: [[f32; 2]; 2],
+        curve_title: &str,
         curve: (f64, f64),
     ) {
         plot::caption(
@@ -281,7 +298,7 @@ impl FrameLayout {
         let (o, s) = self.curve;
         plot::caption(
             img,
-            "ELBO",
+            curve_title,
             ((o.x + s.x / 2) as i32, 38),
             Align::Centre,
             true,
@@ -345,10 +362,17 @@ impl FrameSink {
         live: &LiveFields,
         layout: &FrameLayout,
         step: usize,
-        elbo: &[f64],
+        curve: (&str, &[f64]),
     ) -> Result<()> {
         let t0 = std::time::Instant::now();
-        let img = render_frame(ctx, live, layout, step, elbo, Vec4::new(0.0, 0.0, 1.0, 1.0))?;
+        let img = render_frame(
+            ctx,
+            live,
+            layout,
+            step,
+            curve,
+            Vec4::new(0.0, 0.0, 1.0, 1.0),
+        )?;
         if let Some(dir) = &self.dir {
             let p = dir.join(format!("frame_{:06}.png", step + 1));
             crate::output::files::write_png(&p, &img)?;
@@ -405,10 +429,10 @@ pub fn render_frame(
     live: &LiveFields,
     layout: &FrameLayout,
     step: usize,
-    elbo: &[f64],
+    (curve_title, values): (&str, &[f64]),
     window: Vec4,
 ) -> Result<RgbImage> {
-    let (points, curve) = live.set_curve(ctx, elbo);
+    let (points, curve) = live.set_curve(ctx, values);
     let mut enc = ctx.encoder("live");
     live.encode(&mut enc);
     ctx.queue.submit([enc.finish()]);
@@ -423,14 +447,240 @@ pub fn render_frame(
     )?;
     let r: Vec<f32> = ctx.read(&live.ranges, 0, 4)?;
     let mut img = image::DynamicImage::ImageRgba8(rgba).to_rgb8();
-    let last = elbo.last().copied().unwrap_or(f64::NAN);
+    let last = values.last().copied().unwrap_or(f64::NAN);
     layout.annotate(
         &mut img,
-        &format!("step {}   ELBO {last:.6e}", step + 1),
+        &format!("step {}   {curve_title} {last:.6e}", step + 1),
         [[r[0], r[1]], [r[2], r[3]]],
+        curve_title,
         curve,
     );
     Ok(img)
+}
+
+/// What a command was asked to show while it runs.
+#[derive(Clone, Debug, Default)]
+pub struct WatchOptions {
+    /// PNG frames into this folder.
+    pub frames: Option<PathBuf>,
+    /// Steps (iterations) between frames; 10 by default.
+    pub every: Option<usize>,
+    /// `posterior_forming.gif` in the output folder.
+    pub gif: bool,
+    /// A window.
+    pub live: bool,
+}
+
+/// Frames, GIF and live window of one run: what they show is computed on
+/// the GPU every `every` steps, from the engine's q (VI), from a Gaussian
+/// (Laplace's iterates) or from host moments (MCMC's running draws).
+pub struct Watcher {
+    every: usize,
+    steps: usize,
+    layout: FrameLayout,
+    sink: Option<FrameSink>,
+    want_window: bool,
+    window: Option<LiveWindow>,
+    fields: Option<LiveFields>,
+    /// Theta (full-rank) and basis buffers for Gaussians given by the host.
+    own: Option<(wgpu::Buffer, wgpu::Buffer)>,
+    curve_title: String,
+    start: std::time::Instant,
+}
+
+impl Watcher {
+    /// `None` when nothing is to be shown.
+    pub fn new(
+        o: &WatchOptions,
+        out: &Path,
+        pb: &Problem,
+        steps: usize,
+        curve_title: &str,
+    ) -> Result<Option<Self>> {
+        if o.frames.is_none() && !o.gif && !o.live {
+            if let Some(k) = o.every {
+                return Err(Error::setting(
+                    "every",
+                    k,
+                    "--every sets the steps between frames: use it with --frames, --gif or --live",
+                ));
+            }
+            return Ok(None);
+        }
+        let every = o.every.unwrap_or(10);
+        let sink = if o.frames.is_some() || o.gif {
+            Some(FrameSink::new(
+                o.frames.clone(),
+                every,
+                o.gif.then(|| out.join("posterior_forming.gif")),
+            )?)
+        } else {
+            None
+        };
+        Ok(Some(Watcher {
+            every,
+            steps,
+            layout: FrameLayout::for_problem(pb),
+            sink,
+            want_window: o.live,
+            window: None,
+            fields: None,
+            own: None,
+            curve_title: curve_title.to_string(),
+            start: std::time::Instant::now(),
+        }))
+    }
+
+    /// Open the window, if one was asked for; without a display the run
+    /// goes on and says why once.
+    pub fn open_window(&mut self, ctx: &GpuContext, quiet: bool) {
+        if self.want_window {
+            match LiveWindow::open(ctx, &self.layout) {
+                Ok(w) => self.window = Some(w),
+                Err(e) => {
+                    if !quiet {
+                        eprintln!("warning: no live view: {e}");
+                    }
+                }
+            }
+        }
+        self.start = std::time::Instant::now();
+    }
+
+    /// Read-backs every gcd(every, 10) steps, so frames land on their steps.
+    pub fn report_every(&self) -> usize {
+        fn gcd(a: usize, b: usize) -> usize {
+            if b == 0 {
+                a
+            } else {
+                gcd(b, a % b)
+            }
+        }
+        gcd(self.every, 10)
+    }
+
+    /// Steps between frames.
+    pub fn every(&self) -> usize {
+        self.every
+    }
+
+    /// Whether step `t` (0-based) gets a frame: every `every`-th and the last.
+    pub fn due(&self, t: usize) -> bool {
+        (t + 1).is_multiple_of(self.every) || t + 1 == self.steps
+    }
+
+    fn show(&mut self, ctx: &GpuContext, t: usize, curve: &[f64]) -> Result<()> {
+        let Some(fields) = &self.fields else {
+            return Ok(());
+        };
+        if let Some(s) = &mut self.sink {
+            s.capture(ctx, fields, &self.layout, t, (&self.curve_title, curve))?;
+        }
+        if let Some(w) = &mut self.window {
+            if !w.closed() {
+                w.show(ctx, fields, &self.layout, t, curve)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A frame of a VI engine's current q (moments on the GPU from its theta).
+    pub fn show_engine(
+        &mut self,
+        ctx: &GpuContext,
+        engine: &ViEngine,
+        t: usize,
+        curve: &[f64],
+    ) -> Result<()> {
+        if self.fields.is_none() {
+            self.fields = Some(LiveFields::for_engine(ctx, engine)?);
+        }
+        self.show(ctx, t, curve)
+    }
+
+    /// A frame of N(m, cov) over xi (Laplace's iterates): the full-rank
+    /// factor goes up, the field's moments are computed on the GPU.
+    pub fn show_gaussian(
+        &mut self,
+        ctx: &GpuContext,
+        pb: &Problem,
+        m: &[f64],
+        cov: &[f64],
+        t: usize,
+        curve: &[f64],
+    ) -> Result<()> {
+        let d = pb.d;
+        let theta = Family::FullRank.theta_from_gaussian(d, m, cov)?;
+        let t32: Vec<f32> = theta.iter().map(|&v| v as f32).collect();
+        if self.own.is_none() {
+            let basis: Vec<f32> = pb.basis().iter().map(|&v| v as f32).collect();
+            let tb = ctx.upload("live.theta", &t32)?;
+            let bb = ctx.upload("live.basis", &basis)?;
+            self.fields = Some(LiveFields::new(
+                ctx,
+                &tb,
+                &bb,
+                Family::FullRank,
+                d,
+                pb.ncoef(),
+            )?);
+            self.own = Some((tb, bb));
+        }
+        if let Some((tb, _)) = &self.own {
+            ctx.write(tb, &t32);
+        }
+        self.show(ctx, t, curve)
+    }
+
+    /// A frame of field moments computed on the host (MCMC's running draws).
+    #[allow(clippy::too_many_arguments, reason = "one frame's inputs")]
+    pub fn show_fields(
+        &mut self,
+        ctx: &GpuContext,
+        pb: &Problem,
+        theta_for_layout: &wgpu::Buffer,
+        mean: &[f64],
+        std: &[f64],
+        t: usize,
+        curve: &[f64],
+    ) -> Result<()> {
+        if self.fields.is_none() {
+            // The moments kernel is never run here; it needs some bindings.
+            let basis = ctx.upload("live.basis", &[0f32; 4])?;
+            self.fields = Some(LiveFields::new(
+                ctx,
+                theta_for_layout,
+                &basis,
+                Family::MeanField,
+                1,
+                pb.ncoef(),
+            )?);
+        }
+        if let Some(f) = &mut self.fields {
+            f.set_fields(ctx, mean, std);
+        }
+        self.show(ctx, t, curve)
+    }
+
+    /// Write the GIF; what was shown and what it cost, for metrics.json.
+    pub fn finish(&mut self) -> Result<serde_json::Value> {
+        let total = self.start.elapsed().as_secs_f64();
+        let mut v = serde_json::json!({ "every": self.every });
+        if let Some(s) = &mut self.sink {
+            let gif = s.finish()?;
+            v["frames"] = s.written.len().into();
+            v["frames_dir"] = s.dir.as_ref().map(|d| d.display().to_string()).into();
+            v["gif"] = gif.map(|g| g.display().to_string()).into();
+            v["frame_seconds"] = s.seconds.into();
+            v["frame_share_of_run"] = (s.seconds / total.max(1e-9)).into();
+        }
+        if let Some(w) = &self.window {
+            v["window_frames"] = w.frames.into();
+            v["window_seconds"] = w.seconds.into();
+            v["window_share_of_run"] = (w.seconds / total.max(1e-9)).into();
+        }
+        Ok(v)
+    }
 }
 
 /// Zoom `window` (x0, y0, x1, y1 of the unit square) by `factor` (< 1 zooms

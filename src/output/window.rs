@@ -205,7 +205,7 @@ impl LiveWindow {
         live: &LiveFields,
         layout: &FrameLayout,
         step: usize,
-        elbo: &[f64],
+        values: &[f64],
     ) -> Result<()> {
         let t0 = std::time::Instant::now();
         let _ = self
@@ -214,7 +214,7 @@ impl LiveWindow {
         if self.app.closed {
             return Ok(());
         }
-        let (points, curve) = live.set_curve(ctx, elbo);
+        let (points, curve) = live.set_curve(ctx, values);
         let draws = layout.draws(live.ncoef, points, curve, self.app.view);
         let frame = match self.surface.get_current_texture() {
             wgpu::CurrentSurfaceTexture::Success(t)
@@ -240,8 +240,8 @@ impl LiveWindow {
         ctx.queue.submit([enc.finish()]);
         ctx.queue.present(frame);
         if let Some(w) = &self.app.window {
-            let last = elbo.last().copied().unwrap_or(f64::NAN);
-            w.set_title(&format!("pdevi: step {}, ELBO {last:.6e}", step + 1));
+            let last = values.last().copied().unwrap_or(f64::NAN);
+            w.set_title(&format!("pdevi: step {}, {last:.6e}", step + 1));
         }
         self.frames += 1;
         self.seconds += t0.elapsed().as_secs_f64();
