@@ -428,6 +428,7 @@ fn a_linear_surrogate_of_poisson1d_and_vi_with_it_match_the_exact_answers() {
         (&lp.map, &l),
         Some(sf),
         |_, _| {},
+        None,
     )
     .unwrap();
     let (mm, mc) = r.moments();
