@@ -321,3 +321,74 @@ fn every_without_frames_is_refused() {
     let e = pdevi::cli::run::run(&cfg).unwrap_err().to_string();
     assert!(e.contains("--frames"), "{e}");
 }
+
+fn png_count(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|r| {
+            r.filter_map(|e| e.ok())
+                .filter(|e| e.path().extension().is_some_and(|x| x == "png"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn laplace_and_mcmc_write_frames_and_live_without_a_display_is_said() {
+    let root = std::env::temp_dir().join(format!("pdevi-render-lm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let base = pdevi::cli::run::RunConfig {
+        problem: Some("darcy2d".into()),
+        n: Some(16),
+        d: Some(8),
+        quiet: Some(true),
+        predictive_samples: Some(8),
+        ..Default::default()
+    };
+    // Laplace: a frame per Gauss-Newton iterate.
+    let lp = pdevi::cli::laplace::run_laplace(&pdevi::cli::run::RunConfig {
+        out: Some(root.join("laplace")),
+        frames: Some(root.join("laplace-frames")),
+        ..base.clone()
+    })
+    .expect("laplace with frames");
+    let iters = lp["gauss_newton_iterations"].as_u64().unwrap() as usize;
+    assert_eq!(
+        png_count(&root.join("laplace-frames")),
+        iters + 1,
+        "{}",
+        lp["live"]
+    );
+    // MCMC: a frame at the first read-back at or after every 100 steps.
+    let mc = pdevi::cli::mcmc::run_mcmc(&pdevi::cli::run::RunConfig {
+        out: Some(root.join("mcmc")),
+        frames: Some(root.join("mcmc-frames")),
+        every: Some(100),
+        chains: Some(4),
+        samples: Some(50),
+        warmup: Some(100),
+        ..base.clone()
+    })
+    .expect("mcmc with frames");
+    let frames = mc["live"]["frames"].as_u64().unwrap() as usize;
+    assert!(frames >= 2, "{}", mc["live"]);
+    assert_eq!(png_count(&root.join("mcmc-frames")), frames);
+    // --live: the window opens where there is a display; where there is
+    // none, the run still finishes and says why.
+    let run = pdevi::cli::run::run(&pdevi::cli::run::RunConfig {
+        out: Some(root.join("live")),
+        live: Some(true),
+        steps: Some(10),
+        samples: Some(4),
+        ..base
+    })
+    .expect("run --live finishes with or without a display");
+    let live = &run["live"];
+    assert!(
+        live.get("window_frames").is_some()
+            || live["window_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("--frames")),
+        "{live}"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}

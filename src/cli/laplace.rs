@@ -1,9 +1,8 @@
 //! `pdevi laplace`: Gauss-Newton MAP and the Laplace covariance, written
 //! like every other posterior.
 
-use crate::cli::run::{setup, watcher, write_posterior, RunConfig};
+use crate::cli::run::{context_and_watcher, setup, write_posterior, RunConfig};
 use crate::error::Result;
-use crate::gpu::GpuContext;
 use crate::infer::laplace::{gauss_newton_watched, GaussNewton};
 use crate::output::files::write_json;
 
@@ -11,8 +10,14 @@ use crate::output::files::write_json;
 /// the MAP as the mean.
 pub fn run_laplace(cfg: &RunConfig) -> Result<serde_json::Value> {
     let st = setup(cfg)?;
-    let ctx = GpuContext::new()?;
     let max_iters = cfg.gn_iters.unwrap_or(30);
+    // Frames every iteration unless --every says otherwise.
+    let mut wcfg = cfg.clone();
+    if cfg.frames.is_some() || cfg.gif == Some(true) || cfg.live == Some(true) {
+        wcfg.every = cfg.every.or(Some(1));
+    }
+    let (ctx, mut shown) =
+        context_and_watcher(&wcfg, &st.out, &st.pb, max_iters + 1, "-log posterior")?;
     let forward = crate::cli::surrogate::parse_forward(cfg.forward.as_deref())?;
     if forward.is_some() && cfg.surrogate_variance == Some(true) {
         return Err(crate::error::Error::setting(
@@ -28,15 +33,6 @@ pub fn run_laplace(cfg: &RunConfig) -> Result<serde_json::Value> {
         }
         None => GaussNewton::new(&ctx, &st.pb, &st.sensors, &st.y, st.cg)?,
     };
-    // Frames every iteration unless --every says otherwise.
-    let mut wcfg = cfg.clone();
-    if cfg.frames.is_some() || cfg.gif == Some(true) || cfg.live == Some(true) {
-        wcfg.every = cfg.every.or(Some(1));
-    }
-    let mut shown = watcher(&wcfg, &st.out, &st.pb, max_iters + 1, "-log posterior")?;
-    if let Some(w) = &mut shown {
-        w.open_window(&ctx, st.quiet);
-    }
     let lp = {
         let (ctx_ref, pb_ref) = (&ctx, &st.pb);
         let mut show = shown.as_mut().map(|w| {

@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use crate::cli::run::{setup, write_posterior, RunConfig};
 use crate::error::{Error, Result};
-use crate::gpu::GpuContext;
 use crate::infer::mcmc::{
     reference_for, sample_posterior_with, McmcResult, McmcSettings, Precondition, Sampler,
 };
@@ -41,7 +40,9 @@ pub fn run_mcmc(cfg: &RunConfig) -> Result<serde_json::Value> {
     let mut settings = mcmc_settings(cfg, cfg.seed.unwrap_or(0))?;
     let st = setup(cfg)?;
     settings.seed = st.seed;
-    let ctx = GpuContext::new()?;
+    let total = settings.total_steps();
+    let (ctx, mut shown) =
+        crate::cli::run::context_and_watcher(cfg, &st.out, &st.pb, total, "mean log posterior")?;
     let d = st.pb.d;
     let gn_iters = cfg.gn_iters.unwrap_or(30);
     let t_ref = Instant::now();
@@ -96,11 +97,6 @@ pub fn run_mcmc(cfg: &RunConfig) -> Result<serde_json::Value> {
     };
     let reference_seconds = t_ref.elapsed().as_secs_f64();
 
-    let total = settings.total_steps();
-    let mut shown = crate::cli::run::watcher(cfg, &st.out, &st.pb, total, "mean log posterior")?;
-    if let Some(w) = &mut shown {
-        w.open_window(&ctx, st.quiet);
-    }
     let mut running = RunningField::new(&st.pb, settings.warmup);
     let mut lp_trace = Vec::new();
     let state_buf = ctx.upload("live.placeholder", &[0f32; 4])?;

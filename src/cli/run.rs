@@ -408,7 +408,7 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
             ));
         }
     }
-    let ctx = GpuContext::new()?;
+    let (ctx, mut watcher) = context_and_watcher(cfg, out, pb, steps, "ELBO")?;
     let settings = FitSettings {
         family,
         samples,
@@ -429,14 +429,10 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
         },
         other => return Err(Error::setting("init", other, "expected laplace or prior")),
     };
-    let mut watcher = watcher(cfg, out, pb, steps, "ELBO")?;
     let settings = FitSettings {
         report_every: watcher.as_ref().map_or(10, Watcher::report_every),
         ..settings
     };
-    if let Some(w) = &mut watcher {
-        w.open_window(&ctx, quiet);
-    }
     let bar = crate::output::progress::progress_bar(steps, quiet, "steps  {per_sec}  ELBO {msg}");
     let mut last_good = Vec::new();
     let result = variational_watched(
@@ -544,6 +540,24 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
         );
     }
     Ok(all)
+}
+
+/// The GPU context of a command, and its watcher: a window's event loop
+/// is made first, so the context can present to it on every backend.
+pub fn context_and_watcher(
+    cfg: &RunConfig,
+    out: &Path,
+    pb: &Problem,
+    steps: usize,
+    curve_title: &str,
+) -> Result<(GpuContext, Option<Watcher>)> {
+    let mut w = watcher(cfg, out, pb, steps, curve_title)?;
+    let display = w.as_mut().and_then(Watcher::display);
+    let ctx = GpuContext::with_display(&crate::gpu::AdapterRequest::from_env(), display)?;
+    if let Some(w) = &mut w {
+        w.open_window(&ctx);
+    }
+    Ok((ctx, w))
 }
 
 /// The frames, GIF and live window a command was asked for (`--frames`,

@@ -132,11 +132,23 @@ impl GpuContext {
     }
 
     pub fn with_request(req: &AdapterRequest) -> Result<Self> {
+        Self::with_display(req, None)
+    }
+
+    /// [`GpuContext::with_request`] on an instance that knows the window
+    /// system's display (a window's surface on the GL backend needs it).
+    pub fn with_display(
+        req: &AdapterRequest,
+        display: Option<Box<dyn wgpu::wgt::WgpuHasDisplayHandle>>,
+    ) -> Result<Self> {
         let backends = match &req.backend {
             Some(b) => parse_backend(b)?,
             None => wgpu::Backends::all(),
         };
-        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        let mut desc = match display {
+            Some(d) => wgpu::InstanceDescriptor::new_with_display_handle_from_env(d),
+            None => wgpu::InstanceDescriptor::new_without_display_handle_from_env(),
+        };
         desc.backends = backends;
         let instance = wgpu::Instance::new(desc);
         let adapters = pollster::block_on(instance.enumerate_adapters(backends));

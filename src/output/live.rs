@@ -17,7 +17,7 @@ use crate::gpu::render::{Draw, KIND_CELL, KIND_CURVE, KIND_RAMP};
 use crate::gpu::{args, Dispatch, GpuContext};
 use crate::infer::vi::{Family, ViEngine};
 use crate::output::plot::{self, Align};
-use crate::output::window::LiveWindow;
+use crate::output::window::{LiveEventLoop, LiveWindow};
 use crate::physics::problem::{Problem, ProblemKind};
 
 /// `LiveParams` of shaders/render/live.wgsl (layout checked by tests/layout.rs).
@@ -486,6 +486,9 @@ pub struct Watcher {
     own: Option<(wgpu::Buffer, wgpu::Buffer)>,
     curve_title: String,
     start: std::time::Instant,
+    /// Why the window did not open, for metrics.json.
+    window_error: Option<String>,
+    event_loop: Option<LiveEventLoop>,
 }
 
 impl Watcher {
@@ -528,19 +531,40 @@ impl Watcher {
             own: None,
             curve_title: curve_title.to_string(),
             start: std::time::Instant::now(),
+            window_error: None,
+            event_loop: None,
         }))
     }
 
+    /// The window system's display, when a window was asked for: create
+    /// the GPU context with it ([`GpuContext::with_display`]).
+    pub fn display(&mut self) -> Option<Box<dyn wgpu::wgt::WgpuHasDisplayHandle>> {
+        if !self.want_window {
+            return None;
+        }
+        match LiveEventLoop::new() {
+            Ok(el) => {
+                let d = el.display();
+                self.event_loop = Some(el);
+                Some(d)
+            }
+            Err(e) => {
+                eprintln!("warning: no live view: {e}");
+                self.window_error = Some(e.to_string());
+                None
+            }
+        }
+    }
+
     /// Open the window, if one was asked for; without a display the run
-    /// goes on and says why once.
-    pub fn open_window(&mut self, ctx: &GpuContext, quiet: bool) {
-        if self.want_window {
-            match LiveWindow::open(ctx, &self.layout) {
+    /// goes on and says why (even with --quiet: the window was asked for).
+    pub fn open_window(&mut self, ctx: &GpuContext) {
+        if let Some(el) = self.event_loop.take() {
+            match LiveWindow::open(ctx, &self.layout, el) {
                 Ok(w) => self.window = Some(w),
                 Err(e) => {
-                    if !quiet {
-                        eprintln!("warning: no live view: {e}");
-                    }
+                    eprintln!("warning: no live view: {e}");
+                    self.window_error = Some(e.to_string());
                 }
             }
         }
@@ -673,6 +697,9 @@ impl Watcher {
             v["gif"] = gif.map(|g| g.display().to_string()).into();
             v["frame_seconds"] = s.seconds.into();
             v["frame_share_of_run"] = (s.seconds / total.max(1e-9)).into();
+        }
+        if let Some(e) = &self.window_error {
+            v["window_error"] = e.as_str().into();
         }
         if let Some(w) = &self.window {
             v["window_frames"] = w.frames.into();

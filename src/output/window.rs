@@ -122,9 +122,12 @@ fn no_window(why: impl std::fmt::Display) -> Error {
     }
 }
 
-impl LiveWindow {
-    /// Open a window the size of `layout`'s frame on the context's device.
-    pub fn open(ctx: &GpuContext, layout: &FrameLayout) -> Result<Self> {
+/// The window system's event loop, made before the GPU context so the
+/// context's instance can know the display (GL needs it to present).
+pub struct LiveEventLoop(EventLoop<()>);
+
+impl LiveEventLoop {
+    pub fn new() -> Result<Self> {
         let mut builder = EventLoop::builder();
         // `pdevi run --live` calls this from the main thread; library users
         // and tests may not, and winit would panic there on Linux.
@@ -136,7 +139,19 @@ impl LiveWindow {
             use winit::platform::x11::EventLoopBuilderExtX11;
             builder.with_any_thread(true);
         }
-        let mut event_loop = builder.build().map_err(no_window)?;
+        Ok(LiveEventLoop(builder.build().map_err(no_window)?))
+    }
+
+    /// The display, for [`GpuContext::with_display`].
+    pub fn display(&self) -> Box<dyn wgpu::wgt::WgpuHasDisplayHandle> {
+        Box::new(self.0.owned_display_handle())
+    }
+}
+
+impl LiveWindow {
+    /// Open a window the size of `layout`'s frame on the context's device.
+    pub fn open(ctx: &GpuContext, layout: &FrameLayout, event_loop: LiveEventLoop) -> Result<Self> {
+        let mut event_loop = event_loop.0;
         let mut app = App {
             size: layout.size,
             window: None,
