@@ -305,6 +305,7 @@ pub fn write_posterior(
         crate::output::plot::Painter::Gpu(ctx),
         dir,
         problem,
+        q.method,
         &fmean,
         &fstd,
         &umean,

@@ -546,6 +546,17 @@ enum BenchCmd {
         #[arg(long, default_value = "laplace")]
         precondition: String,
     },
+    /// Figures on the GPU renderer against its CPU mirror (200 single-map figures, 4-map
+    /// summaries), live frames, and the ELBO steps at the same size, as JSON lines.
+    Render {
+        #[arg(long, default_value_t = 64)]
+        n: usize,
+        #[arg(long, default_value_t = 64)]
+        d: usize,
+        /// Panels rendered by each painter.
+        #[arg(long, default_value_t = 200)]
+        count: usize,
+    },
     /// MLP kernels: square products against the device's FMA peak, gradient
     /// checks per activation, training throughput of a 49-256-256-128 MLP.
     Mlp {
@@ -808,6 +819,13 @@ fn run(cli: Cli) -> pdevi::Result<()> {
                 let ctx = pdevi::GpuContext::new()?;
                 eprintln!("device: {}", ctx.describe());
                 pdevi::cli::bench::mcmc(&ctx, n, d, chains, steps, &precondition, |r| {
+                    println!("{}", serde_json::to_string(r).unwrap_or_default())
+                })?;
+            }
+            BenchCmd::Render { n, d, count } => {
+                let ctx = pdevi::GpuContext::new()?;
+                eprintln!("device: {}", ctx.describe());
+                pdevi::cli::bench::render(&ctx, n, d, count, |r| {
                     println!("{}", serde_json::to_string(r).unwrap_or_default())
                 })?;
             }

@@ -352,6 +352,11 @@ pub fn amortised(s: &AmortisedSettings) -> Result<serde_json::Value> {
                 &ctx,
                 solver,
                 &st,
+                &if s.refine > 0 {
+                    format!("amortised ({}) + {} VI steps", enc.family.name(), s.refine)
+                } else {
+                    format!("amortised encoder ({})", enc.family.name())
+                },
                 &m,
                 &cov,
                 None,

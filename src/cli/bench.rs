@@ -1140,3 +1140,107 @@ pub fn amortised(
     }
     Ok(summary)
 }
+
+/// One line of `pdevi bench render`.
+#[derive(Debug, serde::Serialize)]
+pub struct RenderBench {
+    pub bench: &'static str,
+    /// `figure` (a whole single-map figure: layout, map, colour bar, markers,
+    /// text, no PNG encoding), `summary` (four maps), `frame` (a live frame:
+    /// moments of q on the GPU, render, read-back) or `elbo_step`.
+    pub what: &'static str,
+    /// `gpu` or `cpu` (the mirror).
+    pub painter: &'static str,
+    pub n: usize,
+    pub d: usize,
+    pub count: usize,
+    pub seconds: f64,
+    pub per_second: f64,
+    pub device: String,
+}
+
+/// Rendering 200 posterior panels against the ELBO steps that made them:
+/// figures on the GPU and on the CPU mirror, live frames, and ELBO steps
+/// (full-rank, S = 16) at the same size.
+pub fn render(
+    ctx: &GpuContext,
+    n: usize,
+    d: usize,
+    count: usize,
+    mut emit: impl FnMut(&RenderBench),
+) -> Result<Vec<RenderBench>> {
+    use crate::infer::vi::{fit, Family, FitSettings, ViEngine};
+    use crate::output::plot::{panels_image, Field2, Painter, Panel};
+    let pb = Problem::new(ProblemKind::Darcy2d, n, d)?;
+    let (xi, y) = crate::physics::reference::simulate_data(&pb, 7);
+    let field = pb.field(&xi);
+    let sensors = pb.sensor_points();
+    let mut out = Vec::new();
+    let mut push = |what, painter, count: usize, seconds: f64, out: &mut Vec<RenderBench>| {
+        let b = RenderBench {
+            bench: "render",
+            what,
+            painter,
+            n,
+            d,
+            count,
+            seconds,
+            per_second: count as f64 / seconds,
+            device: ctx.describe(),
+        };
+        emit(&b);
+        out.push(b);
+    };
+    let one = [Panel {
+        markers: &sensors,
+        ..Panel::new("posterior mean z", Field2::cells(&field, n, n))
+    }];
+    let four: Vec<Panel> = ["truth z", "posterior mean z", "posterior std z", "|error|"]
+        .iter()
+        .map(|t| Panel {
+            markers: &sensors,
+            ..Panel::new(*t, Field2::cells(&field, n, n))
+        })
+        .collect();
+    // First use builds the render pipelines: not timed.
+    panels_image(Painter::Gpu(ctx), "warm-up", &one)?;
+    for (name, painter) in [("gpu", Painter::Gpu(ctx)), ("cpu", Painter::Cpu)] {
+        let t = Instant::now();
+        for k in 0..count {
+            panels_image(painter, &format!("figure {k}"), &one)?;
+        }
+        push("figure", name, count, t.elapsed().as_secs_f64(), &mut out);
+        let figures = count.div_ceil(4);
+        let t = Instant::now();
+        for k in 0..figures {
+            panels_image(painter, &format!("summary {k}"), &four)?;
+        }
+        push("summary", name, 4 * figures, t.elapsed().as_secs_f64(), &mut out);
+    }
+    // ELBO steps and live frames of the same engine.
+    let s = FitSettings {
+        family: Family::FullRank,
+        samples: 16,
+        steps: 20,
+        report_every: 20,
+        ..Default::default()
+    };
+    let mut eng = ViEngine::new(ctx, &pb, s.family, s.samples, &pb.sensors, &y, 0, s.cg)?;
+    eng.step(ctx, 0, 1e-3);
+    ctx.wait()?;
+    let mut good = Vec::new();
+    let r = fit(ctx, &mut eng, &s, &mut good, |_, _| {})?;
+    push("elbo_step", "gpu", s.steps, r.seconds, &mut out);
+    let live = crate::output::live::LiveFields::for_engine(ctx, &eng)?;
+    let layout = crate::output::live::FrameLayout::for_problem(&pb);
+    let trace: Vec<f64> = r.trace.iter().map(|t| t.1).collect();
+    let unit = glam::Vec4::new(0.0, 0.0, 1.0, 1.0);
+    crate::output::live::render_frame(ctx, &live, &layout, 0, ("ELBO", &trace), unit)?;
+    let frames = count.div_ceil(10);
+    let t = Instant::now();
+    for k in 0..frames {
+        crate::output::live::render_frame(ctx, &live, &layout, k, ("ELBO", &trace), unit)?;
+    }
+    push("frame", "gpu", frames, t.elapsed().as_secs_f64(), &mut out);
+    Ok(out)
+}

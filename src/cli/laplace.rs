@@ -68,6 +68,11 @@ pub fn run_laplace(cfg: &RunConfig) -> Result<serde_json::Value> {
         &ctx,
         &gn.solver,
         &st,
+        &format!(
+            "Laplace{} ({} Gauss-Newton steps)",
+            if forward.is_some() { " with a surrogate" } else { "" },
+            lp.iterations
+        ),
         &lp.map,
         &lp.cov,
         None,

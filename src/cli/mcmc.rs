@@ -166,6 +166,16 @@ pub fn run_mcmc(cfg: &RunConfig) -> Result<serde_json::Value> {
         &ctx,
         &pred_solver,
         &st,
+        &format!(
+            "MCMC ({}), {} chains x {} draws",
+            match settings.sampler.name() {
+                "pcn" => "pCN",
+                "mala" => "MALA",
+                other => other,
+            },
+            c,
+            k
+        ),
         &mean,
         &cov,
         Some(pred),

@@ -185,6 +185,7 @@ pub fn write_posterior(
     ctx: &GpuContext,
     solver: &BatchedSolver,
     st: &Setup,
+    label: &str,
     m: &[f64],
     cov: &[f64],
     predictive: Option<(Vec<f64>, Vec<f64>, usize)>,
@@ -204,6 +205,7 @@ pub fn write_posterior(
         plot::Painter::Gpu(ctx),
         &st.out,
         &st.pb,
+        label,
         &fmean,
         &fstd,
         &umean,
@@ -489,6 +491,10 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
         &ctx,
         &engine.solver,
         &st,
+        &format!(
+            "VI, {}, {samples} samples/step, {steps} steps",
+            family.name()
+        ),
         &m,
         &cov,
         None,

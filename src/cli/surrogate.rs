@@ -175,6 +175,7 @@ pub fn run_surrogate(cfg: &RunConfig, dir: &Path) -> Result<serde_json::Value> {
         &ctx,
         &solver,
         &st,
+        &format!("VI, {}, surrogate forward model", family.name()),
         &m,
         &cov,
         None,

@@ -15,6 +15,7 @@ pub fn write_posterior_files(
     painter: Painter,
     out: &Path,
     pb: &Problem,
+    label: &str,
     fmean: &[f64],
     fstd: &[f64],
     umean: &[f64],
@@ -92,13 +93,13 @@ pub fn write_posterior_files(
                     "std u",
                 ),
             ];
-            for (stem, field, title, label) in &images {
+            for (stem, field, title, bar) in &images {
                 plot::write_field_png(
                     painter,
                     &out.join(format!("{stem}.png")),
                     field,
-                    title,
-                    label,
+                    &format!("{title}: {label}"),
+                    bar,
                     &sensors,
                 )?;
             }
@@ -133,7 +134,10 @@ pub fn write_posterior_files(
             plot::write_panels_png(
                 painter,
                 &out.join("summary.png"),
-                "darcy2d: log-permeability posterior",
+                &format!(
+                    "darcy2d (n = {n}, d = {}, sigma_n = {}): {label}",
+                    pb.d, pb.sigma_n
+                ),
                 &panels,
             )?;
         }
@@ -175,7 +179,10 @@ pub fn write_posterior_files(
             }
             plot::write_line_plot(
                 &out.join("summary.png"),
-                "poisson1d: source f, posterior",
+                &format!(
+                    "poisson1d (n = {n}, d = {}, sigma_n = {}): {label}",
+                    pb.d, pb.sigma_n
+                ),
                 "x",
                 "f",
                 &series,
@@ -184,7 +191,7 @@ pub fn write_posterior_files(
             )?;
             plot::write_line_plot(
                 &out.join("posterior_mean_f.png"),
-                "posterior of f (mean +- 2 sd)",
+                &format!("posterior of f (mean +- 2 sd): {label}"),
                 "x",
                 "f",
                 &series[..1],
@@ -201,7 +208,7 @@ pub fn write_posterior_files(
             }];
             plot::write_line_plot(
                 &out.join("posterior_mean_u.png"),
-                "posterior of u (mean +- 2 sd)",
+                &format!("posterior of u (mean +- 2 sd): {label}"),
                 "x",
                 "u",
                 &useries,
