@@ -1,6 +1,8 @@
 //! The example a new user runs first: simulate darcy2d data from a prior draw
 //! (fixed seed), infer the log-permeability posterior by full-rank VI on the
-//! GPU, and write the images (summary.png, posterior mean/std fields, ELBO).
+//! GPU, and write the images (summary.png, posterior mean/std fields, ELBO,
+//! and the posterior forming as frames and a GIF, all drawn by the GPU's
+//! rasteriser).
 //!
 //!     cargo run --release --example darcy [-- --out DIR]
 //!
@@ -30,12 +32,20 @@ fn main() -> std::process::ExitCode {
             .out
             .clone()
             .unwrap_or_else(|| PathBuf::from("out/darcy2d"));
+        // The posterior forming, drawn by the GPU renderer every 10 steps:
+        // frames/frame_*.png and posterior_forming.gif.
+        let cfg = pdevi::cli::run::RunConfig {
+            frames: Some(dir.join("frames")),
+            every: Some(10),
+            gif: Some(true),
+            ..cfg
+        };
         pdevi::cli::run::run(&cfg).map(|m| (m, dir))
     });
     match result {
         Ok((m, dir)) => {
             println!(
-                "device: {}\nsteps: {} in {:.1} s ({:.1} steps/s)\nfinal ELBO: {:.3}\nrelative L2 error of the posterior mean of z: {:.3} (prior mean: 1.0)\ntruth within 3 posterior sd: {:.1}% of cells\nwrote {}/summary.png and the other outputs",
+                "device: {}\nsteps: {} in {:.1} s ({:.1} steps/s)\nfinal ELBO: {:.3}\nrelative L2 error of the posterior mean of z: {:.3} (prior mean: 1.0)\ntruth within 3 posterior sd: {:.1}% of cells\nwrote {}/summary.png, the posterior forming (frames/, posterior_forming.gif) and the other outputs",
                 m["device"].as_str().unwrap_or("?"),
                 m["steps"],
                 m["wall_seconds"].as_f64().unwrap_or(0.0),
