@@ -134,6 +134,9 @@ enum Cmd {
         /// Output folder (default: OTHER/compare_vs_<name of REF>).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Side of a heat map in pixels, 128 .. 2048 (default 330).
+        #[arg(long)]
+        figure_px: Option<u32>,
     },
     /// Benchmarks (one JSON object per line).
     Bench {
@@ -765,7 +768,11 @@ fn run(cli: Cli) -> pdevi::Result<()> {
             reference,
             other,
             out,
+            figure_px,
         } => {
+            if let Some(px) = figure_px {
+                pdevi::output::plot::set_map_px(px)?;
+            }
             let out =
                 out.unwrap_or_else(|| pdevi::check::compare::default_out_dir(&reference, &other));
             // A device only for the field figure (drawn by its rasteriser).

@@ -1215,7 +1215,13 @@ pub fn render(
         for k in 0..figures {
             panels_image(painter, &format!("summary {k}"), &four)?;
         }
-        push("summary", name, 4 * figures, t.elapsed().as_secs_f64(), &mut out);
+        push(
+            "summary",
+            name,
+            4 * figures,
+            t.elapsed().as_secs_f64(),
+            &mut out,
+        );
     }
     // ELBO steps and live frames of the same engine.
     let s = FitSettings {

@@ -80,6 +80,7 @@ pub fn calibrate(cfg: &RunConfig, s: &CalibrateSettings) -> Result<serde_json::V
         warm_start: true,
         ..Default::default()
     };
+    crate::cli::run::figure_settings(cfg)?;
     let ctx = GpuContext::new()?;
     let (d, m_prob) = (pb.d, s.problems);
 

@@ -70,7 +70,11 @@ pub fn run_laplace(cfg: &RunConfig) -> Result<serde_json::Value> {
         &st,
         &format!(
             "Laplace{} ({} Gauss-Newton steps)",
-            if forward.is_some() { " with a surrogate" } else { "" },
+            if forward.is_some() {
+                " with a surrogate"
+            } else {
+                ""
+            },
             lp.iterations
         ),
         &lp.map,

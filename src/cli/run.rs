@@ -278,6 +278,17 @@ impl Setup {
     }
 }
 
+/// `--figure-px` and `--contours`, for every figure the command writes.
+pub fn figure_settings(cfg: &RunConfig) -> Result<()> {
+    if let Some(px) = cfg.figure_px {
+        plot::set_map_px(px)?;
+    }
+    if let Some(k) = cfg.contours {
+        plot::set_contours(k)?;
+    }
+    Ok(())
+}
+
 /// Build the problem, read or simulate the data, create the output folder.
 pub fn setup(cfg: &RunConfig) -> Result<Setup> {
     let kind = ProblemKind::parse(cfg.problem.as_deref().unwrap_or("darcy2d"))?;
@@ -330,12 +341,7 @@ pub fn setup(cfg: &RunConfig) -> Result<Setup> {
         None => None,
     };
 
-    if let Some(px) = cfg.figure_px {
-        plot::set_map_px(px)?;
-    }
-    if let Some(k) = cfg.contours {
-        plot::set_contours(k)?;
-    }
+    figure_settings(cfg)?;
     let cg = CgParams {
         rel_tol: cfg.tol.unwrap_or(1e-5),
         max_iters: cfg.max_iters.unwrap_or(4000),
