@@ -89,6 +89,27 @@ pub fn method_label(metrics: &Value) -> Option<String> {
     })
 }
 
+/// The sensors of the data a posterior folder was inferred from (its
+/// metrics.json names the problem and the observation file), as points of
+/// the unit square for the figure's markers; none when that cannot be read
+/// (the markers are a help, not a requirement).
+fn dir_sensors(dir: &Path) -> Vec<[f64; 2]> {
+    let read = || -> Option<Vec<[f64; 2]>> {
+        let text = std::fs::read_to_string(dir.join("metrics.json")).ok()?;
+        let v: Value = serde_json::from_str(&text).ok()?;
+        let st = v.get("settings")?;
+        let kind =
+            crate::physics::problem::ProblemKind::parse(st.get("problem")?.as_str()?).ok()?;
+        let n = st.get("n")?.as_u64()? as usize;
+        let obs = std::path::PathBuf::from(st.get("obs")?.as_str()?);
+        // d = 1: only the grid and the sensors are needed, not the prior.
+        let pb = crate::physics::problem::Problem::new(kind, n, 1).ok()?;
+        let (sensors, _) = crate::physics::sensors::read_obs(&pb, &obs).ok()?;
+        Some(pb.points_of(&sensors))
+    };
+    read().unwrap_or_default()
+}
+
 fn dir_label(dir: &Path) -> String {
     let from_metrics = std::fs::read_to_string(dir.join("metrics.json"))
         .ok()
@@ -526,7 +547,14 @@ pub fn compare(
     }
     if let Some((rf, of)) = field {
         figures.push("compare_fields.png");
-        write_field_figure(painter, &out.join("compare_fields.png"), (rf, rl), (of, ol))?;
+        let sensors = dir_sensors(ref_dir);
+        write_field_figure(
+            painter,
+            &out.join("compare_fields.png"),
+            (rf, rl),
+            (of, ol),
+            &sensors,
+        )?;
     }
     report.insert("figures".into(), json!(figures));
     report.insert("warnings".into(), json!(warnings));
@@ -543,6 +571,7 @@ fn write_field_figure(
     path: &Path,
     (rf, rl): (&FieldPosterior, &str),
     (of, ol): (&FieldPosterior, &str),
+    sensors: &[[f64; 2]],
 ) -> Result<()> {
     if rf.shape.len() == 2 {
         let (ny, nx) = (rf.shape[0], rf.shape[1]);
@@ -573,15 +602,18 @@ fn write_field_figure(
             &[
                 Panel {
                     range: Some((lo, hi)),
+                    markers: sensors,
                     ..Panel::new(format!("{rl}: mean"), Field2::cells(&rf.mean, nx, ny))
                 },
                 Panel {
                     range: Some((lo, hi)),
+                    markers: sensors,
                     ..Panel::new(format!("{ol}: mean"), Field2::cells(&of.mean, nx, ny))
                 },
                 Panel {
                     range: Some((1.0 - spread, 1.0 + spread)),
                     cmap: Colormap::RdBu,
+                    markers: sensors,
                     ..Panel::new(
                         format!("std ratio {ol} / {rl}"),
                         Field2::cells(&ratio, nx, ny),
