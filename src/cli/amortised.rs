@@ -60,6 +60,7 @@ pub fn train_encoder_cmd(
     s: &EncoderSettings,
 ) -> Result<serde_json::Value> {
     let set = SimSet::load(data)?;
+    let _lock = crate::output::files::OutLock::acquire(out)?;
     let ctx = GpuContext::new()?;
     let (enc, tr) = train_encoder(&ctx, &set, s)?;
     enc.save(&ctx, out)?;
@@ -252,7 +253,7 @@ pub fn amortised(s: &AmortisedSettings) -> Result<serde_json::Value> {
     let t0 = Instant::now();
     let posts = enc.posteriors(&ctx, &ys)?;
     let encode_seconds = t0.elapsed().as_secs_f64();
-    ensure_dir(&s.out)?;
+    let _lock = crate::output::files::OutLock::acquire(&s.out)?;
     let cg = CgParams::auto(true);
     let single = s.obs.is_some();
     let mut refine_seconds = 0.0;
@@ -339,6 +340,7 @@ pub fn amortised(s: &AmortisedSettings) -> Result<serde_json::Value> {
                 seed: s.seed,
                 quiet: s.quiet,
                 cg,
+                lock: None,
             };
             let owned;
             let solver = match &engine {

@@ -20,7 +20,7 @@ use crate::infer::mcmc::{sample_posterior, Precondition};
 use crate::infer::vi::{fit, FitSettings, ViEngine};
 use crate::math::linalg::cholesky;
 use crate::math::special::norm_ppf;
-use crate::output::files::{ensure_dir, write_json};
+use crate::output::files::write_json;
 use crate::physics::problem::{ProblemArgs, ProblemKind};
 use crate::physics::solver::CgParams;
 use crate::rng::{normals, streams};
@@ -71,7 +71,7 @@ pub fn calibrate(cfg: &RunConfig, s: &CalibrateSettings) -> Result<serde_json::V
     let out = cfg.out.clone().unwrap_or_else(|| {
         PathBuf::from(format!("out/calibrate-{}-{}", kind.name(), s.method.name()))
     });
-    ensure_dir(&out)?;
+    let _lock = crate::output::files::OutLock::acquire(&out)?;
     let seed = cfg.seed.unwrap_or(0);
     let quiet = cfg.quiet.unwrap_or(false);
     let cg = CgParams {

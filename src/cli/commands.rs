@@ -77,7 +77,7 @@ pub fn solve(
         }
         None => vec![0.0; pb.d],
     };
-    ensure_dir(out)?;
+    let _lock = crate::output::files::OutLock::acquire(out)?;
     let ctx = GpuContext::new()?;
     let t = Instant::now();
     let s = BatchedSolver::new(&ctx, &pb, 1, cg, None, false)?;

@@ -273,7 +273,7 @@ fn write_diagnostics(path: &Path, r: &McmcResult, mean: &[f64], cov: &[f64]) -> 
             r.ess_bulk[i]
         ));
     }
-    std::fs::write(path, csv).map_err(|e| Error::io(path, e))
+    crate::output::files::write_bytes(path, csv.as_bytes())
 }
 
 /// logpi per chain against the step: the warm-up read-backs, then every

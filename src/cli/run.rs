@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::infer::predictive::{field_moments, predictive_u};
 use crate::infer::vi::{variational_watched, Family, FitSettings, Start, ViRun};
-use crate::output::files::{ensure_dir, write_json};
+use crate::output::files::write_json;
 use crate::output::io;
 use crate::output::live::{WatchOptions, Watcher};
 use crate::output::plot::{self, Series};
@@ -224,7 +224,7 @@ pub fn write_elbo_trace(out: &Path, trace: &[(usize, f64, f64)], title: &str) ->
         csv.push_str(&format!("{t},{e:.10e},{w:.6}\n"));
     }
     let csv_path = out.join("elbo.csv");
-    std::fs::write(&csv_path, csv).map_err(|e| Error::io(&csv_path, e))?;
+    crate::output::files::write_bytes(&csv_path, csv.as_bytes())?;
     let xs: Vec<f64> = trace.iter().map(|t| t.0 as f64).collect();
     let ys: Vec<f64> = trace.iter().map(|t| t.1).collect();
     plot::write_line_plot(
@@ -263,6 +263,8 @@ pub struct Setup {
     pub seed: u64,
     pub quiet: bool,
     pub cg: CgParams,
+    /// This process's lock on `out` (two runs into one folder are refused).
+    pub lock: Option<crate::output::files::OutLock>,
 }
 
 impl Setup {
@@ -312,7 +314,7 @@ pub fn setup(cfg: &RunConfig) -> Result<Setup> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("out/{}", kind.name())));
-    ensure_dir(&out)?;
+    let lock = crate::output::files::OutLock::acquire(&out)?;
     let seed = cfg.seed.unwrap_or(0);
     let quiet = cfg.quiet.unwrap_or(false);
 
@@ -362,6 +364,7 @@ pub fn setup(cfg: &RunConfig) -> Result<Setup> {
         seed,
         quiet,
         cg,
+        lock: Some(lock),
     })
 }
 

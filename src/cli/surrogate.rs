@@ -21,6 +21,7 @@ pub fn train_surrogate_cmd(
     s: &SurrogateSettings,
 ) -> Result<serde_json::Value> {
     let set = SimSet::load(data)?;
+    let _lock = crate::output::files::OutLock::acquire(out)?;
     let ctx = GpuContext::new()?;
     let (sur, rep) = train_surrogate(&ctx, &set, s)?;
     sur.save(&ctx, out)?;

@@ -5,7 +5,7 @@
 //! baked in: trainers add fresh noise every epoch.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use crate::error::{Error, Result};
@@ -202,13 +202,12 @@ impl SimSet {
                 crate::output::files::ensure_dir(dir)?;
             }
         }
-        // Written beside and renamed, so an interrupted run leaves no half file.
-        let tmp = tmp_path(path);
-        safetensors::serialize_to_file(views, Some(meta), &tmp).map_err(|e| Error::Format {
-            path: path.into(),
-            message: format!("writing safetensors: {e}"),
-        })?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+        crate::output::files::write_atomic(path, |tmp| {
+            safetensors::serialize_to_file(views, Some(meta), tmp).map_err(|e| Error::Format {
+                path: path.into(),
+                message: format!("writing safetensors: {e}"),
+            })
+        })
     }
 
     /// Read a set written by [`save`](Self::save); shapes, metadata and
@@ -363,11 +362,4 @@ impl SimSet {
             })
         }
     }
-}
-
-/// `path` with `.tmp` appended (the file is renamed into place when written).
-pub fn tmp_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".tmp");
-    PathBuf::from(s)
 }

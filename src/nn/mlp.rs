@@ -527,9 +527,11 @@ pub fn save_weights(arch: &Arch, params: &[f64], path: &Path) -> Result<(PathBuf
         .collect::<Result<_>>()?;
     let mut meta = std::collections::HashMap::new();
     meta.insert("format".to_string(), "pdevi-mlp".to_string());
-    safetensors::serialize_to_file(views, Some(meta), &st_path).map_err(|e| Error::Format {
-        path: st_path.clone(),
-        message: format!("writing safetensors: {e}"),
+    crate::output::files::write_atomic(&st_path, |tmp| {
+        safetensors::serialize_to_file(views, Some(meta), tmp).map_err(|e| Error::Format {
+            path: st_path.clone(),
+            message: format!("writing safetensors: {e}"),
+        })
     })?;
     let json = serde_json::to_value(arch).map_err(|e| Error::Format {
         path: json_path.clone(),

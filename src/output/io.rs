@@ -54,19 +54,21 @@ where
         .parse()
         .map_err(|e| format_err(path, format!("bad dtype `{descr}`: {e}")))?;
     let shape64: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
-    let file = File::create(path).map_err(|e| Error::io(path, e))?;
-    let mut out = BufWriter::new(file);
-    let mut writer = npyz::WriteOptions::<T>::new()
-        .dtype(DType::Plain(type_str))
-        .shape(&shape64)
-        .writer(&mut out)
-        .begin_nd()
-        .map_err(|e| Error::io(path, e))?;
-    writer
-        .extend(data.iter().copied())
-        .map_err(|e| Error::io(path, e))?;
-    writer.finish().map_err(|e| Error::io(path, e))?;
-    out.flush().map_err(|e| Error::io(path, e))
+    crate::output::files::write_atomic(path, |tmp| {
+        let file = File::create(tmp).map_err(|e| Error::io(path, e))?;
+        let mut out = BufWriter::new(file);
+        let mut writer = npyz::WriteOptions::<T>::new()
+            .dtype(DType::Plain(type_str))
+            .shape(&shape64)
+            .writer(&mut out)
+            .begin_nd()
+            .map_err(|e| Error::io(path, e))?;
+        writer
+            .extend(data.iter().copied())
+            .map_err(|e| Error::io(path, e))?;
+        writer.finish().map_err(|e| Error::io(path, e))?;
+        out.flush().map_err(|e| Error::io(path, e))
+    })
 }
 
 /// Reads a `.npy` array as `(shape, values)`, values in C order.
@@ -677,8 +679,6 @@ pub fn write_observations(path: &Path, dim: usize, obs: &[Observation]) -> Resul
             ));
         }
     }
-    let file = File::create(path).map_err(|e| Error::io(path, e))?;
-    let mut w = BufWriter::new(file);
     let mut text = String::with_capacity(32 * (obs.len() + 1));
     text.push_str(if dim == 1 { "x,value\n" } else { "x,y,value\n" });
     for o in obs {
@@ -691,9 +691,7 @@ pub fn write_observations(path: &Path, dim: usize, obs: &[Observation]) -> Resul
         text.push_str(&fmt_exact(o.value));
         text.push('\n');
     }
-    w.write_all(text.as_bytes())
-        .and_then(|_| w.flush())
-        .map_err(|e| Error::io(path, e))
+    crate::output::files::write_bytes(path, text.as_bytes())
 }
 
 /// Shortest text that parses back to exactly `v`; plain notation for

@@ -406,20 +406,22 @@ pub fn write_gif(path: &Path, frames: Vec<image::RgbaImage>, delay_ms: u32) -> R
             "no frames were taken (the run had fewer steps than --every)",
         ));
     }
-    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-    let mut enc = GifEncoder::new_with_speed(std::io::BufWriter::new(file), 10);
-    let fail = |e: image::ImageError| Error::Format {
-        path: path.to_path_buf(),
-        message: format!("could not write the GIF: {e}"),
-    };
-    enc.set_repeat(Repeat::Infinite).map_err(fail)?;
-    let delay = image::Delay::from_numer_denom_ms(delay_ms, 1);
-    enc.encode_frames(
-        frames
-            .into_iter()
-            .map(|f| image::Frame::from_parts(f, 0, 0, delay)),
-    )
-    .map_err(fail)
+    crate::output::files::write_atomic(path, |tmp| {
+        let file = std::fs::File::create(tmp).map_err(|e| Error::io(path, e))?;
+        let mut enc = GifEncoder::new_with_speed(std::io::BufWriter::new(file), 10);
+        let fail = |e: image::ImageError| Error::Format {
+            path: path.to_path_buf(),
+            message: format!("could not write the GIF: {e}"),
+        };
+        enc.set_repeat(Repeat::Infinite).map_err(fail)?;
+        let delay = image::Delay::from_numer_denom_ms(delay_ms, 1);
+        enc.encode_frames(
+            frames
+                .into_iter()
+                .map(|f| image::Frame::from_parts(f, 0, 0, delay)),
+        )
+        .map_err(fail)
+    })
 }
 
 /// One frame: moments and ranges on the GPU, the draws rendered from those
