@@ -76,6 +76,10 @@ pub enum Error {
 
     #[error("{}: {message}", path.display())]
     Format { path: PathBuf, message: String },
+
+    /// Stopped by Ctrl-C after writing the last good state.
+    #[error("interrupted: {0}")]
+    Interrupted(String),
 }
 
 /// The figures of a batch of CG solves of which some did not converge.

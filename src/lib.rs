@@ -33,6 +33,7 @@ pub mod cpu;
 pub mod error;
 pub mod gpu;
 pub mod infer;
+pub mod interrupt;
 pub mod math;
 pub mod nn;
 pub mod output;

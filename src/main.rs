@@ -250,6 +250,13 @@ struct RunOpts {
     /// Contour lines on the summary maps: this many bands (default 0 = none).
     #[arg(long)]
     contours: Option<u32>,
+    /// run, mcmc: write OUT/checkpoint.safetensors every K steps (Ctrl-C writes one too).
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
+    /// run, mcmc: continue the run whose --out is DIR from its checkpoint (same settings;
+    /// flags may only change what is shown).
+    #[arg(long)]
+    resume: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -500,6 +507,8 @@ impl RunOpts {
             gif: self.gif.then_some(true),
             figure_px: self.figure_px,
             contours: self.contours,
+            checkpoint_every: self.checkpoint_every,
+            resume: self.resume.clone(),
         }))
     }
 }
@@ -879,8 +888,13 @@ fn run(cli: Cli) -> pdevi::Result<()> {
 }
 
 fn main() -> ExitCode {
+    pdevi::interrupt::install();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e @ pdevi::Error::Interrupted(_)) => {
+            eprintln!("{e}");
+            ExitCode::from(pdevi::interrupt::EXIT_NOW as u8)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

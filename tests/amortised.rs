@@ -361,6 +361,8 @@ fn a_linear_surrogate_of_poisson1d_and_vi_with_it_match_the_exact_answers() {
         cg: cg(),
         report_every: 100,
         tol_start: None,
+        resume: None,
+        first_step: 0,
     };
     let r = vi.fit(ctx, &fs, |_, _| {}).unwrap();
     let (m, cov) = fam.moments(pb.d, &r.theta);
@@ -557,6 +559,8 @@ fn darcy16_amortised_posteriors_cover_at_nominal_rates_and_refine_toward_vi() {
         cg: cg(),
         report_every: 10,
         tol_start: None,
+        resume: None,
+        first_step: 0,
     };
     let starts: Vec<(Vec<f64>, Vec<f64>)> = posts[..3]
         .iter()

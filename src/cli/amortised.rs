@@ -221,6 +221,8 @@ pub fn refine(
         cg,
         report_every: 10,
         tol_start: None,
+        resume: None,
+        first_step: 0,
     };
     let mut last_good = Vec::new();
     let r = fit(ctx, &mut engine, &fs, &mut last_good, |_, _| {})?;
@@ -272,6 +274,8 @@ pub fn amortised(s: &AmortisedSettings) -> Result<serde_json::Value> {
             cg,
             report_every: 10,
             tol_start: None,
+            resume: None,
+            first_step: 0,
         };
         let per = (256 / s.samples.max(1)).max(1);
         for (pc, yc) in posts.chunks(per).zip(ys.chunks(per)) {

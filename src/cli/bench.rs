@@ -839,6 +839,8 @@ pub fn amortised(
             cg,
             report_every: 10,
             tol_start: None,
+            resume: None,
+            first_step: 0,
         },
         start: Start::Laplace { gn_iters },
     };
@@ -866,6 +868,8 @@ pub fn amortised(
         cg,
         report_every: 50,
         tol_start: None,
+        resume: None,
+        first_step: 0,
     };
     let sur_vi = |y: &[f64], steps: usize| -> Result<(Vec<f64>, Vec<f64>)> {
         let mut v = SurrogateVi::new(

@@ -203,6 +203,8 @@ pub fn calibrate(cfg: &RunConfig, s: &CalibrateSettings) -> Result<serde_json::V
                     cg,
                     report_every: 50,
                     tol_start: cfg.tol_start,
+                    resume: None,
+                    first_step: 0,
                 };
                 let mut eng = ViEngine::new(
                     &ctx,
@@ -274,6 +276,8 @@ pub fn calibrate(cfg: &RunConfig, s: &CalibrateSettings) -> Result<serde_json::V
                     cg,
                     report_every: 500,
                     tol_start: None,
+                    resume: None,
+                    first_step: 0,
                 };
                 let mut vi = crate::infer::surrogate::SurrogateVi::new(
                     &ctx,

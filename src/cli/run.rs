@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::cli::commands;
 use crate::error::{Error, Result};
@@ -19,7 +19,7 @@ use crate::physics::problem::{Problem, ProblemKind};
 use crate::physics::solver::{BatchedSolver, CgParams, Precond};
 
 /// Settings of `pdevi run`, from a TOML file; flags override each key.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
     pub problem: Option<String>,
@@ -83,6 +83,10 @@ pub struct RunConfig {
     pub figure_px: Option<u32>,
     /// Contour lines on the summary maps: this many bands (0 = none).
     pub contours: Option<u32>,
+    /// Write `checkpoint.safetensors` into `out` every this many steps.
+    pub checkpoint_every: Option<usize>,
+    /// Continue the run whose `out` this is, from its checkpoint.
+    pub resume: Option<PathBuf>,
 }
 
 impl RunConfig {
@@ -143,7 +147,9 @@ impl RunConfig {
             every,
             gif,
             figure_px,
-            contours
+            contours,
+            checkpoint_every,
+            resume
         )
     }
 }
@@ -373,6 +379,8 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
     if let Some(dir) = crate::cli::surrogate::parse_forward(cfg.forward.as_deref())? {
         return crate::cli::surrogate::run_surrogate(cfg, dir);
     }
+    let (cfg, resume) = resume_config(cfg, "vi")?;
+    let cfg = &cfg;
     let st = setup(cfg)?;
     let Setup {
         pb,
@@ -430,6 +438,8 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
         cg,
         report_every: 10,
         tol_start: cfg.tol_start,
+        resume: None,
+        first_step: 0,
     };
     // Start from the Laplace approximation: Adam then refines a good
     // Gaussian instead of shrinking the prior by orders of magnitude.
@@ -440,10 +450,23 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
         },
         other => return Err(Error::setting("init", other, "expected laplace or prior")),
     };
+    let prior_trace: Vec<(usize, f64, f64)> = resume
+        .as_ref()
+        .and_then(|ck| serde_json::from_value(ck.host["trace"].clone()).ok())
+        .unwrap_or_default();
+    let first_step = resume
+        .as_ref()
+        .and_then(|ck| ck.host["next_step"].as_u64())
+        .unwrap_or(0) as usize;
+    let ck_every = cfg.checkpoint_every.filter(|&k| k > 0);
     let settings = FitSettings {
         report_every: watcher.as_ref().map_or(10, Watcher::report_every),
+        first_step,
+        resume: resume.clone(),
         ..settings
     };
+    let config = config_json(cfg);
+    let mut next_ck = ck_every.map(|k| first_step + k);
     let bar = crate::output::progress::progress_bar(steps, quiet, "steps  {per_sec}  ELBO {msg}");
     let mut last_good = Vec::new();
     let result = variational_watched(
@@ -458,12 +481,21 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
             bar.set_position(t as u64 + 1);
             bar.set_message(format!("{e:.4e}"));
         },
-        &mut |engine, t, trace| match &mut watcher {
-            Some(w) if w.due(t) => {
-                let elbo: Vec<f64> = trace.iter().map(|p| p.1).collect();
-                w.show_engine(&ctx, engine, t, &elbo)
+        &mut |engine, t, trace| {
+            if let Some(w) = &mut watcher {
+                if w.due(t) {
+                    let elbo: Vec<f64> = prior_trace.iter().chain(trace).map(|p| p.1).collect();
+                    w.show_engine(&ctx, engine, t, &elbo)?;
+                }
             }
-            _ => Ok(()),
+            if let (Some(k), Some(at)) = (ck_every, next_ck) {
+                if t + 1 >= at && t + 1 < steps {
+                    let all: Vec<_> = prior_trace.iter().chain(trace).copied().collect();
+                    save_vi_checkpoint(&ctx, engine, out, t + 1, &all, &config)?;
+                    next_ck = Some(t + 1 + k);
+                }
+            }
+            Ok(())
         },
     );
     bar.finish_and_clear();
@@ -492,6 +524,15 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
         eprintln!("warning: {w}");
     }
 
+    // Ctrl-C: a checkpoint of the last good state, then the outputs.
+    let done = r.interrupted.unwrap_or(steps);
+    let trace: Vec<(usize, f64, f64)> = prior_trace.iter().chain(&r.trace).copied().collect();
+    if r.interrupted.is_some() || (ck_every.is_some() && first_step < steps) {
+        // Interrupted, or the last checkpoint of a checkpointed run: the
+        // final state (resuming it runs no step, and says so).
+        save_vi_checkpoint(&ctx, &engine, out, done, &trace, &config)?;
+    }
+
     // Posterior in xi, fields, predictive.
     let (m, cov) = family.moments(pb.d, &r.theta);
     let mut metrics = serde_json::Map::new();
@@ -514,7 +555,7 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
     // ELBO trace.
     let ys = write_elbo_trace(
         out,
-        &r.trace,
+        &trace,
         &format!("ELBO ({}, {} samples/step)", family.name(), samples),
     )?;
 
@@ -522,8 +563,11 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
     let mut all = serde_json::json!({
         "final_elbo": final_elbo,
         "steps": steps,
+        "steps_done": done,
+        "interrupted": r.interrupted.is_some(),
+        "resumed_from": resume.as_ref().map(|_| first_step),
         "wall_seconds": r.seconds,
-        "steps_per_s": steps as f64 / r.seconds,
+        "steps_per_s": (done - first_step) as f64 / r.seconds,
         "mean_cg_iters": r.mean_cg_iters,
         "unconverged_solves_sampled": r.unconverged_solves,
         "dispatches_per_step": engine.dispatches_per_step(),
@@ -553,6 +597,13 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
             "warning: {} sampled CG solves hit the iteration cap; raise --max-iters or loosen --tol",
             r.unconverged_solves
         );
+    }
+    if r.interrupted.is_some() {
+        return Err(Error::Interrupted(format!(
+            "stopped after step {done} of {steps}; the outputs of that state are in {} (metrics.json says \"interrupted\": true); continue with `pdevi run --resume {}`",
+            out.display(),
+            out.display()
+        )));
     }
     Ok(all)
 }
@@ -596,4 +647,109 @@ pub fn watcher(
         steps,
         curve_title,
     )
+}
+
+/// Settings a resumed run may change: how it is shown, not what it computes.
+const DISPLAY_KEYS: &[&str] = &[
+    "quiet",
+    "live",
+    "frames",
+    "every",
+    "gif",
+    "figure_px",
+    "contours",
+    "checkpoint_every",
+    "resume",
+    "predictive_samples",
+];
+
+/// `--resume DIR`: the checkpoint of `DIR` and the settings it was written
+/// with; flags given now may only change what is shown (a flag that would
+/// change the result is refused, named).
+pub fn resume_config(
+    cfg: &RunConfig,
+    kind: &str,
+) -> Result<(
+    RunConfig,
+    Option<std::sync::Arc<crate::output::checkpoint::Checkpoint>>,
+)> {
+    use crate::output::checkpoint::{Checkpoint, FILE};
+    let Some(dir) = &cfg.resume else {
+        return Ok((cfg.clone(), None));
+    };
+    let path = dir.join(FILE);
+    if !path.is_file() {
+        return Err(Error::setting(
+            "resume",
+            dir.display(),
+            format!(
+                "has no {FILE}: resume a folder written with --checkpoint-every K (or by a run stopped with Ctrl-C)"
+            ),
+        ));
+    }
+    let ck = Checkpoint::load(&path, kind)?;
+    let saved = ck.host.get("config").cloned().unwrap_or_default();
+    let now = serde_json::to_value(cfg)
+        .map_err(|e| Error::setting("resume", dir.display(), e.to_string()))?;
+    let (Some(saved_obj), Some(now_obj)) = (saved.as_object(), now.as_object()) else {
+        return Err(Error::Format {
+            path,
+            message: "the checkpoint holds no settings".into(),
+        });
+    };
+    let mut merged = saved_obj.clone();
+    for (k, v) in now_obj {
+        if v.is_null() || k == "out" {
+            // `out` is where the checkpoint lives.
+            continue;
+        }
+        if DISPLAY_KEYS.contains(&k.as_str()) {
+            merged.insert(k.clone(), v.clone());
+        } else if saved_obj.get(k) != Some(v) {
+            return Err(Error::setting(
+                k.as_str(),
+                v,
+                format!(
+                    "differs from the checkpoint's {}: a resumed run keeps its settings (drop the flag, or start a new run)",
+                    saved_obj.get(k).cloned().unwrap_or_default()
+                ),
+            ));
+        }
+    }
+    merged.insert("out".into(), serde_json::json!(dir));
+    merged.insert("resume".into(), serde_json::json!(dir));
+    let cfg: RunConfig =
+        serde_json::from_value(serde_json::Value::Object(merged)).map_err(|e| Error::Format {
+            path: path.clone(),
+            message: format!("its settings do not read back: {e}"),
+        })?;
+    Ok((cfg, Some(std::sync::Arc::new(ck))))
+}
+
+/// The settings a checkpoint keeps (`resume` left out).
+pub fn config_json(cfg: &RunConfig) -> serde_json::Value {
+    let mut v = serde_json::to_value(cfg).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("resume");
+    }
+    v
+}
+
+/// Save the VI state after `next_step` steps, with the trace so far.
+fn save_vi_checkpoint(
+    ctx: &GpuContext,
+    engine: &crate::infer::vi::ViEngine,
+    out: &Path,
+    next_step: usize,
+    trace: &[(usize, f64, f64)],
+    config: &serde_json::Value,
+) -> Result<()> {
+    let host = serde_json::json!({
+        "next_step": next_step,
+        "trace": trace,
+        "config": config,
+        "device": ctx.describe(),
+    });
+    crate::output::checkpoint::Checkpoint::capture(ctx, "vi", &engine.state_buffers(), host)?
+        .save(&out.join(crate::output::checkpoint::FILE))
 }

@@ -142,6 +142,8 @@ pub fn run_surrogate(cfg: &RunConfig, dir: &Path) -> Result<serde_json::Value> {
         cg: st.cg,
         report_every: 50,
         tol_start: None,
+        resume: None,
+        first_step: 0,
     };
     if steps == 0 || !(fs.lr.is_finite() && fs.lr > 0.0) {
         return Err(Error::setting(

@@ -61,6 +61,15 @@ pub struct Adam {
 }
 
 impl Adam {
+    /// The moments and the clip state, for checkpoints.
+    pub fn state_buffers(&self) -> crate::output::checkpoint::Buffers<'_> {
+        vec![
+            ("adam.m1", &self.m1),
+            ("adam.m2", &self.m2),
+            ("adam.clip", &self.clip),
+        ]
+    }
+
     /// The optimiser of `params` (`settings.n` floats) driven by `grad`.
     pub fn new(
         ctx: &GpuContext,

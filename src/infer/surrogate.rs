@@ -567,6 +567,7 @@ impl SurrogateVi {
             seconds: t0.elapsed().as_secs_f64(),
             mean_cg_iters: 0.0,
             unconverged_solves: 0,
+            interrupted: None,
         })
     }
 }

@@ -417,6 +417,21 @@ impl ViEngine {
 
     /// One optimisation step (0-based `step`) at learning rate `lr`: one
     /// command encoder, one submit, nothing read back.
+    /// Every buffer whose contents carry from one step to the next, for
+    /// checkpoints (q, Adam's moments, the solver's warm starts, the ELBO
+    /// history, the noise).
+    pub fn state_buffers(&self) -> crate::output::checkpoint::Buffers<'_> {
+        let mut b = vec![
+            ("vi.theta", &self.theta),
+            ("vi.grad", &self.grad),
+            ("vi.scalars", &self.scalars),
+            ("vi.eps", &self.gaussian.eps),
+        ];
+        b.extend(self.adam.state_buffers());
+        b.extend(self.solver.state_buffers());
+        b
+    }
+
     pub fn step(&mut self, ctx: &GpuContext, step: u32, lr: f64) {
         self.gaussian.set_step(ctx, step);
         self.adam.set_step(ctx, step + 1, lr);
@@ -491,6 +506,10 @@ pub struct FitSettings {
     /// accurate as its own sampling noise). A few decades, not a change per
     /// step: drivers that inline uniforms recompile the solver at each.
     pub tol_start: Option<f64>,
+    /// Resume: the first step to run, with the engine restored from this
+    /// checkpoint (no Laplace start).
+    pub resume: Option<std::sync::Arc<crate::output::checkpoint::Checkpoint>>,
+    pub first_step: usize,
 }
 
 impl Default for FitSettings {
@@ -508,6 +527,8 @@ impl Default for FitSettings {
             },
             report_every: 10,
             tol_start: None,
+            resume: None,
+            first_step: 0,
         }
     }
 }
@@ -537,6 +558,8 @@ pub struct FitResult {
     pub seconds: f64,
     pub mean_cg_iters: f64,
     pub unconverged_solves: usize,
+    /// Stopped by Ctrl-C after this many steps (of `steps`).
+    pub interrupted: Option<usize>,
 }
 
 /// Learning rate of step t.
@@ -579,9 +602,10 @@ pub fn fit_watched(
     let mut unconverged = 0usize;
     *last_good = engine.read_theta(ctx)?;
     let every = s.report_every.clamp(1, HISTORY);
-    let mut first = 0usize;
+    let mut first = s.first_step;
     let mut tol = s.cg.rel_tol;
-    for t in 0..s.steps {
+    let mut interrupted = None;
+    for t in s.first_step..s.steps {
         let want = tol_at(s, t);
         if want != tol {
             tol = want;
@@ -624,6 +648,11 @@ pub fn fit_watched(
             progress(t, *elbos.last().unwrap_or(&f64::NAN));
             watch(engine, t, &trace)?;
             first = t + 1;
+            // Ctrl-C: stop after a read-back, whose state is the last good one.
+            if crate::interrupt::requested() && t + 1 < s.steps {
+                interrupted = Some(t + 1);
+                break;
+            }
         }
     }
     let theta = engine.read_theta(ctx)?;
@@ -637,6 +666,7 @@ pub fn fit_watched(
             0.0
         },
         unconverged_solves: unconverged,
+        interrupted,
     })
 }
 
@@ -698,7 +728,9 @@ pub fn variational_watched(
     let mut engine = ViEngine::new(ctx, pb, s.family, s.samples, sensors, y, s.seed, s.cg)?;
     let mut laplace_seconds = 0.0;
     let mut start_warning = None;
-    if let Start::Laplace { gn_iters } = start {
+    if let Some(ck) = &s.resume {
+        ck.restore(ctx, &engine.state_buffers(), &ck.path)?;
+    } else if let Start::Laplace { gn_iters } = start {
         match crate::infer::laplace::fit_laplace(ctx, pb, sensors, y, s.cg, gn_iters) {
             Ok(lp) => {
                 laplace_seconds = lp.seconds;

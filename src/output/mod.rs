@@ -1,5 +1,6 @@
 //! What people read: arrays (`.npy`), observation CSVs, JSON and figures.
 
+pub mod checkpoint;
 pub mod colormap;
 pub mod fields;
 pub mod files;

@@ -596,6 +596,25 @@ impl BatchedSolver {
 
     /// Dispatches recorded per solve after the start (the CG iterations, or
     /// none for a direct solve).
+    /// Every buffer a solve writes (the warm-start vectors among them), for
+    /// checkpoints: restored, the next solve starts where it would have.
+    pub fn state_buffers(&self) -> crate::output::checkpoint::Buffers<'_> {
+        vec![
+            ("solver.xi", &self.xi),
+            ("solver.z", &self.z),
+            ("solver.kappa_or_load", &self.kappa_or_load),
+            ("solver.u", &self.u),
+            ("solver.lam", &self.lam),
+            ("solver.adj", &self.adj),
+            ("solver.work", &self.work),
+            ("solver.state_fwd", &self.state_fwd),
+            ("solver.state_adj", &self.state_adj),
+            ("solver.g", &self.g),
+            ("solver.gxi", &self.gxi),
+            ("solver.misfit", &self.misfit),
+        ]
+    }
+
     pub fn iterate_dispatches(&self) -> u32 {
         if matches!(self.fwd, Solve::Direct(_)) {
             return 0;

@@ -1,0 +1,259 @@
+//! Nothing lost, nothing crashes: property-based fuzzing of every file
+//! reader of the engine (observation CSVs, run configs, `.npy` arrays and
+//! vectors, training sets, MLP weights, encoder and surrogate folders).
+//!
+//! For each reader, proptest feeds (a) random bytes and random token soup
+//! and (b) mutations of valid files written by the engine's own writers
+//! (bytes flipped, inserted or deleted, truncation, lines duplicated,
+//! dropped or swapped, numbers replaced by NaN/inf/huge/negative/off-grid
+//! values, words by other words of the format, floats in the data by
+//! NaN/inf). Every input must be accepted or rejected with an error whose
+//! message names the file (or, for folder readers, the folder); a panic is
+//! a failure reported with the input. The unmutated valid files must be
+//! accepted.
+//!
+//! The readers, inputs and mutations live in `examples/fuzz_readers.rs`
+//! (the long-running fuzzer), included here as a module. Each reader's
+//! properties run in a child process (this test binary, filtered to that
+//! reader's `#[ignore]`d `child` tests), so that an input that aborts the
+//! process (a huge allocation, a stack overflow) fails that reader's test
+//! with the input that was being read, instead of killing the whole run.
+
+mod common;
+
+#[path = "../examples/fuzz_readers.rs"]
+mod engine;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use engine::{Env, Input, Mutation, Reader};
+use proptest::prelude::*;
+use proptest::test_runner::Config;
+
+/// Set in a child process: where to write the input being read.
+const WITNESS_ENV: &str = "PDEVI_FUZZ_WITNESS";
+
+/// The readers and their environment, without and with a GPU.
+fn fixture(gpu: bool) -> &'static (Env, Vec<Reader>) {
+    static CPU: OnceLock<(Env, Vec<Reader>)> = OnceLock::new();
+    static GPU: OnceLock<(Env, Vec<Reader>)> = OnceLock::new();
+    let build = |ctx| {
+        let env = Env::new(ctx);
+        let readers = engine::readers(&env);
+        (env, readers)
+    };
+    if gpu {
+        GPU.get_or_init(|| build(Some(common::ctx())))
+    } else {
+        CPU.get_or_init(|| build(None))
+    }
+}
+
+fn config(cases: u32) -> Config {
+    Config {
+        cases,
+        failure_persistence: None,
+        max_shrink_iters: 256,
+        ..Config::default()
+    }
+}
+
+/// Run `reader` on base `base` (modulo the number of bases) changed by
+/// `muts`; fail with the outcome and the input unless it was accepted or
+/// rejected naming the file.
+fn check(name: &str, gpu: bool, base: usize, muts: &[Mutation]) -> Result<(), TestCaseError> {
+    let (env, readers) = fixture(gpu);
+    let r = readers
+        .iter()
+        .find(|r| r.name == name)
+        .unwrap_or_else(|| panic!("no reader {name}"));
+    let b = base % r.bases.len();
+    let input: Input = engine::mutate(&r.bases[b], muts, r.vocab);
+    let dir = engine::fresh_dir(r.name);
+    if let Some(w) = std::env::var_os(WITNESS_ENV) {
+        let _ = std::fs::write(
+            PathBuf::from(w),
+            format!(
+                "reader: {}\nfolder: {}\nbase: {b}\nmutations: {muts:?}\n{}",
+                r.name,
+                dir.display(),
+                engine::describe(&input, 2000)
+            ),
+        );
+    }
+    let outcome = engine::run_reader(env, r, &input, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    prop_assert!(
+        !outcome.is_failure(),
+        "reader {}: {:?}\nthe error must name {:?}\ninput: base {b}, mutations {muts:?}\n{}",
+        r.name,
+        outcome,
+        engine::needle(r, &input, &dir),
+        engine::describe(&input, 3000)
+    );
+    Ok(())
+}
+
+/// Every valid base of `name` is accepted.
+fn check_valid(name: &str, gpu: bool) {
+    let (env, readers) = fixture(gpu);
+    let r = readers
+        .iter()
+        .find(|r| r.name == name)
+        .unwrap_or_else(|| panic!("no reader {name}"));
+    for (k, base) in r.bases.iter().enumerate() {
+        let dir = engine::fresh_dir(r.name);
+        let outcome = engine::run_reader(env, r, base, &dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            outcome,
+            engine::Outcome::Accepted,
+            "reader {} refused its valid input {k}:\n{}",
+            r.name,
+            engine::describe(base, 3000)
+        );
+    }
+}
+
+/// Run the tests matching `filter` (a reader's `child` tests) in a child
+/// process; a crash there fails this test with the input being read.
+fn isolated(filter: &str, expect_tests: usize) {
+    let witness = std::env::temp_dir().join(format!(
+        "pdevi-fuzz-witness-{}-{}",
+        std::process::id(),
+        filter.replace(':', "_")
+    ));
+    let _ = std::fs::remove_file(&witness);
+    let exe = std::env::current_exe().expect("the test binary");
+    let out = std::process::Command::new(exe)
+        .args([filter, "--ignored", "--test-threads=1"])
+        .env(WITNESS_ENV, &witness)
+        .output()
+        .expect("start the child test process");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tail: String = {
+        let chars: Vec<char> = text.chars().collect();
+        chars[chars.len().saturating_sub(12_000)..].iter().collect()
+    };
+    if out.status.success() {
+        let ran = text.contains(&format!("test result: ok. {expect_tests} passed"));
+        assert!(
+            ran,
+            "the child process for {filter} did not run {expect_tests} tests:\n{tail}"
+        );
+        let _ = std::fs::remove_file(&witness);
+        return;
+    }
+    if out.status.code().is_some() {
+        let _ = std::fs::remove_file(&witness);
+        panic!("{filter}: a property failed (output of the child process):\n{tail}");
+    }
+    let inflight =
+        std::fs::read_to_string(&witness).unwrap_or_else(|_| "(no input recorded)".into());
+    panic!(
+        "{filter}: the process CRASHED ({}) while reading this input (nothing can catch this: \
+         an abort or a fatal signal):\n{inflight}\n--- child output:\n{tail}",
+        out.status
+    );
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    let u = || any::<usize>();
+    let header = || prop::bool::weighted(0.7);
+    prop_oneof![
+        3 => (u(), u(), any::<u8>(), header()).prop_map(|(file, at, mask, header)| Mutation::Flip {
+            file,
+            at,
+            mask,
+            header
+        }),
+        1 => (u(), u()).prop_map(|(file, at)| Mutation::Truncate { file, at }),
+        1 => (u(), u(), prop::collection::vec(any::<u8>(), 0..12), header())
+            .prop_map(|(file, at, junk, header)| Mutation::Insert { file, at, junk, header }),
+        1 => (u(), u(), u()).prop_map(|(file, at, len)| Mutation::Delete { file, at, len }),
+        1 => (u(), u()).prop_map(|(file, at)| Mutation::DupLine { file, at }),
+        1 => (u(), u()).prop_map(|(file, at)| Mutation::DropLine { file, at }),
+        1 => (u(), u(), u()).prop_map(|(file, a, b)| Mutation::SwapLines { file, a, b }),
+        3 => (u(), u(), u()).prop_map(|(file, at, with)| Mutation::Number { file, at, with }),
+        3 => (u(), u(), u()).prop_map(|(file, at, with)| Mutation::Word { file, at, with }),
+        2 => (u(), u(), u()).prop_map(|(file, at, with)| Mutation::Float { file, at, with }),
+    ]
+}
+
+/// A base and 1-4 mutations of it.
+fn mutated_inputs() -> impl Strategy<Value = (usize, Vec<Mutation>)> {
+    (any::<usize>(), prop::collection::vec(mutation(), 1..5))
+}
+
+/// A base with one of its files replaced by random bytes or random tokens.
+fn random_inputs() -> impl Strategy<Value = (usize, Vec<Mutation>)> {
+    let bytes = (any::<usize>(), prop::collection::vec(any::<u8>(), 0..400))
+        .prop_map(|(file, bytes)| Mutation::Bytes { file, bytes });
+    let soup = (
+        any::<usize>(),
+        prop::collection::vec((any::<usize>(), any::<usize>()), 0..40),
+    )
+        .prop_map(|(file, parts)| Mutation::Soup { file, parts });
+    (any::<usize>(), prop_oneof![bytes, soup]).prop_map(|(b, m)| (b, vec![m]))
+}
+
+/// The tests of one reader: `valid`, `mutated` and `random` in a child
+/// process (`isolated`), each run by the parent test `fuzz`.
+macro_rules! fuzz_reader {
+    ($module:ident, $name:literal, gpu: $gpu:expr, mutated: $nm:expr, random: $nr:expr) => {
+        mod $module {
+            use super::*;
+
+            #[test]
+            fn fuzz() {
+                isolated(concat!(stringify!($module), "::child::"), 3);
+            }
+
+            mod child {
+                use super::super::*;
+
+                #[test]
+                #[ignore = "run in a child process by the parent test `fuzz`"]
+                fn valid() {
+                    check_valid($name, $gpu);
+                }
+
+                proptest! {
+                    #![proptest_config(config($nm))]
+                    #[test]
+                    #[ignore = "run in a child process by the parent test `fuzz`"]
+                    fn mutated((base, muts) in mutated_inputs()) {
+                        check($name, $gpu, base, &muts)?;
+                    }
+                }
+
+                proptest! {
+                    #![proptest_config(config($nr))]
+                    #[test]
+                    #[ignore = "run in a child process by the parent test `fuzz`"]
+                    fn random((base, muts) in random_inputs()) {
+                        check($name, $gpu, base, &muts)?;
+                    }
+                }
+            }
+        }
+    };
+}
+
+fuzz_reader!(obs_darcy2d, "obs-darcy2d", gpu: false, mutated: 256, random: 128);
+fuzz_reader!(obs_poisson1d, "obs-poisson1d", gpu: false, mutated: 256, random: 128);
+fuzz_reader!(config_toml, "config-toml", gpu: false, mutated: 256, random: 128);
+fuzz_reader!(npy, "npy", gpu: false, mutated: 256, random: 128);
+fuzz_reader!(vector_npy, "vector-npy", gpu: false, mutated: 256, random: 128);
+fuzz_reader!(vector_text, "vector-text", gpu: false, mutated: 256, random: 128);
+fuzz_reader!(simset, "simset", gpu: false, mutated: 256, random: 128);
+fuzz_reader!(mlp_weights, "mlp-weights", gpu: false, mutated: 256, random: 128);
+fuzz_reader!(mlp_gpu, "mlp-gpu", gpu: true, mutated: 64, random: 32);
+fuzz_reader!(encoder, "encoder", gpu: true, mutated: 128, random: 32);
+fuzz_reader!(encoder_asset, "encoder-asset", gpu: true, mutated: 32, random: 16);
+fuzz_reader!(surrogate, "surrogate", gpu: true, mutated: 128, random: 32);
