@@ -431,6 +431,7 @@ fn a_linear_surrogate_of_poisson1d_and_vi_with_it_match_the_exact_answers() {
         Some(sf),
         |_, _| {},
         None,
+        &Default::default(),
     )
     .unwrap();
     let (mm, mc) = r.moments();

@@ -116,9 +116,12 @@ fn check_valid(name: &str, gpu: bool) {
     }
 }
 
-/// Run the tests matching `filter` (a reader's `child` tests) in a child
+/// Run the tests `module::child::{valid, mutated, random}` in a child
 /// process; a crash there fails this test with the input being read.
-fn isolated(filter: &str, expect_tests: usize) {
+fn isolated(module: &str) {
+    let names = ["valid", "mutated", "random"].map(|t| format!("{module}::child::{t}"));
+    let filter = format!("{module}::child");
+    let expect_tests = names.len();
     let witness = std::env::temp_dir().join(format!(
         "pdevi-fuzz-witness-{}-{}",
         std::process::id(),
@@ -127,7 +130,8 @@ fn isolated(filter: &str, expect_tests: usize) {
     let _ = std::fs::remove_file(&witness);
     let exe = std::env::current_exe().expect("the test binary");
     let out = std::process::Command::new(exe)
-        .args([filter, "--ignored", "--test-threads=1"])
+        .args(&names)
+        .args(["--exact", "--ignored", "--test-threads=1"])
         .env(WITNESS_ENV, &witness)
         .output()
         .expect("start the child test process");
@@ -211,7 +215,7 @@ macro_rules! fuzz_reader {
 
             #[test]
             fn fuzz() {
-                isolated(concat!(stringify!($module), "::child::"), 3);
+                isolated(stringify!($module));
             }
 
             mod child {

@@ -35,6 +35,8 @@ pub fn mcmc_settings(cfg: &RunConfig, seed: u64) -> Result<McmcSettings> {
 /// draws (`samples_xi.npy` N x d, `chains_xi.npy` chains x kept x d,
 /// `chains_logpost.npy`), per-coordinate diagnostics and a trace figure.
 pub fn run_mcmc(cfg: &RunConfig) -> Result<serde_json::Value> {
+    let (cfg, resume) = crate::cli::run::resume_config(cfg, "mcmc")?;
+    let cfg = &cfg;
     let forward = crate::cli::surrogate::parse_forward(cfg.forward.as_deref())?;
     // Settings first: a bad one fails before any data are simulated.
     let mut settings = mcmc_settings(cfg, cfg.seed.unwrap_or(0))?;
@@ -134,6 +136,15 @@ pub fn run_mcmc(cfg: &RunConfig) -> Result<serde_json::Value> {
         watcher
             .as_mut()
             .map(|w| w as &mut crate::infer::mcmc::McmcWatch<'_>),
+        &crate::infer::mcmc::McmcControl {
+            resume,
+            // Always a path: Ctrl-C writes a checkpoint even without --checkpoint-every.
+            checkpoint: Some((
+                st.out.join(crate::output::checkpoint::FILE),
+                cfg.checkpoint_every.filter(|&k| k > 0),
+            )),
+            config: crate::cli::run::config_json(cfg),
+        },
     );
     bar.finish_and_clear();
     let r = r?;
@@ -214,7 +225,9 @@ pub fn run_mcmc(cfg: &RunConfig) -> Result<serde_json::Value> {
         "sampling_seconds": r.sampling_seconds,
         "reference_seconds": reference_seconds,
         "seconds": r.seconds + reference_seconds,
-        "steps_per_s": total as f64 / r.seconds,
+        "steps_per_s": r.interrupted.unwrap_or(total) as f64 / r.seconds,
+        "interrupted": r.interrupted.is_some(),
+        "steps_done": r.interrupted.unwrap_or(total),
         "dispatches_per_step": r.dispatches_per_step,
         "device": ctx.describe(),
         "settings": st.settings_json(),
@@ -256,6 +269,13 @@ pub fn run_mcmc(cfg: &RunConfig) -> Result<serde_json::Value> {
             "warning: {} of {} proposals were rejected because a solve did not converge",
             r.failed_solves, r.proposals
         );
+    }
+    if let Some(t) = r.interrupted {
+        return Err(crate::error::Error::Interrupted(format!(
+            "stopped after step {t} of {total} with {k} draws per chain; the outputs of those draws are in {} (metrics.json says \"interrupted\": true); continue with `pdevi mcmc --resume {}`",
+            out.display(),
+            out.display()
+        )));
     }
     Ok(all)
 }

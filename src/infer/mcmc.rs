@@ -597,6 +597,20 @@ impl McmcEngine {
         ctx.write(&self.params_buf, &[self.params]);
     }
 
+    /// Every buffer that carries from one step to the next (chain states,
+    /// proposals, counters, the kept draws, the solver's warm starts), for
+    /// checkpoints.
+    pub fn state_buffers(&self) -> crate::output::checkpoint::Buffers<'_> {
+        let mut b = vec![
+            ("mcmc.state", &self.state),
+            ("mcmc.prop", &self.prop),
+            ("mcmc.chains", &self.chains),
+            ("mcmc.samples", &self.samples),
+        ];
+        b.extend(self.solver.state_buffers());
+        b
+    }
+
     /// Dispatches recorded per step.
     pub fn dispatches_per_step(&self) -> usize {
         let it = self.solver.iterate_dispatches() as usize;
@@ -650,6 +664,8 @@ impl McmcEngine {
 /// What [`sample_posterior`] returns.
 #[derive(Clone, Debug)]
 pub struct McmcResult {
+    /// Stopped by Ctrl-C after this many steps (the draws kept until then).
+    pub interrupted: Option<usize>,
     pub sampler: Sampler,
     pub chains: usize,
     /// Kept draws per chain.
@@ -797,8 +813,30 @@ pub fn sample_posterior(
     progress: impl FnMut(usize, usize),
 ) -> Result<McmcResult> {
     sample_posterior_with(
-        ctx, pb, sensors, y, cg, settings, reference, None, progress, None,
+        ctx,
+        pb,
+        sensors,
+        y,
+        cg,
+        settings,
+        reference,
+        None,
+        progress,
+        None,
+        &McmcControl::default(),
     )
+}
+
+/// Checkpoints, resume and Ctrl-C for [`sample_posterior_with`].
+#[derive(Clone, Debug, Default)]
+pub struct McmcControl {
+    /// Continue from this checkpoint (same settings and reference).
+    pub resume: Option<std::sync::Arc<crate::output::checkpoint::Checkpoint>>,
+    /// Save a checkpoint here every `every` steps (at the first read-back
+    /// at or after each multiple), and when Ctrl-C stops the run.
+    pub checkpoint: Option<(std::path::PathBuf, Option<usize>)>,
+    /// Settings kept in the checkpoint (what `--resume` checks against).
+    pub config: serde_json::Value,
 }
 
 /// What a caller may do at each read-back of [`sample_posterior_with`]:
@@ -819,6 +857,7 @@ pub fn sample_posterior_with(
     surrogate: Option<crate::infer::surrogate::SurrogateForward>,
     mut progress: impl FnMut(usize, usize),
     mut watch: Option<&mut McmcWatch<'_>>,
+    control: &McmcControl,
 ) -> Result<McmcResult> {
     let t0 = Instant::now();
     let s = settings;
@@ -834,7 +873,6 @@ pub fn sample_posterior_with(
         reference.1,
         surrogate,
     )?;
-    eng.init(ctx, &initial_states(s.seed, c, d))?;
     let total = s.total_steps();
     let target = s.sampler.target_acceptance();
     let max_log = s.sampler.max_step().ln();
@@ -844,6 +882,61 @@ pub fn sample_posterior_with(
     let mut prev = vec![0u32; c];
     let mut t = 0usize;
     let mut k = 0usize;
+    let mut at_warmup: Vec<u32> = Vec::new();
+    let mut warmup_seconds = 0.0;
+    if let Some(ck) = &control.resume {
+        ck.restore(ctx, &eng.state_buffers(), &ck.path)?;
+        let h = &ck.host;
+        let get = |k: &str| h.get(k).cloned().unwrap_or_default();
+        let bad = |what: &str| Error::Format {
+            path: ck.path.clone(),
+            message: format!("the checkpoint's {what} does not read back"),
+        };
+        t = get("t").as_u64().ok_or_else(|| bad("step"))? as usize;
+        k = get("k").as_u64().ok_or_else(|| bad("adaptation count"))? as usize;
+        log_step = get("log_step").as_f64().ok_or_else(|| bad("step size"))?;
+        prev = serde_json::from_value(get("prev")).map_err(|_| bad("accept counts"))?;
+        at_warmup = serde_json::from_value(get("at_warmup")).map_err(|_| bad("accept counts"))?;
+        adaptation = serde_json::from_value(get("adaptation")).map_err(|_| bad("adaptation"))?;
+        warmup_trace =
+            serde_json::from_value(get("warmup_trace")).map_err(|_| bad("warm-up trace"))?;
+        warmup_seconds = get("warmup_seconds").as_f64().unwrap_or(0.0);
+        eng.set_step_size(ctx, log_step.exp());
+    } else {
+        eng.init(ctx, &initial_states(s.seed, c, d))?;
+    }
+    let mut next_ck = control
+        .checkpoint
+        .as_ref()
+        .and_then(|(_, every)| *every)
+        .map(|e| t + e.max(1));
+    // A checkpoint of the state after step `t` (host state as JSON).
+    #[allow(clippy::too_many_arguments, reason = "the sampler's host state")]
+    fn save(
+        ctx: &GpuContext,
+        eng: &McmcEngine,
+        control: &McmcControl,
+        t: usize,
+        k: usize,
+        log_step: f64,
+        prev: &[u32],
+        at_warmup: &[u32],
+        adaptation: &[(usize, f64, f64)],
+        warmup_trace: &[(usize, Vec<f64>)],
+        warmup_seconds: f64,
+    ) -> Result<()> {
+        let Some((path, _)) = &control.checkpoint else {
+            return Ok(());
+        };
+        let host = serde_json::json!({
+            "t": t, "k": k, "log_step": log_step, "prev": prev, "at_warmup": at_warmup,
+            "adaptation": adaptation, "warmup_trace": warmup_trace,
+            "warmup_seconds": warmup_seconds, "config": control.config,
+            "device": ctx.describe(),
+        });
+        crate::output::checkpoint::Checkpoint::capture(ctx, "mcmc", &eng.state_buffers(), host)?
+            .save(path)
+    }
     let check_failed = |ch: &[McmcChain], t: usize| -> Result<u64> {
         let failed: u64 = ch.iter().map(|x| x.failed as u64).sum();
         let props = (t * c) as u64;
@@ -884,11 +977,50 @@ pub fn sample_posterior_with(
         if let Some(w) = watch.as_deref_mut() {
             w(t, &eng.read_x(ctx)?, &ch)?;
         }
+        let stop = crate::interrupt::requested();
+        if next_ck.is_some_and(|at| t >= at) || stop {
+            let ws = warmup_seconds + t0.elapsed().as_secs_f64();
+            save(
+                ctx,
+                &eng,
+                control,
+                t,
+                k,
+                log_step,
+                &prev,
+                &at_warmup,
+                &adaptation,
+                &warmup_trace,
+                ws,
+            )?;
+            next_ck = next_ck
+                .map(|at| at.max(t) + control.checkpoint.as_ref().and_then(|c| c.1).unwrap_or(1));
+        }
+        if stop {
+            return Err(Error::Interrupted(format!(
+                "stopped during the warm-up, after step {t} of {}; no draws kept yet{}",
+                s.warmup,
+                match &control.checkpoint {
+                    Some((p, _)) => format!(
+                        "; continue with `pdevi mcmc --resume {}`",
+                        p.parent()
+                            .map(|d| d.display().to_string())
+                            .unwrap_or_default()
+                    ),
+                    None => String::new(),
+                }
+            )));
+        }
     }
-    let warmup_seconds = t0.elapsed().as_secs_f64();
+    if control.resume.is_none() || t == s.warmup {
+        warmup_seconds += t0.elapsed().as_secs_f64();
+    }
     let t1 = Instant::now();
     let mut ch = eng.read_chains(ctx)?;
-    let at_warmup: Vec<u32> = ch.iter().map(|x| x.accepts).collect();
+    if at_warmup.is_empty() {
+        at_warmup = ch.iter().map(|x| x.accepts).collect();
+    }
+    let mut interrupted = None;
     while t < total {
         let n = s.steps_per_submit.min(total - t);
         eng.run_steps(ctx, n)?;
@@ -899,20 +1031,59 @@ pub fn sample_posterior_with(
         if let Some(w) = watch.as_deref_mut() {
             w(t, &eng.read_x(ctx)?, &ch)?;
         }
+        let stop = crate::interrupt::requested() && t < total;
+        if (next_ck.is_some_and(|at| t >= at) && t < total) || stop {
+            save(
+                ctx,
+                &eng,
+                control,
+                t,
+                k,
+                log_step,
+                &prev,
+                &at_warmup,
+                &adaptation,
+                &warmup_trace,
+                warmup_seconds,
+            )?;
+            next_ck = next_ck
+                .map(|at| at.max(t) + control.checkpoint.as_ref().and_then(|c| c.1).unwrap_or(1));
+        }
+        if stop {
+            interrupted = Some(t);
+            break;
+        }
     }
-    let (samples, logpost) = eng.read_samples(ctx)?;
+    let (mut samples, mut logpost) = eng.read_samples(ctx)?;
     let sampling_seconds = t1.elapsed().as_secs_f64();
-    if let Some((i, x)) = ch
-        .iter()
-        .enumerate()
-        .find(|(_, x)| x.kept as usize != s.samples)
-    {
+    // Interrupted: the draws kept so far (the same number in every chain).
+    let kept = ch.first().map_or(0, |x| x.kept as usize);
+    if interrupted.is_some() {
+        if kept < 4 {
+            return Err(Error::Interrupted(format!(
+                "stopped after step {t} with {kept} draws per chain (R-hat needs 4); continue with --resume"
+            )));
+        }
+        let cap = s.samples;
+        samples = (0..c)
+            .flat_map(|j| samples[j * cap * d..(j * cap + kept) * d].to_vec())
+            .collect();
+        logpost = (0..c)
+            .flat_map(|j| logpost[j * cap..j * cap + kept].to_vec())
+            .collect();
+    }
+    let want = if interrupted.is_some() {
+        kept
+    } else {
+        s.samples
+    };
+    if let Some((i, x)) = ch.iter().enumerate().find(|(_, x)| x.kept as usize != want) {
         return Err(Error::Gpu {
             context: "MCMC".into(),
-            message: format!("chain {i} kept {} draws, expected {}", x.kept, s.samples),
+            message: format!("chain {i} kept {} draws, expected {want}", x.kept),
         });
     }
-    let steps_after = (total - s.warmup) as f64;
+    let steps_after = (t - s.warmup).max(1) as f64;
     let acceptance_per_chain: Vec<f64> = ch
         .iter()
         .zip(&at_warmup)
@@ -921,9 +1092,10 @@ pub fn sample_posterior_with(
     let acceptance = acceptance_per_chain.iter().sum::<f64>() / c as f64;
     let failed_solves = check_failed(&ch, t)?;
     let mut r = McmcResult {
+        interrupted,
         sampler: s.sampler,
         chains: c,
-        kept: s.samples,
+        kept: want,
         d,
         samples,
         logpost,
@@ -935,7 +1107,7 @@ pub fn sample_posterior_with(
         rhat: Vec::new(),
         ess_bulk: Vec::new(),
         failed_solves,
-        proposals: (total * c) as u64,
+        proposals: (t * c) as u64,
         warmup_seconds,
         sampling_seconds,
         seconds: 0.0,
@@ -944,8 +1116,8 @@ pub fn sample_posterior_with(
     if let Some(i) = r.samples.iter().position(|v| !v.is_finite()) {
         return Err(Error::Diverged(format!(
             "MCMC draw {} of chain {} holds a non-finite value",
-            (i / d) % s.samples,
-            i / d / s.samples
+            (i / d) % want,
+            i / d / want
         )));
     }
     for i in 0..d {
