@@ -14,7 +14,7 @@
 //! small and as shipped in `assets/encoder-darcy2d-n64`).
 //!
 //! Each reader gets an equal share of the time. Inputs are valid files
-//! written by the engine's own writers, then mutated (bytes flipped, set,
+//! written by the engine's own writers, then mutated (bytes flipped,
 //! inserted or deleted, the file truncated, lines duplicated, dropped or
 //! swapped, numbers replaced by NaN/inf/huge/negative/off-grid values,
 //! words by others of the format, floats in the data by NaN/inf), or
@@ -206,52 +206,13 @@ pub struct Input {
 
 /// Numbers that readers must survive: NaN, infinities, overflowing,
 /// huge, negative, zero, off-grid and malformed ones.
+#[rustfmt::skip]
 pub const NUMBERS: &[&str] = &[
-    "nan",
-    "NaN",
-    "inf",
-    "-inf",
-    "Infinity",
-    "1e309",
-    "-1e309",
-    "1e300",
-    "-1e300",
-    "1e-320",
-    "0",
-    "-0",
-    "-1",
-    "1",
-    "2",
-    "3",
-    "7",
-    "33",
-    "0.3",
-    "0.5",
-    "1.5",
-    "-0.5",
-    "0.03125",
-    "0.0625",
-    "0.9375",
-    "1.0625",
-    "0.25000000001",
-    "255",
-    "65535",
-    "65536",
-    "2147483648",
-    "4294967295",
-    "4294967296",
-    "1000000000",
-    "9007199254740993",
-    "9223372036854775807",
-    "18446744073709551615",
-    "18446744073709551616",
-    "99999999999999999999999999",
-    "0x10",
-    "1_000",
-    "+1",
-    "1e",
-    ".",
-    "-",
+    "nan", "NaN", "inf", "-inf", "Infinity", "1e309", "-1e309", "1e300", "-1e300", "1e-320", "0",
+    "-0", "-1", "1", "2", "3", "7", "33", "0.3", "0.5", "1.5", "-0.5", "0.03125", "0.0625",
+    "0.9375", "1.0625", "0.25000000001", "255", "65535", "65536", "2147483648", "4294967295",
+    "4294967296", "1000000000", "9007199254740993", "9223372036854775807", "18446744073709551615",
+    "18446744073709551616", "99999999999999999999999999", "0x10", "1_000", "+1", "1e", ".", "-",
     "",
 ];
 
@@ -677,7 +638,7 @@ pub type Call = fn(&Env, &Path) -> pdevi::Result<()>;
 pub struct Reader {
     pub name: &'static str,
     pub gpu: bool,
-    /// Reads the input written into the folder given.
+    /// Called on the folder (folder readers) or on the one file.
     pub call: Call,
     /// The reader takes the folder (else the first file): its error must
     /// name the folder, else the file.
@@ -686,196 +647,41 @@ pub struct Reader {
     pub vocab: &'static [&'static str],
 }
 
+#[rustfmt::skip]
 pub const CSV_VOCAB: &[&str] = &[
-    "x",
-    "y",
-    "value",
-    "X",
-    "Value",
-    "x,y,value",
-    "x,value",
-    "nan",
-    "inf",
-    "-inf",
-    "0.3",
-    "0.03125",
-    "0.0625",
-    "0.9375",
-    "1.0625",
-    "-0.0625",
-    "1",
-    "0",
-    "0.25000000001",
-    "0.2500001",
-    "\"0.5\"",
-    "\"x\"",
-    "\"",
-    "\"\"",
-    "#",
-    "# comment",
-    "\u{feff}",
-    "\r",
-    ",",
-    ",,",
-    "  ",
-    "\u{bd}",
-    "\u{0}",
+    "x", "y", "value", "X", "Value", "x,y,value", "x,value", "nan", "inf", "-inf", "0.3",
+    "0.03125", "0.0625", "0.9375", "1.0625", "-0.0625", "1", "0", "0.25000000001", "0.2500001",
+    "\"0.5\"", "\"x\"", "\"", "\"\"", "#", "# comment", "\u{feff}", "\r", ",", ",,", "  ",
+    "\u{bd}", "\u{0}",
 ];
 
+#[rustfmt::skip]
 pub const TOML_VOCAB: &[&str] = &[
-    "problem",
-    "obs",
-    "noise",
-    "family",
-    "rank",
-    "samples",
-    "steps",
-    "lr",
-    "lr_final",
-    "seed",
-    "n",
-    "d",
-    "truth",
-    "out",
-    "tol",
-    "max_iters",
-    "quiet",
-    "sampler",
-    "chains",
-    "precond",
-    "forward",
-    "live",
-    "every",
-    "figure_px",
-    "contours",
-    "bogus",
-    "=",
-    "\"darcy2d\"",
-    "\"\"",
-    "''",
-    "'''",
-    "\"\"\"",
-    "true",
-    "false",
-    "nan",
-    "inf",
-    "-inf",
-    "1e999",
-    "-1",
-    "18446744073709551616",
-    "9223372036854775808",
-    "[1, 2]",
-    "[]",
-    "{}",
-    "{a = 1}",
-    "[table]",
-    "[[arr]]",
-    "1979-05-27T07:32:00Z",
-    "0x1F",
-    "0o17",
-    "0b11",
-    "1_000",
-    "\"\\u00e9\"",
-    "\"\\uD800\"",
-    "\"\\x\"",
-    "#",
-    "\u{e9}",
-    "\t",
-    "\r",
+    "problem", "obs", "noise", "family", "rank", "samples", "steps", "lr", "lr_final", "seed",
+    "n", "d", "truth", "out", "tol", "max_iters", "quiet", "sampler", "chains", "precond",
+    "forward", "live", "every", "figure_px", "contours", "bogus", "=", "\"darcy2d\"", "\"\"",
+    "''", "'''", "\"\"\"", "true", "false", "nan", "inf", "-inf", "1e999", "-1",
+    "18446744073709551616", "9223372036854775808", "[1, 2]", "[]", "{}", "{a = 1}", "[table]",
+    "[[arr]]", "1979-05-27T07:32:00Z", "0x1F", "0o17", "0b11", "1_000", "\"\\u00e9\"",
+    "\"\\uD800\"", "\"\\x\"", "#", "\u{e9}", "\t", "\r",
 ];
 
+#[rustfmt::skip]
 pub const NPY_VOCAB: &[&str] = &[
-    "<f8",
-    "<f4",
-    ">f8",
-    ">f4",
-    "<f2",
-    "<i4",
-    "<i8",
-    ">i2",
-    "|u1",
-    "<u8",
-    "|b1",
-    "<c16",
-    "|O",
-    "<U3",
-    "|V8",
-    "<M8",
-    "descr",
-    "fortran_order",
-    "shape",
-    "True",
-    "False",
-    "None",
-    "()",
-    "(0,)",
-    "(-1,)",
-    "(3,)",
-    "(2, 2)",
-    "(1, 2, 3)",
-    "(18446744073709551615,)",
-    "(4294967296, 4294967296)",
-    "[('a', '<f8')]",
-    "'",
-    "{",
-    "}",
+    "<f8", "<f4", ">f8", ">f4", "<f2", "<i4", "<i8", ">i2", "|u1", "<u8", "|b1", "<c16", "|O",
+    "<U3", "|V8", "<M8", "descr", "fortran_order", "shape", "True", "False", "None", "()", "(0,)",
+    "(-1,)", "(3,)", "(2, 2)", "(1, 2, 3)", "(18446744073709551615,)", "(4294967296, 4294967296)",
+    "[('a', '<f8')]", "'", "{", "}",
 ];
 
+#[rustfmt::skip]
 pub const SAFETENSORS_VOCAB: &[&str] = &[
-    "F32",
-    "F64",
-    "F16",
-    "BF16",
-    "I64",
-    "I32",
-    "U8",
-    "BOOL",
-    "F8_E4M3",
-    "C64",
-    "xi",
-    "y",
-    "u",
-    "__metadata__",
-    "format",
-    "pdevi-simset",
-    "pdevi-mlp",
-    "problem",
-    "darcy2d",
-    "poisson1d",
-    "darcy3d",
-    "darcy",
-    "n",
-    "d",
-    "count",
-    "seed",
-    "sigma_n",
-    "cg_tol",
-    "sensors",
-    "field",
-    "true",
-    "null",
-    "dtype",
-    "shape",
-    "data_offsets",
-    "0",
-    "1",
-    "3",
-    "8",
-    "16",
-    "17",
-    "-1",
-    "4294967296",
-    "18446744073709551615",
-    "1e400",
-    "NaN",
-    "inf",
-    "[]",
-    "[[]]",
-    "{}",
-    "layers.0.weight",
-    "layers.0.bias",
-    "layers.1.bias",
-    "layers.9.bias",
+    "F32", "F64", "F16", "BF16", "I64", "I32", "U8", "BOOL", "F8_E4M3", "C64", "xi", "y", "u",
+    "__metadata__", "format", "pdevi-simset", "pdevi-mlp", "problem", "darcy2d", "poisson1d",
+    "darcy3d", "darcy", "n", "d", "count", "seed", "sigma_n", "cg_tol", "sensors", "field",
+    "true", "null", "dtype", "shape", "data_offsets", "0", "1", "3", "8", "16", "17", "-1",
+    "4294967296", "18446744073709551615", "1e400", "NaN", "inf", "[]", "[[]]", "{}",
+    "layers.0.weight", "layers.0.bias", "layers.1.bias", "layers.9.bias",
 ];
 
 static WRITE_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -941,7 +747,18 @@ pub fn install_panic_recorder() {
                 .location()
                 .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
                 .unwrap_or_else(|| "?".into());
-            LAST_PANIC.with(|p| *p.borrow_mut() = Some(format!("panicked at {place}: {msg}")));
+            // The innermost pdevi function on the stack says where in the
+            // engine a panic raised in std (e.g. a failed allocation) came from.
+            let bt = std::backtrace::Backtrace::force_capture().to_string();
+            let engine_fn = bt
+                .lines()
+                .map(str::trim)
+                .filter_map(|l| l.split_once(": ").map(|(_, f)| f))
+                .find(|f| f.starts_with("pdevi::"))
+                .map(|f| format!(" (in {f})"))
+                .unwrap_or_default();
+            LAST_PANIC
+                .with(|p| *p.borrow_mut() = Some(format!("panicked at {place}{engine_fn}: {msg}")));
             if !QUIET.with(|q| q.get()) {
                 prev(info);
             }
@@ -1381,72 +1198,17 @@ pub fn readers(env: &Env) -> Vec<Reader> {
 }
 
 /// JSON words and safetensors words, for folders of both (encoder, surrogate, MLP).
+#[rustfmt::skip]
 pub const FOLDER_VOCAB: &[&str] = &[
-    "null",
-    "true",
-    "[]",
-    "{}",
-    "\"\"",
-    "\"gelu\"",
-    "\"bogus\"",
-    "\"mean-field\"",
-    "\"full-rank\"",
-    "\"low-rank\"",
-    "\"gaussian\"",
-    "\"plain\"",
-    "\"mean-logvar\"",
-    "\"poisson1d\"",
-    "\"pdevi-encoder\"",
-    "\"member_0\"",
-    "\"../member_0\"",
-    "NaN",
-    "-1",
-    "0",
-    "1",
-    "33",
-    "1e400",
-    "4294967296",
-    "1000000000",
-    "18446744073709551615",
-    "[0]",
-    "\"\\ud800\"",
-    "gelu",
-    "relu",
-    "identity",
-    "mean-field",
-    "low-rank",
-    "full-rank",
-    "gaussian",
-    "mean-logvar",
-    "plain",
-    "poisson1d",
-    "darcy3d",
-    "sensors",
-    "field",
-    "member_1",
-    "kind",
-    "layers",
-    "out",
-    "act",
-    "head",
-    "dim",
-    "rank",
-    "input",
-    "rotation",
-    "members",
-    "hidden",
-    "F64",
-    "F16",
-    "I64",
-    "BOOL",
-    "layers.0.weight",
-    "layers.0.bias",
-    "layers.9.bias",
-    "pdevi-mlp",
-    "dtype",
-    "shape",
-    "data_offsets",
-    "__metadata__",
+    "null", "true", "[]", "{}", "\"\"", "\"gelu\"", "\"bogus\"", "\"mean-field\"",
+    "\"full-rank\"", "\"low-rank\"", "\"gaussian\"", "\"plain\"", "\"mean-logvar\"",
+    "\"poisson1d\"", "\"pdevi-encoder\"", "\"member_0\"", "\"../member_0\"", "NaN", "-1", "0",
+    "1", "33", "1e400", "4294967296", "1000000000", "18446744073709551615", "[0]", "\"\\ud800\"",
+    "gelu", "relu", "identity", "mean-field", "low-rank", "full-rank", "gaussian", "mean-logvar",
+    "plain", "poisson1d", "darcy3d", "sensors", "field", "member_1", "kind", "layers", "out",
+    "act", "head", "dim", "rank", "input", "rotation", "members", "hidden", "F64", "F16", "I64",
+    "BOOL", "layers.0.weight", "layers.0.bias", "layers.9.bias", "pdevi-mlp", "dtype", "shape",
+    "data_offsets", "__metadata__",
 ];
 
 fn gpu(env: &Env) -> &'static GpuContext {
@@ -1551,6 +1313,9 @@ fn parse_args() -> Result<Args, String> {
     }
     Ok(a)
 }
+
+/// How long past the deadline a fuzzing process may take to finish its input.
+const HANG_MS: u128 = 60_000;
 
 fn now_ms() -> u128 {
     std::time::SystemTime::now()
@@ -1675,11 +1440,30 @@ fn main() -> std::process::ExitCode {
         if let Some(o) = &args.only {
             cmd.args(["--only", o]);
         }
-        let status = match cmd.status() {
-            Ok(s) => s,
+        let mut proc = match cmd.spawn() {
+            Ok(p) => p,
             Err(e) => {
                 eprintln!("could not start the fuzzing process: {e}");
                 return std::process::ExitCode::from(2);
+            }
+        };
+        // A child still running a minute after the deadline hangs on its input.
+        let (success, status) = loop {
+            match proc.try_wait() {
+                Ok(Some(s)) => break (s.success(), s.to_string()),
+                Ok(None) if now_ms() > until + HANG_MS => {
+                    let _ = proc.kill();
+                    let _ = proc.wait();
+                    break (
+                        false,
+                        format!(
+                            "hung: still reading {} s after the deadline",
+                            HANG_MS / 1000
+                        ),
+                    );
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => break (false, format!("lost: {e}")),
             }
         };
         if let Ok(t) = std::fs::read_to_string(work.join("counts.json")) {
@@ -1689,7 +1473,7 @@ fn main() -> std::process::ExitCode {
                 }
             }
         }
-        if status.success() {
+        if success {
             break;
         }
         match std::fs::read_to_string(work.join("inflight.txt")) {

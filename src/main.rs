@@ -334,6 +334,12 @@ struct SurrogateOpts {
     val_rows: usize,
     #[arg(long, default_value_t = 15)]
     patience: usize,
+    /// Write OUT/checkpoint.safetensors every K epochs (Ctrl-C writes one too).
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
+    /// Continue the training whose --out is DIR from its checkpoint (same flags).
+    #[arg(long)]
+    resume: Option<PathBuf>,
     #[arg(long)]
     quiet: bool,
 }
@@ -390,6 +396,12 @@ struct EncoderOpts {
     /// UQ-VAE: samples of each row's q through the solver per step.
     #[arg(long, default_value_t = 1)]
     physics_samples: usize,
+    /// Write OUT/checkpoint.safetensors every K epochs (Ctrl-C writes one too).
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
+    /// Continue the training whose --out is DIR from its checkpoint (same flags).
+    #[arg(long)]
+    resume: Option<PathBuf>,
     #[arg(long)]
     quiet: bool,
 }
@@ -699,7 +711,32 @@ fn run(cli: Cli) -> pdevi::Result<()> {
                 weight_decay: o.weight_decay,
                 ..Default::default()
             };
-            let m = pdevi::cli::amortised::train_encoder_cmd(&o.data, &o.out, &s)?;
+            let out = o.resume.clone().unwrap_or_else(|| o.out.clone());
+            let config = serde_json::json!({
+                "data": o.data, "family": o.family, "rank": o.rank, "hidden": o.hidden,
+                "activation": o.activation, "epochs": o.epochs, "batch": o.batch, "lr": o.lr,
+                "lr_final": o.lr_final, "noise": o.noise, "ensemble": o.ensemble, "seed": o.seed,
+                "val_rows": o.val_rows, "patience": o.patience, "physics_weight": o.physics_weight,
+                "weight_decay": o.weight_decay, "physics_samples": o.physics_samples,
+            });
+            if o.ensemble > 1 && (o.checkpoint_every.is_some() || o.resume.is_some()) {
+                return Err(pdevi::Error::setting(
+                    "ensemble",
+                    o.ensemble,
+                    "checkpoints cover one network: train the members one by one (--ensemble 1 with seeds S, S+1, ...) to checkpoint them",
+                ));
+            }
+            let s = pdevi::infer::amortised::EncoderSettings {
+                control: pdevi::cli::amortised::train_control(
+                    &out,
+                    o.ensemble == 1,
+                    o.checkpoint_every,
+                    o.resume.is_some(),
+                    config,
+                )?,
+                ..s
+            };
+            let m = pdevi::cli::amortised::train_encoder_cmd(&o.data, &out, &s)?;
             println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
         }
         Cmd::Train {
@@ -718,8 +755,26 @@ fn run(cli: Cli) -> pdevi::Result<()> {
                 val_rows: o.val_rows,
                 patience: o.patience,
                 quiet: o.quiet,
+                control: Default::default(),
             };
-            let m = pdevi::cli::surrogate::train_surrogate_cmd(&o.data, &o.out, &s)?;
+            let out = o.resume.clone().unwrap_or_else(|| o.out.clone());
+            let config = serde_json::json!({
+                "data": o.data, "target": o.target, "variance": o.variance, "hidden": o.hidden,
+                "activation": o.activation, "epochs": o.epochs, "batch": o.batch, "lr": o.lr,
+                "lr_final": o.lr_final, "seed": o.seed, "val_rows": o.val_rows,
+                "patience": o.patience,
+            });
+            let s = pdevi::infer::surrogate::SurrogateSettings {
+                control: pdevi::cli::amortised::train_control(
+                    &out,
+                    true,
+                    o.checkpoint_every,
+                    o.resume.is_some(),
+                    config,
+                )?,
+                ..s
+            };
+            let m = pdevi::cli::surrogate::train_surrogate_cmd(&o.data, &out, &s)?;
             println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
         }
         Cmd::Amortised(o) => {

@@ -34,6 +34,9 @@ use proptest::test_runner::Config;
 /// Set in a child process: where to write the input being read.
 const WITNESS_ENV: &str = "PDEVI_FUZZ_WITNESS";
 
+/// A reader's child process taking longer than this is taken to hang.
+const CHILD_LIMIT_S: u64 = 300;
+
 /// The readers and their environment, without and with a GPU.
 fn fixture(gpu: bool) -> &'static (Env, Vec<Reader>) {
     static CPU: OnceLock<(Env, Vec<Reader>)> = OnceLock::new();
@@ -128,23 +131,44 @@ fn isolated(module: &str) {
         filter.replace(':', "_")
     ));
     let _ = std::fs::remove_file(&witness);
+    let log = witness.with_extension("log");
     let exe = std::env::current_exe().expect("the test binary");
-    let out = std::process::Command::new(exe)
+    let out = std::fs::File::create(&log).expect("create the child's log");
+    let mut child = std::process::Command::new(exe)
         .args(&names)
         .args(["--exact", "--ignored", "--test-threads=1"])
         .env(WITNESS_ENV, &witness)
-        .output()
+        .stdout(out.try_clone().expect("log handle"))
+        .stderr(out)
+        .spawn()
         .expect("start the child test process");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let limit = std::time::Instant::now() + std::time::Duration::from_secs(CHILD_LIMIT_S);
+    let status = loop {
+        match child.try_wait().expect("wait for the child test process") {
+            Some(s) => break Some(s),
+            None if std::time::Instant::now() > limit => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            None => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    };
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
     let tail: String = {
         let chars: Vec<char> = text.chars().collect();
         chars[chars.len().saturating_sub(12_000)..].iter().collect()
     };
-    if out.status.success() {
+    let inflight =
+        || std::fs::read_to_string(&witness).unwrap_or_else(|_| "(no input recorded)".into());
+    let Some(status) = status else {
+        panic!(
+            "{filter}: HUNG: no result after {CHILD_LIMIT_S} s; the input being read:\n{}\n--- child output:\n{tail}",
+            inflight()
+        );
+    };
+    if status.success() {
         let ran = text.contains(&format!("test result: ok. {expect_tests} passed"));
         assert!(
             ran,
@@ -153,16 +177,15 @@ fn isolated(module: &str) {
         let _ = std::fs::remove_file(&witness);
         return;
     }
-    if out.status.code().is_some() {
+    if status.code().is_some() {
         let _ = std::fs::remove_file(&witness);
         panic!("{filter}: a property failed (output of the child process):\n{tail}");
     }
-    let inflight =
-        std::fs::read_to_string(&witness).unwrap_or_else(|_| "(no input recorded)".into());
     panic!(
         "{filter}: the process CRASHED ({}) while reading this input (nothing can catch this: \
-         an abort or a fatal signal):\n{inflight}\n--- child output:\n{tail}",
-        out.status
+         an abort or a fatal signal):\n{}\n--- child output:\n{tail}",
+        status,
+        inflight()
     );
 }
 

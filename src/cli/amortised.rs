@@ -53,6 +53,53 @@ pub fn simulate_set(
     }))
 }
 
+/// Checkpoints of a training into `out` (`checkpoint` false: Ctrl-C
+/// still stops it, without a checkpoint); with `resume`, the checkpoint of
+/// `out`, whose settings must equal `config` (a difference is named).
+pub fn train_control(
+    out: &Path,
+    checkpoint: bool,
+    every: Option<usize>,
+    resume: bool,
+    config: serde_json::Value,
+) -> Result<crate::nn::train::TrainControl> {
+    use crate::output::checkpoint::{Checkpoint, FILE};
+    let path = out.join(FILE);
+    let resume = if resume {
+        if !path.is_file() {
+            return Err(Error::setting(
+                "resume",
+                out.display(),
+                format!("has no {FILE}: resume a training run with --checkpoint-every K (or stopped with Ctrl-C)"),
+            ));
+        }
+        let ck = Checkpoint::load(&path, "train")?;
+        let saved = &ck.host["config"];
+        if let (Some(a), Some(b)) = (saved.as_object(), config.as_object()) {
+            for (k, v) in b {
+                if a.get(k) != Some(v) {
+                    return Err(Error::setting(
+                        k.as_str(),
+                        v,
+                        format!(
+                            "differs from the checkpoint's {}: resume with the flags of the interrupted run",
+                            a.get(k).cloned().unwrap_or_default()
+                        ),
+                    ));
+                }
+            }
+        }
+        Some(std::sync::Arc::new(ck))
+    } else {
+        None
+    };
+    Ok(crate::nn::train::TrainControl {
+        checkpoint: checkpoint.then_some((path, every.filter(|&k| k > 0))),
+        resume,
+        config,
+    })
+}
+
 /// `pdevi train encoder --data FILE --out DIR`: trains, saves, and draws the loss curves.
 pub fn train_encoder_cmd(
     data: &Path,
@@ -120,9 +167,19 @@ pub fn train_encoder_cmd(
         "best_val_loss": tr.reports.iter().map(|r| r.val_loss.get(r.best_epoch).copied().unwrap_or(f64::NAN)).collect::<Vec<f64>>(),
         "train_loss": tr.reports.iter().map(|r| r.train_loss.clone()).collect::<Vec<Vec<f64>>>(),
         "val_loss": tr.reports.iter().map(|r| r.val_loss.clone()).collect::<Vec<Vec<f64>>>(),
+        "interrupted": tr.reports.iter().any(|r| r.interrupted.is_some()),
+        "resumed_from_epoch": tr.reports.first().and_then(|r| r.resumed_from),
         "device": ctx.describe(),
     });
     write_json(&out.join("training.json"), &summary)?;
+    if let Some(e) = tr.reports.iter().find_map(|r| r.interrupted) {
+        return Err(Error::Interrupted(format!(
+            "stopped after epoch {e} of {}; the encoder as trained so far (best validation epoch) is in {} (training.json says \"interrupted\": true); continue with the same flags and --resume {}",
+            s.epochs,
+            out.display(),
+            out.display()
+        )));
+    }
     Ok(summary)
 }
 

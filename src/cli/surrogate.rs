@@ -73,9 +73,19 @@ pub fn train_surrogate_cmd(
         "epochs_run": rep.epochs, "best_epoch": rep.best_epoch,
         "best_val_loss": rep.val_loss.get(rep.best_epoch).copied().unwrap_or(f64::NAN),
         "train_loss": rep.train_loss, "val_loss": rep.val_loss,
+        "interrupted": rep.interrupted.is_some(),
+        "resumed_from_epoch": rep.resumed_from,
         "device": ctx.describe(),
     });
     write_json(&out.join("training.json"), &summary)?;
+    if let Some(e) = rep.interrupted {
+        return Err(Error::Interrupted(format!(
+            "stopped after epoch {e} of {}; the surrogate as trained so far is in {}; continue with the same flags and --resume {}",
+            s.epochs,
+            out.display(),
+            out.display()
+        )));
+    }
     Ok(summary)
 }
 

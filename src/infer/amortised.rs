@@ -330,6 +330,17 @@ impl PhysicsTerm {
 }
 
 impl crate::nn::train::StepExtra for PhysicsTerm {
+    fn state_buffers(&self) -> crate::output::checkpoint::Buffers<'_> {
+        match &self.parts {
+            Some(p) => {
+                let mut b = vec![("physics.eps", &p.block.eps)];
+                b.extend(p.solver.state_buffers());
+                b
+            }
+            None => Vec::new(),
+        }
+    }
+
     fn attach(&mut self, ctx: &GpuContext, ws: &Workspace) -> Result<()> {
         use crate::gpu::args;
         use crate::infer::gaussian::{GaussianBlock, GaussianBuffers};
@@ -494,6 +505,8 @@ pub struct EncoderSettings {
     pub physics_weight: f64,
     /// Samples of each row's q through the solver per step (UQ-VAE term).
     pub physics_samples: usize,
+    /// Checkpoints and resume (one network: not with an ensemble).
+    pub control: crate::nn::train::TrainControl,
 }
 
 impl Default for EncoderSettings {
@@ -516,6 +529,7 @@ impl Default for EncoderSettings {
             quiet: true,
             physics_weight: 0.0,
             physics_samples: 1,
+            control: Default::default(),
         }
     }
 }
@@ -658,6 +672,7 @@ pub fn train_encoder(
             patience: s.patience,
             quiet: s.quiet,
             input_noise: Some(noise_std.clone()),
+            control: s.control.clone(),
         };
         let rep = if s.physics_weight > 0.0 {
             let pb = set.problem()?;
@@ -676,8 +691,13 @@ pub fn train_encoder(
         } else {
             train(ctx, &mut net, &tr, Some(&val), &ts)?
         };
+        let stopped = rep.interrupted.is_some();
         reports.push(rep);
         nets.push(net);
+        // Ctrl-C: the members trained so far make the encoder.
+        if stopped {
+            break;
+        }
     }
     let seconds = t0.elapsed().as_secs_f64();
     let meta = EncoderMeta {
@@ -691,7 +711,7 @@ pub fn train_encoder(
         rank: s.family.rank(),
         hidden: s.hidden.clone(),
         activation: s.act,
-        members: (0..s.ensemble).map(|k| format!("member_{k}")).collect(),
+        members: (0..nets.len()).map(|k| format!("member_{k}")).collect(),
         y_scaling,
         xi_scaling,
         training: serde_json::json!({

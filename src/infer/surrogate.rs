@@ -76,6 +76,8 @@ pub struct SurrogateSettings {
     pub val_rows: usize,
     pub patience: usize,
     pub quiet: bool,
+    /// Checkpoints and resume.
+    pub control: crate::nn::train::TrainControl,
 }
 
 impl Default for SurrogateSettings {
@@ -93,6 +95,7 @@ impl Default for SurrogateSettings {
             val_rows: 0,
             patience: 15,
             quiet: true,
+            control: Default::default(),
         }
     }
 }
@@ -186,6 +189,7 @@ pub fn train_surrogate(
         seed: s.seed,
         patience: s.patience,
         quiet: s.quiet,
+        control: s.control.clone(),
         ..Default::default()
     };
     let rep = train(ctx, &mut net, &tr, Some(&val), &ts)?;

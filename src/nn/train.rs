@@ -116,6 +116,21 @@ pub struct TrainSettings {
     /// drawn afresh every epoch (simulated observations with their noise
     /// not baked in); `None` = inputs as given.
     pub input_noise: Option<Vec<f64>>,
+    /// Checkpoints, resume and Ctrl-C.
+    pub control: TrainControl,
+}
+
+/// Checkpoints and resume of a training run (Ctrl-C is always honoured:
+/// training stops after the current epoch, with a checkpoint when a path
+/// is set).
+#[derive(Clone, Debug, Default)]
+pub struct TrainControl {
+    /// Save here every `every` epochs (and on Ctrl-C).
+    pub checkpoint: Option<(std::path::PathBuf, Option<usize>)>,
+    /// Continue from this checkpoint.
+    pub resume: Option<std::sync::Arc<crate::output::checkpoint::Checkpoint>>,
+    /// Settings kept in the checkpoint.
+    pub config: serde_json::Value,
 }
 
 impl Default for TrainSettings {
@@ -132,6 +147,7 @@ impl Default for TrainSettings {
             patience: 0,
             quiet: true,
             input_noise: None,
+            control: TrainControl::default(),
         }
     }
 }
@@ -153,6 +169,10 @@ pub struct TrainReport {
     /// Training rows left out because their loss was not finite (summed
     /// over epochs; each epoch allows at most 1 %).
     pub skipped_rows: usize,
+    /// Stopped by Ctrl-C after this many epochs.
+    pub interrupted: Option<usize>,
+    /// The epoch training resumed at (from a checkpoint).
+    pub resumed_from: Option<usize>,
 }
 
 /// A data set uploaded once, with the permutation of the current epoch.
@@ -198,6 +218,11 @@ pub trait StepExtra {
     /// Record the term after the forward pass.
     fn record(&self, enc: &mut wgpu::CommandEncoder);
     /// Whether the loss must add its gradient to the output gradient.
+    /// Buffers that carry from one step to the next (for checkpoints).
+    fn state_buffers(&self) -> crate::output::checkpoint::Buffers<'_> {
+        Vec::new()
+    }
+
     fn accumulates(&self) -> bool {
         true
     }
@@ -324,11 +349,34 @@ pub fn train_with(
         seconds: 0.0,
         samples_per_s: 0.0,
         skipped_rows: 0,
+        interrupted: None,
+        resumed_from: None,
     };
     let mut best_val = f64::INFINITY;
     let mut since_best = 0;
     let mut step = 0u32;
-    for epoch in 0..s.epochs {
+    let mut first_epoch = 0;
+    if let Some(ck) = &s.control.resume {
+        let b = train_state(net, extra.as_deref(), &best);
+        ck.restore(ctx, &b, &ck.path)?;
+        let h = &ck.host;
+        let bad = |what: &str| Error::Format {
+            path: ck.path.clone(),
+            message: format!("the checkpoint's {what} does not read back"),
+        };
+        first_epoch = h["next_epoch"].as_u64().ok_or_else(|| bad("epoch"))? as usize;
+        step = h["step"].as_u64().ok_or_else(|| bad("step"))? as u32;
+        best_val = h["best_val"].as_f64().unwrap_or(f64::INFINITY);
+        since_best = h["since_best"].as_u64().unwrap_or(0) as usize;
+        report.train_loss = serde_json::from_value(h["train_loss"].clone()).map_err(|_| bad("losses"))?;
+        report.val_loss = serde_json::from_value(h["val_loss"].clone()).map_err(|_| bad("losses"))?;
+        report.best_epoch = h["best_epoch"].as_u64().unwrap_or(0) as usize;
+        report.skipped_rows = h["skipped_rows"].as_u64().unwrap_or(0) as usize;
+        report.steps = h["steps"].as_u64().unwrap_or(0) as usize;
+        report.epochs = first_epoch;
+        report.resumed_from = Some(first_epoch);
+    }
+    for epoch in first_epoch..s.epochs {
         let perm =
             crate::rng::permutation(s.seed, crate::rng::streams::SHUFFLE, epoch as u32, data.n);
         ctx.write(&gd.perm, &perm);
@@ -425,6 +473,29 @@ pub fn train_with(
         }
         bar.set_position(epoch as u64 + 1);
         bar.set_message(msg);
+        // Checkpoint every K epochs, and on Ctrl-C (then stop).
+        let stop = crate::interrupt::requested() && epoch + 1 < s.epochs;
+        let due = s
+            .control
+            .checkpoint
+            .as_ref()
+            .and_then(|c| c.1)
+            .is_some_and(|k| k > 0 && (epoch + 1).is_multiple_of(k) && epoch + 1 < s.epochs);
+        if let (Some((path, _)), true) = (&s.control.checkpoint, stop || due) {
+            let b = train_state(net, extra.as_deref(), &best);
+            let host = serde_json::json!({
+                "next_epoch": epoch + 1, "step": step, "best_val": best_val,
+                "since_best": since_best, "train_loss": report.train_loss,
+                "val_loss": report.val_loss, "best_epoch": report.best_epoch,
+                "skipped_rows": report.skipped_rows, "steps": report.steps,
+                "config": s.control.config, "device": ctx.describe(),
+            });
+            crate::output::checkpoint::Checkpoint::capture(ctx, "train", &b, host)?.save(path)?;
+        }
+        if stop {
+            report.interrupted = Some(epoch + 1);
+            break;
+        }
     }
     bar.finish_and_clear();
     if val_ws.is_some() {
@@ -437,6 +508,21 @@ pub fn train_with(
     report.seconds = t0.elapsed().as_secs_f64();
     report.samples_per_s = (report.steps * s.batch) as f64 / report.seconds;
     Ok(report)
+}
+
+/// The buffers of a training run that carry from one step to the next.
+fn train_state<'a>(
+    net: &'a Mlp,
+    extra: Option<&'a dyn StepExtra>,
+    best: &'a wgpu::Buffer,
+) -> crate::output::checkpoint::Buffers<'a> {
+    let mut b: crate::output::checkpoint::Buffers<'a> = vec![("net.params", &net.params)];
+    b.extend(net.adam.state_buffers());
+    if let Some(x) = extra {
+        b.extend(x.state_buffers());
+    }
+    b.push(("train.best", best));
+    b
 }
 
 /// The inputs of `data` plus fresh noise of standard deviation `sd[j]` in
