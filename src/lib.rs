@@ -35,6 +35,7 @@ pub mod gpu;
 pub mod infer;
 pub mod interrupt;
 pub mod math;
+pub mod memory;
 pub mod nn;
 pub mod output;
 pub mod physics;

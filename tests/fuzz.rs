@@ -27,9 +27,9 @@ mod engine;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use engine::{Env, Input, Mutation, Reader};
+use engine::{Env, FileSpec, Input, Mutation, Reader};
 use proptest::prelude::*;
-use proptest::test_runner::Config;
+use proptest::test_runner::{Config, RngSeed};
 
 /// Set in a child process: where to write the input being read.
 const WITNESS_ENV: &str = "PDEVI_FUZZ_WITNESS";
@@ -53,58 +53,73 @@ fn fixture(gpu: bool) -> &'static (Env, Vec<Reader>) {
     }
 }
 
+/// proptest settings: `cases` inputs, no regression files, a fixed seed
+/// (so a run is repeatable) unless `PROPTEST_RNG_SEED` picks another.
 fn config(cases: u32) -> Config {
+    let default = Config::default();
     Config {
         cases,
         failure_persistence: None,
         max_shrink_iters: 256,
-        ..Config::default()
+        rng_seed: match default.rng_seed {
+            RngSeed::Random => RngSeed::Fixed(0x5EED_F022),
+            chosen => chosen,
+        },
+        ..default
     }
 }
 
-/// Run `reader` on base `base` (modulo the number of bases) changed by
-/// `muts`; fail with the outcome and the input unless it was accepted or
-/// rejected naming the file.
-fn check(name: &str, gpu: bool, base: usize, muts: &[Mutation]) -> Result<(), TestCaseError> {
+fn find(name: &str, gpu: bool) -> (&'static Env, &'static Reader) {
     let (env, readers) = fixture(gpu);
     let r = readers
         .iter()
         .find(|r| r.name == name)
         .unwrap_or_else(|| panic!("no reader {name}"));
-    let b = base % r.bases.len();
-    let input: Input = engine::mutate(&r.bases[b], muts, r.vocab);
+    (env, r)
+}
+
+/// Run reader `name` on `input`; the outcome and the input unless it was
+/// accepted or rejected naming the file. `how` says how the input was made.
+fn check_input(name: &str, gpu: bool, input: &Input, how: &str) -> Result<(), String> {
+    let (env, r) = find(name, gpu);
     let dir = engine::fresh_dir(r.name);
     if let Some(w) = std::env::var_os(WITNESS_ENV) {
         let _ = std::fs::write(
             PathBuf::from(w),
             format!(
-                "reader: {}\nfolder: {}\nbase: {b}\nmutations: {muts:?}\n{}",
+                "reader: {}\nfolder: {}\n{how}\n{}",
                 r.name,
                 dir.display(),
-                engine::describe(&input, 2000)
+                engine::describe(input, 2000)
             ),
         );
     }
-    let outcome = engine::run_reader(env, r, &input, &dir);
+    let outcome = engine::run_reader(env, r, input, &dir);
     let _ = std::fs::remove_dir_all(&dir);
-    prop_assert!(
-        !outcome.is_failure(),
-        "reader {}: {:?}\nthe error must name {:?}\ninput: base {b}, mutations {muts:?}\n{}",
-        r.name,
-        outcome,
-        engine::needle(r, &input, &dir),
-        engine::describe(&input, 3000)
-    );
+    if outcome.is_failure() {
+        return Err(format!(
+            "reader {}: {:?}\nthe error must name {:?}\ninput: {how}\n{}",
+            r.name,
+            outcome,
+            engine::needle(r, input, &dir),
+            engine::describe(input, 3000)
+        ));
+    }
     Ok(())
+}
+
+/// [`check_input`] on base `base` (modulo the number of bases) changed by `muts`.
+fn check(name: &str, gpu: bool, base: usize, muts: &[Mutation]) -> Result<(), TestCaseError> {
+    let (_, r) = find(name, gpu);
+    let b = base % r.bases.len();
+    let input = engine::mutate(&r.bases[b], muts, r.vocab);
+    check_input(name, gpu, &input, &format!("base {b}, mutations {muts:?}"))
+        .map_err(TestCaseError::fail)
 }
 
 /// Every valid base of `name` is accepted.
 fn check_valid(name: &str, gpu: bool) {
-    let (env, readers) = fixture(gpu);
-    let r = readers
-        .iter()
-        .find(|r| r.name == name)
-        .unwrap_or_else(|| panic!("no reader {name}"));
+    let (env, r) = find(name, gpu);
     for (k, base) in r.bases.iter().enumerate() {
         let dir = engine::fresh_dir(r.name);
         let outcome = engine::run_reader(env, r, base, &dir);
@@ -119,10 +134,13 @@ fn check_valid(name: &str, gpu: bool) {
     }
 }
 
-/// Run the tests `module::child::{valid, mutated, random}` in a child
-/// process; a crash there fails this test with the input being read.
-fn isolated(module: &str) {
-    let names = ["valid", "mutated", "random"].map(|t| format!("{module}::child::{t}"));
+/// Run the tests `module::child::{tests}` in a child process; a crash
+/// there fails this test with the input being read.
+fn isolated(module: &str, tests: &[&str]) {
+    let names: Vec<String> = tests
+        .iter()
+        .map(|t| format!("{module}::child::{t}"))
+        .collect();
     let filter = format!("{module}::child");
     let expect_tests = names.len();
     let witness = std::env::temp_dir().join(format!(
@@ -238,7 +256,7 @@ macro_rules! fuzz_reader {
 
             #[test]
             fn fuzz() {
-                isolated(stringify!($module));
+                isolated(stringify!($module), &["valid", "mutated", "random"]);
             }
 
             mod child {
@@ -284,3 +302,105 @@ fuzz_reader!(mlp_gpu, "mlp-gpu", gpu: true, mutated: 64, random: 32);
 fuzz_reader!(encoder, "encoder", gpu: true, mutated: 128, random: 32);
 fuzz_reader!(encoder_asset, "encoder-asset", gpu: true, mutated: 32, random: 16);
 fuzz_reader!(surrogate, "surrogate", gpu: true, mutated: 128, random: 32);
+
+/// Failures found by fuzzing, minimised: each input must be accepted or
+/// rejected with an error naming the file.
+mod regressions {
+    use super::*;
+
+    #[test]
+    fn fuzz() {
+        isolated(
+            "regressions",
+            &[
+                "weights_json_with_a_huge_layer",
+                "weights_json_with_an_overflowing_layer",
+                "simset_with_an_unknown_problem",
+                "encoder_with_an_unknown_family",
+            ],
+        );
+    }
+
+    /// A safetensors file holding no tensors, with `meta` as its metadata.
+    fn empty_safetensors(name: &str, meta: &str) -> FileSpec {
+        let header = if meta.is_empty() {
+            "{}".to_string()
+        } else {
+            format!("{{\"__metadata__\":{meta}}}")
+        };
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        FileSpec::safetensors(name, bytes)
+    }
+
+    fn weights_with_layer(out: &str) -> Input {
+        let json = format!(
+            r#"{{"input": 1, "layers": [{{"out": {out}, "act": "identity"}}], "head": {{"kind": "plain"}}}}"#
+        );
+        Input {
+            files: vec![
+                FileSpec::text("net.json", json.into_bytes()),
+                empty_safetensors("net.safetensors", ""),
+            ],
+        }
+    }
+
+    mod child {
+        use super::*;
+
+        /// `load_weights` sizes its parameter vector from the JSON before
+        /// looking at the tensors: 2e11 parameters abort the process.
+        #[test]
+        #[ignore = "run in a child process by the parent test `fuzz`"]
+        fn weights_json_with_a_huge_layer() {
+            let input = weights_with_layer("100000000000");
+            check_input("mlp-weights", false, &input, "a layer of 1e11 units").unwrap();
+        }
+
+        /// ... and a layer of 2^63 - 1 units overflows the count: a panic.
+        #[test]
+        #[ignore = "run in a child process by the parent test `fuzz`"]
+        fn weights_json_with_an_overflowing_layer() {
+            let input = weights_with_layer("9223372036854775807");
+            check_input("mlp-weights", false, &input, "a layer of 2^63 - 1 units").unwrap();
+        }
+
+        /// An unknown `problem` in a training set's metadata: the error
+        /// does not say which file.
+        #[test]
+        #[ignore = "run in a child process by the parent test `fuzz`"]
+        fn simset_with_an_unknown_problem() {
+            let input = Input {
+                files: vec![empty_safetensors(
+                    "set.safetensors",
+                    r#"{"format":"pdevi-simset","problem":"darcy3d"}"#,
+                )],
+            };
+            check_input("simset", false, &input, "metadata problem = darcy3d").unwrap();
+        }
+
+        /// An unknown `family` in encoder.json: the error does not say
+        /// which file.
+        #[test]
+        #[ignore = "run in a child process by the parent test `fuzz`"]
+        fn encoder_with_an_unknown_family() {
+            let (_, r) = find("encoder", true);
+            let mut input = r.bases[0].clone();
+            let json = &mut input.files[0];
+            assert_eq!(json.name, "encoder.json");
+            let text = String::from_utf8(json.bytes.clone()).unwrap();
+            assert!(text.contains("\"mean-field\""));
+            *json = FileSpec::text(
+                "encoder.json",
+                text.replace("\"mean-field\"", "\"gelu\"").into_bytes(),
+            );
+            check_input(
+                "encoder",
+                true,
+                &input,
+                "the small encoder with family \"gelu\"",
+            )
+            .unwrap();
+        }
+    }
+}

@@ -36,6 +36,15 @@ pub fn simulate_set(
         ));
     }
     let pb = args.build()?;
+    // The set is held in f64 while it is made and in f32 when written.
+    let per = (pb.d + pb.sensors.len() + if field { pb.nunk() } else { 0 }) as u128;
+    crate::memory::check_host(
+        "count",
+        count,
+        &format!("a training set of {count} draws ({per} values each, f64 while made and f32 when written)"),
+        count as u128 * per * 12,
+        "use a smaller --count (sets are written whole; make several and train on one at a time)",
+    )?;
     let ctx = GpuContext::new()?;
     let cg = CgParams::auto(false);
     let bar = crate::output::progress::progress_bar(count, quiet, "samples  {msg}");

@@ -68,6 +68,24 @@ pub fn calibrate(cfg: &RunConfig, s: &CalibrateSettings) -> Result<serde_json::V
             "the exact posterior is known only for the linear poisson1d; use laplace, vi or mcmc",
         ));
     }
+    // Truths, data, draws and ranks of every problem are kept on the host.
+    crate::memory::check_host(
+        "problems",
+        s.problems,
+        &format!(
+            "{} problems (truth, data and {} draws of xi each)",
+            s.problems, s.draws
+        ),
+        s.problems as u128 * ((pb.d * (s.draws + 2) + pb.sensors.len()) as u128) * 8,
+        "use fewer --problems or --draws",
+    )?;
+    if s.problems > u32::MAX as usize {
+        return Err(Error::setting(
+            "problems",
+            s.problems,
+            "at most 2^32 - 1 problems (the seeds' counter is 32-bit)",
+        ));
+    }
     let out = cfg.out.clone().unwrap_or_else(|| {
         PathBuf::from(format!("out/calibrate-{}-{}", kind.name(), s.method.name()))
     });

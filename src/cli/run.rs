@@ -399,6 +399,13 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
     )?;
     let samples = cfg.samples.unwrap_or(16);
     let steps = cfg.steps.unwrap_or(1000);
+    if steps > u32::MAX as usize {
+        return Err(Error::setting(
+            "steps",
+            steps,
+            "at most 2^32 - 1 steps (the kernels count steps in 32 bits); a run that long would not finish anyway",
+        ));
+    }
     if steps == 0 {
         return Err(Error::setting(
             "steps",

@@ -71,6 +71,8 @@ pub struct GpuContext {
     /// The instance the adapter came from (a window's surface needs it).
     pub instance: wgpu::Instance,
     renderer: std::sync::OnceLock<std::result::Result<FieldRenderer, String>>,
+    allocated: std::sync::atomic::AtomicU64,
+    allocations: Mutex<Vec<(String, u64)>>,
 }
 
 fn parse_backend(name: &str) -> Result<wgpu::Backends> {
@@ -257,6 +259,8 @@ impl GpuContext {
             uncaptured,
             instance,
             renderer: std::sync::OnceLock::new(),
+            allocated: Default::default(),
+            allocations: Mutex::new(Vec::new()),
         };
         ctx.build_pipelines()?;
         Ok(ctx)
@@ -525,7 +529,8 @@ impl GpuContext {
             .min(self.limits.max_buffer_size)
     }
 
-    fn check_size(&self, what: &str, bytes: u64) -> Result<()> {
+    /// Refuse a buffer larger than the device binds, naming it.
+    pub fn check_size(&self, what: &str, bytes: u64) -> Result<()> {
         let limit = self.max_binding();
         if bytes > limit {
             return Err(Error::TooLarge {
@@ -541,6 +546,7 @@ impl GpuContext {
     /// A zero-filled storage buffer of `bytes` (at least 16), checked against the limits.
     pub fn storage(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
         self.check_size(label, bytes)?;
+        self.count(label, bytes);
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes.max(16).next_multiple_of(4),
@@ -555,6 +561,7 @@ impl GpuContext {
     pub fn upload<T: Pod>(&self, label: &str, data: &[T]) -> Result<wgpu::Buffer> {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         self.check_size(label, bytes.len() as u64)?;
+        self.count(label, bytes.len() as u64);
         let mut padded = bytes.to_vec();
         padded.resize(bytes.len().max(16).next_multiple_of(4), 0);
         Ok(self
@@ -566,6 +573,34 @@ impl GpuContext {
                     | wgpu::BufferUsages::COPY_SRC
                     | wgpu::BufferUsages::COPY_DST,
             }))
+    }
+
+    /// Record an allocation (for `--dry-run` plans and `allocated_bytes`).
+    fn count(&self, label: &str, bytes: u64) {
+        self.allocated
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut v) = self.allocations.lock() {
+            v.push((label.to_string(), bytes));
+        }
+    }
+
+    /// Bytes of storage buffers allocated through this context so far.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.allocated.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The largest allocations so far, by label (summed), largest first.
+    pub fn largest_allocations(&self, k: usize) -> Vec<(String, u64)> {
+        let mut by: std::collections::BTreeMap<String, u64> = Default::default();
+        if let Ok(v) = self.allocations.lock() {
+            for (l, b) in v.iter() {
+                *by.entry(l.clone()).or_default() += b;
+            }
+        }
+        let mut v: Vec<(String, u64)> = by.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v.truncate(k);
+        v
     }
 
     /// A uniform buffer holding `value`.

@@ -658,6 +658,7 @@ pub fn train_encoder(
     for k in 0..s.ensemble {
         let seed = s.seed + k as u64;
         let arch = encoder_arch(m, d, s.family, &s.hidden, s.act);
+        arch.validate()?;
         let init = small_head_init(&arch, seed);
         let mut net = Mlp::new(ctx, arch, Some(&init), seed)?;
         let ts = TrainSettings {

@@ -596,7 +596,8 @@ pub fn fit_watched(
     watch: &mut Watch<'_>,
 ) -> Result<FitResult> {
     let t0 = std::time::Instant::now();
-    let mut trace = Vec::with_capacity(s.steps);
+    // Grown as steps run: a huge --steps must not reserve memory up front.
+    let mut trace = Vec::with_capacity(s.steps.min(1 << 16));
     let mut iters_total = 0.0;
     let mut solves = 0usize;
     let mut unconverged = 0usize;

@@ -167,6 +167,18 @@ impl Arch {
 
     /// Checks sizes and that the head matches the last layer.
     pub fn validate(&self) -> Result<()> {
+        // Before anything is allocated: the parameters and a few host
+        // copies of them (initial values, f64 and f32).
+        crate::memory::check_host(
+            "hidden",
+            format!(
+                "{:?}",
+                self.layers.iter().map(|l| l.out).collect::<Vec<_>>()
+            ),
+            &format!("an MLP of {} parameters", self.nparam()),
+            self.nparam() as u128 * 32,
+            "use narrower or fewer hidden layers (--hidden)",
+        )?;
         if self.input == 0 {
             return Err(Error::setting(
                 "input",
@@ -390,6 +402,9 @@ impl Mlp {
     pub fn new(ctx: &GpuContext, arch: Arch, params: Option<&[f64]>, seed: u64) -> Result<Self> {
         arch.validate()?;
         let np = arch.nparam();
+        // Before any allocation: parameters, gradient and Adam's two
+        // moments on the device, a copy or two on the host.
+        ctx.check_size("MLP parameters (4 bytes each)", np as u64 * 4)?;
         let p: Vec<f32> = match params {
             Some(p) => {
                 if p.len() != np {

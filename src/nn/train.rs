@@ -368,8 +368,10 @@ pub fn train_with(
         step = h["step"].as_u64().ok_or_else(|| bad("step"))? as u32;
         best_val = h["best_val"].as_f64().unwrap_or(f64::INFINITY);
         since_best = h["since_best"].as_u64().unwrap_or(0) as usize;
-        report.train_loss = serde_json::from_value(h["train_loss"].clone()).map_err(|_| bad("losses"))?;
-        report.val_loss = serde_json::from_value(h["val_loss"].clone()).map_err(|_| bad("losses"))?;
+        report.train_loss =
+            serde_json::from_value(h["train_loss"].clone()).map_err(|_| bad("losses"))?;
+        report.val_loss =
+            serde_json::from_value(h["val_loss"].clone()).map_err(|_| bad("losses"))?;
         report.best_epoch = h["best_epoch"].as_u64().unwrap_or(0) as usize;
         report.skipped_rows = h["skipped_rows"].as_u64().unwrap_or(0) as usize;
         report.steps = h["steps"].as_u64().unwrap_or(0) as usize;

@@ -50,32 +50,27 @@ fn check_host_size(kind: ProblemKind, n: usize, d: usize) -> Result<()> {
         ProblemKind::Darcy2d => (n as u128) * (n as u128),
         ProblemKind::Poisson1d => n as u128,
     };
-    let bytes = cells * d as u128 * 8;
-    let total = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u128>().ok())
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(16 << 30);
-    let limit = total / 2;
-    if bytes > limit {
-        let gib = |b: u128| b as f64 / (1u128 << 30) as f64;
+    // The KL expansion has at most one mode per coefficient point.
+    if d as u128 > cells {
         return Err(Error::setting(
-            "n",
-            n,
+            "d",
+            d,
             format!(
-                "the {} KL basis alone needs {:.1} GiB of host memory (d = {d} modes x {cells} cells x 8 bytes), more than half of this machine's {:.1} GiB; use a smaller --n or --d",
-                kind.name(),
-                gib(bytes),
-                gib(total)
+                "the {} KL expansion on {cells} cells has at most {cells} modes; use --d <= {cells}",
+                kind.name()
             ),
         ));
     }
-    Ok(())
+    crate::memory::check_host(
+        "n",
+        n,
+        &format!(
+            "the {} KL basis (d = {d} modes x {cells} cells x 8 bytes)",
+            kind.name()
+        ),
+        cells * d as u128 * 8,
+        "use a smaller --n or --d",
+    )
 }
 
 /// A discretised reference problem with its prior and default sensors.
