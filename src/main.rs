@@ -257,6 +257,10 @@ struct RunOpts {
     /// flags may only change what is shown).
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// run, mcmc, laplace: build everything, print the plan (device and host memory, the
+    /// largest buffers, dispatches per step) as JSON and stop before the first step.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Args)]
@@ -521,6 +525,7 @@ impl RunOpts {
             contours: self.contours,
             checkpoint_every: self.checkpoint_every,
             resume: self.resume.clone(),
+            dry_run: self.dry_run.then_some(true),
         }))
     }
 }

@@ -315,6 +315,7 @@ mod regressions {
             &[
                 "weights_json_with_a_huge_layer",
                 "weights_json_with_an_overflowing_layer",
+                "weights_json_with_a_wrapping_layer",
                 "simset_with_an_unknown_problem",
                 "encoder_with_an_unknown_family",
             ],
@@ -363,6 +364,28 @@ mod regressions {
         fn weights_json_with_an_overflowing_layer() {
             let input = weights_with_layer("9223372036854775807");
             check_input("mlp-weights", false, &input, "a layer of 2^63 - 1 units").unwrap();
+        }
+
+        /// ... and with 2^64 - 1 units the count wraps around to 11 in a
+        /// release build: writing the first layer's 12 weights panics.
+        #[test]
+        #[ignore = "run in a child process by the parent test `fuzz`"]
+        fn weights_json_with_a_wrapping_layer() {
+            let (_, r) = find("mlp-weights", false);
+            let mut input = r.bases[0].clone();
+            let json = &mut input.files[0];
+            assert_eq!(json.name, "net.json");
+            let text = String::from_utf8(json.bytes.clone()).unwrap();
+            assert!(text.contains("\"out\": 2\n"), "{text}");
+            let text = text.replace("\"out\": 2\n", "\"out\": 18446744073709551615\n");
+            *json = FileSpec::text("net.json", text.into_bytes());
+            check_input(
+                "mlp-weights",
+                false,
+                &input,
+                "a last layer of 2^64 - 1 units",
+            )
+            .unwrap();
         }
 
         /// An unknown `problem` in a training set's metadata: the error

@@ -35,6 +35,11 @@ pub fn info() -> Result<String> {
         l.max_compute_invocations_per_workgroup,
         l.max_compute_workgroups_per_dimension
     ));
+    s.push_str(&format!(
+        "host memory: {} total, {} available; a request is refused above half the total\n",
+        crate::memory::fmt_bytes(crate::memory::host_total() as u128),
+        crate::memory::fmt_bytes(crate::memory::host_available() as u128)
+    ));
     let f = ctx.adapter.features();
     s.push_str(&format!(
         "optional features available (unused by default): shader_f64 {}, subgroup {}, timestamp_query {}\n",

@@ -26,6 +26,17 @@ pub fn run_laplace(cfg: &RunConfig) -> Result<serde_json::Value> {
             "Gauss-Newton uses the surrogate's mean only; drop --surrogate-variance for laplace (run accepts it)",
         ));
     }
+    if cfg.dry_run == Some(true) && forward.is_none() {
+        let _gn = GaussNewton::new(&ctx, &st.pb, &st.sensors, &st.y, st.cg)?;
+        let host = (st.pb.d * st.pb.ncoef()) as u128 * 12 + (st.pb.d * st.pb.d) as u128 * 8 * 4;
+        return Ok(crate::cli::run::plan_json(
+            &ctx,
+            "laplace",
+            &st,
+            serde_json::json!({ "gn_iters": max_iters }),
+            host,
+        ));
+    }
     let gn = match forward {
         Some(dir) => {
             let sur = crate::cli::surrogate::load_for(&ctx, dir, &st.pb)?;

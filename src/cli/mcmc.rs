@@ -47,6 +47,29 @@ pub fn run_mcmc(cfg: &RunConfig) -> Result<serde_json::Value> {
         crate::cli::run::context_and_watcher(cfg, &st.out, &st.pb, total, "mean log posterior")?;
     let d = st.pb.d;
     let gn_iters = cfg.gn_iters.unwrap_or(30);
+    if cfg.dry_run == Some(true) {
+        // The engine with an identity reference: the same buffers.
+        let mut l = vec![0.0; d * d];
+        for i in 0..d {
+            l[i * d + i] = 1.0;
+        }
+        let eng = crate::infer::mcmc::McmcEngine::new_with(
+            &ctx, &st.pb, &st.sensors, &st.y, st.cg, &settings, &vec![0.0; d], &l, None,
+        )?;
+        let draws = settings.chains * settings.samples;
+        let host = (d * st.pb.ncoef()) as u128 * 12 + draws as u128 * (d as u128 + 1) * 8 * 3;
+        return Ok(crate::cli::run::plan_json(
+            &ctx,
+            "mcmc",
+            &st,
+            serde_json::json!({
+                "sampler": settings.sampler.name(), "chains": settings.chains,
+                "warmup": settings.warmup, "samples": settings.samples, "thin": settings.thin,
+                "steps": total, "dispatches_per_step": eng.dispatches_per_step(),
+            }),
+            host,
+        ));
+    }
     let t_ref = Instant::now();
     // With a surrogate: its likelihood in every chain, and its Laplace fit
     // as the reference.

@@ -87,6 +87,9 @@ pub struct RunConfig {
     pub checkpoint_every: Option<usize>,
     /// Continue the run whose `out` this is, from its checkpoint.
     pub resume: Option<PathBuf>,
+    /// Build everything, print the plan (sizes, memory, dispatches per
+    /// step) and stop before the first step.
+    pub dry_run: Option<bool>,
 }
 
 impl RunConfig {
@@ -149,7 +152,8 @@ impl RunConfig {
             figure_px,
             contours,
             checkpoint_every,
-            resume
+            resume,
+            dry_run
         )
     }
 }
@@ -474,6 +478,23 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
     };
     let config = config_json(cfg);
     let mut next_ck = ck_every.map(|k| first_step + k);
+    if cfg.dry_run == Some(true) {
+        let engine = crate::infer::vi::ViEngine::new(
+            &ctx, pb, family, samples, sensors, y, seed, cg,
+        )?;
+        let host = (pb.d * pb.ncoef()) as u128 * 12 + steps as u128 * 24;
+        return Ok(plan_json(
+            &ctx,
+            "run",
+            &st,
+            serde_json::json!({
+                "family": family.name(), "samples": samples, "steps": steps,
+                "dispatches_per_step": engine.dispatches_per_step(),
+                "variational_parameters": family.nparam(pb.d),
+            }),
+            host,
+        ));
+    }
     let bar = crate::output::progress::progress_bar(steps, quiet, "steps  {per_sec}  ELBO {msg}");
     let mut last_good = Vec::new();
     let result = variational_watched(
@@ -668,6 +689,7 @@ const DISPLAY_KEYS: &[&str] = &[
     "checkpoint_every",
     "resume",
     "predictive_samples",
+    "dry_run",
 ];
 
 /// `--resume DIR`: the checkpoint of `DIR` and the settings it was written
@@ -759,4 +781,40 @@ fn save_vi_checkpoint(
     });
     crate::output::checkpoint::Checkpoint::capture(ctx, "vi", &engine.state_buffers(), host)?
         .save(&out.join(crate::output::checkpoint::FILE))
+}
+
+/// What `--dry-run` prints: the problem, the device memory the engine
+/// allocated (by buffer), the host memory estimate against this machine's,
+/// and `extra` (dispatches per step, ...). Nothing has run.
+pub fn plan_json(
+    ctx: &GpuContext,
+    command: &str,
+    st: &Setup,
+    extra: serde_json::Value,
+    host_bytes: u128,
+) -> serde_json::Value {
+    use crate::memory::{fmt_bytes, host_total};
+    let largest: Vec<serde_json::Value> = ctx
+        .largest_allocations(6)
+        .into_iter()
+        .map(|(l, b)| serde_json::json!({ "buffer": l, "bytes": b, "size": fmt_bytes(b as u128) }))
+        .collect();
+    let mut v = serde_json::json!({
+        "dry_run": true,
+        "command": command,
+        "problem": st.kind.name(), "n": st.pb.n, "d": st.pb.d,
+        "unknowns_per_system": st.pb.nunk(), "sensors": st.sensors.len(),
+        "device": ctx.describe(),
+        "device_bytes": ctx.allocated_bytes(),
+        "device_size": fmt_bytes(ctx.allocated_bytes() as u128),
+        "device_limit_per_buffer": ctx.max_binding(),
+        "largest_buffers": largest,
+        "host_bytes_estimate": host_bytes as u64,
+        "host_size_estimate": fmt_bytes(host_bytes),
+        "host_total": fmt_bytes(host_total() as u128),
+    });
+    if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+        o.extend(e.clone());
+    }
+    v
 }
