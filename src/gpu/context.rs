@@ -218,6 +218,21 @@ impl GpuContext {
                     s.get_or_insert_with(|| e.to_string());
                 }
             }));
+            // A lost device (driver reset, GPU removed) is reported at the
+            // next check, with what to do; the last good state (checkpoint,
+            // last_good_*.npy) is on disk already.
+            let slot = uncaptured.clone();
+            device.set_device_lost_callback(move |reason, message| {
+                if reason != wgpu::DeviceLostReason::Destroyed {
+                    if let Ok(mut s) = slot.lock() {
+                        s.get_or_insert_with(|| {
+                            format!(
+                                "the device was lost ({reason:?}: {message}); the outputs and checkpoint written before are intact: resume with --resume OUT"
+                            )
+                        });
+                    }
+                }
+            });
         }
         let solver_wg = match std::env::var("PDEVI_SOLVER_WG") {
             Ok(v) => {
@@ -336,6 +351,8 @@ impl GpuContext {
                     bind_group_layouts: &[Some(&bgl)],
                     immediate_size: 0,
                 });
+            // A scope per kernel: a driver that cannot build one is named.
+            let kernel_scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
             let pipeline = self
                 .device
                 .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
@@ -352,6 +369,15 @@ impl GpuContext {
                     },
                     cache: None,
                 });
+            if let Some(e) = pollster::block_on(kernel_scope.pop()) {
+                return Err(Error::Shader {
+                    kernel: label,
+                    message: format!(
+                        "the driver of {} ({:?}) could not build its pipeline: {e}",
+                        self.info.name, self.info.backend
+                    ),
+                });
+            }
             self.pipelines.push(Pipeline {
                 pipeline,
                 layout: bgl,
@@ -360,7 +386,7 @@ impl GpuContext {
         }
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu {
-                context: "pipeline creation".into(),
+                context: format!("pipeline creation on {}", self.info.name),
                 message: e.to_string(),
             });
         }
@@ -384,8 +410,9 @@ impl GpuContext {
     pub fn check(&self, context: &str) -> Result<()> {
         let taken = self.uncaptured.lock().ok().and_then(|mut s| s.take());
         match taken {
+            // The device is named: a fault on an unusual driver must say where.
             Some(message) => Err(Error::Gpu {
-                context: context.to_string(),
+                context: format!("{context} on {} ({:?})", self.info.name, self.info.backend),
                 message,
             }),
             None => Ok(()),
