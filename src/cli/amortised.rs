@@ -54,6 +54,13 @@ pub fn simulate_set(
     })?;
     bar.finish_and_clear();
     set.save(out)?;
+    let made = set.settings.count;
+    if made < count {
+        return Err(Error::Interrupted(format!(
+            "stopped after {made} of {count} draws; those are in {} (the same first {made} draws a full run makes)",
+            out.display()
+        )));
+    }
     Ok(json!({
         "problem": pb.kind.name(), "n": pb.n, "d": pb.d, "count": count, "seed": seed,
         "sensors": set.m(), "field": field, "seconds": set.seconds,

@@ -140,7 +140,13 @@ impl SimSet {
             xi.extend_from_slice(&x[..rows * d]);
             let done = start + rows;
             progress(done, done as f64 / t0.elapsed().as_secs_f64().max(1e-9));
+            // Ctrl-C: keep the draws made so far (draw j is the same for
+            // every count, so the set is a prefix of the full one).
+            if crate::interrupt::requested() && done < count {
+                break;
+            }
         }
+        let count = xi.len() / d;
         Ok(SimSet {
             settings: SimSettings {
                 problem: pb.kind,
