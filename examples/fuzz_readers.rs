@@ -812,23 +812,29 @@ pub fn run_reader(env: &Env, reader: &Reader, input: &Input, dir: &Path) -> Outc
     }
 }
 
-/// The input's files for a report: text shown as text, bytes escaped, long
-/// files cut to `limit` characters.
+/// The input's files for a report: plain text as it is, anything else
+/// with its bytes escaped (`\n`, `\xNN`), each cut to `limit` characters.
 pub fn describe(input: &Input, limit: usize) -> String {
     let mut s = String::new();
     for f in &input.files {
-        let shown: String = f.bytes.escape_ascii().to_string();
+        let plain = std::str::from_utf8(&f.bytes)
+            .ok()
+            .filter(|t| !t.chars().any(|c| c.is_control() && !"\n\t".contains(c)));
+        let (shown, how) = match plain {
+            Some(t) => (t.to_string(), "text"),
+            None => (f.bytes.escape_ascii().to_string(), "escaped"),
+        };
+        let total = shown.chars().count();
         let cut: String = shown.chars().take(limit).collect();
+        let more = if total > limit {
+            format!(", first {limit} of {total} characters")
+        } else {
+            String::new()
+        };
         s.push_str(&format!(
-            "--- {} ({} bytes){}:\n{}\n",
+            "--- {} ({} bytes, {how}{more}):\n{cut}\n",
             f.name,
-            f.bytes.len(),
-            if cut.len() < shown.len() {
-                format!(", first {limit} characters")
-            } else {
-                String::new()
-            },
-            cut
+            f.bytes.len()
         ));
     }
     s

@@ -170,7 +170,7 @@ fn a_killed_run_resumes_to_the_same_result() {
     assert!(r.status.success(), "{}", text(&r));
     let m: serde_json::Value = serde_json::from_slice(&bytes(&b.join("metrics.json"))).unwrap();
     let from = m["resumed_from"].as_u64().expect("resumed_from");
-    assert!(from >= 50 && from < 300, "{m}");
+    assert!((50..300).contains(&from), "{m}");
     assert_eq!(m["steps_done"], 300);
     // Bit for bit: the same device, the same kernels, the same state.
     for f in ["posterior_mean_xi.npy", "posterior_cov_xi.npy"] {

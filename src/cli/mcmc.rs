@@ -54,7 +54,15 @@ pub fn run_mcmc(cfg: &RunConfig) -> Result<serde_json::Value> {
             l[i * d + i] = 1.0;
         }
         let eng = crate::infer::mcmc::McmcEngine::new_with(
-            &ctx, &st.pb, &st.sensors, &st.y, st.cg, &settings, &vec![0.0; d], &l, None,
+            &ctx,
+            &st.pb,
+            &st.sensors,
+            &st.y,
+            st.cg,
+            &settings,
+            &vec![0.0; d],
+            &l,
+            None,
         )?;
         let draws = settings.chains * settings.samples;
         let host = (d * st.pb.ncoef()) as u128 * 12 + draws as u128 * (d as u128 + 1) * 8 * 3;

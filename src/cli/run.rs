@@ -479,9 +479,8 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
     let config = config_json(cfg);
     let mut next_ck = ck_every.map(|k| first_step + k);
     if cfg.dry_run == Some(true) {
-        let engine = crate::infer::vi::ViEngine::new(
-            &ctx, pb, family, samples, sensors, y, seed, cg,
-        )?;
+        let engine =
+            crate::infer::vi::ViEngine::new(&ctx, pb, family, samples, sensors, y, seed, cg)?;
         let host = (pb.d * pb.ncoef()) as u128 * 12 + steps as u128 * 24;
         return Ok(plan_json(
             &ctx,

@@ -625,7 +625,7 @@ impl GpuContext {
             }
         }
         let mut v: Vec<(String, u64)> = by.into_iter().collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v.sort_by_key(|x| std::cmp::Reverse(x.1));
         v.truncate(k);
         v
     }

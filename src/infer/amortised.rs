@@ -837,7 +837,10 @@ impl Encoder {
         let meta: EncoderMeta =
             crate::output::files::read_json(&path, "a pdevi encoder description")?;
         crate::output::files::check_format(&path, &meta.format, "pdevi-encoder")?;
-        let family = Family::parse(&meta.family, meta.rank.max(1))?;
+        let family = Family::parse(&meta.family, meta.rank.max(1)).map_err(|e| Error::Format {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         let m = meta.sensors.len();
         let bad = |message: String| Error::Format {
             path: path.clone(),

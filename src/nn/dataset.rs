@@ -248,7 +248,8 @@ impl SimSet {
                 .parse()
                 .map_err(|_| bad(format!("metadata `{k}` = {:?} is not a number", get(k))))
         };
-        let problem = ProblemKind::parse(get("problem")?)?;
+        let problem =
+            ProblemKind::parse(get("problem")?).map_err(|e| bad(format!("metadata: {e}")))?;
         let (n, d, count) = (num("n")?, num("d")?, num("count")?);
         let seed: u64 = get("seed")?
             .parse()

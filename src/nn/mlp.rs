@@ -167,16 +167,24 @@ impl Arch {
 
     /// Checks sizes and that the head matches the last layer.
     pub fn validate(&self) -> Result<()> {
+        let widths = format!(
+            "{:?}",
+            self.layers.iter().map(|l| l.out).collect::<Vec<_>>()
+        );
+        let Some(np) = self.nparam_checked() else {
+            return Err(Error::setting(
+                "layers",
+                widths,
+                "the parameter count of these widths overflows; use narrower layers",
+            ));
+        };
         // Before anything is allocated: the parameters and a few host
         // copies of them (initial values, f64 and f32).
         crate::memory::check_host(
             "hidden",
-            format!(
-                "{:?}",
-                self.layers.iter().map(|l| l.out).collect::<Vec<_>>()
-            ),
-            &format!("an MLP of {} parameters", self.nparam()),
-            self.nparam() as u128 * 32,
+            widths,
+            &format!("an MLP of {np} parameters"),
+            np as u128 * 32,
             "use narrower or fewer hidden layers (--hidden)",
         )?;
         if self.input == 0 {
@@ -263,6 +271,19 @@ impl Arch {
             v.push((w, b));
         }
         v
+    }
+
+    /// The parameter count, or `None` when it does not fit in a `usize`
+    /// (layer widths read from a file can be anything).
+    pub fn nparam_checked(&self) -> Option<usize> {
+        let mut total = 0usize;
+        let mut width = self.input;
+        for layer in &self.layers {
+            let n = width.checked_add(1)?.checked_mul(layer.out)?;
+            total = total.checked_add(n)?;
+            width = layer.out;
+        }
+        Some(total)
     }
 
     pub fn nparam(&self) -> usize {
