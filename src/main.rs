@@ -344,6 +344,9 @@ struct SurrogateOpts {
     /// Continue the training whose --out is DIR from its checkpoint (same flags).
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Print the plan (network size, memory estimates) as JSON and stop.
+    #[arg(long)]
+    dry_run: bool,
     #[arg(long)]
     quiet: bool,
 }
@@ -406,6 +409,9 @@ struct EncoderOpts {
     /// Continue the training whose --out is DIR from its checkpoint (same flags).
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Print the plan (network size, memory estimates) as JSON and stop.
+    #[arg(long)]
+    dry_run: bool,
     #[arg(long)]
     quiet: bool,
 }
@@ -741,6 +747,28 @@ fn run(cli: Cli) -> pdevi::Result<()> {
                 )?,
                 ..s
             };
+            if o.dry_run {
+                let set = pdevi::nn::dataset::SimSet::load(&o.data)?;
+                let arch = pdevi::infer::amortised::encoder_arch(
+                    set.m(),
+                    set.settings.d,
+                    s.family,
+                    &s.hidden,
+                    s.act,
+                );
+                let plan = pdevi::cli::amortised::train_plan(
+                    "train encoder",
+                    &set,
+                    &arch,
+                    s.batch,
+                    s.epochs,
+                )?;
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&plan).unwrap_or_default()
+                );
+                return Ok(());
+            }
             let m = pdevi::cli::amortised::train_encoder_cmd(&o.data, &out, &s)?;
             println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
         }
@@ -779,6 +807,32 @@ fn run(cli: Cli) -> pdevi::Result<()> {
                 )?,
                 ..s
             };
+            if o.dry_run {
+                let set = pdevi::nn::dataset::SimSet::load(&o.data)?;
+                let width = match s.target {
+                    pdevi::infer::surrogate::Target::Sensors => set.m(),
+                    pdevi::infer::surrogate::Target::Field => set.problem()?.nunk(),
+                };
+                let arch = pdevi::infer::surrogate::surrogate_arch(
+                    set.settings.d,
+                    width,
+                    &s.hidden,
+                    s.act,
+                    s.variance,
+                );
+                let plan = pdevi::cli::amortised::train_plan(
+                    "train surrogate",
+                    &set,
+                    &arch,
+                    s.batch,
+                    s.epochs,
+                )?;
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&plan).unwrap_or_default()
+                );
+                return Ok(());
+            }
             let m = pdevi::cli::surrogate::train_surrogate_cmd(&o.data, &out, &s)?;
             println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
         }

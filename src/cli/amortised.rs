@@ -479,3 +479,43 @@ pub fn amortised(s: &AmortisedSettings) -> Result<serde_json::Value> {
         "device": ctx.describe(),
     }))
 }
+
+/// `--dry-run` of a training: the network's size, what the set and the
+/// training buffers take on the device and the host, against the limits;
+/// nothing is allocated on the device.
+pub fn train_plan(
+    command: &str,
+    set: &SimSet,
+    arch: &crate::nn::mlp::Arch,
+    batch: usize,
+    epochs: usize,
+) -> Result<serde_json::Value> {
+    use crate::memory::{fmt_bytes, host_total};
+    arch.validate()?;
+    let np = arch.nparam() as u128;
+    let widest = arch
+        .layers
+        .iter()
+        .map(|l| l.out)
+        .max()
+        .unwrap_or(0)
+        .max(arch.input) as u128;
+    let rows = set.count() as u128;
+    let cols = (arch.input + arch.output()) as u128;
+    // Parameters, gradient, Adam's moments and the best copy; the set (x, t)
+    // and its noisy copy; activations and their gradients of a batch.
+    let device = np * 4 * 5
+        + rows * cols * 4 * 2
+        + batch as u128 * widest * 4 * 4 * (arch.layers.len() as u128 + 1);
+    let host = rows * cols * 8 * 2 + np * 32;
+    Ok(json!({
+        "dry_run": true, "command": command,
+        "rows": set.count(), "inputs": arch.input, "outputs": arch.output(),
+        "hidden": arch.layers.iter().map(|l| l.out).collect::<Vec<_>>(),
+        "parameters": np as u64, "batch": batch, "epochs": epochs,
+        "steps_per_epoch": set.count() / batch.max(1),
+        "device_bytes_estimate": device as u64, "device_size_estimate": fmt_bytes(device),
+        "host_bytes_estimate": host as u64, "host_size_estimate": fmt_bytes(host),
+        "host_total": fmt_bytes(host_total() as u128),
+    }))
+}
