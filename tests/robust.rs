@@ -52,6 +52,18 @@ fn wait_for(child: &mut Child, path: &Path, secs: u64) {
     std::thread::sleep(Duration::from_millis(200));
 }
 
+/// Start `cmd`, wait for its first checkpoint in `dir`, and kill it (SIGKILL).
+fn kill_after_checkpoint(mut cmd: Command, dir: &Path) {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&mut child, &dir.join("checkpoint.safetensors"), 120);
+    child.kill().unwrap();
+    let _ = child.wait();
+}
+
 fn bytes(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
@@ -155,17 +167,10 @@ fn a_killed_run_resumes_to_the_same_result() {
         .unwrap();
     assert!(r.status.success(), "{}", text(&r));
     // Killed (SIGKILL) after its first checkpoint, then resumed.
-    let mut child = pdevi()
-        .args(common)
-        .args(["--checkpoint-every", "50", "--out", b.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(&mut child, &b.join("checkpoint.safetensors"), 120);
-    child.kill().unwrap();
-    let status = child.wait().unwrap();
-    assert!(!status.success(), "killed");
+    let mut cmd = pdevi();
+    cmd.args(common)
+        .args(["--checkpoint-every", "50", "--out", b.to_str().unwrap()]);
+    kill_after_checkpoint(cmd, &b);
     let r = run(&["run", "--resume", b.to_str().unwrap(), "--quiet"]);
     assert!(r.status.success(), "{}", text(&r));
     let m: serde_json::Value = serde_json::from_slice(&bytes(&b.join("metrics.json"))).unwrap();
@@ -222,16 +227,10 @@ fn killed_mcmc_and_training_resume_to_the_same_result() {
         .output()
         .unwrap();
     assert!(r.status.success(), "{}", text(&r));
-    let mut child = pdevi()
-        .args(common)
-        .args(["--checkpoint-every", "150", "--out", b.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(&mut child, &b.join("checkpoint.safetensors"), 120);
-    child.kill().unwrap();
-    let _ = child.wait();
+    let mut cmd = pdevi();
+    cmd.args(common)
+        .args(["--checkpoint-every", "150", "--out", b.to_str().unwrap()]);
+    kill_after_checkpoint(cmd, &b);
     let r = run(&["mcmc", "--resume", b.to_str().unwrap(), "--quiet"]);
     assert!(r.status.success(), "{}", text(&r));
     assert!(
@@ -279,14 +278,7 @@ fn killed_mcmc_and_training_resume_to_the_same_result() {
     };
     let r = train(&ta, &[]).output().unwrap();
     assert!(r.status.success(), "{}", text(&r));
-    let mut child = train(&tb, &["--checkpoint-every", "2"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(&mut child, &tb.join("checkpoint.safetensors"), 120);
-    child.kill().unwrap();
-    let _ = child.wait();
+    kill_after_checkpoint(train(&tb, &["--checkpoint-every", "2"]), &tb);
     let r = train(
         &tb,
         &["--checkpoint-every", "2", "--resume", tb.to_str().unwrap()],
