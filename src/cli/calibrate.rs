@@ -188,7 +188,14 @@ pub fn calibrate(cfg: &RunConfig, s: &CalibrateSettings) -> Result<serde_json::V
         n_z: 0,
         inside_cell: Vec::new(),
     };
+    // Ctrl-C: stop before the next problem (a posterior cut short by the
+    // interrupt is not scored) and report the problems scored so far.
+    let mut interrupted = false;
     for (j, (truth, y)) in truths.iter().zip(&data).enumerate() {
+        if crate::interrupt::requested() {
+            interrupted = true;
+            break;
+        }
         let post = match s.method {
             Method::Exact => {
                 let e = exact.as_ref().ok_or_else(|| {
@@ -236,6 +243,10 @@ pub fn calibrate(cfg: &RunConfig, s: &CalibrateSettings) -> Result<serde_json::V
                 )?;
                 let mut last = Vec::new();
                 let r = fit(&ctx, &mut eng, &settings, &mut last, |_, _| {})?;
+                if r.interrupted.is_some() {
+                    interrupted = true;
+                    break;
+                }
                 let (m, cov) = family.moments(d, &r.theta);
                 Posterior::Gauss { m, cov }
             }
@@ -262,7 +273,19 @@ pub fn calibrate(cfg: &RunConfig, s: &CalibrateSettings) -> Result<serde_json::V
                         (vec![0.0; d], l)
                     }
                 };
-                let r = sample_posterior(&ctx, &pb, &pb.sensors, y, cg, &ms, (&m, &l), |_, _| {})?;
+                let r =
+                    match sample_posterior(&ctx, &pb, &pb.sensors, y, cg, &ms, (&m, &l), |_, _| {})
+                    {
+                        Err(Error::Interrupted(_)) => {
+                            interrupted = true;
+                            break;
+                        }
+                        other => other?,
+                    };
+                if r.interrupted.is_some() {
+                    interrupted = true;
+                    break;
+                }
                 if r.max_rhat() > 1.05 && !quiet {
                     eprintln!(
                         "warning: problem {j}: max R-hat {:.3}; raise --warmup / --samples",
@@ -319,6 +342,13 @@ pub fn calibrate(cfg: &RunConfig, s: &CalibrateSettings) -> Result<serde_json::V
         bar.set_message(format!("coverage@90 {cov90:.3}"));
     }
     bar.finish_and_clear();
+    // The problems scored (fewer than asked after Ctrl-C).
+    let m_prob = tally.per_problem.len();
+    if m_prob == 0 {
+        return Err(Error::Interrupted(
+            "stopped before the first problem was scored; nothing to report".into(),
+        ));
+    }
 
     // Aggregates.
     let cov_xi: Vec<f64> = tally
@@ -388,6 +418,8 @@ pub fn calibrate(cfg: &RunConfig, s: &CalibrateSettings) -> Result<serde_json::V
         },
         "method": s.method.name(),
         "problems": m_prob,
+        "problems_asked": s.problems,
+        "interrupted": interrupted,
         "std_scale": s.std_scale,
         "coordinates_scored": tally.n_xi,
         "cells_scored": tally.n_z,
@@ -415,5 +447,12 @@ pub fn calibrate(cfg: &RunConfig, s: &CalibrateSettings) -> Result<serde_json::V
     }
     write_json(&out.join("calibration.json"), &result)?;
     write_figures(&out, s, &levels, &cov_xi, &cov_z, &se, &hist, field_name)?;
+    if interrupted {
+        return Err(Error::Interrupted(format!(
+            "stopped after {m_prob} of {} problems; the calibration of those is in {} (calibration.json says \"interrupted\": true)",
+            s.problems,
+            out.display()
+        )));
+    }
     Ok(result)
 }
