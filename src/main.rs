@@ -98,6 +98,9 @@ enum Cmd {
         /// With --count: also store the whole solution u of every draw.
         #[arg(long)]
         field: bool,
+        /// With --count: print the plan (sizes, memory, solver batches) as JSON and stop.
+        #[arg(long)]
+        dry_run: bool,
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
@@ -658,6 +661,7 @@ fn run(cli: Cli) -> pdevi::Result<()> {
             out,
             xi,
             noise,
+            dry_run,
         } => {
             if xi.is_some() || noise.is_some() {
                 return Err(pdevi::Error::setting(
@@ -673,6 +677,7 @@ fn run(cli: Cli) -> pdevi::Result<()> {
                 field,
                 &out,
                 quiet,
+                dry_run,
             )?;
             println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
         }
@@ -683,8 +688,16 @@ fn run(cli: Cli) -> pdevi::Result<()> {
             noise,
             out,
             field,
+            dry_run,
             ..
         } => {
+            if dry_run {
+                return Err(pdevi::Error::setting(
+                    "dry-run",
+                    "on",
+                    "plans a training set: use it with --count (one draw needs no plan)",
+                ));
+            }
             if field {
                 return Err(pdevi::Error::setting(
                     "field",

@@ -27,6 +27,7 @@ pub fn simulate_set(
     field: bool,
     out: &Path,
     quiet: bool,
+    dry_run: bool,
 ) -> Result<serde_json::Value> {
     if out.extension().and_then(|e| e.to_str()) != Some("safetensors") {
         return Err(Error::setting(
@@ -47,6 +48,23 @@ pub fn simulate_set(
     )?;
     let ctx = GpuContext::new()?;
     let cg = CgParams::auto(false);
+    if dry_run {
+        // One batch's solver: the device memory the simulation holds.
+        let batch = count.clamp(1, 64);
+        let _solver = BatchedSolver::new(&ctx, &pb, batch, cg, None, false)?;
+        let host = count as u128 * per * 12;
+        return Ok(json!({
+            "dry_run": true, "command": "simulate", "problem": pb.kind.name(), "n": pb.n,
+            "d": pb.d, "count": count, "values_per_draw": per as u64, "field": field,
+            "batch": batch, "batches": count.div_ceil(batch),
+            "device_bytes": ctx.allocated_bytes(),
+            "device_size": crate::memory::fmt_bytes(ctx.allocated_bytes() as u128),
+            "host_bytes_estimate": host as u64,
+            "host_size_estimate": crate::memory::fmt_bytes(host),
+            "file_bytes_estimate": (count as u128 * per * 4) as u64,
+            "device": ctx.describe(),
+        }));
+    }
     let bar = crate::output::progress::progress_bar(count, quiet, "samples  {msg}");
     let set = SimSet::simulate(&ctx, &pb, count, seed, field, cg, 64, |done, rate| {
         bar.set_position(done as u64);
