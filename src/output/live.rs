@@ -235,8 +235,11 @@ impl FrameLayout {
             }
             out.push(d);
         }
-        for (origin, size) in [self.mean_bar, self.std_bar] {
-            out.push(Draw::at(origin, size, self.size, KIND_RAMP));
+        // Colour bars for maps; a 1-D trace is read against its tick labels.
+        if self.two_d {
+            for (origin, size) in [self.mean_bar, self.std_bar] {
+                out.push(Draw::at(origin, size, self.size, KIND_RAMP));
+            }
         }
         let mut c = Draw::at(self.curve.0, self.curve.1, self.size, KIND_CURVE);
         c.nx = points as u32;
@@ -281,7 +284,9 @@ impl FrameLayout {
                 true,
             );
             plot::outline(img, o.x as i32, o.y as i32, s.x as i32, s.y as i32);
-            plot::outline(img, bo.x as i32, bo.y as i32, bs.x as i32, bs.y as i32);
+            if self.two_d {
+                plot::outline(img, bo.x as i32, bo.y as i32, bs.x as i32, bs.y as i32);
+            }
             let levels = [r[0] as f64, 0.5 * (r[0] as f64 + r[1] as f64), r[1] as f64];
             let labels = plot::level_labels(&levels);
             for (k, label) in labels.iter().enumerate() {
