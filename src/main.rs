@@ -264,6 +264,10 @@ struct RunOpts {
     /// largest buffers, dispatches per step) as JSON and stop before the first step.
     #[arg(long)]
     dry_run: bool,
+    /// run: time the sections of every step with GPU timestamps (where the device has them),
+    /// print a table and add it to metrics.json.
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(Args)]
@@ -535,6 +539,7 @@ impl RunOpts {
             checkpoint_every: self.checkpoint_every,
             resume: self.resume.clone(),
             dry_run: self.dry_run.then_some(true),
+            profile: self.profile.then_some(true),
         }))
     }
 }

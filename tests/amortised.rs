@@ -363,6 +363,7 @@ fn a_linear_surrogate_of_poisson1d_and_vi_with_it_match_the_exact_answers() {
         tol_start: None,
         resume: None,
         first_step: 0,
+        profile: false,
     };
     let r = vi.fit(ctx, &fs, |_, _| {}).unwrap();
     let (m, cov) = fam.moments(pb.d, &r.theta);
@@ -562,6 +563,7 @@ fn darcy16_amortised_posteriors_cover_at_nominal_rates_and_refine_toward_vi() {
         tol_start: None,
         resume: None,
         first_step: 0,
+        profile: false,
     };
     let starts: Vec<(Vec<f64>, Vec<f64>)> = posts[..3]
         .iter()

@@ -96,3 +96,53 @@ fn bad_config_and_bad_observations_are_clear_errors() {
     let e = run(&cfg).unwrap_err().to_string();
     assert!(e.contains("mean-field, full-rank or low-rank"), "{e}");
 }
+
+/// `--profile`: GPU timestamps between the sections of every step, summed;
+/// the sections account for the GPU time of a step and fit in its wall time.
+#[test]
+fn profile_times_the_sections_of_a_step() {
+    let out = tmp("profile");
+    let cfg = RunConfig {
+        steps: Some(30),
+        profile: Some(true),
+        ..config(out.clone())
+    };
+    let m = run(&cfg).expect("a profiled run");
+    let p = &m["profile"];
+    let wall = p["wall_seconds_per_step"]
+        .as_f64()
+        .expect("wall time per step");
+    assert!(wall > 0.0, "{p}");
+    if p["timestamps"] == true {
+        let sections = p["sections"].as_array().unwrap();
+        let names: Vec<&str> = sections
+            .iter()
+            .map(|s| s["section"].as_str().unwrap())
+            .collect();
+        for want in [
+            "forward solves (KL map, CG)",
+            "misfit, adjoint solves, pullback to xi",
+            "Adam",
+        ] {
+            assert!(names.contains(&want), "{names:?}");
+        }
+        let share: f64 = sections.iter().map(|s| s["share"].as_f64().unwrap()).sum();
+        assert!((share - 1.0).abs() < 1e-9, "{p}");
+        assert_eq!(p["steps"], 30);
+        let gpu_per_step = p["seconds"].as_f64().unwrap() / 30.0;
+        // The GPU time of a step is at most its wall time (plus clock noise).
+        assert!(
+            gpu_per_step > 0.0 && gpu_per_step < 1.5 * wall,
+            "gpu {gpu_per_step}, wall {wall}"
+        );
+        // The solves dominate a darcy2d step.
+        let solves: f64 = sections
+            .iter()
+            .filter(|s| s["section"].as_str().unwrap().contains("solves"))
+            .map(|s| s["share"].as_f64().unwrap())
+            .sum();
+        assert!(solves > 0.5, "{p}");
+    } else {
+        assert!(p["note"].as_str().unwrap().contains("timestamp"), "{p}");
+    }
+}

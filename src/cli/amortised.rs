@@ -314,6 +314,7 @@ pub fn refine(
         tol_start: None,
         resume: None,
         first_step: 0,
+        profile: false,
     };
     let mut last_good = Vec::new();
     let r = fit(ctx, &mut engine, &fs, &mut last_good, |_, _| {})?;
@@ -367,6 +368,7 @@ pub fn amortised(s: &AmortisedSettings) -> Result<serde_json::Value> {
             tol_start: None,
             resume: None,
             first_step: 0,
+            profile: false,
         };
         let per = (256 / s.samples.max(1)).max(1);
         for (pc, yc) in posts.chunks(per).zip(ys.chunks(per)) {

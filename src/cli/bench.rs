@@ -841,6 +841,7 @@ pub fn amortised(
             tol_start: None,
             resume: None,
             first_step: 0,
+            profile: false,
         },
         start: Start::Laplace { gn_iters },
     };
@@ -870,6 +871,7 @@ pub fn amortised(
         tol_start: None,
         resume: None,
         first_step: 0,
+        profile: false,
     };
     let sur_vi = |y: &[f64], steps: usize| -> Result<(Vec<f64>, Vec<f64>)> {
         let mut v = SurrogateVi::new(

@@ -230,6 +230,7 @@ pub fn calibrate(cfg: &RunConfig, s: &CalibrateSettings) -> Result<serde_json::V
                     tol_start: cfg.tol_start,
                     resume: None,
                     first_step: 0,
+                    profile: false,
                 };
                 let mut eng = ViEngine::new(
                     &ctx,
@@ -319,6 +320,7 @@ pub fn calibrate(cfg: &RunConfig, s: &CalibrateSettings) -> Result<serde_json::V
                     tol_start: None,
                     resume: None,
                     first_step: 0,
+                    profile: false,
                 };
                 let mut vi = crate::infer::surrogate::SurrogateVi::new(
                     &ctx,

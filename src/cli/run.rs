@@ -90,6 +90,8 @@ pub struct RunConfig {
     /// Build everything, print the plan (sizes, memory, dispatches per
     /// step) and stop before the first step.
     pub dry_run: Option<bool>,
+    /// `pdevi run`: time the sections of every step with GPU timestamps.
+    pub profile: Option<bool>,
 }
 
 impl RunConfig {
@@ -153,7 +155,8 @@ impl RunConfig {
             contours,
             checkpoint_every,
             resume,
-            dry_run
+            dry_run,
+            profile
         )
     }
 }
@@ -451,6 +454,7 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
         tol_start: cfg.tol_start,
         resume: None,
         first_step: 0,
+        profile: false,
     };
     // Start from the Laplace approximation: Adam then refines a good
     // Gaussian instead of shrinking the prior by orders of magnitude.
@@ -474,6 +478,7 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
         report_every: watcher.as_ref().map_or(10, Watcher::report_every),
         first_step,
         resume: resume.clone(),
+        profile: cfg.profile.unwrap_or(false),
         ..settings
     };
     let config = config_json(cfg);
@@ -607,6 +612,24 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
     if !watched.is_null() {
         all["live"] = watched;
     }
+    if cfg.profile == Some(true) {
+        let done_here = (done - first_step).max(1);
+        all["profile"] = match &engine.profiler {
+            Some(p) => {
+                let (json, table) = p.report();
+                eprintln!("{table}");
+                let mut json = json;
+                json["wall_seconds_per_step"] = (r.seconds / done_here as f64).into();
+                json
+            }
+            // No timestamps inside encoders on this device (GL): wall time only.
+            None => serde_json::json!({
+                "timestamps": false,
+                "wall_seconds_per_step": r.seconds / done_here as f64,
+                "note": "this device has no timestamp queries inside command encoders; only the wall time per step (read-backs included) is measured",
+            }),
+        };
+    }
     if let Some(s) = all.get_mut("settings").and_then(|v| v.as_object_mut()) {
         s.insert("family".into(), family.name().into());
         s.insert("rank".into(), family.rank().into());
@@ -689,6 +712,7 @@ const DISPLAY_KEYS: &[&str] = &[
     "resume",
     "predictive_samples",
     "dry_run",
+    "profile",
 ];
 
 /// `--resume DIR`: the checkpoint of `DIR` and the settings it was written

@@ -154,6 +154,7 @@ pub fn run_surrogate(cfg: &RunConfig, dir: &Path) -> Result<serde_json::Value> {
         tol_start: None,
         resume: None,
         first_step: 0,
+        profile: false,
     };
     if steps == 0 || !(fs.lr.is_finite() && fs.lr > 0.0) {
         return Err(Error::setting(

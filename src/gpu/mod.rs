@@ -4,6 +4,7 @@
 pub mod context;
 pub mod kernels;
 pub mod layout;
+pub mod profile;
 pub mod render;
 pub mod shaders;
 

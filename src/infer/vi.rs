@@ -281,6 +281,8 @@ pub struct ViEngine {
     /// ELBO, KL, expected log-likelihood, and the ELBO history ring.
     pub scalars: wgpu::Buffer,
     elbo: Dispatch,
+    /// Section timings of every step, when profiling.
+    pub profiler: Option<crate::gpu::profile::Profiler>,
 }
 
 impl ViEngine {
@@ -364,6 +366,7 @@ impl ViEngine {
             grad,
             scalars,
             elbo,
+            profiler: None,
         })
     }
 
@@ -389,6 +392,15 @@ impl ViEngine {
 
     /// Record the ELBO and its gradient for `step` (no optimiser update).
     pub fn encode_elbo(&self, enc: &mut wgpu::CommandEncoder) {
+        self.encode_elbo_marked(enc, None);
+    }
+
+    /// [`encode_elbo`](Self::encode_elbo), with a timestamp after each section.
+    fn encode_elbo_marked(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        mut prof: Option<&mut crate::gpu::profile::Profiler>,
+    ) {
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("pdevi.vi.sample"),
@@ -396,14 +408,28 @@ impl ViEngine {
             });
             self.gaussian.record_sample(&mut pass);
         }
+        if let Some(p) = prof.as_deref_mut() {
+            p.mark(enc, "samples of q (noise, reparameterisation)");
+        }
         self.solver.encode_forward(enc);
+        if let Some(p) = prof.as_deref_mut() {
+            p.mark(enc, "forward solves (KL map, CG)");
+        }
         self.solver.encode_gradient(enc);
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("pdevi.vi.grad"),
-            timestamp_writes: None,
-        });
-        self.gaussian.record_backward(&mut pass);
-        self.elbo.record(&mut pass);
+        if let Some(p) = prof.as_deref_mut() {
+            p.mark(enc, "misfit, adjoint solves, pullback to xi");
+        }
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("pdevi.vi.grad"),
+                timestamp_writes: None,
+            });
+            self.gaussian.record_backward(&mut pass);
+            self.elbo.record(&mut pass);
+        }
+        if let Some(p) = prof {
+            p.mark(enc, "gradient of q, KL, ELBO");
+        }
     }
 
     /// Compute the ELBO and gradient at the current parameters for `step`'s
@@ -436,7 +462,11 @@ impl ViEngine {
         self.gaussian.set_step(ctx, step);
         self.adam.set_step(ctx, step + 1, lr);
         let mut enc = ctx.encoder("pdevi.vi.step");
-        self.encode_elbo(&mut enc);
+        let mut prof = self.profiler.take();
+        if let Some(p) = prof.as_mut() {
+            p.begin(&mut enc);
+        }
+        self.encode_elbo_marked(&mut enc, prof.as_mut());
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("pdevi.adam"),
@@ -444,6 +474,11 @@ impl ViEngine {
             });
             self.adam.record(&mut pass);
         }
+        if let Some(p) = prof.as_mut() {
+            p.mark(&mut enc, "Adam");
+            p.resolve(&mut enc);
+        }
+        self.profiler = prof;
         ctx.queue.submit([enc.finish()]);
     }
 
@@ -510,6 +545,8 @@ pub struct FitSettings {
     /// checkpoint (no Laplace start).
     pub resume: Option<std::sync::Arc<crate::output::checkpoint::Checkpoint>>,
     pub first_step: usize,
+    /// GPU timestamps between the sections of every step (`--profile`).
+    pub profile: bool,
 }
 
 impl Default for FitSettings {
@@ -529,6 +566,7 @@ impl Default for FitSettings {
             tol_start: None,
             resume: None,
             first_step: 0,
+            profile: false,
         }
     }
 }
@@ -615,6 +653,9 @@ pub fn fit_watched(
         engine.step(ctx, t as u32, lr_at(s, t));
         if (t + 1) % every == 0 || t + 1 == s.steps {
             let elbos = engine.read_history(ctx, first as u32, t as u32)?;
+            if let Some(p) = engine.profiler.as_mut() {
+                p.collect(ctx)?;
+            }
             let now = t0.elapsed().as_secs_f64();
             let infos: Vec<CgInfo> = engine
                 .solver
@@ -727,6 +768,9 @@ pub fn variational_watched(
     watch: &mut Watch<'_>,
 ) -> Result<ViRun> {
     let mut engine = ViEngine::new(ctx, pb, s.family, s.samples, sensors, y, s.seed, s.cg)?;
+    if s.profile {
+        engine.profiler = crate::gpu::profile::Profiler::new(ctx);
+    }
     let mut laplace_seconds = 0.0;
     let mut start_warning = None;
     if let Some(ck) = &s.resume {
