@@ -262,6 +262,9 @@ pub struct ViBench {
     pub mean_cg_iters: f64,
     pub dispatches_per_step: usize,
     pub device: String,
+    /// GPU time per section of a step (null where the device has no
+    /// timestamps inside encoders).
+    pub profile: serde_json::Value,
 }
 
 /// ELBO steps per second on darcy2d for each family (warm-started CG),
@@ -300,6 +303,8 @@ pub fn vi(
         // One warm-up step (pipeline first use).
         eng.step(ctx, 0, 1e-3);
         ctx.wait()?;
+        // Timestamps between the sections of every timed step (no extra read-back).
+        eng.profiler = crate::gpu::profile::Profiler::new(ctx);
         let mut good = Vec::new();
         let r = fit(ctx, &mut eng, &s, &mut good, |_, _| {})?;
         let b = ViBench {
@@ -315,6 +320,10 @@ pub fn vi(
             mean_cg_iters: r.mean_cg_iters,
             dispatches_per_step: eng.dispatches_per_step(),
             device: ctx.describe(),
+            profile: eng
+                .profiler
+                .as_ref()
+                .map_or(serde_json::Value::Null, |p| p.report().0),
         };
         emit(&b);
         out.push(b);

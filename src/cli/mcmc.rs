@@ -175,6 +175,7 @@ pub fn run_mcmc(cfg: &RunConfig) -> Result<serde_json::Value> {
                 cfg.checkpoint_every.filter(|&k| k > 0),
             )),
             config: crate::cli::run::config_json(cfg),
+            profile: cfg.profile.unwrap_or(false),
         },
     );
     bar.finish_and_clear();
@@ -279,6 +280,18 @@ pub fn run_mcmc(cfg: &RunConfig) -> Result<serde_json::Value> {
     }
     if let Some(v) = shown {
         all["live"] = v;
+    }
+    if cfg.profile == Some(true) {
+        all["profile"] = if r.profile.is_null() {
+            serde_json::json!({
+                "timestamps": false,
+                "wall_seconds_per_step": r.seconds / r.interrupted.unwrap_or(total).max(1) as f64,
+                "note": "this device has no timestamp queries inside command encoders; only the wall time per step is measured",
+            })
+        } else {
+            eprintln!("{}", crate::gpu::profile::table(&r.profile));
+            r.profile.clone()
+        };
     }
     write_json(&out.join("metrics.json"), &all)?;
     if max_rhat.is_nan() || max_rhat > 1.01 {

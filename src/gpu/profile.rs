@@ -145,3 +145,29 @@ impl Profiler {
         )
     }
 }
+
+/// The table of a profile written by [`Profiler::report`] (for commands
+/// that keep only the JSON).
+pub fn table(v: &serde_json::Value) -> String {
+    let steps = v["steps"].as_u64().unwrap_or(1).max(1) as f64;
+    let mut t = format!(
+        "{:<44} {:>10} {:>12} {:>7}\n",
+        "section (GPU timestamps)", "seconds", "ms / step", "share"
+    );
+    for s in v["sections"].as_array().into_iter().flatten() {
+        let secs = s["seconds"].as_f64().unwrap_or(0.0);
+        t.push_str(&format!(
+            "{:<44} {secs:>10.3} {:>12.3} {:>6.1}%\n",
+            s["section"].as_str().unwrap_or("?"),
+            1e3 * secs / steps,
+            100.0 * s["share"].as_f64().unwrap_or(0.0)
+        ));
+    }
+    let total = v["seconds"].as_f64().unwrap_or(0.0);
+    t.push_str(&format!(
+        "{:<44} {total:>10.3} {:>12.3}\n",
+        "total",
+        1e3 * total / steps
+    ));
+    t
+}

@@ -302,6 +302,8 @@ pub struct McmcEngine {
     accept: Dispatch,
     /// A surrogate forward model in place of the solver, if any.
     pub surrogate: Option<crate::infer::surrogate::SurrogateForward>,
+    /// Section timings of every step, when profiling.
+    pub profiler: Option<crate::gpu::profile::Profiler>,
 }
 
 /// Check a reference Gaussian (m, lower Cholesky factor L).
@@ -482,6 +484,7 @@ impl McmcEngine {
             grad,
             accept,
             surrogate,
+            profiler: None,
         })
     }
 
@@ -523,7 +526,7 @@ impl McmcEngine {
             });
             self.map.record(&mut pass);
         }
-        self.encode_evaluate(&mut enc);
+        self.encode_evaluate(&mut enc, None);
         ctx.submit_wait(enc)?;
         ctx.write(&self.params_buf, &[self.params]);
         let ch = self.read_chains(ctx)?;
@@ -544,19 +547,35 @@ impl McmcEngine {
     }
 
     /// Forward solve and misfit (and for MALA the adjoint and g_w') at the
-    /// proposal already in the solver's xi, then the accept kernel.
-    fn encode_evaluate(&self, enc: &mut wgpu::CommandEncoder) {
+    /// proposal already in the solver's xi, then the accept kernel; with a
+    /// profiler, a timestamp after each section.
+    fn encode_evaluate(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        mut prof: Option<&mut crate::gpu::profile::Profiler>,
+    ) {
         if let Some(sf) = &self.surrogate {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("pdevi.mcmc.surrogate"),
-                timestamp_writes: None,
-            });
-            sf.record(&mut pass, self.sampler == Sampler::Mala);
+            {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("pdevi.mcmc.surrogate"),
+                    timestamp_writes: None,
+                });
+                sf.record(&mut pass, self.sampler == Sampler::Mala);
+            }
+            if let Some(p) = prof.as_deref_mut() {
+                p.mark(enc, "surrogate forward (and backward)");
+            }
         } else {
             self.solver.encode_forward(enc);
+            if let Some(p) = prof.as_deref_mut() {
+                p.mark(enc, "forward solves (KL map, CG)");
+            }
             match self.sampler {
                 Sampler::Pcn => self.solver.encode_misfit(enc),
                 Sampler::Mala => self.solver.encode_gradient(enc),
+            }
+            if let Some(p) = prof.as_deref_mut() {
+                p.mark(enc, "misfit (MALA: adjoint solves, gradient)");
             }
         }
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -567,10 +586,25 @@ impl McmcEngine {
             self.grad.record(&mut pass);
         }
         self.accept.record(&mut pass);
+        drop(pass);
+        if let Some(p) = prof {
+            p.mark(enc, "accept / reject, kept draws");
+        }
     }
 
     /// Record one MCMC step of every chain.
     pub fn encode_step(&self, enc: &mut wgpu::CommandEncoder) {
+        self.encode_step_marked(enc, None);
+    }
+
+    fn encode_step_marked(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        mut prof: Option<&mut crate::gpu::profile::Profiler>,
+    ) {
+        if let Some(p) = prof.as_deref_mut() {
+            p.begin(enc);
+        }
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("pdevi.mcmc.propose"),
@@ -579,16 +613,28 @@ impl McmcEngine {
             self.propose.record(&mut pass);
             self.map.record(&mut pass);
         }
-        self.encode_evaluate(enc);
+        if let Some(p) = prof.as_deref_mut() {
+            p.mark(enc, "proposals (pCN / MALA)");
+        }
+        self.encode_evaluate(enc, prof);
     }
 
     /// Record `n` steps into one encoder, submit and wait.
-    pub fn run_steps(&self, ctx: &GpuContext, n: usize) -> Result<()> {
+    pub fn run_steps(&mut self, ctx: &GpuContext, n: usize) -> Result<()> {
         let mut enc = ctx.encoder("pdevi.mcmc.steps");
+        let mut prof = self.profiler.take();
         for _ in 0..n {
-            self.encode_step(&mut enc);
+            self.encode_step_marked(&mut enc, prof.as_mut());
         }
-        ctx.submit_wait(enc)
+        if let Some(p) = prof.as_mut() {
+            p.resolve(&mut enc);
+        }
+        self.profiler = prof;
+        let done = ctx.submit_wait(enc);
+        if let Some(p) = self.profiler.as_mut() {
+            p.collect(ctx)?;
+        }
+        done
     }
 
     /// Change the step size (beta or h) for the following steps.
@@ -666,6 +712,8 @@ impl McmcEngine {
 pub struct McmcResult {
     /// Stopped by Ctrl-C after this many steps (the draws kept until then).
     pub interrupted: Option<usize>,
+    /// Section timings (`--profile`; null without timestamps).
+    pub profile: serde_json::Value,
     pub sampler: Sampler,
     pub chains: usize,
     /// Kept draws per chain.
@@ -837,6 +885,8 @@ pub struct McmcControl {
     pub checkpoint: Option<(std::path::PathBuf, Option<usize>)>,
     /// Settings kept in the checkpoint (what `--resume` checks against).
     pub config: serde_json::Value,
+    /// GPU timestamps between the sections of every step (`--profile`).
+    pub profile: bool,
 }
 
 /// What a caller may do at each read-back of [`sample_posterior_with`]:
@@ -874,6 +924,9 @@ pub fn sample_posterior_with(
         surrogate,
     )?;
     let total = s.total_steps();
+    if control.profile {
+        eng.profiler = crate::gpu::profile::Profiler::new(ctx);
+    }
     let target = s.sampler.target_acceptance();
     let max_log = s.sampler.max_step().ln();
     let mut log_step = s.initial_step().ln();
@@ -1093,6 +1146,10 @@ pub fn sample_posterior_with(
     let failed_solves = check_failed(&ch, t)?;
     let mut r = McmcResult {
         interrupted,
+        profile: eng
+            .profiler
+            .as_ref()
+            .map_or(serde_json::Value::Null, |p| p.report().0),
         sampler: s.sampler,
         chains: c,
         kept: want,
