@@ -345,8 +345,9 @@ fn ctrl_c_leaves_readable_outputs_and_a_second_writer_is_refused() {
         text(&r)
     );
     // SIGINT: the step finishes, the outputs are written, exit 130.
-    let k = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+    // The shell's builtin `kill`: no procps needed on a bare machine.
+    let k = Command::new("sh")
+        .args(["-c", &format!("kill -INT {}", child.id())])
         .status()
         .unwrap();
     assert!(k.success());
