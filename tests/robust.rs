@@ -74,7 +74,7 @@ fn oversized_requests_exit_with_a_message_not_an_abort() {
     let o = out.to_str().unwrap();
     let set = format!("{o}/set.safetensors");
     let cases: Vec<Vec<&str>> = vec![
-        vec!["run", "--n", "8192", "--out", o],
+        vec!["run", "--n", "16384", "--out", o],
         vec![
             "run",
             "--problem",
