@@ -80,7 +80,7 @@ fn oversized_requests_exit_with_a_message_not_an_abort() {
             "--problem",
             "poisson1d",
             "--n",
-            "100000000",
+            "10000000000",
             "--out",
             o,
         ],
