@@ -172,3 +172,34 @@ fn laplace_command_writes_the_run_files() {
     let m = pdevi::cli::laplace::run_laplace(&bad).unwrap();
     assert_eq!(m["gauss_newton_iterations"], 0);
 }
+
+/// `laplace --profile`: the wall time of each Gauss-Newton phase (each ends
+/// with a read-back), summing to the loop's time.
+#[test]
+fn laplace_profile_splits_the_gauss_newton_time() {
+    let out = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("laplace_profile");
+    let _ = std::fs::remove_dir_all(&out);
+    let cfg = RunConfig {
+        problem: Some("darcy2d".into()),
+        n: Some(16),
+        d: Some(8),
+        out: Some(out),
+        quiet: Some(true),
+        profile: Some(true),
+        ..Default::default()
+    };
+    let m = pdevi::cli::laplace::run_laplace(&cfg).unwrap();
+    let p = &m["profile"];
+    let sections = p["sections"].as_array().expect("sections");
+    assert_eq!(sections.len(), 3, "{p}");
+    let share: f64 = sections.iter().map(|s| s["share"].as_f64().unwrap()).sum();
+    assert!((share - 1.0).abs() < 1e-9, "{p}");
+    let total = p["seconds"].as_f64().unwrap();
+    let wall = m["wall_seconds"].as_f64().unwrap();
+    assert!(
+        total > 0.0 && total <= wall * 1.01,
+        "phases {total} s, loop {wall} s"
+    );
+    // The Jacobians (d + 1 solves per iteration) cost the most.
+    assert!(sections[0]["share"].as_f64().unwrap() > 0.3, "{p}");
+}

@@ -115,6 +115,27 @@ pub fn run_laplace(cfg: &RunConfig) -> Result<serde_json::Value> {
     if let Some(v) = shown {
         all["live"] = v;
     }
+    if cfg.profile == Some(true) {
+        // Each phase ends with a read-back, so wall time is its cost.
+        let total: f64 = lp.phases.iter().map(|p| p.1).sum();
+        let sections: Vec<serde_json::Value> = lp
+            .phases
+            .iter()
+            .map(|(l, s)| serde_json::json!({ "section": l, "seconds": s, "share": s / total.max(1e-300) }))
+            .collect();
+        let v = serde_json::json!({
+            "timestamps": false,
+            "clock": "wall time per phase (each ends with a read-back)",
+            "steps": lp.iterations + 1,
+            "seconds": total,
+            "sections": sections,
+        });
+        eprintln!(
+            "{}",
+            crate::gpu::profile::table(&v).replace("(GPU timestamps)", "(wall time)     ")
+        );
+        all["profile"] = v;
+    }
     write_json(&st.out.join("metrics.json"), &all)?;
     Ok(all)
 }

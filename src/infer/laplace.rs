@@ -33,6 +33,9 @@ pub struct Laplace {
     /// Laplace estimate of log p(y).
     pub log_evidence: f64,
     pub seconds: f64,
+    /// Wall seconds per phase (each ends with a read-back, so its wall
+    /// time is its cost): Jacobians, line-search solves, host linear algebra.
+    pub phases: Vec<(&'static str, f64)>,
 }
 
 /// Forward values and adjoint Jacobians through one batched solver.
@@ -283,7 +286,10 @@ pub fn gauss_newton_watched(
     let t0 = Instant::now();
     let d = gn.pb.d;
     let mut x = x0.to_vec();
+    let (mut t_jac, mut t_line, mut t_host) = (0.0, 0.0, 0.0);
+    let tj = Instant::now();
     let (mut g, mut j) = gn.jacobian(ctx, &x)?;
+    t_jac += tj.elapsed().as_secs_f64();
     let mut f = gn.objective(&x, &g);
     if !f.is_finite() {
         return Err(Error::NoConvergence(format!(
@@ -294,18 +300,22 @@ pub fn gauss_newton_watched(
     let mut iterations = 0;
     let mut decrement;
     loop {
+        let th = Instant::now();
         let (h, grad) = gn.normal_equations(&x, &g, &j);
+        t_host += th.elapsed().as_secs_f64();
         if let Some(w) = watch.as_deref_mut() {
             let (cov, _) = linalg::spd_inverse(&h, d)
                 .map_err(|e| Error::not_spd("the Gauss-Newton Hessian", e))?;
             w(&x, &cov, iterations, &history)?;
         }
         // H = I + J^T J / sigma^2 >= I: only a non-finite Jacobian breaks it.
+        let th = Instant::now();
         let step: Vec<f64> = linalg::solve_spd(&h, d, &grad)
             .map_err(|e| Error::not_spd("the Gauss-Newton Hessian", e))?
             .iter()
             .map(|v| -v)
             .collect();
+        t_host += th.elapsed().as_secs_f64();
         // Newton decrement^2 / 2 = the decrease the quadratic model predicts.
         decrement = -0.5 * step.iter().zip(&grad).map(|(a, b)| a * b).sum::<f64>();
         if decrement <= 1e-9 * (1.0 + f.abs()) || iterations >= max_iters {
@@ -315,7 +325,9 @@ pub fn gauss_newton_watched(
             .iter()
             .map(|&a| x.iter().zip(&step).map(|(xi, s)| xi + a * s).collect())
             .collect();
+        let tl = Instant::now();
         let gs = gn.forward(ctx, &trials)?;
+        t_line += tl.elapsed().as_secs_f64();
         // Armijo: the first step length that gives a quarter of the predicted decrease.
         let mut accepted = None;
         for (k, &a) in STEPS.iter().enumerate() {
@@ -331,7 +343,9 @@ pub fn gauss_newton_watched(
         };
         x = trials[k].clone();
         iterations += 1;
+        let tj = Instant::now();
         let (g2, j2) = gn.jacobian(ctx, &x)?;
+        t_jac += tj.elapsed().as_secs_f64();
         g = g2;
         j = j2;
         f = gn.objective(&x, &g);
@@ -353,6 +367,11 @@ pub fn gauss_newton_watched(
         decrement,
         log_evidence,
         seconds: t0.elapsed().as_secs_f64(),
+        phases: vec![
+            ("Jacobians (forward + d adjoint solves)", t_jac),
+            ("line search (forward solves of trial points)", t_line),
+            ("normal equations and step (host)", t_host),
+        ],
     })
 }
 
