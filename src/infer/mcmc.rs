@@ -990,6 +990,27 @@ pub fn sample_posterior_with(
         crate::output::checkpoint::Checkpoint::capture(ctx, "mcmc", &eng.state_buffers(), host)?
             .save(path)
     }
+    // Save the state after step `t` and move the next checkpoint on (the
+    // warm-up and the sampling loops both do; the locals are the host state).
+    let ck_every = control.checkpoint.as_ref().and_then(|c| c.1).unwrap_or(1);
+    macro_rules! checkpoint_now {
+        ($warmup_seconds:expr) => {{
+            save(
+                ctx,
+                &eng,
+                control,
+                t,
+                k,
+                log_step,
+                &prev,
+                &at_warmup,
+                &adaptation,
+                &warmup_trace,
+                $warmup_seconds,
+            )?;
+            next_ck = next_ck.map(|at| at.max(t) + ck_every);
+        }};
+    }
     let check_failed = |ch: &[McmcChain], t: usize| -> Result<u64> {
         let failed: u64 = ch.iter().map(|x| x.failed as u64).sum();
         let props = (t * c) as u64;
@@ -1032,22 +1053,7 @@ pub fn sample_posterior_with(
         }
         let stop = crate::interrupt::requested();
         if next_ck.is_some_and(|at| t >= at) || stop {
-            let ws = warmup_seconds + t0.elapsed().as_secs_f64();
-            save(
-                ctx,
-                &eng,
-                control,
-                t,
-                k,
-                log_step,
-                &prev,
-                &at_warmup,
-                &adaptation,
-                &warmup_trace,
-                ws,
-            )?;
-            next_ck = next_ck
-                .map(|at| at.max(t) + control.checkpoint.as_ref().and_then(|c| c.1).unwrap_or(1));
+            checkpoint_now!(warmup_seconds + t0.elapsed().as_secs_f64());
         }
         if stop {
             return Err(Error::Interrupted(format!(
@@ -1086,21 +1092,7 @@ pub fn sample_posterior_with(
         }
         let stop = crate::interrupt::requested() && t < total;
         if (next_ck.is_some_and(|at| t >= at) && t < total) || stop {
-            save(
-                ctx,
-                &eng,
-                control,
-                t,
-                k,
-                log_step,
-                &prev,
-                &at_warmup,
-                &adaptation,
-                &warmup_trace,
-                warmup_seconds,
-            )?;
-            next_ck = next_ck
-                .map(|at| at.max(t) + control.checkpoint.as_ref().and_then(|c| c.1).unwrap_or(1));
+            checkpoint_now!(warmup_seconds);
         }
         if stop {
             interrupted = Some(t);
