@@ -61,12 +61,14 @@ if [ "$quick" = 1 ]; then
   step vi ./$pdevi bench vi --n 32 --d 32 --steps 10 --precond jacobi,mg
   step mlp ./$pdevi bench mlp --sizes 256 --steps 16
   step render ./$pdevi bench render --n 32 --d 16 --count 40
+  step residual ./$pdevi bench residual --n 16 --d 16 --reps 2
   vi_steps=50; vi_n=32
 else
   step solver ./$pdevi bench solver --sizes 64,128,256,512 --batches 1,16,64 --precond jacobi,mg
   step vi ./$pdevi bench vi --n 64 --d 64 --steps 50 --precond jacobi,mg
   step mlp ./$pdevi bench mlp
   step render ./$pdevi bench render
+  step residual ./$pdevi bench residual --n 32 --d 32
   vi_steps=2000; vi_n=64
 fi
 

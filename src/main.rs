@@ -76,6 +76,16 @@ enum Cmd {
         xi: Option<PathBuf>,
         #[command(flatten)]
         cg: CgOpts,
+        /// Solve with a residual-trained network (`pdevi train residual --out DIR`) instead of
+        /// CG: writes the mean u.npy and the predicted std u_std.npy; without --xi, a prior draw.
+        #[arg(long)]
+        net: Option<PathBuf>,
+        /// With --net and a two-way model: propose xi for this field (.npy, like u.npy).
+        #[arg(long)]
+        u: Option<PathBuf>,
+        /// With --net and no --xi: the seed of the prior draw.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
         #[arg(long, default_value = "out/solve")]
         out: PathBuf,
     },
@@ -312,6 +322,64 @@ enum TrainCmd {
     Encoder(Box<EncoderOpts>),
     /// Surrogate forward model D(xi) ~ G(xi) (sensor values or the whole field).
     Surrogate(Box<SurrogateOpts>),
+    /// Data-free probabilistic solver q(u | xi) trained on the PDE residual alone (no solver
+    /// data): a Gaussian head over the nodal values; --two-way also learns p(xi | u).
+    Residual(Box<ResidualOpts>),
+}
+
+#[derive(Args)]
+struct ResidualOpts {
+    #[command(flatten)]
+    problem: ProblemOpts,
+    /// Noise level sigma_r of the residual likelihood p(r_hat = 0 | u, z).
+    #[arg(long, default_value_t = 1e-3)]
+    sigma_r: f64,
+    /// energy (the Ritz form: the residual weighted by A^-1) or raw (the nodal residual).
+    #[arg(long, default_value = "energy")]
+    form: String,
+    /// nodal (a Gaussian over the interior nodal values) or spectral (over all sine modes,
+    /// preconditioned by the constant-coefficient operator; energy form only).
+    #[arg(long, default_value = "nodal")]
+    basis: String,
+    /// One reparameterised draw of u per row and step instead of the exact expectation under q.
+    #[arg(long)]
+    sampled: bool,
+    /// Also learn the inverse map p(xi | u) from the solver's draws (the two-way model).
+    #[arg(long)]
+    two_way: bool,
+    #[arg(long, value_delimiter = ',', default_value = "256,256")]
+    hidden: Vec<String>,
+    #[arg(long, value_delimiter = ',', default_value = "256,256")]
+    inverse_hidden: Vec<String>,
+    #[arg(long, default_value = "tanh")]
+    activation: String,
+    #[arg(long, default_value_t = 200)]
+    epochs: usize,
+    /// Fresh prior draws per epoch.
+    #[arg(long, default_value_t = 1024)]
+    rows: usize,
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    #[arg(long, default_value_t = 1e-2)]
+    lr: f64,
+    /// Final learning rate as a fraction of --lr.
+    #[arg(long, default_value_t = 0.01)]
+    lr_final: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Held-out prior draws scored against exact CG solves after training.
+    #[arg(long, default_value_t = 64)]
+    eval_draws: usize,
+    /// Write OUT/checkpoint.safetensors every K epochs (Ctrl-C writes one too).
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
+    /// Continue the training whose --out is DIR from its checkpoint (same flags).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    #[arg(long, default_value = "out/residual")]
+    out: PathBuf,
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -600,6 +668,17 @@ enum BenchCmd {
         #[arg(long, default_value_t = 200)]
         count: usize,
     },
+    /// The residual-trained solver against CG on the same device: solves/s at batch 1 and 256.
+    Residual {
+        #[command(flatten)]
+        problem: ProblemOpts,
+        /// A trained solver (default: an untrained network of the default size).
+        #[arg(long)]
+        net: Option<PathBuf>,
+        /// Timed repetitions per batch size.
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+    },
     /// MLP kernels: square products against the device's FMA peak, gradient
     /// checks per activation, training throughput of a 49-256-256-128 MLP.
     Mlp {
@@ -648,10 +727,30 @@ fn run(cli: Cli) -> pdevi::Result<()> {
     match cli.cmd {
         Cmd::Info => print!("{}", commands::info()?),
         Cmd::Solve {
+            net: Some(net),
+            xi,
+            u,
+            seed,
+            out,
+            ..
+        } => {
+            let s = pdevi::cli::residual::solve_net(&net, xi.as_deref(), u.as_deref(), seed, &out)?;
+            println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+            println!("wrote {}", out.display());
+        }
+        Cmd::Solve { u: Some(_), .. } => {
+            return Err(pdevi::Error::setting(
+                "u",
+                "set",
+                "--u proposes xi with a two-way model: give it --net DIR",
+            ));
+        }
+        Cmd::Solve {
             problem,
             xi,
             cg,
             out,
+            ..
         } => {
             let s = commands::solve(&problem.args()?, xi.as_deref(), cg.params(), &out)?;
             println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
@@ -789,6 +888,53 @@ fn run(cli: Cli) -> pdevi::Result<()> {
             }
             let m = pdevi::cli::amortised::train_encoder_cmd(&o.data, &out, &s)?;
             println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
+        }
+        Cmd::Train {
+            which: TrainCmd::Residual(o),
+        } => {
+            let out = o.resume.clone().unwrap_or_else(|| o.out.clone());
+            let config = serde_json::json!({
+                "problem": o.problem.problem, "n": o.problem.n, "d": o.problem.d,
+                "sigma_r": o.sigma_r, "form": o.form, "basis": o.basis, "sampled": o.sampled, "two_way": o.two_way,
+                "hidden": o.hidden, "inverse_hidden": o.inverse_hidden, "activation": o.activation,
+                "epochs": o.epochs, "rows": o.rows, "batch": o.batch, "lr": o.lr,
+                "lr_final": o.lr_final, "seed": o.seed,
+            });
+            let s = pdevi::infer::residual::ResidualSettings {
+                sigma_r: o.sigma_r,
+                form: pdevi::infer::residual::ResidualForm::parse(&o.form)?,
+                basis: pdevi::infer::residual::ResidualBasis::parse(&o.basis)?,
+                sampled: o.sampled,
+                hidden: parse_hidden(&o.hidden)?,
+                act: pdevi::nn::mlp::Activation::parse(&o.activation)?,
+                epochs: o.epochs,
+                rows: o.rows,
+                batch: o.batch,
+                lr: o.lr,
+                lr_final: o.lr_final,
+                seed: o.seed,
+                two_way: o.two_way,
+                inverse_hidden: parse_hidden(&o.inverse_hidden)?,
+                quiet: o.quiet,
+                control: pdevi::cli::amortised::train_control(
+                    &out,
+                    true,
+                    o.checkpoint_every,
+                    o.resume.is_some(),
+                    config,
+                )?,
+            };
+            let m = pdevi::cli::residual::train_residual_cmd(
+                &o.problem.args()?,
+                &s,
+                o.eval_draws,
+                &out,
+            )?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&m["accuracy"]).unwrap_or_default()
+            );
+            println!("wrote {}", out.display());
         }
         Cmd::Train {
             which: TrainCmd::Surrogate(o),
@@ -983,6 +1129,13 @@ fn run(cli: Cli) -> pdevi::Result<()> {
                 pdevi::cli::bench::mlp(&ctx, &sizes, steps, |r| {
                     println!("{}", serde_json::to_string(r).unwrap_or_default())
                 })?;
+            }
+            BenchCmd::Residual { problem, net, reps } => {
+                pdevi::cli::residual::bench_residual(
+                    &problem.args()?,
+                    net.as_deref(),
+                    reps.max(1),
+                )?;
             }
             BenchCmd::Amortised {
                 problem,

@@ -98,6 +98,10 @@ pub mod streams {
     pub const MCMC_ACCEPT: u32 = 8;
     /// MCMC initial states (draws of the reference Gaussian).
     pub const MCMC_INIT: u32 = 9;
+    /// Draws of the residual-trained solver's q (step = training step, block = row x node).
+    pub const RESIDUAL: u32 = 10;
+    /// Held-out prior draws that score a residual-trained solver.
+    pub const RESIDUAL_EVAL: u32 = 11;
 }
 
 #[cfg(test)]

@@ -103,6 +103,10 @@ fn rows() -> Vec<Row> {
             clip, origin, size, nx, ny, kind, cmap, offset, contours, range_slot, nmarkers,
             lo, hi, view, _pad, window,
         } in [Render "Draw"],
+        pdevi::gpu::layout::ResidualParams {
+            sigma_inv2, u_scale, lv0, grad_scale, form, sampled, seed_lo, seed_hi, step, stream,
+            in_scale, _pad,
+        } in [Residual "ResidualParams"],
         pdevi::output::live::LiveParams {
             d, r, family, ncoef, nfields, len, _pad,
         } in [Live "LiveParams"],

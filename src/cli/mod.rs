@@ -7,5 +7,6 @@ pub mod calibrate;
 pub mod commands;
 pub mod laplace;
 pub mod mcmc;
+pub mod residual;
 pub mod run;
 pub mod surrogate;

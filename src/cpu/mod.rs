@@ -8,3 +8,4 @@ pub mod multigrid;
 pub mod nn;
 pub mod physics;
 pub mod render;
+pub mod residual;

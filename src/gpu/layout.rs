@@ -80,3 +80,30 @@ pub mod status {
     pub const MAXITER: u32 = 2;
     pub const BREAKDOWN: u32 = 3;
 }
+
+/// `ResidualParams` of shaders/physics/residual.wgsl (48 bytes; layout
+/// checked by tests/layout.rs): the residual-likelihood loss of the
+/// data-free probabilistic solver.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq)]
+pub struct ResidualParams {
+    /// 1 / sigma_r^2.
+    pub sigma_inv2: f32,
+    /// mu = u_scale * the network's mean output.
+    pub u_scale: f32,
+    /// log s^2 = the network's log-variance output + lv0.
+    pub lv0: f32,
+    /// Factor on the gradient (1 / rows: the minibatch mean).
+    pub grad_scale: f32,
+    /// 0 energy (Ritz), 1 raw nodal residual.
+    pub form: u32,
+    /// 0 the closed-form expectation under q, 1 one reparameterised draw.
+    pub sampled: u32,
+    pub seed_lo: u32,
+    pub seed_hi: u32,
+    pub step: u32,
+    pub stream: u32,
+    /// The two-way model's input: the draw of u divided by this.
+    pub in_scale: f32,
+    pub _pad: u32,
+}

@@ -52,6 +52,7 @@ sources! {
     OBS = "physics/obs.wgsl";
     P1_DIRECT = "physics/p1_direct.wgsl";
     MULTIGRID = "physics/multigrid.wgsl";
+    RESIDUAL = "physics/residual.wgsl";
     STREAM = "gpu/stream.wgsl";
     VI = "infer/vi.wgsl";
     ADAM = "infer/adam.wgsl";
@@ -119,6 +120,7 @@ modules! {
     SolverP1 = "solver_p1" [PARAMS, REDUCE, CG_STATE, OP_P1, PASS_P1, SOLVER] solver = true;
     SolverQ1Mg = "solver_q1_mg" [PARAMS, REDUCE, CG_STATE, OP_Q1, PASS_Q1, MULTIGRID] solver = true;
     Kl = "kl" [PARAMS, REDUCE, KL];
+    Residual = "residual" [PARAMS, REDUCE, RNG, OP_Q1, RESIDUAL] solver = true;
     Darcy = "darcy" [PARAMS, OP_Q1, DARCY];
     Poisson1d = "poisson1d" [PARAMS, OP_P1, POISSON1D];
     Obs = "obs" [PARAMS, REDUCE, OBS];

@@ -8,5 +8,6 @@ pub mod laplace;
 pub mod linear;
 pub mod mcmc;
 pub mod predictive;
+pub mod residual;
 pub mod surrogate;
 pub mod vi;

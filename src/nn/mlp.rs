@@ -978,7 +978,9 @@ impl Workspace {
         for d in &self.loss_ops {
             d.record(pass);
         }
-        if !self.loss_ops.is_empty() {
+        // An external loss writes its row losses itself (e.g. the residual
+        // term); the reduction still runs.
+        if !self.loss_ops.is_empty() || self.loss == Loss::External {
             self.reduce_op.record(pass);
         }
     }
