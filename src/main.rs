@@ -244,6 +244,15 @@ struct RunOpts {
     /// run: with a surrogate, add its predicted variance to sigma_n^2.
     #[arg(long)]
     surrogate_variance: bool,
+    /// run: the likelihood of the physics, forward (default: y = P G(xi) + noise, a solver in
+    /// the loop) or residual (u is a latent beside xi, the PDE residual a virtual observation
+    /// with noise --sigma-r; no solver).
+    #[arg(long)]
+    likelihood: Option<String>,
+    /// run --likelihood residual: the residual's noise level (in the load's units: h^2 per node
+    /// for darcy2d).
+    #[arg(long)]
+    sigma_r: Option<f64>,
     /// run: open a window showing the posterior mean, std and ELBO as the loop runs
     /// (mouse wheel zooms the maps, drag pans, R resets).
     #[arg(long)]
@@ -598,6 +607,8 @@ impl RunOpts {
             init: self.init.clone(),
             forward: self.forward.clone(),
             surrogate_variance: self.surrogate_variance.then_some(true),
+            likelihood: self.likelihood.clone(),
+            sigma_r: self.sigma_r,
             live: self.live.then_some(true),
             frames: self.frames.clone(),
             every: self.every,

@@ -15,8 +15,10 @@ use pdevi::infer::residual::{
 };
 use pdevi::physics::problem::{Problem, ProblemKind};
 
-fn rparams(form: u32, sampled: u32, batch: usize) -> ResidualParams {
+fn rparams(n: usize, form: u32, sampled: u32, batch: usize) -> ResidualParams {
     ResidualParams {
+        nunk: ((n - 1) * (n - 1)) as u32,
+        m: (n - 1) as u32,
         sigma_inv2: 1.0 / (0.05f64 * 0.05) as f32,
         u_scale: 0.07,
         lv0: -6.0,
@@ -28,7 +30,7 @@ fn rparams(form: u32, sampled: u32, batch: usize) -> ResidualParams {
         step: 5,
         stream: pdevi::rng::streams::RESIDUAL,
         in_scale: 0.0737,
-        _pad: 0,
+        _pad: [0; 3],
     }
 }
 
@@ -106,7 +108,7 @@ fn residual_kernels_match_mirrors() {
         let inp = inputs(n, batch, n as u64);
         let nu = (n - 1) * (n - 1);
         for (form, sampled) in [(0u32, 0u32), (0, 1), (1, 0), (1, 1)] {
-            let rp = rparams(form, sampled, batch);
+            let rp = rparams(n, form, sampled, batch);
             let (_, grad, work, losses) = mirror(&inp, &rp, false);
             cases.push(
                 Case::new(
@@ -123,7 +125,7 @@ fn residual_kernels_match_mirrors() {
                 .expect("losses", &losses, 1e-2, 1e-3),
             );
         }
-        let rp = rparams(0, 1, batch);
+        let rp = rparams(n, 0, 1, batch);
         let (_, grad, work, losses) = mirror(&inp, &rp, true);
         // Planes 0-3 are mirrored; 4-7 are the kernel's scratch.
         let want = work[..4 * batch * nu].to_vec();
@@ -158,7 +160,7 @@ fn residual_head_gradient_matches_finite_differences() {
                 continue;
             }
             let mut inp = inputs(6, 2, 17);
-            let rp = rparams(form, sampled, 2);
+            let rp = rparams(6, form, sampled, 2);
             let (_, grad, _, _) = mirror(&inp, &rp, spectral);
             let mut worst: f64 = 0.0;
             let scale = grad.iter().fold(0.0f64, |a, g| a.max(g.abs()));
@@ -303,4 +305,188 @@ fn trained_residual_solver_is_accurate_and_its_spread_follows_sigma_r() {
         sds[1] > 5.0 * sds[0],
         "predicted std should grow about tenfold with sigma_r: {sds:?}"
     );
+}
+
+// ---- residual-based inversion over (xi, v) (methods.md B8) ----
+
+use pdevi::gpu::layout::JointParams;
+use pdevi::infer::residual_vi::{joint_pde, joint_transform, poisson_joint_exact, JointVi};
+
+struct JointCase {
+    pb: Problem,
+    p: PdeParams,
+    jp: JointParams,
+    basis: Vec<f64>,
+    dst: Vec<f64>,
+    spec: Vec<f64>,
+    sensors: Vec<u32>,
+    data: Vec<f64>,
+    xs: Vec<f64>,
+}
+
+fn joint_case(kind: ProblemKind, n: usize, d: usize, batch: usize, seed: u64) -> JointCase {
+    let pb = Problem::new(kind, n, d).unwrap();
+    let dim = d + pb.nunk();
+    let mut rng = Rng::new(seed);
+    let mut xs = rng.vec_normal(batch * dim);
+    for v in xs.iter_mut() {
+        *v *= 0.3;
+    }
+    let (dst, spec) = joint_transform(&pb);
+    let sensors: Vec<u32> = pb.sensors.iter().map(|&k| k as u32).collect();
+    let data = rng.vec_uniform(sensors.len(), 0.0, 0.05);
+    JointCase {
+        p: joint_pde(&pb, batch, sensors.len()),
+        jp: JointParams::new(&pb, pb.sensors.len(), 0.01),
+        basis: pb.basis(),
+        dst,
+        spec,
+        sensors,
+        data,
+        xs,
+        pb,
+    }
+}
+
+fn joint_mirror(c: &JointCase) -> (Vec<f64>, Vec<f64>) {
+    let b = c.p.batch as usize;
+    let dim = c.jp.dim as usize;
+    let mut g = vec![0.0; b * dim];
+    let mut nll = vec![0.0; b];
+    cpu::residual_joint(
+        &c.p, &c.jp, &c.basis, &c.spec, &c.dst, &c.sensors, &c.data, &c.xs, &mut g, &mut nll,
+    );
+    (g, nll)
+}
+
+#[test]
+fn residual_joint_kernel_matches_mirror() {
+    let ctx = ctx();
+    let mut cases = Vec::new();
+    for (kind, n, d, batch) in [
+        (ProblemKind::Darcy2d, 8, 5, 1),
+        (ProblemKind::Darcy2d, 16, 16, 3),
+        (ProblemKind::Poisson1d, 32, 8, 2),
+    ] {
+        let c = joint_case(kind, n, d, batch, n as u64 + d as u64);
+        let (g, nll) = joint_mirror(&c);
+        let nw = batch * (c.pb.ncoef() + 5 * c.pb.nunk());
+        cases.push(
+            Case::new(
+                format!("residual_joint {kind:?} n{n} d{d} b{batch}"),
+                KernelId::ResidualJoint,
+                [batch, 1],
+            )
+            .params("params", &c.p)
+            .params("jp", &c.jp)
+            .f32("basis", &c.basis)
+            .f32("spec", &c.spec)
+            .f32("dst", &c.dst)
+            .u32("sensors", &c.sensors)
+            .f32("data", &c.data)
+            .f32("xs", &c.xs)
+            .f32("work", &vec![0.0; nw])
+            .expect("gxs", &g, 2e-2, 2e-3)
+            .expect("nll", &nll, 1e-2, 1e-4),
+        );
+    }
+    run_cases(ctx, &cases);
+}
+
+#[test]
+fn residual_joint_gradient_matches_finite_differences() {
+    for (kind, n, d) in [
+        (ProblemKind::Darcy2d, 8, 4),
+        (ProblemKind::Poisson1d, 16, 5),
+    ] {
+        let mut c = joint_case(kind, n, d, 1, 3);
+        let (g, _) = joint_mirror(&c);
+        let scale = g.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+        let mut worst: f64 = 0.0;
+        for i in 0..c.xs.len() {
+            let h = 1e-6;
+            let x0 = c.xs[i];
+            c.xs[i] = x0 + h;
+            let lp = joint_mirror(&c).1[0];
+            c.xs[i] = x0 - h;
+            let lm = joint_mirror(&c).1[0];
+            c.xs[i] = x0;
+            worst = worst.max(((lp - lm) / (2.0 * h) - g[i]).abs() / scale);
+        }
+        assert!(
+            worst < 1e-6,
+            "{kind:?}: max |fd - grad| / max |grad| = {worst:e}"
+        );
+    }
+}
+
+/// poisson1d is linear: the joint posterior of (xi, u) is Gaussian in
+/// closed form for every sigma_r, and as sigma_r -> 0 its xi-marginal is
+/// the spec's exact-forward posterior.
+#[test]
+fn poisson_joint_posterior_tends_to_the_exact_forward_posterior() {
+    let pb = Problem::new(ProblemKind::Poisson1d, 32, 8).unwrap();
+    let y = Rng::new(5).vec_uniform(pb.sensors.len(), -0.02, 0.02);
+    let exact = pdevi::infer::linear::LinearPosterior::new(&pb);
+    let m0 = exact.mean(&pb, &y);
+    let d = pb.d;
+    let dim = d + pb.nunk();
+    let mut prev = f64::INFINITY;
+    for sigma_r in [1e-1, 1e-2, 1e-3, 1e-5] {
+        let (m, cov) = poisson_joint_exact(&pb, &y, sigma_r).unwrap();
+        let mut worst: f64 = 0.0;
+        for k in 0..d {
+            let sd0 = exact.cov[k * d + k].sqrt();
+            worst = worst.max((m[k] - m0[k]).abs() / sd0);
+            worst = worst.max((cov[k * dim + k].sqrt() / sd0 - 1.0).abs());
+        }
+        eprintln!("sigma_r {sigma_r:e}: worst xi mean / sd difference {worst:.3e}");
+        assert!(
+            worst < prev,
+            "the joint posterior should approach the exact one as sigma_r shrinks"
+        );
+        prev = worst;
+    }
+    assert!(prev < 1e-3, "at sigma_r = 1e-5: {prev:e}");
+}
+
+/// Full-rank VI over (xi, v) on the GPU recovers the closed-form joint
+/// posterior of poisson1d (from q's start at the prior in xi).
+#[test]
+fn full_rank_joint_vi_matches_the_closed_form() {
+    let ctx = ctx();
+    let pb = Problem::new(ProblemKind::Poisson1d, 32, 8).unwrap();
+    let y = Rng::new(7).vec_uniform(pb.sensors.len(), -0.02, 0.02);
+    let sigma_r = 0.05;
+    let (m, cov) = poisson_joint_exact(&pb, &y, sigma_r).unwrap();
+    let family = pdevi::infer::vi::Family::FullRank;
+    let mut vi = JointVi::new(ctx, &pb, family, 32, &pb.sensors, &y, sigma_r, 1).unwrap();
+    let fs = pdevi::infer::vi::FitSettings {
+        family,
+        samples: 32,
+        steps: 4000,
+        lr: 0.02,
+        lr_final: 0.05,
+        report_every: 50,
+        ..Default::default()
+    };
+    let r = vi.fit(ctx, &fs, |_, _| {}).unwrap();
+    let (mq, cq) = vi.xi_marginal(&r.theta);
+    let (d, dim) = (pb.d, vi.dim);
+    let mut worst_m: f64 = 0.0;
+    let mut worst_s: f64 = 0.0;
+    for k in 0..d {
+        let sd = cov[k * dim + k].sqrt();
+        worst_m = worst_m.max((mq[k] - m[k]).abs() / sd);
+        worst_s = worst_s.max((cq[k * d + k].sqrt() / sd - 1.0).abs());
+    }
+    eprintln!(
+        "xi: worst mean difference {worst_m:.3} sd, worst sd ratio - 1 {worst_s:.3}; {:.1} s",
+        r.seconds
+    );
+    assert!(
+        worst_m < 0.25,
+        "xi means differ by {worst_m:.3} posterior sd"
+    );
+    assert!(worst_s < 0.1, "xi sds differ by {:.1} %", 100.0 * worst_s);
 }

@@ -34,7 +34,12 @@ struct ResidualParams {
     step: u32,
     stream: u32,
     in_scale: f32,   // the inverse map's input: draw / in_scale
-    _pad: u32,
+    // The loop bounds, here rather than from the uniform P: lavapipe
+    // inlines uniform values and unrolls constant-bound loops (the joint
+    // kernel of residual_vi.wgsl ran 300x slower that way).
+    nunk: u32,
+    m: u32,          // n - 1
+    _pad: array<u32, 3>,
 }
 
 // A read-only storage buffer, not a uniform: lavapipe recompiles a shader
@@ -59,7 +64,7 @@ fn vec_at(base: u32, k: u32) -> f32 {
 }
 
 fn res_plane(p: u32) -> u32 {
-    return p * P.batch * P.nunk;
+    return p * P.batch * R.nunk;
 }
 
 // (A^2)_kk = sum_j A_kj^2: the squares of row k's stencil entries over
@@ -100,7 +105,7 @@ fn op_row_sq(sys: u32, k: u32) -> f32 {
 @compute @workgroup_size(WG)
 fn residual_loss(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let b = wid.x;
-    let nu = P.nunk;
+    let nu = R.nunk;
     let hb = b * 2u * nu;
     let ub = b * nu;
     let seed = vec2<u32>(R.seed_lo, R.seed_hi);
@@ -174,8 +179,8 @@ fn residual_loss(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
 // sum_j S[j][q] in[j][i]. S is symmetric and orthonormal, so the same two
 // passes map coefficients to nodes and nodes to coefficients.
 fn dst_x(src: u32, dst_base: u32, lid: u32) {
-    let m = P.n - 1u;
-    for (var k = lid; k < P.nunk; k += WG) {
+    let m = R.m;
+    for (var k = lid; k < R.nunk; k += WG) {
         let j = k / m;
         let p = k % m;
         var acc = 0.0;
@@ -187,8 +192,8 @@ fn dst_x(src: u32, dst_base: u32, lid: u32) {
 }
 
 fn dst_y(src: u32, dst_base: u32, lid: u32) {
-    let m = P.n - 1u;
-    for (var k = lid; k < P.nunk; k += WG) {
+    let m = R.m;
+    for (var k = lid; k < R.nunk; k += WG) {
         let q = k / m;
         let i = k % m;
         var acc = 0.0;
@@ -211,7 +216,7 @@ fn dst_y(src: u32, dst_base: u32, lid: u32) {
 @compute @workgroup_size(WG)
 fn residual_loss_spectral(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let b = wid.x;
-    let nu = P.nunk;
+    let nu = R.nunk;
     let hb = b * 2u * nu;
     let ub = b * nu;
     let seed = vec2<u32>(R.seed_lo, R.seed_hi);

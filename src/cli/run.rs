@@ -71,6 +71,10 @@ pub struct RunConfig {
     pub forward: Option<String>,
     /// With a surrogate: add its predicted variance to sigma_n^2.
     pub surrogate_variance: Option<bool>,
+    /// `forward` (default) or `residual` (u latent, the residual a virtual observation).
+    pub likelihood: Option<String>,
+    /// With `likelihood = residual`: the residual's noise level.
+    pub sigma_r: Option<f64>,
     /// `pdevi run`: a window showing the posterior forming (winit).
     pub live: Option<bool>,
     /// `pdevi run`: write a PNG frame of the posterior every `every` steps here.
@@ -147,6 +151,8 @@ impl RunConfig {
             precond,
             forward,
             surrogate_variance,
+            likelihood,
+            sigma_r,
             live,
             frames,
             every,
@@ -383,6 +389,24 @@ pub fn setup(cfg: &RunConfig) -> Result<Setup> {
 
 /// Run inference as configured; returns the metrics written to metrics.json.
 pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
+    match cfg.likelihood.as_deref().unwrap_or("forward") {
+        "forward" => {}
+        "residual" => return crate::cli::residual::run_residual(cfg),
+        other => {
+            return Err(Error::setting(
+                "likelihood",
+                other,
+                "expected forward (a solver in the loop) or residual (virtual observations)",
+            ))
+        }
+    }
+    if cfg.sigma_r.is_some() {
+        return Err(Error::setting(
+            "sigma-r",
+            cfg.sigma_r.unwrap_or_default(),
+            "is the residual's noise: use it with --likelihood residual",
+        ));
+    }
     if let Some(dir) = crate::cli::surrogate::parse_forward(cfg.forward.as_deref())? {
         return crate::cli::surrogate::run_surrogate(cfg, dir);
     }

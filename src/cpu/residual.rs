@@ -266,3 +266,129 @@ pub fn residual_loss_spectral(
         losses[LOSS_ROWS + b] = acc;
     }
 }
+
+/// `gamma / lambda` per sine mode of the kappa = 1 operator (darcy2d: the
+/// 2-D modes; poisson1d: `(2/h)(1 - cos t)`, t = (p+1) pi / n).
+pub fn joint_spectrum(n: usize, two_d: bool, gamma: f64) -> Vec<f64> {
+    if two_d {
+        laplace_eigenvalues(n).iter().map(|l| gamma / l).collect()
+    } else {
+        let h = 1.0 / n as f64;
+        (0..n - 1)
+            .map(|p| {
+                let t = (p + 1) as f64 * std::f64::consts::PI / n as f64;
+                gamma / (2.0 / h * (1.0 - t.cos()))
+            })
+            .collect()
+    }
+}
+
+/// `u = gamma A0^{-1} v` by sine transforms (`spec` from [`joint_spectrum`]).
+pub fn joint_t(n: usize, two_d: bool, dst: &[f64], spec: &[f64], v: &[f64]) -> Vec<f64> {
+    let m = n - 1;
+    if two_d {
+        let mut c = dst2(n, dst, v);
+        for (x, s) in c.iter_mut().zip(spec) {
+            *x *= s;
+        }
+        dst2(n, dst, &c)
+    } else {
+        let c: Vec<f64> = (0..m)
+            .map(|p| (0..m).map(|i| dst[i * m + p] * v[i]).sum::<f64>() * spec[p])
+            .collect();
+        (0..m)
+            .map(|k| (0..m).map(|p| dst[k * m + p] * c[p]).sum())
+            .collect()
+    }
+}
+
+/// Mirror of `residual_joint` (shaders/infer/residual_vi.wgsl): per sample
+/// `x = (xi, v)`, `nll = |A u - b|^2 / (2 sigma_r^2) + |y - P u|^2 /
+/// (2 sigma_n^2)` with `u = T v`, and its gradient in `x`.
+#[allow(clippy::too_many_arguments, reason = "the kernel's bindings")]
+pub fn residual_joint(
+    p: &PdeParams,
+    jp: &crate::gpu::layout::JointParams,
+    basis: &[f64],
+    spec: &[f64],
+    dst: &[f64],
+    sensors: &[u32],
+    data: &[f64],
+    xs: &[f64],
+    gxs: &mut [f64],
+    nll: &mut [f64],
+) {
+    let (n, nu, nc, d) = (
+        p.n as usize,
+        p.nunk as usize,
+        p.ncoef as usize,
+        p.d as usize,
+    );
+    let dim = jp.dim as usize;
+    let two_d = p.kl_linear == 0;
+    let si2 = jp.sigma_inv2 as f64;
+    let h2 = 1.0 / (p.inv_h as f64 * p.inv_h as f64);
+    let inv_h = p.inv_h as f64;
+    let p1 = |v: &[f64], k: usize| {
+        let l = if k > 0 { v[k - 1] } else { 0.0 };
+        let r = if k + 1 < nu { v[k + 1] } else { 0.0 };
+        (2.0 * v[k] - l - r) * inv_h
+    };
+    for b in 0..p.batch as usize {
+        let x = &xs[b * dim..(b + 1) * dim];
+        let cf: Vec<f64> = (0..nc)
+            .map(|c| {
+                let z: f64 = (0..d).map(|k| x[k] * basis[k * nc + c]).sum();
+                if two_d {
+                    z.exp()
+                } else {
+                    p.kl_scale as f64 * z
+                }
+            })
+            .collect();
+        let u = joint_t(n, two_d, dst, spec, &x[d..]);
+        let apply = |v: &[f64], k: usize| {
+            if two_d {
+                crate::cpu::physics::q1_op_apply(n, &cf, v, k)
+            } else {
+                p1(v, k)
+            }
+        };
+        let mut acc = 0.0;
+        let mut rs = vec![0.0; nu];
+        for k in 0..nu {
+            let load = if two_d { h2 } else { cf[k] };
+            let r = apply(&u, k) - load;
+            rs[k] = r * si2;
+            acc += 0.5 * r * r * si2;
+        }
+        let mut gu: Vec<f64> = (0..nu).map(|k| apply(&rs, k)).collect();
+        let np = p.noise_precision as f64;
+        for (s, &k) in sensors.iter().enumerate().take(p.nsens as usize) {
+            let e = data[s] - u[k as usize];
+            gu[k as usize] -= np * e;
+            acc += 0.5 * np * e * e;
+        }
+        let mut gv = joint_t(n, two_d, dst, spec, &gu);
+        if jp.flat_u == 1 {
+            for (g, v) in gv.iter_mut().zip(&x[d..]) {
+                *g -= v;
+                acc -= 0.5 * v * v;
+            }
+        }
+        gxs[b * dim + d..(b + 1) * dim].copy_from_slice(&gv);
+        let gz: Vec<f64> = if two_d {
+            let mut g = vec![0.0; nc];
+            let mut pp = *p;
+            pp.batch = 1;
+            crate::cpu::physics::q1_adjoint_grad(&pp, &cf, &u, &rs, &mut g);
+            g
+        } else {
+            rs.iter().map(|r| -(p.kl_scale as f64) * r).collect()
+        };
+        for k in 0..d {
+            gxs[b * dim + k] = (0..nc).map(|c| basis[k * nc + c] * gz[c]).sum();
+        }
+        nll[b] = acc;
+    }
+}

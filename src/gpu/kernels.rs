@@ -168,6 +168,9 @@ kernel_table! {
     /// The energy-form loss over sine-basis coefficients (preconditioned by the constant-coefficient operator), a workgroup per row.
     ResidualLossSpectral => Residual."residual_loss_spectral", Workgroup,
         { params: Uniform @ 0, rp: Read @ 1, coef: Read @ 2, head: Read @ 3, work: ReadWrite @ 4, grad: ReadWrite @ 5, losses: ReadWrite @ 6, dst: Read @ 7, dscale: Read @ 8 }
+    /// The joint residual-and-data negative log-likelihood of samples of (xi, v) and its gradient, a workgroup per sample.
+    ResidualJoint => ResidualVi."residual_joint", Workgroup,
+        { params: Uniform @ 0, jp: Read @ 1, basis: Read @ 2, spec: Read @ 3, dst: Read @ 4, sensors: Read @ 5, data: Read @ 6, xs: Read @ 7, gxs: ReadWrite @ 8, nll: ReadWrite @ 9, work: ReadWrite @ 10 }
     /// y = A(coef) v for the Q1 operator; x = unknowns, y = systems.
     Q1Apply => Darcy."q1_apply", Invocation,
         { params: Uniform @ 0, coef: Read @ 1, v: Read @ 2, y: ReadWrite @ 4 }

@@ -81,7 +81,7 @@ pub mod status {
     pub const BREAKDOWN: u32 = 3;
 }
 
-/// `ResidualParams` of shaders/physics/residual.wgsl (48 bytes; layout
+/// `ResidualParams` of shaders/physics/residual.wgsl (64 bytes; layout
 /// checked by tests/layout.rs): the residual-likelihood loss of the
 /// data-free probabilistic solver.
 #[repr(C)]
@@ -105,5 +105,43 @@ pub struct ResidualParams {
     pub stream: u32,
     /// The two-way model's input: the draw of u divided by this.
     pub in_scale: f32,
-    pub _pad: u32,
+    /// Unknowns per system and n - 1: the loop bounds (see the WGSL).
+    pub nunk: u32,
+    pub m: u32,
+    pub _pad: [u32; 3],
+}
+
+/// `JointParams` of shaders/infer/residual_vi.wgsl (layout checked by tests/layout.rs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq)]
+pub struct JointParams {
+    /// 1 / sigma_r^2.
+    pub sigma_inv2: f32,
+    /// d + nunk: the length of one sample (xi, v).
+    pub dim: u32,
+    /// 1: a flat prior on u (the N(0, I) term of v is cancelled).
+    pub flat_u: u32,
+    /// n - 1, the unknowns, the coefficients, d and the sensors: the loop
+    /// bounds, from a storage buffer (see the WGSL).
+    pub m: u32,
+    pub nunk: u32,
+    pub ncoef: u32,
+    pub d: u32,
+    pub nsens: u32,
+}
+
+impl JointParams {
+    /// The block for `pb` with `nsens` sensors and noise level `sigma_r`.
+    pub fn new(pb: &crate::physics::problem::Problem, nsens: usize, sigma_r: f64) -> Self {
+        JointParams {
+            sigma_inv2: (1.0 / (sigma_r * sigma_r)) as f32,
+            dim: (pb.d + pb.nunk()) as u32,
+            flat_u: 1,
+            m: (pb.n - 1) as u32,
+            nunk: pb.nunk() as u32,
+            ncoef: pb.ncoef() as u32,
+            d: pb.d as u32,
+            nsens: nsens as u32,
+        }
+    }
 }

@@ -53,6 +53,7 @@ sources! {
     P1_DIRECT = "physics/p1_direct.wgsl";
     MULTIGRID = "physics/multigrid.wgsl";
     RESIDUAL = "physics/residual.wgsl";
+    RESIDUAL_VI = "infer/residual_vi.wgsl";
     STREAM = "gpu/stream.wgsl";
     VI = "infer/vi.wgsl";
     ADAM = "infer/adam.wgsl";
@@ -121,6 +122,7 @@ modules! {
     SolverQ1Mg = "solver_q1_mg" [PARAMS, REDUCE, CG_STATE, OP_Q1, PASS_Q1, MULTIGRID] solver = true;
     Kl = "kl" [PARAMS, REDUCE, KL];
     Residual = "residual" [PARAMS, REDUCE, RNG, OP_Q1, RESIDUAL] solver = true;
+    ResidualVi = "residual_vi" [PARAMS, REDUCE, OP_Q1, RESIDUAL_VI] solver = true;
     Darcy = "darcy" [PARAMS, OP_Q1, DARCY];
     Poisson1d = "poisson1d" [PARAMS, OP_P1, POISSON1D];
     Obs = "obs" [PARAMS, REDUCE, OBS];

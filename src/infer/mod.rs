@@ -9,5 +9,6 @@ pub mod linear;
 pub mod mcmc;
 pub mod predictive;
 pub mod residual;
+pub mod residual_vi;
 pub mod surrogate;
 pub mod vi;

@@ -243,7 +243,9 @@ impl ResidualMeta {
             step: 0,
             stream: crate::rng::streams::RESIDUAL,
             in_scale: self.in_scale as f32,
-            _pad: 0,
+            nunk: ((self.n - 1) * (self.n - 1)) as u32,
+            m: (self.n - 1) as u32,
+            _pad: [0; 3],
         }
     }
 }
