@@ -350,6 +350,9 @@ struct ResidualOpts {
     /// preconditioned by the constant-coefficient operator; energy form only).
     #[arg(long, default_value = "nodal")]
     basis: String,
+    /// Nodal mean: log (u0 exp(output), u0 the kappa = 1 solution) or linear (u_scale output).
+    #[arg(long, default_value = "log")]
+    mean: String,
     /// One reparameterised draw of u per row and step instead of the exact expectation under q.
     #[arg(long)]
     sampled: bool,
@@ -906,7 +909,7 @@ fn run(cli: Cli) -> pdevi::Result<()> {
             let out = o.resume.clone().unwrap_or_else(|| o.out.clone());
             let config = serde_json::json!({
                 "problem": o.problem.problem, "n": o.problem.n, "d": o.problem.d,
-                "sigma_r": o.sigma_r, "form": o.form, "basis": o.basis, "sampled": o.sampled, "two_way": o.two_way,
+                "sigma_r": o.sigma_r, "form": o.form, "basis": o.basis, "mean": o.mean, "sampled": o.sampled, "two_way": o.two_way,
                 "hidden": o.hidden, "inverse_hidden": o.inverse_hidden, "activation": o.activation,
                 "epochs": o.epochs, "rows": o.rows, "batch": o.batch, "lr": o.lr,
                 "lr_final": o.lr_final, "seed": o.seed,
@@ -915,6 +918,17 @@ fn run(cli: Cli) -> pdevi::Result<()> {
                 sigma_r: o.sigma_r,
                 form: pdevi::infer::residual::ResidualForm::parse(&o.form)?,
                 basis: pdevi::infer::residual::ResidualBasis::parse(&o.basis)?,
+                log_mean: match o.mean.as_str() {
+                    "log" => true,
+                    "linear" => false,
+                    other => {
+                        return Err(pdevi::Error::setting(
+                            "mean",
+                            other,
+                            "expected log (default) or linear",
+                        ))
+                    }
+                },
                 sampled: o.sampled,
                 hidden: parse_hidden(&o.hidden)?,
                 act: pdevi::nn::mlp::Activation::parse(&o.activation)?,

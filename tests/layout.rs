@@ -105,7 +105,7 @@ fn rows() -> Vec<Row> {
         } in [Render "Draw"],
         pdevi::gpu::layout::ResidualParams {
             sigma_inv2, u_scale, lv0, grad_scale, form, sampled, seed_lo, seed_hi, step, stream,
-            in_scale, nunk, m, _pad,
+            in_scale, nunk, m, log_mean, _pad,
         } in [Residual "ResidualParams"],
         pdevi::gpu::layout::JointParams {
             sigma_inv2, dim, flat_u, m, nunk, ncoef, d, nsens,

@@ -30,7 +30,8 @@ fn rparams(n: usize, form: u32, sampled: u32, batch: usize) -> ResidualParams {
         step: 5,
         stream: pdevi::rng::streams::RESIDUAL,
         in_scale: 0.0737,
-        _pad: [0; 3],
+        log_mean: 0,
+        _pad: [0; 2],
     }
 }
 
@@ -38,6 +39,7 @@ struct Inputs {
     p: PdeParams,
     kappa: Vec<f64>,
     head: Vec<f64>,
+    shape: Vec<f64>,
 }
 
 fn inputs(n: usize, batch: usize, seed: u64) -> Inputs {
@@ -54,10 +56,12 @@ fn inputs(n: usize, batch: usize, seed: u64) -> Inputs {
             head[b * 2 * nu + k] += 0.5;
         }
     }
+    let shape = rng.vec_uniform(nu, 0.01, 0.07);
     Inputs {
         p: PdeParams::new(n, nu, n * n, batch, 4),
         kappa,
         head,
+        shape,
     }
 }
 
@@ -94,6 +98,7 @@ fn mirror(
             &mut work,
             &mut grad,
             &mut losses,
+            &inp.shape,
         );
     }
     let total = losses[cpu::LOSS_ROWS..].iter().sum::<f64>() * rp.grad_scale as f64;
@@ -107,12 +112,21 @@ fn residual_kernels_match_mirrors() {
     for (n, batch) in [(8usize, 1usize), (12, 3)] {
         let inp = inputs(n, batch, n as u64);
         let nu = (n - 1) * (n - 1);
-        for (form, sampled) in [(0u32, 0u32), (0, 1), (1, 0), (1, 1)] {
-            let rp = rparams(n, form, sampled, batch);
+        for (form, sampled, log_mean) in [
+            (0u32, 0u32, 0u32),
+            (0, 1, 0),
+            (1, 0, 0),
+            (1, 1, 1),
+            (0, 0, 1),
+        ] {
+            let mut rp = rparams(n, form, sampled, batch);
+            rp.log_mean = log_mean;
             let (_, grad, work, losses) = mirror(&inp, &rp, false);
             cases.push(
                 Case::new(
-                    format!("residual_loss n{n} b{batch} form {form} sampled {sampled}"),
+                    format!(
+                        "residual_loss n{n} b{batch} form {form} sampled {sampled} log {log_mean}"
+                    ),
                     KernelId::ResidualLoss,
                     [batch, 1],
                 )
@@ -120,6 +134,7 @@ fn residual_kernels_match_mirrors() {
                 .params("rp", &rp)
                 .f32("coef", &inp.kappa)
                 .f32("head", &inp.head)
+                .f32("shape", &inp.shape)
                 .expect("work", &work[..4 * batch * nu], 1e-4, 1e-3)
                 .expect("grad", &grad, 1e-2, 2e-3)
                 .expect("losses", &losses, 1e-2, 1e-3),
@@ -155,12 +170,20 @@ fn residual_kernels_match_mirrors() {
 #[test]
 fn residual_head_gradient_matches_finite_differences() {
     for spectral in [false, true] {
-        for (form, sampled) in [(0u32, 0u32), (0, 1), (1, 0), (1, 1)] {
-            if spectral && form == 1 {
+        for (form, sampled, log_mean) in [
+            (0u32, 0u32, 0u32),
+            (0, 1, 0),
+            (1, 0, 0),
+            (1, 1, 0),
+            (0, 0, 1),
+            (1, 1, 1),
+        ] {
+            if spectral && (form == 1 || log_mean == 1) {
                 continue;
             }
             let mut inp = inputs(6, 2, 17);
-            let rp = rparams(6, form, sampled, 2);
+            let mut rp = rparams(6, form, sampled, 2);
+            rp.log_mean = log_mean;
             let (_, grad, _, _) = mirror(&inp, &rp, spectral);
             let mut worst: f64 = 0.0;
             let scale = grad.iter().fold(0.0f64, |a, g| a.max(g.abs()));
@@ -219,6 +242,7 @@ fn residual_loss_gradient_through_the_mlp_matches_finite_differences() {
                 p,
                 kappa: kappa.clone(),
                 head,
+                shape: pdevi::infer::residual::mean_shape(&pb),
             };
             let (l, g, _, _) = mirror(&inp, &rp, basis == ResidualBasis::Spectral);
             (l, g, tr)

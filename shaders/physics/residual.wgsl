@@ -20,7 +20,9 @@
 // r, eps, the draw / in_scale, then four scratch planes for the spectral
 // kernel), 5 grad (B x 2 nunk), 6 losses (the MLP's loss buffer: one row
 // loss at LOSS_ROWS + b), 7 dst (the (n-1) x (n-1) orthonormal sine
-// matrix), 8 dscale (nunk spectral weights).
+// matrix), 8 dscale (nunk spectral weights), 9 shape (nunk: the kappa = 1
+// solution; with log_mean the nodal mean is shape exp(output), so a change
+// of the field's overall level is a shift of the outputs).
 
 struct ResidualParams {
     sigma_inv2: f32, // 1 / sigma_r^2
@@ -39,7 +41,8 @@ struct ResidualParams {
     // kernel of residual_vi.wgsl ran 300x slower that way).
     nunk: u32,
     m: u32,          // n - 1
-    _pad: array<u32, 3>,
+    log_mean: u32,   // nodal: 1 mu = shape exp(mean output), 0 mu = u_scale mean output
+    _pad: array<u32, 2>,
 }
 
 // A read-only storage buffer, not a uniform: lavapipe recompiles a shader
@@ -52,6 +55,7 @@ struct ResidualParams {
 @group(0) @binding(6) var<storage, read_write> losses: array<f32>;
 @group(0) @binding(7) var<storage, read> dst: array<f32>;
 @group(0) @binding(8) var<storage, read> dscale: array<f32>;
+@group(0) @binding(9) var<storage, read> shape: array<f32>;
 
 const RES_LOSS_ROWS: u32 = 16u;
 
@@ -65,6 +69,21 @@ fn vec_at(base: u32, k: u32) -> f32 {
 
 fn res_plane(p: u32) -> u32 {
     return p * P.batch * R.nunk;
+}
+
+// The nodal mean of row `hb`'s head at node k, and its derivative in the output.
+fn res_mean(hb: u32, k: u32) -> f32 {
+    if (R.log_mean == 1u) {
+        return shape[k] * exp(head[hb + k]);
+    }
+    return R.u_scale * head[hb + k];
+}
+
+fn res_dmean(hb: u32, k: u32) -> f32 {
+    if (R.log_mean == 1u) {
+        return shape[k] * exp(head[hb + k]);
+    }
+    return R.u_scale;
 }
 
 // (A^2)_kk = sum_j A_kj^2: the squares of row k's stencil entries over
@@ -112,7 +131,7 @@ fn residual_loss(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     let h2 = 1.0 / (P.inv_h * P.inv_h);
     for (var k = lid; k < nu; k += WG) {
         let eps = normal4(seed, R.stream, R.step, ub + k).x;
-        let mu = R.u_scale * head[hb + k];
+        let mu = res_mean(hb, k);
         let sd = exp(0.5 * (head[hb + nu + k] + R.lv0));
         let draw = mu + sd * eps;
         work[res_plane(2u) + ub + k] = eps;
@@ -143,7 +162,7 @@ fn residual_loss(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
                 acc += 0.5 * akk * s2 * R.sigma_inv2;
                 glv = 0.5 * (akk * s2 * R.sigma_inv2 - 1.0);
             }
-            grad[hb + k] = R.grad_scale * R.u_scale * r * R.sigma_inv2;
+            grad[hb + k] = R.grad_scale * res_dmean(hb, k) * r * R.sigma_inv2;
             grad[hb + nu + k] = R.grad_scale * glv;
         } else {
             work[res_plane(1u) + ub + k] = r;
@@ -164,7 +183,7 @@ fn residual_loss(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
             } else {
                 glv = 0.5 * (op_row_sq(b, k) * s2 * R.sigma_inv2 - 1.0);
             }
-            grad[hb + k] = R.grad_scale * R.u_scale * g;
+            grad[hb + k] = R.grad_scale * res_dmean(hb, k) * g;
             grad[hb + nu + k] = R.grad_scale * glv;
         }
     }

@@ -14,6 +14,10 @@ use crate::output::plot::{self, Colormap, Field2, Painter, Panel, Series};
 use crate::physics::problem::ProblemArgs;
 use crate::physics::sensors::check_xi;
 
+/// `run --likelihood residual` starts sigma_r this many times larger and
+/// tightens it over the first half of the steps.
+pub const ANNEAL: f64 = 100.0;
+
 /// Held-out draws scored after training.
 pub const EVAL_DRAWS: usize = 64;
 
@@ -61,7 +65,7 @@ pub fn train_residual_cmd(
     let m = serde_json::json!({
         "command": "train residual",
         "problem": pb.kind.name(), "n": pb.n, "d": pb.d,
-        "sigma_r": s.sigma_r, "form": s.form.name(), "basis": s.basis.name(), "sampled": s.sampled,
+        "sigma_r": s.sigma_r, "form": s.form.name(), "basis": s.basis.name(), "log_mean": solver.meta.log_mean, "sampled": s.sampled,
         "hidden": s.hidden, "activation": s.act.name(), "epochs": rep.train.epochs,
         "rows_per_epoch": s.rows, "batch": s.batch, "steps": rep.train.steps,
         "lr": s.lr, "lr_final": s.lr_final, "seed": s.seed, "two_way": s.two_way,
@@ -472,6 +476,7 @@ pub fn run_residual(cfg: &crate::cli::run::RunConfig) -> Result<serde_json::Valu
         sigma_r,
         st.seed,
     )?;
+    vi.anneal = ANNEAL;
     if cfg.dry_run.unwrap_or(false) {
         let plan = serde_json::json!({
             "command": "run --likelihood residual", "dimension": dim,

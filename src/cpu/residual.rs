@@ -55,6 +55,16 @@ pub fn op_row_sq(n: usize, coef: &[f64], k: usize) -> f64 {
     acc
 }
 
+/// d mu / d output at node k: `shape_k exp(output)` (which is also mu) with
+/// `log_mean`, else `u_scale`.
+pub fn res_dmean(rp: &ResidualParams, shape: &[f64], out: f64, k: usize) -> f64 {
+    if rp.log_mean == 1 {
+        shape[k] * out.exp()
+    } else {
+        rp.u_scale as f64
+    }
+}
+
 /// The noise of node `k` of row `b` (lane 0 of its own Philox block).
 pub fn residual_eps(rp: &ResidualParams, nunk: usize, b: usize, k: usize) -> f64 {
     let seed = rp.seed_lo as u64 | ((rp.seed_hi as u64) << 32);
@@ -64,6 +74,7 @@ pub fn residual_eps(rp: &ResidualParams, nunk: usize, b: usize, k: usize) -> f64
 /// Mirror of `residual_loss`: for every row b, the negative ELBO into
 /// `losses[LOSS_ROWS + b]` and its gradient with respect to the head row
 /// into `grad`; `work` holds the four planes (u or mu, r, eps, draw / u_scale).
+#[allow(clippy::too_many_arguments, reason = "the kernel's bindings")]
 pub fn residual_loss(
     p: &PdeParams,
     rp: &ResidualParams,
@@ -72,6 +83,7 @@ pub fn residual_loss(
     work: &mut [f64],
     grad: &mut [f64],
     losses: &mut [f64],
+    shape: &[f64],
 ) {
     let (n, nu, nc, bs) = (
         p.n as usize,
@@ -82,7 +94,6 @@ pub fn residual_loss(
     let plane = |q: usize| q * bs * nu;
     let h2 = 1.0 / (p.inv_h as f64 * p.inv_h as f64);
     let si2 = rp.sigma_inv2 as f64;
-    let us = rp.u_scale as f64;
     let lv0 = rp.lv0 as f64;
     let gs = rp.grad_scale as f64;
     for b in 0..bs {
@@ -91,7 +102,8 @@ pub fn residual_loss(
         let cf = &coef[b * nc..(b + 1) * nc];
         for k in 0..nu {
             let eps = residual_eps(rp, nu, b, k);
-            let mu = us * head[hb + k];
+            let mu = res_dmean(rp, shape, head[hb + k], k)
+                * if rp.log_mean == 1 { 1.0 } else { head[hb + k] };
             let sd = (0.5 * (head[hb + nu + k] + lv0)).exp();
             let draw = mu + sd * eps;
             work[plane(2) + ub + k] = eps;
@@ -116,7 +128,7 @@ pub fn residual_loss(
                     acc += 0.5 * akk * s2 * si2;
                     0.5 * (akk * s2 * si2 - 1.0)
                 };
-                grad[hb + k] = gs * us * r * si2;
+                grad[hb + k] = gs * res_dmean(rp, shape, head[hb + k], k) * r * si2;
                 grad[hb + nu + k] = gs * glv;
             } else {
                 work[plane(1) + ub + k] = r;
@@ -136,7 +148,7 @@ pub fn residual_loss(
                 } else {
                     0.5 * (op_row_sq(n, cf, k) * s2 * si2 - 1.0)
                 };
-                grad[hb + k] = gs * us * g;
+                grad[hb + k] = gs * res_dmean(rp, shape, head[hb + k], k) * g;
                 grad[hb + nu + k] = gs * glv;
             }
         }

@@ -164,7 +164,7 @@ kernel_table! {
         { params: Uniform @ 0, basis: Read @ 2, g: Read @ 5, gxi: ReadWrite @ 6 }
     /// The residual-likelihood loss of the data-free solver and its head gradient, a workgroup per row.
     ResidualLoss => Residual."residual_loss", Workgroup,
-        { params: Uniform @ 0, rp: Read @ 1, coef: Read @ 2, head: Read @ 3, work: ReadWrite @ 4, grad: ReadWrite @ 5, losses: ReadWrite @ 6 }
+        { params: Uniform @ 0, rp: Read @ 1, coef: Read @ 2, head: Read @ 3, work: ReadWrite @ 4, grad: ReadWrite @ 5, losses: ReadWrite @ 6, shape: Read @ 9 }
     /// The energy-form loss over sine-basis coefficients (preconditioned by the constant-coefficient operator), a workgroup per row.
     ResidualLossSpectral => Residual."residual_loss_spectral", Workgroup,
         { params: Uniform @ 0, rp: Read @ 1, coef: Read @ 2, head: Read @ 3, work: ReadWrite @ 4, grad: ReadWrite @ 5, losses: ReadWrite @ 6, dst: Read @ 7, dscale: Read @ 8 }

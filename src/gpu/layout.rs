@@ -108,7 +108,10 @@ pub struct ResidualParams {
     /// Unknowns per system and n - 1: the loop bounds (see the WGSL).
     pub nunk: u32,
     pub m: u32,
-    pub _pad: [u32; 3],
+    /// Nodal basis: 1 = the mean is `shape exp(output)` (shape = the kappa = 1
+    /// solution), 0 = `u_scale output`.
+    pub log_mean: u32,
+    pub _pad: [u32; 2],
 }
 
 /// `JointParams` of shaders/infer/residual_vi.wgsl (layout checked by tests/layout.rs).

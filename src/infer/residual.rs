@@ -104,6 +104,10 @@ pub struct ResidualSettings {
     pub sigma_r: f64,
     pub form: ResidualForm,
     pub basis: ResidualBasis,
+    /// Nodal basis: the mean is `u0 exp(output)` (u0 the kappa = 1
+    /// solution), so the field's overall level is a shift of the outputs;
+    /// false: `u_scale output`.
+    pub log_mean: bool,
     /// One reparameterised draw per row and step instead of the closed-form
     /// expectation under q (nodal basis; the spectral kernel's mean gradient
     /// is exact and its spread's gradient always uses one draw).
@@ -130,6 +134,7 @@ impl Default for ResidualSettings {
             sigma_r: 1e-3,
             form: ResidualForm::Energy,
             basis: ResidualBasis::Nodal,
+            log_mean: true,
             sampled: false,
             hidden: vec![256, 256],
             act: Activation::Tanh,
@@ -157,6 +162,9 @@ pub struct ResidualMeta {
     pub sigma_r: f64,
     pub form: ResidualForm,
     pub basis: ResidualBasis,
+    /// Nodal: mu = u0 exp(output) (u0 the kappa = 1 solution).
+    #[serde(default)]
+    pub log_mean: bool,
     pub sampled: bool,
     /// mu = u_scale * the network's mean output (nodal), or the mean
     /// coefficients are u_scale * D * the output (spectral).
@@ -174,6 +182,11 @@ pub struct ResidualMeta {
 pub fn output_scale(pb: &Problem) -> f64 {
     let f = crate::physics::reference::forward(pb, &vec![0.0; pb.d], 1e-10, 100_000);
     f.u.iter().cloned().fold(0.0, f64::max).max(1e-12)
+}
+
+/// The kappa = 1 solution at the interior nodes (the log-mean's shape).
+pub fn mean_shape(pb: &Problem) -> Vec<f64> {
+    crate::physics::reference::forward(pb, &vec![0.0; pb.d], 1e-10, 100_000).u
 }
 
 /// The log-variance offset: the optimal log s^2 of an interior node at
@@ -221,6 +234,7 @@ impl ResidualMeta {
             sigma_r: s.sigma_r,
             form: s.form,
             basis: s.basis,
+            log_mean: s.log_mean && s.basis == ResidualBasis::Nodal,
             sampled: s.sampled,
             u_scale,
             in_scale,
@@ -245,7 +259,8 @@ impl ResidualMeta {
             in_scale: self.in_scale as f32,
             nunk: ((self.n - 1) * (self.n - 1)) as u32,
             m: (self.n - 1) as u32,
-            _pad: [0; 3],
+            log_mean: self.log_mean as u32,
+            _pad: [0; 2],
         }
     }
 }
@@ -407,18 +422,25 @@ impl StepExtra for ResidualTerm {
         )?;
         let mut bufs = vec![];
         let loss = match self.basis {
-            ResidualBasis::Nodal => ctx.prepare(
-                &args::ResidualLoss {
-                    params: &u_pde,
-                    rp: &rp_buf,
-                    coef: &kappa,
-                    head: ws.output(),
-                    work: &work,
-                    grad: ws.output_grad(),
-                    losses: &ws.losses,
-                },
-                [b, 1],
-            )?,
+            ResidualBasis::Nodal => {
+                let shape =
+                    ctx.upload("residual.shape", &crate::nn::mlp::to_f32(&mean_shape(pb)))?;
+                let d = ctx.prepare(
+                    &args::ResidualLoss {
+                        params: &u_pde,
+                        rp: &rp_buf,
+                        coef: &kappa,
+                        head: ws.output(),
+                        work: &work,
+                        grad: ws.output_grad(),
+                        losses: &ws.losses,
+                        shape: &shape,
+                    },
+                    [b, 1],
+                )?;
+                bufs.push(shape);
+                d
+            }
             ResidualBasis::Spectral => {
                 let to32 = crate::nn::mlp::to_f32;
                 let dst = ctx.upload(
@@ -685,6 +707,11 @@ impl ResidualSolver {
         let mut mean = Vec::with_capacity(b * nu);
         let mut sd = Vec::with_capacity(b * nu);
         let spectral = self.meta.basis == ResidualBasis::Spectral;
+        let shape = if self.meta.log_mean {
+            mean_shape(&self.pb)
+        } else {
+            vec![]
+        };
         let (s, s2, dsc) = if spectral {
             let s = crate::cpu::residual::dst_matrix(n);
             let s2: Vec<f64> = s.iter().map(|v| v * v).collect();
@@ -707,6 +734,9 @@ impl ResidualSolver {
                         .into_iter()
                         .map(|x| x.max(0.0).sqrt()),
                 );
+            } else if self.meta.log_mean {
+                mean.extend(row[..nu].iter().zip(&shape).map(|(v, u0)| u0 * v.exp()));
+                sd.extend(row[nu..].iter().map(|v| (0.5 * (v + self.meta.lv0)).exp()));
             } else {
                 mean.extend(row[..nu].iter().map(|v| v * self.meta.u_scale));
                 sd.extend(row[nu..].iter().map(|v| (0.5 * (v + self.meta.lv0)).exp()));

@@ -61,6 +61,12 @@ pub struct JointVi {
     pub dim: usize,
     pub samples: usize,
     pub sigma_r: f64,
+    /// sigma_r starts this many times larger and shrinks geometrically to
+    /// sigma_r over the first half of the steps (1 = no annealing): a loose
+    /// residual first lets q find the region, then the physics is tightened.
+    pub anneal: f64,
+    jp: JointParams,
+    jp_buf: wgpu::Buffer,
     pub gaussian: GaussianBlock,
     pub adam: Adam,
     pub theta: wgpu::Buffer,
@@ -127,6 +133,7 @@ impl JointVi {
         let jp = JointParams::new(pb, sensors.len(), sigma_r);
         let to32 = crate::nn::mlp::to_f32;
         let jp_buf = ctx.upload("joint.params", &[jp])?;
+        let jp_keep = jp_buf.clone();
         let basis = ctx.upload("joint.basis", &to32(&pb.basis()))?;
         let (dst, spec) = joint_transform(pb);
         let dst = ctx.upload("joint.dst", &to32(&dst))?;
@@ -193,6 +200,9 @@ impl JointVi {
             dim,
             samples,
             sigma_r,
+            anneal: 1.0,
+            jp,
+            jp_buf: jp_keep,
             gaussian,
             adam,
             theta,
@@ -204,6 +214,21 @@ impl JointVi {
                 u_pde, jp_buf, basis, dst, spec, sens, data, xs, gxs, nll, work,
             ],
         })
+    }
+
+    /// The residual's noise level at step `t` of `steps` (annealing).
+    pub fn sigma_at(&self, t: usize, steps: usize) -> f64 {
+        let half = (steps / 2).max(1) as f64;
+        let left = (1.0 - t as f64 / half).max(0.0);
+        self.sigma_r * self.anneal.max(1.0).powf(left)
+    }
+
+    fn set_sigma(&mut self, ctx: &GpuContext, sigma: f64) {
+        let v = (1.0 / (sigma * sigma)) as f32;
+        if v != self.jp.sigma_inv2 {
+            self.jp.sigma_inv2 = v;
+            ctx.write(&self.jp_buf, &[self.jp]);
+        }
     }
 
     /// One step: samples, the joint likelihood and its gradient, q's
@@ -246,6 +271,8 @@ impl JointVi {
         let mut first = 0usize;
         let mut interrupted = None;
         for t in 0..s.steps {
+            let sig = self.sigma_at(t, s.steps);
+            self.set_sigma(ctx, sig);
             self.step(ctx, t as u32, lr_at(s, t));
             if (t + 1) % every == 0 || t + 1 == s.steps {
                 let ring: Vec<f32> = ctx.read(&self.scalars, 4, HISTORY)?;
