@@ -365,7 +365,8 @@ struct ResidualOpts {
     inverse_hidden: Vec<String>,
     #[arg(long, default_value = "tanh")]
     activation: String,
-    #[arg(long, default_value_t = 200)]
+    /// 1300 epochs of 16 steps: 13 minutes at n = 32, d = 32 on a 2-core software GPU.
+    #[arg(long, default_value_t = 1300)]
     epochs: usize,
     /// Fresh prior draws per epoch.
     #[arg(long, default_value_t = 1024)]

@@ -2,6 +2,10 @@
 //! against their f64 mirrors, their gradients against finite differences
 //! (head outputs, and back through the MLP), and a trained solver against
 //! exact solves.
+#![allow(
+    clippy::needless_range_loop,
+    reason = "finite differences walk the coordinates by index"
+)]
 
 mod common;
 

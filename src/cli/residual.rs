@@ -570,6 +570,7 @@ pub fn run_residual(cfg: &crate::cli::run::RunConfig) -> Result<serde_json::Valu
 }
 
 /// `|A(z(xi)) u - b| / |b|` in f64.
+#[allow(clippy::needless_range_loop, reason = "k indexes the operator's rows")]
 pub fn relative_residual(pb: &crate::physics::problem::Problem, xi: &[f64], u: &[f64]) -> f64 {
     use crate::physics::problem::ProblemKind;
     let nu = pb.nunk();

@@ -138,7 +138,9 @@ impl Default for ResidualSettings {
             sampled: false,
             hidden: vec![256, 256],
             act: Activation::Tanh,
-            epochs: 200,
+            // 20800 steps: darcy2d n = 32, d = 32 in 13 minutes on lavapipe
+            // (2 cores), 1.9 % mean error on held-out draws.
+            epochs: 1300,
             rows: 1024,
             batch: 64,
             lr: 1e-2,
