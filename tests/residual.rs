@@ -323,8 +323,8 @@ fn trained_residual_solver_is_accurate_and_its_spread_follows_sigma_r() {
         );
         // An untrained network is at ~100 %; the z = 0 solution alone at ~40 %.
         assert!(
-            acc.rel_l2_mean < 0.25,
-            "sigma_r {sigma_r:e}: mean relative L2 error {:.4} (want < 25 % after 1600 steps)",
+            acc.rel_l2_mean < 0.2,
+            "sigma_r {sigma_r:e}: mean relative L2 error {:.4} (want < 20 % after 1600 steps; 11-12 % measured)",
             acc.rel_l2_mean
         );
         sds.push(acc.rms_sd);
