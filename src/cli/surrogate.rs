@@ -225,6 +225,15 @@ pub fn run_surrogate(cfg: &RunConfig, dir: &Path) -> Result<serde_json::Value> {
     if let Some(o) = all.as_object_mut() {
         o.extend(metrics);
     }
+    if let Some(o) = all.as_object_mut() {
+        o.insert("interrupted".into(), r.interrupted.is_some().into());
+    }
     write_json(&st.out.join("metrics.json"), &all)?;
+    if let Some(done) = r.interrupted {
+        return Err(Error::Interrupted(format!(
+            "stopped after {done} of {steps} steps; the posterior so far is in {}",
+            st.out.display()
+        )));
+    }
     Ok(all)
 }

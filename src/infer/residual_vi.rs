@@ -14,8 +14,6 @@
 //! (shaders/infer/residual_vi.wgsl), q's gradient and KL, the ELBO, Adam:
 //! one command encoder.
 
-use std::time::Instant;
-
 use crate::error::{Error, Result};
 use crate::gpu::layout::{JointParams, PdeParams};
 use crate::gpu::{args, Dispatch, GpuContext};
@@ -258,48 +256,37 @@ impl JointVi {
         Ok(v.into_iter().map(f64::from).collect())
     }
 
-    /// Fit for `s.steps` steps (the ELBO read back every `s.report_every`).
+    /// Fit for `s.steps` steps (the ELBO read back every `s.report_every`),
+    /// sigma_r annealed as [`JointVi::sigma_at`] says.
     pub fn fit(
         &mut self,
         ctx: &GpuContext,
         s: &FitSettings,
-        mut progress: impl FnMut(usize, f64),
+        progress: impl FnMut(usize, f64),
     ) -> Result<FitResult> {
-        let t0 = Instant::now();
-        let every = s.report_every.clamp(1, HISTORY);
-        let mut trace = Vec::with_capacity(s.steps);
-        let mut first = 0usize;
-        let mut interrupted = None;
-        for t in 0..s.steps {
-            let sig = self.sigma_at(t, s.steps);
-            self.set_sigma(ctx, sig);
-            self.step(ctx, t as u32, lr_at(s, t));
-            if (t + 1) % every == 0 || t + 1 == s.steps {
-                let ring: Vec<f32> = ctx.read(&self.scalars, 4, HISTORY)?;
-                let now = t0.elapsed().as_secs_f64();
-                for step in first..=t {
-                    let e = ring[step % HISTORY] as f64;
-                    if !e.is_finite() {
-                        return Err(Error::Diverged(format!(
-                            "the residual-likelihood ELBO became {e} at step {step}: lower the learning rate (--lr, now {:.3e}) or loosen --sigma-r (now {:e})",
-                            lr_at(s, step),
-                            self.sigma_r
-                        )));
-                    }
-                    trace.push((step, e, now));
-                }
-                progress(t, trace.last().map(|x| x.1).unwrap_or(f64::NAN));
-                first = t + 1;
-                if crate::interrupt::requested() && t + 1 < s.steps {
-                    interrupted = Some(t + 1);
-                    break;
-                }
-            }
-        }
+        let scalars = self.scalars.clone();
+        let sigma_r = self.sigma_r;
+        let (trace, seconds, interrupted) = crate::infer::vi::step_loop(
+            ctx,
+            s,
+            &scalars,
+            |t| {
+                let sig = self.sigma_at(t, s.steps);
+                self.set_sigma(ctx, sig);
+                self.step(ctx, t as u32, lr_at(s, t));
+            },
+            progress,
+            |step, e| {
+                Error::Diverged(format!(
+                    "the residual-likelihood ELBO became {e} at step {step}: lower the learning rate (--lr, now {:.3e}) or loosen --sigma-r (now {sigma_r:e})",
+                    lr_at(s, step)
+                ))
+            },
+        )?;
         Ok(FitResult {
             theta: self.read_theta(ctx)?,
             trace,
-            seconds: t0.elapsed().as_secs_f64(),
+            seconds,
             mean_cg_iters: 0.0,
             unconverged_solves: 0,
             interrupted,
@@ -350,48 +337,15 @@ pub fn init_theta(pb: &Problem, family: Family, sigma_r: f64, seed: u64) -> Vec<
     t
 }
 
-/// The first `d` coordinates' marginal of a Gaussian in the family's layout.
+/// The first `d` coordinates' marginal of a Gaussian in the family's layout
+/// (the leading block of [`Family::moments`]).
 pub fn marginal(family: Family, dim: usize, d: usize, theta: &[f64]) -> (Vec<f64>, Vec<f64>) {
-    let m = theta[..d].to_vec();
-    let mut cov = vec![0.0; d * d];
-    match family {
-        Family::MeanField => {
-            for i in 0..d {
-                cov[i * d + i] = (2.0 * theta[dim + i]).exp();
-            }
-        }
-        Family::FullRank => {
-            // L is lower-triangular: the xi block of L L^T is L_xx L_xx^T.
-            let l = |i: usize, j: usize| {
-                if j < i {
-                    theta[dim + i * dim + j]
-                } else if j == i {
-                    theta[dim + i * dim + i].exp()
-                } else {
-                    0.0
-                }
-            };
-            for i in 0..d {
-                for j in 0..d {
-                    cov[i * d + j] = (0..=i.min(j)).map(|k| l(i, k) * l(j, k)).sum();
-                }
-            }
-        }
-        Family::LowRank { rank } => {
-            for i in 0..d {
-                for j in 0..d {
-                    let mut v: f64 = (0..rank)
-                        .map(|a| theta[dim + i * rank + a] * theta[dim + j * rank + a])
-                        .sum();
-                    if i == j {
-                        v += (2.0 * theta[dim + dim * rank + i]).exp();
-                    }
-                    cov[i * d + j] = v;
-                }
-            }
-        }
+    let (m, cov) = family.moments(dim, theta);
+    let mut c = vec![0.0; d * d];
+    for i in 0..d {
+        c[i * d..(i + 1) * d].copy_from_slice(&cov[i * dim..i * dim + d]);
     }
-    (m, cov)
+    (m[..d].to_vec(), c)
 }
 
 /// One draw of q in the family's layout from standard normals `e`

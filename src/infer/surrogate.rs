@@ -7,7 +7,6 @@
 //! gradient. The same noise, KL, gradient and Adam kernels as exact VI.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use bytemuck::{Pod, Zeroable};
 use serde::{Deserialize, Serialize};
@@ -540,38 +539,29 @@ impl SurrogateVi {
         &mut self,
         ctx: &GpuContext,
         s: &FitSettings,
-        mut progress: impl FnMut(usize, f64),
+        progress: impl FnMut(usize, f64),
     ) -> Result<FitResult> {
-        let t0 = Instant::now();
-        let every = s.report_every.clamp(1, HISTORY);
-        let mut trace = Vec::with_capacity(s.steps);
-        let mut first = 0usize;
-        for t in 0..s.steps {
-            self.step(ctx, t as u32, lr_at(s, t));
-            if (t + 1) % every == 0 || t + 1 == s.steps {
-                let ring: Vec<f32> = ctx.read(&self.scalars, 4, HISTORY)?;
-                let now = t0.elapsed().as_secs_f64();
-                for step in first..=t {
-                    let e = ring[step % HISTORY] as f64;
-                    if !e.is_finite() {
-                        return Err(Error::Diverged(format!(
-                            "the surrogate ELBO became {e} at step {step}: lower the learning rate (--lr, now {:.3e})",
-                            lr_at(s, step)
-                        )));
-                    }
-                    trace.push((step, e, now));
-                }
-                progress(t, trace.last().map(|x| x.1).unwrap_or(f64::NAN));
-                first = t + 1;
-            }
-        }
+        let scalars = self.scalars.clone();
+        let (trace, seconds, interrupted) = crate::infer::vi::step_loop(
+            ctx,
+            s,
+            &scalars,
+            |t| self.step(ctx, t as u32, lr_at(s, t)),
+            progress,
+            |step, e| {
+                Error::Diverged(format!(
+                    "the surrogate ELBO became {e} at step {step}: lower the learning rate (--lr, now {:.3e})",
+                    lr_at(s, step)
+                ))
+            },
+        )?;
         Ok(FitResult {
             theta: self.read_theta(ctx)?,
             trace,
-            seconds: t0.elapsed().as_secs_f64(),
+            seconds,
             mean_cg_iters: 0.0,
             unconverged_solves: 0,
-            interrupted: None,
+            interrupted,
         })
     }
 }

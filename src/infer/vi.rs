@@ -600,6 +600,49 @@ pub struct FitResult {
     pub interrupted: Option<usize>,
 }
 
+/// The loop of an engine without a solver (surrogate or residual
+/// likelihood): `step(t)` records and submits step t; the ELBO ring in
+/// `scalars` is read every `s.report_every` steps, a non-finite value stops
+/// with `diverged(step, value)`, and Ctrl-C stops at the next read-back.
+/// Returns (step, ELBO, wall seconds) per step, the seconds and the step
+/// count where an interrupt stopped the loop.
+#[allow(clippy::type_complexity, reason = "a plain tuple of results")]
+pub fn step_loop(
+    ctx: &GpuContext,
+    s: &FitSettings,
+    scalars: &wgpu::Buffer,
+    mut step: impl FnMut(usize),
+    mut progress: impl FnMut(usize, f64),
+    diverged: impl Fn(usize, f64) -> Error,
+) -> Result<(Vec<(usize, f64, f64)>, f64, Option<usize>)> {
+    let t0 = std::time::Instant::now();
+    let every = s.report_every.clamp(1, HISTORY);
+    let mut trace = Vec::with_capacity(s.steps);
+    let mut first = 0usize;
+    let mut interrupted = None;
+    for t in 0..s.steps {
+        step(t);
+        if (t + 1) % every == 0 || t + 1 == s.steps {
+            let ring: Vec<f32> = ctx.read(scalars, 4, HISTORY)?;
+            let now = t0.elapsed().as_secs_f64();
+            for k in first..=t {
+                let e = ring[k % HISTORY] as f64;
+                if !e.is_finite() {
+                    return Err(diverged(k, e));
+                }
+                trace.push((k, e, now));
+            }
+            progress(t, trace.last().map(|x| x.1).unwrap_or(f64::NAN));
+            first = t + 1;
+            if crate::interrupt::requested() && t + 1 < s.steps {
+                interrupted = Some(t + 1);
+                break;
+            }
+        }
+    }
+    Ok((trace, t0.elapsed().as_secs_f64(), interrupted))
+}
+
 /// Learning rate of step t.
 pub fn lr_at(s: &FitSettings, t: usize) -> f64 {
     let frac = t as f64 / s.steps.max(1) as f64;
