@@ -534,7 +534,7 @@ pub fn run_residual(cfg: &crate::cli::run::RunConfig) -> Result<serde_json::Valu
             family.name()
         ),
     )?;
-    let mut all = serde_json::json!({
+    let all = serde_json::json!({
         "method": "vi-residual",
         "likelihood": "residual",
         "sigma_r": sigma_r,
@@ -545,21 +545,11 @@ pub fn run_residual(cfg: &crate::cli::run::RunConfig) -> Result<serde_json::Valu
         "steps_per_s": r.trace.len() as f64 / r.seconds.max(1e-9),
         "dispatches_per_step": vi.dispatches_per_step(),
         "relative_residual_of_mean": rel_res,
-        "interrupted": r.interrupted.is_some(),
         "device": ctx.describe(),
         "settings": st.settings_json(),
     });
-    if let Some(s) = all.get_mut("settings").and_then(|v| v.as_object_mut()) {
-        s.insert("family".into(), family.name().into());
-        s.insert("rank".into(), family.rank().into());
-        s.insert("samples".into(), samples.into());
-        s.insert("lr".into(), fs.lr.into());
-        s.insert("lr_final".into(), fs.lr_final.into());
-    }
-    if let Some(o) = all.as_object_mut() {
-        o.extend(metrics);
-    }
-    write_json(&st.out.join("metrics.json"), &all)?;
+    let all =
+        crate::cli::run::finish_fit_metrics(&st.out, all, &fs, metrics, r.interrupted.is_some())?;
     if let Some(done) = r.interrupted {
         return Err(Error::Interrupted(format!(
             "stopped after {done} of {steps} steps; the posterior so far is in {}",

@@ -235,6 +235,31 @@ pub fn write_posterior(
     )
 }
 
+/// Finish the metrics of a solver-free VI fit (surrogate or residual
+/// likelihood): the family and optimiser settings under `settings`, the
+/// posterior's metrics, `interrupted`; written to `out/metrics.json`.
+pub fn finish_fit_metrics(
+    out: &Path,
+    mut all: serde_json::Value,
+    fs: &FitSettings,
+    metrics: serde_json::Map<String, serde_json::Value>,
+    interrupted: bool,
+) -> Result<serde_json::Value> {
+    if let Some(s) = all.get_mut("settings").and_then(|v| v.as_object_mut()) {
+        s.insert("family".into(), fs.family.name().into());
+        s.insert("rank".into(), fs.family.rank().into());
+        s.insert("samples".into(), fs.samples.into());
+        s.insert("lr".into(), fs.lr.into());
+        s.insert("lr_final".into(), fs.lr_final.into());
+    }
+    if let Some(o) = all.as_object_mut() {
+        o.extend(metrics);
+        o.insert("interrupted".into(), interrupted.into());
+    }
+    write_json(&out.join("metrics.json"), &all)?;
+    Ok(all)
+}
+
 /// `elbo.csv` and `elbo.png` of a fit's trace (step, ELBO, wall seconds);
 /// returns the ELBO values.
 pub fn write_elbo_trace(out: &Path, trace: &[(usize, f64, f64)], title: &str) -> Result<Vec<f64>> {

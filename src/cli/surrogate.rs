@@ -204,7 +204,7 @@ pub fn run_surrogate(cfg: &RunConfig, dir: &Path) -> Result<serde_json::Value> {
             family.name()
         ),
     )?;
-    let mut all = json!({
+    let all = json!({
         "method": "vi-surrogate",
         "forward": format!("surrogate:{}", dir.display()),
         "surrogate_variance": add_var,
@@ -215,20 +215,8 @@ pub fn run_surrogate(cfg: &RunConfig, dir: &Path) -> Result<serde_json::Value> {
         "device": ctx.describe(),
         "settings": st.settings_json(),
     });
-    if let Some(s) = all.get_mut("settings").and_then(|v| v.as_object_mut()) {
-        s.insert("family".into(), family.name().into());
-        s.insert("rank".into(), family.rank().into());
-        s.insert("samples".into(), samples.into());
-        s.insert("lr".into(), fs.lr.into());
-        s.insert("lr_final".into(), fs.lr_final.into());
-    }
-    if let Some(o) = all.as_object_mut() {
-        o.extend(metrics);
-    }
-    if let Some(o) = all.as_object_mut() {
-        o.insert("interrupted".into(), r.interrupted.is_some().into());
-    }
-    write_json(&st.out.join("metrics.json"), &all)?;
+    let all =
+        crate::cli::run::finish_fit_metrics(&st.out, all, &fs, metrics, r.interrupted.is_some())?;
     if let Some(done) = r.interrupted {
         return Err(Error::Interrupted(format!(
             "stopped after {done} of {steps} steps; the posterior so far is in {}",
