@@ -354,9 +354,11 @@ pub fn bench_residual(
             let pb = args.build()?;
             let s = ResidualSettings::default();
             crate::infer::residual::check_settings(&pb, &s)?;
-            let meta = crate::infer::residual::ResidualMeta::new(&pb, &s);
+            let shape = crate::infer::residual::mean_shape(&pb);
+            let meta = crate::infer::residual::ResidualMeta::with_shape(&pb, &s, &shape);
             let arch = crate::infer::residual::solver_arch(&pb, &s.hidden, s.act);
             ResidualSolver {
+                shape,
                 net: crate::nn::mlp::Mlp::new(&ctx, arch, None, 0)?,
                 pb,
                 meta,

@@ -179,14 +179,14 @@ pub struct ResidualMeta {
     pub two_way: bool,
 }
 
-/// The output scale: the largest value of the z = 0 solution (0.0737 on
-/// the unit square), so the network's outputs are O(1).
-pub fn output_scale(pb: &Problem) -> f64 {
-    let f = crate::physics::reference::forward(pb, &vec![0.0; pb.d], 1e-10, 100_000);
-    f.u.iter().cloned().fold(0.0, f64::max).max(1e-12)
+/// The output scale: the largest value of the z = 0 solution `u0` (0.0737
+/// on the unit square), so the network's outputs are O(1).
+pub fn output_scale(u0: &[f64]) -> f64 {
+    u0.iter().cloned().fold(0.0, f64::max).max(1e-12)
 }
 
-/// The kappa = 1 solution at the interior nodes (the log-mean's shape).
+/// The kappa = 1 solution at the interior nodes (the log-mean's shape; the
+/// scales are taken from it too), one f64 solve.
 pub fn mean_shape(pb: &Problem) -> Vec<f64> {
     crate::physics::reference::forward(pb, &vec![0.0; pb.d], 1e-10, 100_000).u
 }
@@ -213,21 +213,27 @@ pub fn spectral_scale(n: usize) -> Vec<f64> {
 }
 
 /// The spectral output scale: the first sine coefficient of the z = 0
-/// solution over its weight, so that output is 1 at z = 0.
-pub fn spectral_output_scale(pb: &Problem) -> f64 {
-    let f = crate::physics::reference::forward(pb, &vec![0.0; pb.d], 1e-10, 100_000);
+/// solution `u0` over its weight, so that output is 1 at z = 0.
+pub fn spectral_output_scale(pb: &Problem, u0: &[f64]) -> f64 {
     let s = crate::cpu::residual::dst_matrix(pb.n);
-    let c = crate::cpu::residual::dst2(pb.n, &s, &f.u);
+    let c = crate::cpu::residual::dst2(pb.n, &s, u0);
     c[0] / spectral_scale(pb.n)[0]
 }
 
 impl ResidualMeta {
     pub fn new(pb: &Problem, s: &ResidualSettings) -> Self {
-        let in_scale = output_scale(pb);
+        Self::with_shape(pb, s, &mean_shape(pb))
+    }
+
+    /// [`ResidualMeta::new`] with the z = 0 solution `u0` already computed.
+    pub fn with_shape(pb: &Problem, s: &ResidualSettings, u0: &[f64]) -> Self {
+        let in_scale = output_scale(u0);
         let (u_scale, lv0) = match s.basis {
             ResidualBasis::Nodal => (in_scale, lv_offset(pb, s.sigma_r, s.form)),
             // At kappa = 1 the coefficients' optimal variance is sigma_r^2.
-            ResidualBasis::Spectral => (spectral_output_scale(pb), (s.sigma_r * s.sigma_r).ln()),
+            ResidualBasis::Spectral => {
+                (spectral_output_scale(pb, u0), (s.sigma_r * s.sigma_r).ln())
+            }
         };
         ResidualMeta {
             problem: pb.kind.name().to_string(),
@@ -331,6 +337,8 @@ struct InverseParts {
 /// The residual term recorded into every training step of the solver.
 pub struct ResidualTerm {
     pb: Problem,
+    /// The z = 0 solution (the nodal log-mean's shape).
+    shape: Vec<f64>,
     basis: ResidualBasis,
     rp: ResidualParams,
     batch: usize,
@@ -348,9 +356,16 @@ struct TermParts {
 }
 
 impl ResidualTerm {
-    pub fn new(pb: &Problem, meta: &ResidualMeta, batch: usize, seed: u64) -> Self {
+    pub fn new(
+        pb: &Problem,
+        meta: &ResidualMeta,
+        shape: Vec<f64>,
+        batch: usize,
+        seed: u64,
+    ) -> Self {
         ResidualTerm {
             pb: pb.clone(),
+            shape,
             basis: meta.basis,
             rp: meta.params(batch, seed),
             batch,
@@ -425,8 +440,7 @@ impl StepExtra for ResidualTerm {
         let mut bufs = vec![];
         let loss = match self.basis {
             ResidualBasis::Nodal => {
-                let shape =
-                    ctx.upload("residual.shape", &crate::nn::mlp::to_f32(&mean_shape(pb)))?;
+                let shape = ctx.upload("residual.shape", &crate::nn::mlp::to_f32(&self.shape))?;
                 let d = ctx.prepare(
                     &args::ResidualLoss {
                         params: &u_pde,
@@ -568,6 +582,8 @@ impl StepExtra for ResidualTerm {
 pub struct ResidualSolver {
     pub pb: Problem,
     pub meta: ResidualMeta,
+    /// The z = 0 solution (interior nodes), computed once.
+    pub shape: Vec<f64>,
     pub net: Mlp,
     pub inverse: Option<Mlp>,
 }
@@ -586,7 +602,8 @@ pub fn train_residual(
     s: &ResidualSettings,
 ) -> Result<(ResidualSolver, ResidualReport)> {
     check_settings(pb, s)?;
-    let meta = ResidualMeta::new(pb, s);
+    let shape = mean_shape(pb);
+    let meta = ResidualMeta::with_shape(pb, s, &shape);
     let arch = solver_arch(pb, &s.hidden, s.act);
     let mut net = Mlp::new(ctx, arch, None, s.seed)?;
     let rows = s.rows - s.rows % s.batch;
@@ -605,7 +622,7 @@ pub fn train_residual(
         control: s.control.clone(),
         ..Default::default()
     };
-    let mut term = ResidualTerm::new(pb, &meta, s.batch, s.seed);
+    let mut term = ResidualTerm::new(pb, &meta, shape.clone(), s.batch, s.seed);
     if s.two_way {
         let ia = inverse_arch(pb, &s.inverse_hidden, s.act);
         let inv = Mlp::new(ctx, ia, None, s.seed ^ 0x1357)?;
@@ -618,6 +635,7 @@ pub fn train_residual(
     };
     Ok((
         ResidualSolver {
+            shape,
             pb: pb.clone(),
             meta,
             net,
@@ -685,6 +703,7 @@ impl ResidualSolver {
             None
         };
         Ok(ResidualSolver {
+            shape: mean_shape(&pb),
             pb,
             meta,
             net,
@@ -709,11 +728,7 @@ impl ResidualSolver {
         let mut mean = Vec::with_capacity(b * nu);
         let mut sd = Vec::with_capacity(b * nu);
         let spectral = self.meta.basis == ResidualBasis::Spectral;
-        let shape = if self.meta.log_mean {
-            mean_shape(&self.pb)
-        } else {
-            vec![]
-        };
+        let shape = &self.shape;
         let (s, s2, dsc) = if spectral {
             let s = crate::cpu::residual::dst_matrix(n);
             let s2: Vec<f64> = s.iter().map(|v| v * v).collect();
@@ -737,7 +752,7 @@ impl ResidualSolver {
                         .map(|x| x.max(0.0).sqrt()),
                 );
             } else if self.meta.log_mean {
-                mean.extend(row[..nu].iter().zip(&shape).map(|(v, u0)| u0 * v.exp()));
+                mean.extend(row[..nu].iter().zip(shape).map(|(v, u0)| u0 * v.exp()));
                 sd.extend(row[nu..].iter().map(|v| (0.5 * (v + self.meta.lv0)).exp()));
             } else {
                 mean.extend(row[..nu].iter().map(|v| v * self.meta.u_scale));
@@ -820,7 +835,7 @@ pub fn accuracy(
     let exact = s.read_u(ctx)?;
     let seconds_cg = t.elapsed().as_secs_f64();
     let nu = pb.nunk();
-    let u0 = crate::physics::reference::forward(pb, &vec![0.0; pb.d], 1e-10, 100_000).u;
+    let u0 = &solver.shape;
     let mut base = 0.0;
     let mut rel = Vec::with_capacity(count);
     let (mut inside, mut e2, mut s2) = (0usize, 0.0, 0.0);
