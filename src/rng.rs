@@ -102,6 +102,14 @@ pub mod streams {
     pub const RESIDUAL: u32 = 10;
     /// Held-out prior draws that score a residual-trained solver.
     pub const RESIDUAL_EVAL: u32 = 11;
+    /// advdiff1d simulation: the initial state and the state noise (step = t).
+    pub const ADVDIFF_STATE: u32 = 12;
+    /// advdiff1d simulation: the pixel noise of the frames (step = t).
+    pub const ADVDIFF_PIXEL: u32 = 13;
+    /// advdiff1d simulation: the prior draw of zeta.
+    pub const ADVDIFF_ZETA: u32 = 14;
+    /// Phi-DVAE training draws of x and zeta (step = training step).
+    pub const DVAE: u32 = 15;
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The forward models: the reference problems of the spec (KL priors,
 //! operators, sensors) and the batched GPU solver with its adjoint.
 
+pub mod advdiff;
 pub mod problem;
 pub mod reference;
 pub mod sensors;

