@@ -163,3 +163,193 @@ fn spec_sanity_mass_is_conserved_and_the_peak_moves_c_t_dt() {
         "c = 1.5: moved {shift2}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// GPU kernels against their mirrors.
+
+use common::ctx;
+use common::mirror::{run_cases, Case};
+use pdevi::cpu::dvae as mirror;
+use pdevi::gpu::layout::DvaeParams;
+use pdevi::gpu::KernelId;
+
+fn dparams(pb: &AdvDiff, samples: usize, x_samples: usize, oracle: bool) -> DvaeParams {
+    DvaeParams {
+        n: pb.n as u32,
+        t: pb.t as u32,
+        modes: pb.modes() as u32,
+        samples: samples as u32,
+        x_samples: x_samples as u32,
+        height: pb.height as u32,
+        oracle: oracle as u32,
+        step: 7,
+        seed_lo: 5,
+        seed_hi: 1,
+        stream: pdevi::rng::streams::DVAE,
+        learn: 7,
+        dt: pb.dt as f32,
+        sigma_u2: (pb.sigma_u * pb.sigma_u) as f32,
+        sigma_02: (pb.sigma_0 * pb.sigma_0) as f32,
+        inv_norm: 1.0 / (pb.t * pb.n) as f32,
+        _pad: [0; 4],
+    }
+}
+
+fn theta0() -> Vec<f64> {
+    vec![
+        0.3,
+        -0.2,
+        -1.5,
+        0.1,
+        -1.2,
+        (0.03f64 * 0.03).ln(),
+        (0.02f64 * 0.02).ln(),
+        (0.05f64 * 0.05).ln(),
+    ]
+}
+
+fn flat_modes(pb: &AdvDiff) -> (Vec<[f64; 2]>, Vec<f64>) {
+    let m = pb.to_modes(&pb.m0());
+    let flat = m.iter().flat_map(|c| [c[0], c[1]]).collect();
+    (m, flat)
+}
+
+#[test]
+fn dvae_kernels_match_mirrors() {
+    let mut cases = Vec::new();
+    // The Kalman kernel at the spec's size and at odd / tiny sizes, with
+    // more draws of zeta than of x.
+    for (n, t, s, sx) in [(64, 40, 3, 2), (9, 5, 2, 1), (130, 3, 1, 1)] {
+        let pb = AdvDiff {
+            n,
+            t,
+            ..Default::default()
+        };
+        let dp = dparams(&pb, s, sx, false);
+        let theta = theta0();
+        let (m0, m0f) = flat_modes(&pb);
+        let mut xs = Vec::new();
+        for j in 0..sx {
+            xs.extend(noisy_states(&pb, [0.2, -0.3], j as u64, 0.03));
+        }
+        let mut rng = Rng::new(n as u64);
+        let zs: Vec<f64> = (0..2 * s).map(|_| 0.3 * rng.normal()).collect();
+        let tn = t * n;
+        let mut kout = vec![0.0; 4 * s];
+        let mut gx = vec![0.0; s * tn];
+        mirror::kalman_loglik(&dp, &theta, &m0, &xs, &zs, &mut kout, &mut gx);
+        let scale = kout.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+        let gscale = gx.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+        cases.push(
+            Case::new(
+                format!("kalman n {n} T {t}"),
+                KernelId::KalmanLoglik,
+                [s, 1],
+            )
+            .params("dp", &dp)
+            .f32("theta", &theta)
+            .f32("m0", &m0f)
+            .f32("xs", &xs)
+            .f32("zs", &zs)
+            .f32("work", &vec![0.0; s * t * pb.modes() * 6])
+            .expect("kout", &kout, 2e-4 * scale, 2e-3)
+            .expect("gx", &gx, 2e-4 * gscale, 2e-3),
+        );
+    }
+    // Sample, recon and assemble at a small size.
+    let pb = AdvDiff {
+        n: 12,
+        t: 5,
+        height: 6,
+        ..Default::default()
+    };
+    let (s, sx) = (4, 2);
+    let tn = pb.t * pb.n;
+    let mut rng = Rng::new(3);
+    for oracle in [false, true] {
+        let dp = dparams(&pb, s, sx, oracle);
+        let theta = theta0();
+        let mu = rng.vec_uniform(tn, -0.2, 1.0);
+        let mut xs = if oracle {
+            rng.vec_uniform(sx * tn, -0.2, 1.0)
+        } else {
+            vec![0.0; sx * tn]
+        };
+        let xs_in = xs.clone();
+        let mut zs = vec![0.0; 2 * s];
+        mirror::dvae_sample(&dp, &theta, &mu, &mut xs, &mut zs);
+        let mut c = Case::new(
+            format!("sample oracle {oracle}"),
+            KernelId::DvaeSample,
+            [sx * tn, 1],
+        )
+        .params("dp", &dp)
+        .f32("theta", &theta)
+        .f32("mu", &mu);
+        if oracle {
+            c = c.f32("xs", &xs_in);
+        }
+        cases.push(
+            c.expect("xs", &xs, 1e-5, 1e-4)
+                .expect("zs", &zs, 1e-5, 1e-4),
+        );
+        let dec_out = rng.vec_uniform(sx * tn * pb.height, -0.1, 1.1);
+        let frames = rng.vec_uniform(tn * pb.height, -0.1, 1.1);
+        let mut delta = vec![0.0; dec_out.len()];
+        let mut rowsq = vec![0.0; sx * tn];
+        mirror::dvae_recon(&dp, &theta, &dec_out, &frames, &mut delta, &mut rowsq);
+        if !oracle {
+            cases.push(
+                Case::new("recon", KernelId::DvaeRecon, [sx * tn, 1])
+                    .params("dp", &dp)
+                    .f32("theta", &theta)
+                    .f32("dec_out", &dec_out)
+                    .f32("frames", &frames)
+                    .expect("dec_delta", &delta, 1e-6, 1e-4)
+                    .expect("rowsq", &rowsq, 1e-6, 1e-4),
+            );
+        }
+        let kout: Vec<f64> = (0..4 * s)
+            .map(|i| {
+                if i % 4 == 0 {
+                    -50.0 + i as f64
+                } else {
+                    rng.uniform(-20.0, 20.0)
+                }
+            })
+            .collect();
+        let gxk = rng.vec_uniform(s * tn, -30.0, 30.0);
+        let dxdec = rng.vec_uniform(sx * tn, -0.01, 0.01);
+        let mut mugrad = vec![0.0; tn];
+        let mut tout = vec![0.0; 16];
+        mirror::dvae_assemble(
+            &dp,
+            &theta,
+            &rowsq,
+            &kout,
+            &gxk,
+            &dxdec,
+            &mut mugrad,
+            &mut tout,
+        );
+        let mut c = Case::new(
+            format!("assemble oracle {oracle}"),
+            KernelId::DvaeAssemble,
+            [1, 1],
+        )
+        .params("dp", &dp)
+        .f32("theta", &theta)
+        .f32("rowsq", &rowsq)
+        .f32("kout", &kout)
+        .f32("gxk", &gxk)
+        .f32("dxdec", &dxdec)
+        .expect("tout", &tout, 1e-4, 1e-4);
+        if !oracle {
+            c = c.expect("mugrad", &mugrad, 1e-6, 1e-4);
+        } else {
+            c = c.f32("mugrad", &[0.0]);
+        }
+        cases.push(c);
+    }
+    run_cases(ctx(), &cases);
+}

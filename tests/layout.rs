@@ -110,6 +110,10 @@ fn rows() -> Vec<Row> {
         pdevi::gpu::layout::JointParams {
             sigma_inv2, dim, flat_u, m, nunk, ncoef, d, nsens,
         } in [ResidualVi "JointParams"],
+        pdevi::gpu::layout::DvaeParams {
+            n, t, modes, samples, x_samples, height, oracle, step, seed_lo, seed_hi, stream,
+            learn, dt, sigma_u2, sigma_02, inv_norm, _pad,
+        } in [Kalman "DvaeParams", Dvae "DvaeParams"],
         pdevi::output::live::LiveParams {
             d, r, family, ncoef, nfields, len, _pad,
         } in [Live "LiveParams"],

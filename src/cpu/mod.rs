@@ -3,6 +3,7 @@
 //! structure and, where tolerances depend on it, the same reduction order.
 //! Tests compare the GPU against these.
 
+pub mod dvae;
 pub mod infer;
 pub mod kalman;
 pub mod multigrid;

@@ -171,6 +171,18 @@ kernel_table! {
     /// The joint residual-and-data negative log-likelihood of samples of (xi, v) and its gradient, a workgroup per sample.
     ResidualJoint => ResidualVi."residual_joint", Workgroup,
         { params: Uniform @ 0, jp: Read @ 1, basis: Read @ 2, spec: Read @ 3, dst: Read @ 4, sensors: Read @ 5, data: Read @ 6, xs: Read @ 7, gxs: ReadWrite @ 8, nll: ReadWrite @ 9, work: ReadWrite @ 10 }
+    /// The modal Kalman filter of advdiff1d: log p(x | zeta) and its gradients, a workgroup per draw of zeta.
+    KalmanLoglik => Kalman."kalman_loglik", Workgroup,
+        { dp: Read @ 0, theta: Read @ 1, m0: Read @ 2, xs: Read @ 3, zs: Read @ 4, work: ReadWrite @ 5, kout: ReadWrite @ 6, gx: ReadWrite @ 7 }
+    /// Phi-DVAE draws: x = mu + sigma_q eps and zeta = m + L eps; x = max(Sx T n, S).
+    DvaeSample => Dvae."dvae_sample", Invocation,
+        { dp: Read @ 0, theta: Read @ 1, mu: Read @ 2, xs: ReadWrite @ 3, zs: ReadWrite @ 5 }
+    /// Phi-DVAE frames' reconstruction term and the decoder's output gradient; x = column rows.
+    DvaeRecon => Dvae."dvae_recon", Invocation,
+        { dp: Read @ 0, theta: Read @ 1, dec_out: Read @ 7, frames: Read @ 8, dec_delta: ReadWrite @ 9, rowsq: ReadWrite @ 10 }
+    /// Phi-DVAE gradients of the encoder's output and of theta, and the ELBO's terms.
+    DvaeAssemble => Dvae."dvae_assemble", Single,
+        { dp: Read @ 0, theta: Read @ 1, rowsq: ReadWrite @ 10, kout: Read @ 11, gxk: Read @ 12, dxdec: Read @ 13, mugrad: ReadWrite @ 14, tout: ReadWrite @ 15 }
     /// y = A(coef) v for the Q1 operator; x = unknowns, y = systems.
     Q1Apply => Darcy."q1_apply", Invocation,
         { params: Uniform @ 0, coef: Read @ 1, v: Read @ 2, y: ReadWrite @ 4 }

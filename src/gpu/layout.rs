@@ -148,3 +148,32 @@ impl JointParams {
         }
     }
 }
+
+/// `DvaeParams` of shaders/common/dvae_params.wgsl (80 bytes; layout
+/// checked by tests/layout.rs): the dynamical latent model's kernels.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq)]
+pub struct DvaeParams {
+    pub n: u32,
+    pub t: u32,
+    pub modes: u32,
+    /// Draws of zeta per step.
+    pub samples: u32,
+    /// Draws of x per step (zeta draw s pairs with x draw s % x_samples).
+    pub x_samples: u32,
+    pub height: u32,
+    /// 1: x is given (no encoder, no decoder).
+    pub oracle: u32,
+    pub step: u32,
+    pub seed_lo: u32,
+    pub seed_hi: u32,
+    pub stream: u32,
+    /// Bits: 1 sigma_x, 2 sigma_y, 4 the encoder's sigma_q.
+    pub learn: u32,
+    pub dt: f32,
+    pub sigma_u2: f32,
+    pub sigma_02: f32,
+    /// 1 / (T n): the loss is -ELBO / (T n).
+    pub inv_norm: f32,
+    pub _pad: [u32; 4],
+}

@@ -54,6 +54,9 @@ sources! {
     MULTIGRID = "physics/multigrid.wgsl";
     RESIDUAL = "physics/residual.wgsl";
     RESIDUAL_VI = "infer/residual_vi.wgsl";
+    DVAE_PARAMS = "common/dvae_params.wgsl";
+    KALMAN = "physics/kalman.wgsl";
+    DVAE = "infer/dvae.wgsl";
     STREAM = "gpu/stream.wgsl";
     VI = "infer/vi.wgsl";
     ADAM = "infer/adam.wgsl";
@@ -123,6 +126,8 @@ modules! {
     Kl = "kl" [PARAMS, REDUCE, KL];
     Residual = "residual" [PARAMS, REDUCE, RNG, OP_Q1, RESIDUAL] solver = true;
     ResidualVi = "residual_vi" [PARAMS, REDUCE, OP_Q1, RESIDUAL_VI] solver = true;
+    Kalman = "kalman" [DVAE_PARAMS, KALMAN];
+    Dvae = "dvae" [RNG, DVAE_PARAMS, DVAE];
     Darcy = "darcy" [PARAMS, OP_Q1, DARCY];
     Poisson1d = "poisson1d" [PARAMS, OP_P1, POISSON1D];
     Obs = "obs" [PARAMS, REDUCE, OBS];
