@@ -98,6 +98,9 @@ enum Cmd {
         /// Use these KL coefficients instead of a prior draw.
         #[arg(long)]
         xi: Option<PathBuf>,
+        /// advdiff1d: the parameters zeta = A,B instead of a prior draw.
+        #[arg(long, allow_hyphen_values = true)]
+        zeta: Option<String>,
         /// Noise standard deviation (default: the spec's sigma_n).
         #[arg(long)]
         noise: Option<f64>,
@@ -151,6 +154,10 @@ enum Cmd {
         #[arg(long)]
         figure_px: Option<u32>,
     },
+    /// Phi-DVAE (dynamical latent space) on advdiff1d: learn the physics' parameters zeta
+    /// = (advection, diffusion) from frames with an encoder, a decoder, a Kalman filter and
+    /// q(zeta); writes posterior_zeta.json, the smoothed state u_mean.npy / u_std.npy and figures.
+    Dvae(Box<DvaeOpts>),
     /// Benchmarks (one JSON object per line).
     Bench {
         #[command(subcommand)]
@@ -334,6 +341,65 @@ enum TrainCmd {
     /// Data-free probabilistic solver q(u | xi) trained on the PDE residual alone (no solver
     /// data): a Gaussian head over the nodal values; --two-way also learns p(xi | u).
     Residual(Box<ResidualOpts>),
+}
+
+#[derive(Args)]
+struct DvaeOpts {
+    /// Frames of one sequence, .npy (T, H, n) (as `pdevi simulate --problem advdiff1d` writes).
+    #[arg(long)]
+    frames: Option<PathBuf>,
+    /// Oracle mode: known noisy states (T, n) instead of frames; no encoder or decoder.
+    #[arg(long)]
+    oracle_states: Option<PathBuf>,
+    /// Oracle mode: the states' noise level (sd).
+    #[arg(long)]
+    oracle_noise: Option<f64>,
+    /// True states (T, n) for the error figures and metrics (u_true.npy).
+    #[arg(long)]
+    truth: Option<PathBuf>,
+    /// True zeta (zeta_true.npy) for the metrics and the q(zeta) figure.
+    #[arg(long)]
+    zeta_truth: Option<PathBuf>,
+    /// Training steps.
+    #[arg(long, default_value_t = 3000)]
+    steps: usize,
+    /// Adam's learning rate of the encoder and decoder.
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f64,
+    /// Adam's learning rate of q(zeta) and the noise levels.
+    #[arg(long, default_value_t = 2e-2)]
+    lr_theta: f64,
+    /// Both learning rates decay geometrically to this fraction.
+    #[arg(long, default_value_t = 0.05)]
+    lr_final: f64,
+    /// Draws of zeta per step.
+    #[arg(long, default_value_t = 8)]
+    samples: usize,
+    /// Draws of x per step (samples must be a multiple).
+    #[arg(long, default_value_t = 1)]
+    x_samples: usize,
+    /// Hidden widths of the encoder and the decoder, e.g. 64,64.
+    #[arg(long, default_value = "64,64", value_delimiter = ',')]
+    hidden: Vec<usize>,
+    /// Hidden activation (tanh, relu, silu, gelu, ...).
+    #[arg(long, default_value = "tanh")]
+    act: String,
+    /// column: the networks see one frame column at a time (shared weights); frame: whole frames.
+    #[arg(long, default_value = "column")]
+    arch: String,
+    /// Learn the pixel noise sigma_y (default: the spec's 0.05).
+    #[arg(long)]
+    learn_sigma_y: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Steps between read-backs of the ELBO.
+    #[arg(long, default_value_t = 50)]
+    report_every: usize,
+    /// No per-read-back lines on stderr.
+    #[arg(long)]
+    quiet: bool,
+    #[arg(long, default_value = "out/dvae")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -774,6 +840,75 @@ fn run(cli: Cli) -> pdevi::Result<()> {
         Cmd::Simulate {
             problem,
             seed,
+            count,
+            out,
+            xi,
+            noise,
+            field,
+            dry_run,
+            zeta,
+            ..
+        } if pdevi::cli::dvae::is_advdiff(&problem.problem) => {
+            if xi.is_some() || noise.is_some() || field || dry_run || problem.d.is_some() {
+                return Err(pdevi::Error::setting(
+                    "problem",
+                    "advdiff1d",
+                    "takes --zeta A,B (or a prior draw), --seed, --n, --count and --out; --xi, --noise, --d, --field and --dry-run are for the KL problems",
+                ));
+            }
+            let pb = pdevi::cli::dvae::problem(problem.n)?;
+            let z = zeta.as_deref().map(pdevi::cli::dvae::parse_zeta).transpose()?;
+            let s = match count {
+                Some(c) => pdevi::cli::dvae::simulate_set(&pb, z, c, seed, &out)?,
+                None => pdevi::cli::dvae::simulate(&pb, z, seed, &out)?,
+            };
+            println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+            println!("wrote {}", out.display());
+        }
+        Cmd::Simulate { zeta: Some(_), .. } => {
+            return Err(pdevi::Error::setting(
+                "zeta",
+                "given",
+                "--zeta sets advdiff1d's parameters: use it with --problem advdiff1d",
+            ));
+        }
+        Cmd::Dvae(o) => {
+            let settings = pdevi::infer::dvae::DvaeSettings {
+                steps: o.steps,
+                lr: o.lr,
+                lr_theta: o.lr_theta,
+                lr_final: o.lr_final,
+                samples: o.samples,
+                x_samples: o.x_samples,
+                hidden: o.hidden.clone(),
+                act: pdevi::nn::mlp::Activation::parse(&o.act)?,
+                arch: pdevi::infer::dvae::DvaeArch::parse(&o.arch)?,
+                learn_sigma_y: o.learn_sigma_y,
+                seed: o.seed,
+                report_every: o.report_every.max(1),
+                ..Default::default()
+            };
+            let inp = pdevi::cli::dvae::DvaeInputs {
+                frames: o.frames.clone(),
+                oracle_states: o.oracle_states.clone(),
+                oracle_noise: o.oracle_noise,
+                truth: o.truth.clone(),
+                zeta_truth: o.zeta_truth.clone(),
+                out: o.out.clone(),
+                quiet: o.quiet,
+            };
+            let m = pdevi::cli::dvae::run(&inp, &settings)?;
+            let keys = ["posterior_zeta", "sigma_x", "sigma_y", "state_relative_l2", "zeta_error_in_sd", "seconds", "steps_per_second"];
+            let brief: serde_json::Map<String, serde_json::Value> = keys
+                .iter()
+                .filter_map(|k| m.get(*k).map(|v| (k.to_string(), v.clone())))
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&brief).unwrap_or_default());
+            println!("wrote {}", o.out.display());
+        }
+        Cmd::Simulate {
+            problem,
+            seed,
             count: Some(count),
             field,
             quiet,
@@ -781,6 +916,7 @@ fn run(cli: Cli) -> pdevi::Result<()> {
             xi,
             noise,
             dry_run,
+            ..
         } => {
             if xi.is_some() || noise.is_some() {
                 return Err(pdevi::Error::setting(

@@ -186,12 +186,14 @@ fn dparams(pb: &AdvDiff, samples: usize, x_samples: usize, oracle: bool) -> Dvae
         seed_lo: 5,
         seed_hi: 1,
         stream: pdevi::rng::streams::DVAE,
-        learn: 7,
+        learn: 15,
         dt: pb.dt as f32,
         sigma_u2: (pb.sigma_u * pb.sigma_u) as f32,
         sigma_02: (pb.sigma_0 * pb.sigma_0) as f32,
         inv_norm: 1.0 / (pb.t * pb.n) as f32,
-        _pad: [0; 4],
+        beta: 0.7,
+        gamma: 0.4,
+        _pad: [0; 2],
     }
 }
 

@@ -15,15 +15,15 @@ struct DvaeParams {
     seed_lo: u32,
     seed_hi: u32,
     stream: u32,
-    learn: u32,     // bits: 1 sigma_x, 2 sigma_y, 4 the encoder's sigma_q
+    learn: u32,     // bits: 1 sigma_x, 2 sigma_y, 4 the encoder's sigma_q, 8 q(zeta)
     dt: f32,
     sigma_u2: f32,  // state noise variance
     sigma_02: f32,  // initial state variance
     inv_norm: f32,  // 1 / (T n): the loss is -ELBO / (T n)
-    _pad0: u32,
+    beta: f32,      // weight of the Kalman term
+    gamma: f32,     // weight of the reconstruction term (the warm-up ramps it up to 1)
     _pad1: u32,
     _pad2: u32,
-    _pad3: u32,
 }
 
 // theta, the model's few scalars (one Adam state):

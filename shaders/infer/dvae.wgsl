@@ -69,7 +69,7 @@ fn dvae_sample(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 // The frames' Gaussian log-likelihood under the decoder: per column row
 // (draw j, frame t, node i) the squared error over its H pixels, and the
-// decoder's output gradient dF/dout = (out - y) / (Sx sigma_y^2 T n).
+// decoder's output gradient dF/dout = gamma (out - y) / (Sx sigma_y^2 T n).
 @compute @workgroup_size(256)
 fn dvae_recon(@builtin(global_invocation_id) gid: vec3<u32>) {
     let row = gid.x;
@@ -78,7 +78,7 @@ fn dvae_recon(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let r = row % tn;
-    let scale = dp.inv_norm / (f32(dp.x_samples) * exp(theta[TH_SY]));
+    let scale = dp.gamma * dp.inv_norm / (f32(dp.x_samples) * exp(theta[TH_SY]));
     var acc = 0.0;
     for (var p = 0u; p < dp.height; p++) {
         let d = dec_out[row * dp.height + p] - frames[r * dp.height + p];
@@ -101,7 +101,7 @@ fn dvae_assemble(@builtin(local_invocation_index) lid: u32) {
     let tn = dp.t * dp.n;
     let ns = dp.samples;
     let nx = dp.x_samples;
-    let w = dp.inv_norm / f32(ns);
+    let w = dp.beta * dp.inv_norm / f32(ns);
     var part = vec2<f32>(0.0);
     if (dp.oracle == 0u) {
         for (var r = lid; r < tn; r += DWG) {
@@ -146,11 +146,13 @@ fn dvae_assemble(@builtin(local_invocation_index) lid: u32) {
     let l = chol();
     let m = vec2<f32>(theta[TH_M1], theta[TH_M2]);
     let nn = dp.inv_norm;
-    tout[TH_M1] = -w * gm.x + nn * m.x;
-    tout[TH_M2] = -w * gm.y + nn * m.y;
-    tout[TH_R1] = -w * gl.x * l.x + nn * (l.x * l.x - 1.0);
-    tout[TH_L21] = -w * gl.y + nn * l.y;
-    tout[TH_R2] = -w * gl.z * l.z + nn * (l.z * l.z - 1.0);
+    // q(zeta) is held while the networks warm up (learn bit 8 off).
+    let lz = select(0.0, 1.0, (dp.learn & 8u) != 0u);
+    tout[TH_M1] = lz * (-w * gm.x + nn * m.x);
+    tout[TH_M2] = lz * (-w * gm.y + nn * m.y);
+    tout[TH_R1] = lz * (-w * gl.x * l.x + nn * (l.x * l.x - 1.0));
+    tout[TH_L21] = lz * (-w * gl.y + nn * l.y);
+    tout[TH_R2] = lz * (-w * gl.z * l.z + nn * (l.z * l.z - 1.0));
     tout[TH_SX] = select(0.0, -w * gsx, (dp.learn & 1u) != 0u);
     let sq_sd = exp(0.5 * theta[TH_SQ]);
     let sy2 = exp(theta[TH_SY]);
@@ -159,7 +161,7 @@ fn dvae_assemble(@builtin(local_invocation_index) lid: u32) {
     // H[q(x | Y)] = T n / 2 (log(2 pi sigma_q^2) + 1): dF/dlog sigma_q^2 gets -1/2.
     tout[TH_SQ] = select(0.0, 0.5 * sq_sd * qacc - 0.5 * f32(tn) * nn, learn_q);
     let pixels = f32(tn * dp.height);
-    tout[TH_SY] = select(0.0, -(nn / f32(nx)) * (0.5 * sq / sy2 - 0.5 * f32(nx) * pixels), learn_y);
+    tout[TH_SY] = select(0.0, -dp.gamma * (nn / f32(nx)) * (0.5 * sq / sy2 - 0.5 * f32(nx) * pixels), learn_y);
     var recon = 0.0;
     var ent = 0.0;
     if (dp.oracle == 0u) {
@@ -167,6 +169,7 @@ fn dvae_assemble(@builtin(local_invocation_index) lid: u32) {
         ent = 0.5 * f32(tn) * (LOG_2PI_D + theta[TH_SQ] + 1.0);
     }
     let kl = 0.5 * (dot(l, l) + dot(m, m) - 2.0) - (theta[TH_R1] + theta[TH_R2]);
+    // The ELBO's terms are reported unweighted.
     let kal = ll / f32(ns);
     tout[TH_LEN] = recon;
     tout[TH_LEN + 1u] = kal;

@@ -5,6 +5,7 @@ pub mod amortised;
 pub mod bench;
 pub mod calibrate;
 pub mod commands;
+pub mod dvae;
 pub mod laplace;
 pub mod mcmc;
 pub mod residual;

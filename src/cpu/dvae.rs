@@ -125,7 +125,7 @@ pub fn dvae_recon(
 ) {
     let tn = (dp.t * dp.n) as usize;
     let h = dp.height as usize;
-    let scale = dp.inv_norm as f64 / (dp.x_samples as f64 * theta[th::SY].exp());
+    let scale = dp.gamma as f64 * dp.inv_norm as f64 / (dp.x_samples as f64 * theta[th::SY].exp());
     for row in 0..dp.x_samples as usize * tn {
         let r = row % tn;
         let mut acc = 0.0;
@@ -154,7 +154,7 @@ pub fn dvae_assemble(
     let ns = dp.samples as usize;
     let nx = dp.x_samples as usize;
     let nn = dp.inv_norm as f64;
-    let w = nn / ns as f64;
+    let w = dp.beta as f64 * nn / ns as f64;
     let (mut qacc, mut sq) = (0.0, 0.0);
     if dp.oracle == 0 {
         for r in 0..tn {
@@ -185,11 +185,12 @@ pub fn dvae_assemble(
     }
     let l = chol(theta);
     let m = [theta[th::M1], theta[th::M2]];
-    tout[th::M1] = -w * gm[0] + nn * m[0];
-    tout[th::M2] = -w * gm[1] + nn * m[1];
-    tout[th::R1] = -w * gl[0] * l[0] + nn * (l[0] * l[0] - 1.0);
-    tout[th::L21] = -w * gl[1] + nn * l[1];
-    tout[th::R2] = -w * gl[2] * l[2] + nn * (l[2] * l[2] - 1.0);
+    let lz = if dp.learn & 8 != 0 { 1.0 } else { 0.0 };
+    tout[th::M1] = lz * (-w * gm[0] + nn * m[0]);
+    tout[th::M2] = lz * (-w * gm[1] + nn * m[1]);
+    tout[th::R1] = lz * (-w * gl[0] * l[0] + nn * (l[0] * l[0] - 1.0));
+    tout[th::L21] = lz * (-w * gl[1] + nn * l[1]);
+    tout[th::R2] = lz * (-w * gl[2] * l[2] + nn * (l[2] * l[2] - 1.0));
     tout[th::SX] = if dp.learn & 1 != 0 { -w * gsx } else { 0.0 };
     let sq_sd = (0.5 * theta[th::SQ]).exp();
     let sy2 = theta[th::SY].exp();
@@ -202,7 +203,7 @@ pub fn dvae_assemble(
     };
     let pixels = (tn * dp.height as usize) as f64;
     tout[th::SY] = if learn_y {
-        -(nn / nx as f64) * (0.5 * sq / sy2 - 0.5 * nx as f64 * pixels)
+        -dp.gamma as f64 * (nn / nx as f64) * (0.5 * sq / sy2 - 0.5 * nx as f64 * pixels)
     } else {
         0.0
     };

@@ -168,12 +168,16 @@ pub struct DvaeParams {
     pub seed_lo: u32,
     pub seed_hi: u32,
     pub stream: u32,
-    /// Bits: 1 sigma_x, 2 sigma_y, 4 the encoder's sigma_q.
+    /// Bits: 1 sigma_x, 2 sigma_y, 4 the encoder's sigma_q, 8 q(zeta).
     pub learn: u32,
     pub dt: f32,
     pub sigma_u2: f32,
     pub sigma_02: f32,
     /// 1 / (T n): the loss is -ELBO / (T n).
     pub inv_norm: f32,
-    pub _pad: [u32; 4],
+    /// Weight of the Kalman term.
+    pub beta: f32,
+    /// Weight of the reconstruction term (the warm-up ramps it up to 1).
+    pub gamma: f32,
+    pub _pad: [u32; 2],
 }

@@ -3,6 +3,7 @@
 
 pub mod adam;
 pub mod amortised;
+pub mod dvae;
 pub mod gaussian;
 pub mod laplace;
 pub mod linear;
