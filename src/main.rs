@@ -361,10 +361,10 @@ struct DvaeOpts {
     #[arg(long)]
     zeta_truth: Option<PathBuf>,
     /// Training steps.
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, default_value_t = 8000)]
     steps: usize,
     /// Adam's learning rate of the encoder and decoder.
-    #[arg(long, default_value_t = 2e-3)]
+    #[arg(long, default_value_t = 5e-3)]
     lr: f64,
     /// Adam's learning rate of q(zeta) and the noise levels.
     #[arg(long, default_value_t = 2e-2)]
@@ -857,7 +857,10 @@ fn run(cli: Cli) -> pdevi::Result<()> {
                 ));
             }
             let pb = pdevi::cli::dvae::problem(problem.n)?;
-            let z = zeta.as_deref().map(pdevi::cli::dvae::parse_zeta).transpose()?;
+            let z = zeta
+                .as_deref()
+                .map(pdevi::cli::dvae::parse_zeta)
+                .transpose()?;
             let s = match count {
                 Some(c) => pdevi::cli::dvae::simulate_set(&pb, z, c, seed, &out)?,
                 None => pdevi::cli::dvae::simulate(&pb, z, seed, &out)?,
@@ -898,12 +901,23 @@ fn run(cli: Cli) -> pdevi::Result<()> {
                 quiet: o.quiet,
             };
             let m = pdevi::cli::dvae::run(&inp, &settings)?;
-            let keys = ["posterior_zeta", "sigma_x", "sigma_y", "state_relative_l2", "zeta_error_in_sd", "seconds", "steps_per_second"];
+            let keys = [
+                "posterior_zeta",
+                "sigma_x",
+                "sigma_y",
+                "state_relative_l2",
+                "zeta_error_in_sd",
+                "seconds",
+                "steps_per_second",
+            ];
             let brief: serde_json::Map<String, serde_json::Value> = keys
                 .iter()
                 .filter_map(|k| m.get(*k).map(|v| (k.to_string(), v.clone())))
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&brief).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&brief).unwrap_or_default()
+            );
             println!("wrote {}", o.out.display());
         }
         Cmd::Simulate {

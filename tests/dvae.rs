@@ -355,3 +355,305 @@ fn dvae_kernels_match_mirrors() {
     }
     run_cases(ctx(), &cases);
 }
+
+// ---------------------------------------------------------------------------
+// Fits.
+
+use pdevi::infer::dvae::{fit, DvaeData, DvaeSettings};
+
+#[test]
+fn oracle_mode_matches_the_grid_posterior() {
+    // Known noisy states: q(zeta) must match the exact posterior of this
+    // 2-D problem, computed on a grid with the f64 filter.
+    let pb = AdvDiff::default();
+    let noise = 0.02;
+    for (zeta, seed) in [([0.5, -0.5], 21u64), ([-0.8, 0.9], 22)] {
+        let x = noisy_states(&pb, zeta, seed, noise);
+        let (gm, gc) = kalman::grid_posterior(&pb, &x, noise * noise);
+        let s = DvaeSettings {
+            steps: 3000,
+            samples: 16,
+            lr_theta: 2e-2,
+            lr_final: 0.01,
+            seed,
+            ..Default::default()
+        };
+        let r = fit(ctx(), &pb, &DvaeData::Oracle { x, noise }, &s, |_, _| {}).expect("oracle fit");
+        for k in 0..2 {
+            let sd = gc[k][k].sqrt();
+            let qsd = r.zeta_cov[k][k].sqrt();
+            eprintln!(
+                "zeta {zeta:?} coordinate {k}: grid {:.5} +- {:.5}, q {:.5} +- {:.5}",
+                gm[k], sd, r.zeta_mean[k], qsd
+            );
+            assert!(
+                (r.zeta_mean[k] - gm[k]).abs() < 0.25 * sd,
+                "zeta {zeta:?} coordinate {k}: q's mean {} is {:.2} grid sd from the grid's {}",
+                r.zeta_mean[k],
+                (r.zeta_mean[k] - gm[k]).abs() / sd,
+                gm[k]
+            );
+            assert!(
+                (qsd / sd - 1.0).abs() < 0.2,
+                "zeta {zeta:?} coordinate {k}: q's sd {qsd} against the grid's {sd}"
+            );
+        }
+        // The grid posterior itself holds the truth.
+        for k in 0..2 {
+            assert!(
+                (gm[k] - zeta[k]).abs() < 4.0 * gc[k][k].sqrt(),
+                "grid posterior far from the truth"
+            );
+        }
+    }
+}
+
+#[test]
+fn end_to_end_on_a_short_sequence_recovers_zeta_and_the_states() {
+    // A smaller grid than the spec's (n = 32, T = 20) keeps the test short;
+    // the spec-size figures are in the README (examples/phi_dvae.rs).
+    let pb = AdvDiff {
+        n: 32,
+        t: 20,
+        ..Default::default()
+    };
+    let zeta = [0.6, -0.7];
+    let (u, frames) = pb.simulate(zeta, 5, true);
+    let s = DvaeSettings {
+        steps: 3000,
+        seed: 1,
+        ..Default::default()
+    };
+    let r = fit(ctx(), &pb, &DvaeData::Frames(frames), &s, |_, _| {}).expect("fit");
+    let sm = r.smooth(&pb).expect("smoother");
+    let rel = pdevi::cli::dvae::rel_l2(&sm.mean, &u);
+    let (c_true, nu_true) = physical(zeta);
+    let (c, nu) = r.physical_moments();
+    eprintln!(
+        "zeta {:?} sd {:.4} {:.4}; c {:.4} +- {:.4} (true {c_true:.4}); nu {:.5} +- {:.5} (true {nu_true:.5}); state rel. L2 {rel:.4}; ELBO {:?}",
+        r.zeta_mean,
+        r.zeta_cov[0][0].sqrt(),
+        r.zeta_cov[1][1].sqrt(),
+        c[0],
+        c[1],
+        nu[0],
+        nu[1],
+        r.trace.last().map(|p| p.elbo)
+    );
+    assert!(
+        (c[0] - c_true).abs() < 3.0 * c[1],
+        "c {} +- {} against {c_true}",
+        c[0],
+        c[1]
+    );
+    assert!(
+        (nu[0] - nu_true).abs() < 3.0 * nu[1],
+        "nu {} +- {} against {nu_true}",
+        nu[0],
+        nu[1]
+    );
+    assert!(
+        rel < 0.1,
+        "smoothed state {rel} from the truth (relative L2)"
+    );
+    // The ELBO rose.
+    let first = r.trace.first().map(|p| p.elbo).unwrap_or(f64::NAN);
+    let last = r.trace.last().map(|p| p.elbo).unwrap_or(f64::NAN);
+    assert!(last > first, "ELBO {first} -> {last}");
+}
+
+#[test]
+fn bad_settings_and_inputs_are_refused_with_their_names() {
+    let pb = AdvDiff {
+        n: 8,
+        t: 3,
+        height: 4,
+        ..Default::default()
+    };
+    let bad = |s: DvaeSettings, d: DvaeData, want: &str| {
+        let e = fit(ctx(), &pb, &d, &s, |_, _| {})
+            .err()
+            .expect("must fail")
+            .to_string();
+        assert!(e.contains(want), "error `{e}` does not name `{want}`");
+    };
+    let frames = DvaeData::Frames(vec![0.0; 3 * 4 * 8]);
+    bad(
+        DvaeSettings {
+            samples: 3,
+            x_samples: 2,
+            ..Default::default()
+        },
+        frames.clone(),
+        "samples",
+    );
+    bad(
+        DvaeSettings {
+            steps: 0,
+            ..Default::default()
+        },
+        frames.clone(),
+        "steps",
+    );
+    bad(
+        DvaeSettings {
+            lr: f64::NAN,
+            ..Default::default()
+        },
+        frames,
+        "lr",
+    );
+    let mut v = vec![0.0; 3 * 4 * 8];
+    v[5] = f64::NAN;
+    bad(DvaeSettings::default(), DvaeData::Frames(v), "index 5");
+    bad(
+        DvaeSettings::default(),
+        DvaeData::Frames(vec![0.0; 7]),
+        "frames",
+    );
+    bad(
+        DvaeSettings::default(),
+        DvaeData::Oracle {
+            x: vec![0.0; 24],
+            noise: -1.0,
+        },
+        "oracle-noise",
+    );
+}
+
+#[test]
+fn cli_simulates_and_fits_and_writes_every_output() {
+    let exe = env!("CARGO_BIN_EXE_pdevi");
+    let dir = std::env::temp_dir().join(format!("pdevi_dvae_cli_{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let sim = dir.join("sim");
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(exe)
+            .args(args)
+            .output()
+            .expect("run pdevi");
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    let (code, err) = run(&[
+        "simulate",
+        "--problem",
+        "advdiff1d",
+        "--n",
+        "16",
+        "--zeta",
+        "0.5,-0.5",
+        "--seed",
+        "3",
+        "--out",
+        sim.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let (shape, frames) = pdevi::output::io::read_npy(&sim.join("frames.npy")).unwrap();
+    assert_eq!(shape, vec![40, 32, 16]);
+    let pb = AdvDiff {
+        n: 16,
+        ..Default::default()
+    };
+    let (u_want, f_want) = pb.simulate([0.5, -0.5], 3, true);
+    assert_eq!(frames, f_want, "frames.npy is the spec's simulation");
+    let (shape, u) = pdevi::output::io::read_npy(&sim.join("u_true.npy")).unwrap();
+    assert_eq!((shape, u), (vec![40, 16], u_want));
+    let (_, z) = pdevi::output::io::read_npy(&sim.join("zeta_true.npy")).unwrap();
+    assert_eq!(z, vec![0.5, -0.5]);
+    // A training set of sequences.
+    let set = dir.join("set.safetensors");
+    let (code, err) = run(&[
+        "simulate",
+        "--problem",
+        "advdiff1d",
+        "--n",
+        "16",
+        "--count",
+        "3",
+        "--out",
+        set.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let bytes = std::fs::read(&set).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("frames").unwrap().shape(), &[3, 40, 32, 16]);
+    assert_eq!(st.tensor("u_true").unwrap().shape(), &[3, 40, 16]);
+    assert_eq!(st.tensor("zeta").unwrap().shape(), &[3, 2]);
+    // A (short) fit writes every file.
+    let out = dir.join("fit");
+    let (code, err) = run(&[
+        "dvae",
+        "--frames",
+        sim.join("frames.npy").to_str().unwrap(),
+        "--truth",
+        sim.join("u_true.npy").to_str().unwrap(),
+        "--zeta-truth",
+        sim.join("zeta_true.npy").to_str().unwrap(),
+        "--steps",
+        "40",
+        "--report-every",
+        "10",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    for f in [
+        "posterior_zeta.json",
+        "u_mean.npy",
+        "u_std.npy",
+        "x_mean.npy",
+        "state.png",
+        "frames.png",
+        "elbo.png",
+        "q_zeta.png",
+        "q_zeta_zoom.png",
+        "metrics.json",
+        "encoder.safetensors",
+        "decoder.safetensors",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let post: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("posterior_zeta.json")).unwrap()).unwrap();
+    for k in ["mean", "cov", "c", "nu"] {
+        assert!(post.get(k).is_some(), "posterior_zeta.json lacks {k}");
+    }
+    assert!(post["c"]["sd"].as_f64().unwrap() > 0.0 && post["nu"]["mean"].as_f64().unwrap() > 0.0);
+    let (shape, _) = pdevi::output::io::read_npy(&out.join("u_std.npy")).unwrap();
+    assert_eq!(shape, vec![40, 16]);
+    // Bad input: one line naming the problem.
+    let (code, err) = run(&[
+        "dvae",
+        "--frames",
+        sim.join("u_true.npy").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("u_true.npy") && err.contains("3-D"), "{err}");
+    let (code, err) = run(&[
+        "simulate",
+        "--problem",
+        "advdiff1d",
+        "--zeta",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("zeta"), "{err}");
+    let (code, err) = run(&[
+        "dvae",
+        "--oracle-states",
+        sim.join("u_true.npy").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("oracle-noise"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

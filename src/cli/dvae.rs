@@ -288,7 +288,16 @@ pub fn run(inp: &DvaeInputs, s: &DvaeSettings) -> Result<serde_json::Value> {
             eprintln!("step {step:>6}  ELBO {elbo:.6e}");
         }
     })?;
-    write_outputs(&ctx, &pb, &data, &result, truth.as_deref(), zeta_truth, s, &inp.out)
+    write_outputs(
+        &ctx,
+        &pb,
+        &data,
+        &result,
+        truth.as_deref(),
+        zeta_truth,
+        s,
+        &inp.out,
+    )
 }
 
 /// Everything `pdevi dvae` writes; returns metrics.json's content.
@@ -324,7 +333,10 @@ pub fn write_outputs(
     }
     let painter = Painter::of(Some(ctx));
     // The state in space-time.
-    let mut panels = vec![Panel::new("smoothed mean", Field2::cells(&sm.mean, pb.n, pb.t))];
+    let mut panels = vec![Panel::new(
+        "smoothed mean",
+        Field2::cells(&sm.mean, pb.n, pb.t),
+    )];
     let err: Option<Vec<f64>> =
         truth.map(|u| u.iter().zip(&sm.mean).map(|(a, b)| (a - b).abs()).collect());
     if let Some(u) = truth {
@@ -333,10 +345,21 @@ pub fn write_outputs(
     if let Some(e) = &err {
         panels.push(Panel::new("|error|", Field2::cells(e, pb.n, pb.t)));
     }
-    panels.push(Panel::new("smoothed std", Field2::cells(&u_std, pb.n, pb.t)));
+    panels.push(Panel::new(
+        "smoothed std",
+        Field2::cells(&u_std, pb.n, pb.t),
+    ));
     if truth.is_some() {
-        let lo = truth.unwrap().iter().chain(&sm.mean).fold(f64::INFINITY, |a, &v| a.min(v));
-        let hi = truth.unwrap().iter().chain(&sm.mean).fold(f64::NEG_INFINITY, |a, &v| a.max(v));
+        let lo = truth
+            .unwrap()
+            .iter()
+            .chain(&sm.mean)
+            .fold(f64::INFINITY, |a, &v| a.min(v));
+        let hi = truth
+            .unwrap()
+            .iter()
+            .chain(&sm.mean)
+            .fold(f64::NEG_INFINITY, |a, &v| a.max(v));
         panels[0].range = Some((lo, hi));
         panels[1].range = Some((lo, hi));
     }

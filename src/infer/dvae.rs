@@ -105,8 +105,8 @@ pub struct DvaeSettings {
 impl Default for DvaeSettings {
     fn default() -> Self {
         DvaeSettings {
-            steps: 3000,
-            lr: 2e-3,
+            steps: 8000,
+            lr: 5e-3,
             lr_theta: 2e-2,
             lr_final: 0.05,
             samples: 8,
@@ -367,13 +367,13 @@ pub fn fit(
     let dp_buf = ctx.upload("dvae.params", &[dp])?;
     let theta_buf = ctx.upload("dvae.theta", &crate::nn::mlp::to_f32(&theta))?;
     let tout = ctx.storage("dvae.tout", f4(th::LEN + stat::LEN))?;
-    let mut theta_adam = Adam::new(
-        ctx,
-        "dvae.theta",
-        AdamParams::new(th::LEN, s.lr_theta),
-        &theta_buf,
-        &tout,
-    )?;
+    // A short memory of the squared gradient: q(zeta)'s gradients shrink by
+    // orders of magnitude as its sd falls from the prior's to the
+    // posterior's, and with beta2 = 0.999 the early ones kept the steps
+    // tiny (the sd 7x too wide after 3000 steps, measured).
+    let mut ap = AdamParams::new(th::LEN, s.lr_theta);
+    ap.beta2 = 0.99;
+    let mut theta_adam = Adam::new(ctx, "dvae.theta", ap, &theta_buf, &tout)?;
     let m0: Vec<f64> = pb
         .to_modes(&pb.m0())
         .iter()
@@ -384,7 +384,10 @@ pub fn fit(
     let work = ctx.storage("dvae.kalman_work", f4(ns * tt * pb.modes() * 6))?;
     let kout = ctx.storage("dvae.kout", f4(4 * ns))?;
     let gx = ctx.storage("dvae.gx", f4(ns * tn))?;
+    // Stand-ins for the networks' buffers in oracle mode (two: a buffer may
+    // not be bound read-only and read-write in one dispatch).
     let dummy = ctx.storage("dvae.unused", 16)?;
+    let dummy_w = ctx.storage("dvae.unused_w", 16)?;
 
     // The networks (none in oracle mode).
     let (enc, dec, oracle_x) = match data {
@@ -422,7 +425,7 @@ pub fn fit(
     let dec_out = dec.as_ref().map_or(&dummy, |d| d.ws.output());
     let dec_delta = dec.as_ref().map_or(&dummy, |d| d.ws.output_grad());
     let dxdec = dec.as_ref().map_or(&dummy, |d| &d.ws.dx);
-    let mugrad = enc.as_ref().map_or(&dummy, |e| e.ws.output_grad());
+    let mugrad = enc.as_ref().map_or(&dummy_w, |e| e.ws.output_grad());
     let rowsq = ctx.storage("dvae.rowsq", f4(sx * tn))?;
 
     let sample: Dispatch = ctx.prepare(
