@@ -104,10 +104,9 @@ fn run() -> Result<(), String> {
     }
     writeln!(
         table,
-        "\n{} steps, arch {}, {} on {}",
+        "\n{} steps, arch {}, default settings otherwise, on {}",
         s.steps,
         s.arch.name(),
-        "default settings otherwise",
         ctx.describe()
     )
     .ok();

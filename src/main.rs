@@ -390,6 +390,12 @@ struct DvaeOpts {
     /// Learn the pixel noise sigma_y (default: the spec's 0.05).
     #[arg(long)]
     learn_sigma_y: bool,
+    /// The pseudo-observations' noise sigma_x during the warm-up (learned after it).
+    #[arg(long, default_value_t = 0.05)]
+    sigma_x0: f64,
+    /// Frames in the Kalman term while q(zeta) is held (the warm-up's anchor).
+    #[arg(long, default_value_t = 3)]
+    anchor_frames: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Steps between read-backs of the ELBO.
@@ -887,6 +893,8 @@ fn run(cli: Cli) -> pdevi::Result<()> {
                 act: pdevi::nn::mlp::Activation::parse(&o.act)?,
                 arch: pdevi::infer::dvae::DvaeArch::parse(&o.arch)?,
                 learn_sigma_y: o.learn_sigma_y,
+                sigma_x0: o.sigma_x0,
+                anchor_frames: o.anchor_frames,
                 seed: o.seed,
                 report_every: o.report_every.max(1),
                 ..Default::default()

@@ -112,7 +112,7 @@ fn rows() -> Vec<Row> {
         } in [ResidualVi "JointParams"],
         pdevi::gpu::layout::DvaeParams {
             n, t, modes, samples, x_samples, height, oracle, step, seed_lo, seed_hi, stream,
-            learn, dt, sigma_u2, sigma_02, inv_norm, beta, gamma, _pad,
+            learn, dt, sigma_u2, sigma_02, inv_norm, beta, gamma, t_kalman, _pad,
         } in [Kalman "DvaeParams", Dvae "DvaeParams"],
         pdevi::output::live::LiveParams {
             d, r, family, ncoef, nfields, len, _pad,

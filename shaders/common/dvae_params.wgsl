@@ -22,7 +22,7 @@ struct DvaeParams {
     inv_norm: f32,  // 1 / (T n): the loss is -ELBO / (T n)
     beta: f32,      // weight of the Kalman term
     gamma: f32,     // weight of the reconstruction term (the warm-up ramps it up to 1)
-    _pad1: u32,
+    t_kalman: u32,  // the Kalman term covers frames 1..min(T, t_kalman)
     _pad2: u32,
 }
 

@@ -13,6 +13,8 @@
 // A workgroup per draw s of zeta (paired with draw s % Sx of x):
 //   kout[s] = (log p(x | zeta), d/dzeta_1, d/dzeta_2, d/d log sigma_x^2)
 //   gx[s]   = d log p / dx (T x n)
+// over the first t_kalman frames (the warm-up anchors the code with the
+// first few, whose states hardly depend on zeta; zeros beyond).
 // The zeta gradient is carried forward as three tangents (c, nu,
 // log sigma_x^2) of each mode's filter; the x gradient by a reverse sweep
 // of the mean recursion, which is linear in x.
@@ -99,6 +101,8 @@ fn kalman_loglik(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     let c = 1.0 + 0.5 * z.x;
     let nu = 0.005 * exp(0.5 * z.y);
     let sx2 = exp(theta[TH_SX]);
+    // The filter runs over the first kt frames (all but in the warm-up).
+    let kt = min(dp.t, dp.t_kalman);
     // (ll, d/dc, d/dnu, d/dlog sx2) of this invocation's modes.
     var acc = vec4<f32>(0.0);
     for (var k = lid; k < dp.modes; k += KWG) {
@@ -113,7 +117,7 @@ fn kalman_loglik(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         var dm1 = vec2<f32>(0.0);
         var dm2 = vec2<f32>(0.0);
         var dpv = vec3<f32>(0.0);
-        for (var t = 0u; t < dp.t; t++) {
+        for (var t = 0u; t < kt; t++) {
             // This mode's coefficient of x_t (x-hat = Q^T x).
             var xh = vec2<f32>(0.0);
             for (var i = 0u; i < n; i++) {
@@ -159,8 +163,8 @@ fn kalman_loglik(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         }
         // Reverse sweep: G = d ll / d m_t; d ll / d x-hat_t = ge + K G.
         var g = vec2<f32>(0.0);
-        for (var tt = 0u; tt < dp.t; tt++) {
-            let t = dp.t - 1u - tt;
+        for (var tt = 0u; tt < kt; tt++) {
+            let t = kt - 1u - tt;
             let w = wbase(s, t, k);
             let kg = work[w];
             let ge = -vec2<f32>(work[w + 2u], work[w + 3u]) / work[w + 1u];
@@ -192,7 +196,9 @@ fn kalman_loglik(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     for (var i = lid; i < n; i += KWG) {
         for (var t = 0u; t < dp.t; t++) {
             var a = 0.0;
-            for (var k = 0u; k < dp.modes; k++) {
+            // Frames beyond the filtered ones have no gradient.
+            let km = select(0u, dp.modes, t < kt);
+            for (var k = 0u; k < km; k++) {
                 let b = basis(k, i);
                 let w = wbase(s, t, k);
                 a += b.x * work[w + 4u] - b.y * work[w + 5u];

@@ -349,14 +349,12 @@ pub fn write_outputs(
         "smoothed std",
         Field2::cells(&u_std, pb.n, pb.t),
     ));
-    if truth.is_some() {
-        let lo = truth
-            .unwrap()
+    if let Some(u) = truth {
+        let lo = u
             .iter()
             .chain(&sm.mean)
             .fold(f64::INFINITY, |a, &v| a.min(v));
-        let hi = truth
-            .unwrap()
+        let hi = u
             .iter()
             .chain(&sm.mean)
             .fold(f64::NEG_INFINITY, |a, &v| a.max(v));
@@ -491,15 +489,20 @@ fn write_q_figures(out: &Path, r: &DvaeFit, truth: Option<[f64; 2]>) -> Result<(
     let p2 = ellipse([0.0, 0.0], eye, 2.0);
     let q1 = ellipse(r.zeta_mean, r.zeta_cov, 1.0);
     let q2 = ellipse(r.zeta_mean, r.zeta_cov, 2.0);
-    let sd = r.zeta_cov[0][0].sqrt().max(r.zeta_cov[1][1].sqrt());
-    let mark = |c: [f64; 2], size: f64| {
+    let sd = [r.zeta_cov[0][0].sqrt(), r.zeta_cov[1][1].sqrt()];
+    let mark = |c: [f64; 2], size: [f64; 2]| {
         (
-            vec![c[0] - size, c[0] + size, c[0], c[0], c[0]],
-            vec![c[1], c[1], c[1], c[1] - size, c[1] + size],
+            vec![c[0] - size[0], c[0] + size[0], c[0], c[0], c[0]],
+            vec![c[1], c[1], c[1], c[1] - size[1], c[1] + size[1]],
         )
     };
     for (file, zoom) in [("q_zeta.png", false), ("q_zeta_zoom.png", true)] {
-        let tm = truth.map(|t| mark(t, if zoom { 0.3 * sd } else { 0.15 }));
+        let size = if zoom {
+            [0.3 * sd[0], 0.3 * sd[1]]
+        } else {
+            [0.15, 0.15]
+        };
+        let tm = truth.map(|t| mark(t, size));
         let mut series = Vec::new();
         if !zoom {
             series.push(Series {

@@ -80,12 +80,18 @@ pub fn kalman_loglik(
 ) {
     let pb = problem_of(dp);
     let tn = pb.t * pb.n;
+    // The filter over the first kt frames; no gradient beyond.
+    let kt = pb.t.min(dp.t_kalman as usize);
+    let short = AdvDiff {
+        t: kt,
+        ..pb.clone()
+    };
     for s in 0..dp.samples as usize {
         let j = s % dp.x_samples as usize;
         let g = filter(
-            &pb,
+            &short,
             m0,
-            &xs[j * tn..(j + 1) * tn],
+            &xs[j * tn..j * tn + kt * pb.n],
             [zs[2 * s], zs[2 * s + 1]],
             theta[th::SX].exp(),
         );
@@ -93,7 +99,8 @@ pub fn kalman_loglik(
         kout[4 * s + 1] = g.d_zeta[0];
         kout[4 * s + 2] = g.d_zeta[1];
         kout[4 * s + 3] = g.d_log_sx2;
-        gx[s * tn..(s + 1) * tn].copy_from_slice(&g.d_x);
+        gx[s * tn..(s + 1) * tn].fill(0.0);
+        gx[s * tn..s * tn + kt * pb.n].copy_from_slice(&g.d_x);
     }
 }
 

@@ -179,5 +179,7 @@ pub struct DvaeParams {
     pub beta: f32,
     /// Weight of the reconstruction term (the warm-up ramps it up to 1).
     pub gamma: f32,
-    pub _pad: [u32; 2],
+    /// The Kalman term covers frames 1..min(T, t_kalman).
+    pub t_kalman: u32,
+    pub _pad: [u32; 1],
 }

@@ -100,6 +100,14 @@ pub struct DvaeSettings {
     /// from the start, it runs to whatever explains random codes (an
     /// instantly diffusing state, measured) and does not come back.
     pub learn_zeta_from: f64,
+    /// While q(zeta) is held, the Kalman term covers only the first
+    /// `anchor_frames` frames, whose states hardly depend on zeta (the bump
+    /// has moved c t dt): they fix the code's scale and offset to u for any
+    /// truth. Over all frames, a held q(zeta) = N(0, ...) anchored the code
+    /// to a bump moving right and a truth moving left (c = -0.7) was never
+    /// found; over 1 frame the anchor was too weak and the code folded
+    /// (measured, README).
+    pub anchor_frames: usize,
 }
 
 impl Default for DvaeSettings {
@@ -124,6 +132,7 @@ impl Default for DvaeSettings {
             warmup_gamma0: 0.01,
             learn_sigma_x_from: 0.4,
             learn_zeta_from: 0.3,
+            anchor_frames: 3,
         }
     }
 }
@@ -133,7 +142,8 @@ impl DvaeSettings {
         if self.steps == 0 {
             return Err(Error::setting("steps", 0, "need at least one step"));
         }
-        if self.samples == 0 || self.x_samples == 0 || self.samples % self.x_samples != 0 {
+        if self.samples == 0 || self.x_samples == 0 || !self.samples.is_multiple_of(self.x_samples)
+        {
             return Err(Error::setting(
                 "samples",
                 format!("{} (x-samples {})", self.samples, self.x_samples),
@@ -151,6 +161,13 @@ impl DvaeSettings {
             if !(v.is_finite() && v > 0.0) {
                 return Err(Error::setting(name, v, "must be finite and positive"));
             }
+        }
+        if self.anchor_frames == 0 {
+            return Err(Error::setting(
+                "anchor-frames",
+                0,
+                "the warm-up needs at least one frame in the Kalman term",
+            ));
         }
         let (a, b) = self.warmup;
         if !(0.0 <= a && a <= b && b < 1.0) {
@@ -350,7 +367,8 @@ pub fn fit(
         inv_norm: 1.0 / tn as f32,
         beta: 1.0,
         gamma: 1.0,
-        _pad: [0; 2],
+        t_kalman: tt as u32,
+        _pad: [0; 1],
     };
     let sx0 = match data {
         DvaeData::Oracle { noise, .. } => *noise,
@@ -490,6 +508,11 @@ pub fn fit(
             let sx_on = f >= s.learn_sigma_x_from;
             let z_on = f >= s.learn_zeta_from;
             dp.learn = (dp.learn & !(1 | 8)) | sx_on as u32 | (8 * z_on as u32);
+            dp.t_kalman = if z_on {
+                tt as u32
+            } else {
+                s.anchor_frames as u32
+            };
         }
         ctx.write(&dp_buf, &[dp]);
         let a = (step + 1) as u32;
