@@ -259,8 +259,30 @@ fn dvae_kernels_match_mirrors() {
             .f32("xs", &xs)
             .f32("zs", &zs)
             .f32("work", &vec![0.0; s * t * pb.modes() * 6])
-            .expect("kout", &kout, 2e-4 * scale, 2e-3)
-            .expect("gx", &gx, 2e-4 * gscale, 2e-3),
+            .expect("kout", &kout, 2e-4 * scale, 2e-3),
+        );
+        // The node gradient: kalman_grad_x after kalman_loglik (its input
+        // is the first kernel's scratch, so the two run as a pair).
+        let c = ctx();
+        let dpb = c.upload("dp", &[dp]).unwrap();
+        let up = |v: &[f64]| common::upload(c, "in", v);
+        let (thb, m0b, xsb, zsb) = (up(&theta), up(&m0f), up(&xs), up(&zs));
+        let work = up(&vec![0.0; s * t * pb.modes() * 6]);
+        let ko = up(&vec![0.0; 4 * s]);
+        let gxb = up(&vec![0.0; s * tn]);
+        common::run(
+            c,
+            KernelId::KalmanLoglik,
+            &[&dpb, &thb, &m0b, &xsb, &zsb, &work, &ko],
+            [s, 1],
+        );
+        common::run(c, KernelId::KalmanGradX, &[&dpb, &work, &gxb], [s, 1]);
+        common::assert_close(
+            &format!("kalman n {n} T {t} gx"),
+            &common::read(c, &gxb, s * tn),
+            &gx,
+            2e-4 * gscale,
+            2e-3,
         );
     }
     // Sample, recon and assemble at a small size.

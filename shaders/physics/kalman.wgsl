@@ -12,7 +12,7 @@
 //
 // A workgroup per draw s of zeta (paired with draw s % Sx of x):
 //   kout[s] = (log p(x | zeta), d/dzeta_1, d/dzeta_2, d/d log sigma_x^2)
-//   gx[s]   = d log p / dx (T x n)
+//   gx[s]   = d log p / dx (T x n), by kalman_grad_x (a second dispatch)
 // over the first t_kalman frames (the warm-up anchors the code with the
 // first few, whose states hardly depend on zeta; zeros beyond).
 // The zeta gradient is carried forward as three tangents (c, nu,
@@ -174,7 +174,6 @@ fn kalman_loglik(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
             g = cmul(vec2<f32>(lam.x, -lam.y), (1.0 - kg) * g - ge);
         }
     }
-    storageBarrier();
     kred[lid] = acc;
     workgroupBarrier();
     for (var half = KWG / 2u; half > 0u; half = half / 2u) {
@@ -192,7 +191,17 @@ fn kalman_loglik(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         kout[4u * s + 2u] = r.z * dnuz;
         kout[4u * s + 3u] = r.w;
     }
-    // Back to nodes: d/dx = Q d/dx-hat.
+}
+
+// Back to nodes, d/dx = Q d/dx-hat, from the modal gradients kalman_loglik
+// left in `work`. A dispatch of its own: on GL (llvmpipe) invocations of
+// one workgroup read zeros there after storageBarrier (measured: every
+// node handled by an invocation with no mode of its own).
+@compute @workgroup_size(64)
+fn kalman_grad_x(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let s = wid.x;
+    let n = dp.n;
+    let kt = min(dp.t, dp.t_kalman);
     for (var i = lid; i < n; i += KWG) {
         for (var t = 0u; t < dp.t; t++) {
             var a = 0.0;

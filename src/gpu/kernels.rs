@@ -173,7 +173,10 @@ kernel_table! {
         { params: Uniform @ 0, jp: Read @ 1, basis: Read @ 2, spec: Read @ 3, dst: Read @ 4, sensors: Read @ 5, data: Read @ 6, xs: Read @ 7, gxs: ReadWrite @ 8, nll: ReadWrite @ 9, work: ReadWrite @ 10 }
     /// The modal Kalman filter of advdiff1d: log p(x | zeta) and its gradients, a workgroup per draw of zeta.
     KalmanLoglik => Kalman."kalman_loglik", Workgroup,
-        { dp: Read @ 0, theta: Read @ 1, m0: Read @ 2, xs: Read @ 3, zs: Read @ 4, work: ReadWrite @ 5, kout: ReadWrite @ 6, gx: ReadWrite @ 7 }
+        { dp: Read @ 0, theta: Read @ 1, m0: Read @ 2, xs: Read @ 3, zs: Read @ 4, work: ReadWrite @ 5, kout: ReadWrite @ 6 }
+    /// d log p / dx at the nodes from kalman_loglik's modal gradients, a workgroup per draw of zeta.
+    KalmanGradX => Kalman."kalman_grad_x", Workgroup,
+        { dp: Read @ 0, work: ReadWrite @ 5, gx: ReadWrite @ 7 }
     /// Phi-DVAE draws: x = mu + sigma_q eps and zeta = m + L eps; x = max(Sx T n, S).
     DvaeSample => Dvae."dvae_sample", Invocation,
         { dp: Read @ 0, theta: Read @ 1, mu: Read @ 2, xs: ReadWrite @ 3, zs: ReadWrite @ 5 }

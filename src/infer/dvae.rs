@@ -476,6 +476,13 @@ pub fn fit(
             zs: &zs,
             work: &work,
             kout: &kout,
+        },
+        [ns, 1],
+    )?;
+    let kalman_gx: Dispatch = ctx.prepare(
+        &args::KalmanGradX {
+            dp: &dp_buf,
+            work: &work,
             gx: &gx,
         },
         [ns, 1],
@@ -533,6 +540,7 @@ pub fn fit(
                 d.ws.encode_backward(&mut pass, true);
             }
             kalman.record(&mut pass);
+            kalman_gx.record(&mut pass);
             assemble.record(&mut pass);
             if let Some(e) = &enc {
                 e.ws.encode_backward(&mut pass, false);
