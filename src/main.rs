@@ -393,9 +393,9 @@ struct DvaeOpts {
     /// The pseudo-observations' noise sigma_x during the warm-up (learned after it).
     #[arg(long, default_value_t = 0.05)]
     sigma_x0: f64,
-    /// Frames in the Kalman term while q(zeta) is held (the warm-up's anchor).
-    #[arg(long, default_value_t = 3)]
-    anchor_frames: usize,
+    /// Frames in the Kalman term while q(zeta) is held (the warm-up's anchor; default all).
+    #[arg(long)]
+    anchor_frames: Option<usize>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Steps between read-backs of the ELBO.
@@ -894,7 +894,7 @@ fn run(cli: Cli) -> pdevi::Result<()> {
                 arch: pdevi::infer::dvae::DvaeArch::parse(&o.arch)?,
                 learn_sigma_y: o.learn_sigma_y,
                 sigma_x0: o.sigma_x0,
-                anchor_frames: o.anchor_frames,
+                anchor_frames: o.anchor_frames.unwrap_or(usize::MAX),
                 seed: o.seed,
                 report_every: o.report_every.max(1),
                 ..Default::default()

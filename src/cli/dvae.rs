@@ -109,7 +109,6 @@ pub fn simulate_set(
     seed: u64,
     out: &Path,
 ) -> Result<serde_json::Value> {
-    use safetensors::tensor::{Dtype, TensorView};
     if count == 0 {
         return Err(Error::setting("count", 0, "need at least one sequence"));
     }
@@ -127,41 +126,23 @@ pub fn simulate_set(
         let s = seed.wrapping_add(i as u64);
         let zi = zeta.unwrap_or_else(|| AdvDiff::prior_zeta(s));
         let (ui, fi) = pb.simulate(zi, s, true);
-        f.extend(fi.iter().flat_map(|&v| (v as f32).to_le_bytes()));
-        u.extend(ui.iter().flat_map(|&v| (v as f32).to_le_bytes()));
-        z.extend(zi.iter().flat_map(|&v| (v as f32).to_le_bytes()));
+        f.extend(fi);
+        u.extend(ui);
+        z.extend(zi);
     }
-    let tensors = [
-        ("frames", vec![count, pb.t, pb.height, pb.n], &f),
-        ("u_true", vec![count, pb.t, pb.n], &u),
-        ("zeta", vec![count, 2], &z),
-    ];
-    let views = tensors
-        .iter()
-        .map(|(name, shape, data)| {
-            TensorView::new(Dtype::F32, shape.clone(), data)
-                .map(|v| (name.to_string(), v))
-                .map_err(|e| Error::Format {
-                    path: out.into(),
-                    message: format!("tensor {name}: {e}"),
-                })
-        })
-        .collect::<Result<Vec<_>>>()?;
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "pdevi-advdiff1d".to_string());
     meta.insert("count".to_string(), count.to_string());
     meta.insert("seed".to_string(), seed.to_string());
-    if let Some(dir) = out.parent() {
-        if !dir.as_os_str().is_empty() {
-            ensure_dir(dir)?;
-        }
-    }
-    crate::output::files::write_atomic(out, |tmp| {
-        safetensors::serialize_to_file(views, Some(meta), tmp).map_err(|e| Error::Format {
-            path: out.into(),
-            message: format!("writing safetensors: {e}"),
-        })
-    })?;
+    crate::output::io::write_safetensors_f32(
+        out,
+        &[
+            ("frames".into(), vec![count, pb.t, pb.height, pb.n], &f),
+            ("u_true".into(), vec![count, pb.t, pb.n], &u),
+            ("zeta".into(), vec![count, 2], &z),
+        ],
+        meta,
+    )?;
     Ok(serde_json::json!({
         "problem": "advdiff1d", "count": count, "seed": seed,
         "n": pb.n, "T": pb.t, "H": pb.height,

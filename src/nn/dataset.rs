@@ -167,28 +167,14 @@ impl SimSet {
 
     /// Write `xi`, `y` (and `u`) as f32 tensors with the settings as metadata.
     pub fn save(&self, path: &Path) -> Result<()> {
-        use safetensors::tensor::{Dtype, TensorView};
         let s = &self.settings;
-        let f32_bytes =
-            |v: &[f64]| -> Vec<u8> { v.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect() };
-        let mut tensors: Vec<(&str, Vec<usize>, Vec<u8>)> = vec![
-            ("xi", vec![s.count, s.d], f32_bytes(&self.xi)),
-            ("y", vec![s.count, self.m()], f32_bytes(&self.y)),
+        let mut tensors: Vec<(String, Vec<usize>, &[f64])> = vec![
+            ("xi".into(), vec![s.count, s.d], &self.xi),
+            ("y".into(), vec![s.count, self.m()], &self.y),
         ];
         if let Some(u) = &self.u {
-            tensors.push(("u", vec![s.count, u.len() / s.count], f32_bytes(u)));
+            tensors.push(("u".into(), vec![s.count, u.len() / s.count], u));
         }
-        let views = tensors
-            .iter()
-            .map(|(name, shape, data)| {
-                TensorView::new(Dtype::F32, shape.clone(), data)
-                    .map(|v| (name.to_string(), v))
-                    .map_err(|e| Error::Format {
-                        path: path.into(),
-                        message: format!("tensor {name}: {e}"),
-                    })
-            })
-            .collect::<Result<Vec<_>>>()?;
         let mut meta = HashMap::new();
         meta.insert("format".into(), FORMAT.into());
         meta.insert("problem".into(), s.problem.name().into());
@@ -203,17 +189,7 @@ impl SimSet {
             serde_json::to_string(&s.sensors).unwrap_or_default(),
         );
         meta.insert("field".into(), self.u.is_some().to_string());
-        if let Some(dir) = path.parent() {
-            if !dir.as_os_str().is_empty() {
-                crate::output::files::ensure_dir(dir)?;
-            }
-        }
-        crate::output::files::write_atomic(path, |tmp| {
-            safetensors::serialize_to_file(views, Some(meta), tmp).map_err(|e| Error::Format {
-                path: path.into(),
-                message: format!("writing safetensors: {e}"),
-            })
-        })
+        crate::output::io::write_safetensors_f32(path, &tensors, meta)
     }
 
     /// Read a set written by [`save`](Self::save); shapes, metadata and

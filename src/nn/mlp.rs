@@ -531,44 +531,17 @@ fn tensor_names(l: usize) -> (String, String) {
 /// shape `[in, out]` and `layers.{l}.bias` of shape `[out]`) plus the
 /// architecture as JSON.
 pub fn save_weights(arch: &Arch, params: &[f64], path: &Path) -> Result<(PathBuf, PathBuf)> {
-    use safetensors::tensor::{Dtype, TensorView};
     let (st_path, json_path) = weight_paths(path);
-    if let Some(dir) = st_path.parent() {
-        if !dir.as_os_str().is_empty() {
-            crate::output::files::ensure_dir(dir)?;
-        }
-    }
-    let mut bytes: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut tensors: Vec<(String, Vec<usize>, &[f64])> = Vec::new();
     for (l, (w, b)) in arch.offsets().into_iter().enumerate() {
         let (wn, bn) = tensor_names(l);
         let out = arch.layers[l].out;
-        let to_bytes = |s: &[f64]| -> Vec<u8> {
-            s.iter()
-                .flat_map(|&v| (v as f32).to_le_bytes())
-                .collect::<Vec<u8>>()
-        };
-        bytes.push((wn, vec![arch.width(l), out], to_bytes(&params[w..b])));
-        bytes.push((bn, vec![out], to_bytes(&params[b..b + out])));
+        tensors.push((wn, vec![arch.width(l), out], &params[w..b]));
+        tensors.push((bn, vec![out], &params[b..b + out]));
     }
-    let views: Vec<(String, TensorView)> = bytes
-        .iter()
-        .map(|(name, shape, data)| {
-            TensorView::new(Dtype::F32, shape.clone(), data)
-                .map(|v| (name.clone(), v))
-                .map_err(|e| Error::Format {
-                    path: st_path.clone(),
-                    message: format!("tensor {name}: {e}"),
-                })
-        })
-        .collect::<Result<_>>()?;
     let mut meta = std::collections::HashMap::new();
     meta.insert("format".to_string(), "pdevi-mlp".to_string());
-    crate::output::files::write_atomic(&st_path, |tmp| {
-        safetensors::serialize_to_file(views, Some(meta), tmp).map_err(|e| Error::Format {
-            path: st_path.clone(),
-            message: format!("writing safetensors: {e}"),
-        })
-    })?;
+    crate::output::io::write_safetensors_f32(&st_path, &tensors, meta)?;
     let json = serde_json::to_value(arch).map_err(|e| Error::Format {
         path: json_path.clone(),
         message: e.to_string(),

@@ -705,6 +705,42 @@ fn fmt_exact(v: f64) -> String {
     }
 }
 
+// ---------------------------------------------------------------------------
+// .safetensors
+// ---------------------------------------------------------------------------
+
+/// Writes f32 tensors `(name, shape, values)` and string metadata as one
+/// `.safetensors` file, atomically, creating the parent folder.
+pub fn write_safetensors_f32(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, &[f64])],
+    meta: HashMap<String, String>,
+) -> Result<()> {
+    use safetensors::tensor::{Dtype, TensorView};
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, v)| v.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect())
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), data)| {
+            TensorView::new(Dtype::F32, shape.clone(), data)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| format_err(path, format!("tensor {name}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() {
+            crate::output::files::ensure_dir(dir)?;
+        }
+    }
+    crate::output::files::write_atomic(path, |tmp| {
+        safetensors::serialize_to_file(views, Some(meta), tmp)
+            .map_err(|e| format_err(path, format!("writing safetensors: {e}")))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
