@@ -167,6 +167,26 @@ fn symmetrise(a: &mut [f64], n: usize) {
     }
 }
 
+/// The prediction step of the state: `(M mean, M cov M^T + sigma_u^2 I)`
+/// (`mt` = M^T, both row-major `n x n`).
+fn predict(
+    m: &[f64],
+    mt: &[f64],
+    n: usize,
+    mean: &[f64],
+    cov: &[f64],
+    sigma_u: f64,
+) -> (Vec<f64>, Vec<f64>) {
+    let mp = (0..n)
+        .map(|i| (0..n).map(|j| m[i * n + j] * mean[j]).sum())
+        .collect();
+    let mut pp = linalg::matmul(&linalg::matmul(m, cov, n, n, n), mt, n, n, n);
+    for i in 0..n {
+        pp[i * n + i] += sigma_u * sigma_u;
+    }
+    (mp, pp)
+}
+
 /// The dense Kalman filter and RTS smoother for `u_t = M u_{t-1} + eta`,
 /// `x_t = u_t + delta` (`m` row-major `n x n`). Errors when a covariance
 /// stops being positive definite.
@@ -190,13 +210,7 @@ pub fn kalman_dense(
     let mut ll = 0.0;
     let (mut fm, mut fp, mut pm, mut pp_all) = (vec![], vec![], vec![], vec![]);
     for t in 0..tt {
-        let mp: Vec<f64> = (0..n)
-            .map(|i| (0..n).map(|j| m[i * n + j] * mean[j]).sum())
-            .collect();
-        let mut pp = linalg::matmul(&linalg::matmul(m, &cov, n, n, n), &mt, n, n, n);
-        for i in 0..n {
-            pp[i * n + i] += sigma_u * sigma_u;
-        }
+        let (mp, mut pp) = predict(m, &mt, n, &mean, &cov, sigma_u);
         symmetrise(&mut pp, n);
         let mut s = pp.clone();
         for i in 0..n {
@@ -284,13 +298,7 @@ pub fn joint_loglik_dense(
         cov[i * n + i] = sigma_0 * sigma_0;
     }
     for t in 0..tt {
-        mean = (0..n)
-            .map(|i| (0..n).map(|j| m[i * n + j] * mean[j]).sum())
-            .collect();
-        cov = linalg::matmul(&linalg::matmul(m, &cov, n, n, n), &mt, n, n, n);
-        for i in 0..n {
-            cov[i * n + i] += sigma_u * sigma_u;
-        }
+        (mean, cov) = predict(m, &mt, n, &mean, &cov, sigma_u);
         mu[t * n..(t + 1) * n].copy_from_slice(&mean);
         covs.push(cov.clone());
     }
