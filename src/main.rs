@@ -169,6 +169,10 @@ enum Cmd {
 struct RunOpts {
     /// TOML config (keys as the flags, e.g. examples/darcy2d.toml); flags win.
     config: Option<PathBuf>,
+    /// The field's prior: kl (the spec's Gaussian random field) or vae:DIR (a deep generative
+    /// prior from `pdevi train vae`; inference is over the decoder's latent w).
+    #[arg(long)]
+    prior: Option<String>,
     #[arg(long)]
     problem: Option<String>,
     /// Observation CSV (x,y,value or x,value). Without it, data are simulated from the prior.
@@ -341,6 +345,46 @@ enum TrainCmd {
     /// Data-free probabilistic solver q(u | xi) trained on the PDE residual alone (no solver
     /// data): a Gaussian head over the nodal values; --two-way also learns p(xi | u).
     Residual(Box<ResidualOpts>),
+    /// A VAE of fields (a deep generative prior): encoder q(w | z), Bernoulli decoder f(w),
+    /// trained on `pdevi simulate --problem inclusions2d --count N` fields.
+    Vae(Box<VaeOpts>),
+}
+
+#[derive(Args)]
+struct VaeOpts {
+    /// Training fields (.safetensors with z [N, n*n]).
+    #[arg(long)]
+    data: PathBuf,
+    /// Latent dimension K.
+    #[arg(long, default_value_t = 16)]
+    latent: usize,
+    /// Hidden widths of the encoder (the decoder mirrors them), e.g. 256,128.
+    #[arg(long, default_value = "256,128", value_delimiter = ',')]
+    hidden: Vec<String>,
+    /// Hidden activation (silu, tanh, relu, gelu, softplus).
+    #[arg(long, default_value = "silu")]
+    act: String,
+    #[arg(long, default_value_t = 40)]
+    epochs: usize,
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    #[arg(long, default_value_t = 3e-3)]
+    lr: f64,
+    /// Final learning rate as a fraction of --lr.
+    #[arg(long, default_value_t = 0.1)]
+    lr_final: f64,
+    /// Weight of the KL term (1 = the ELBO).
+    #[arg(long, default_value_t = 1.0)]
+    beta: f64,
+    /// Held-out fields (the last rows), scored every epoch.
+    #[arg(long, default_value_t = 512)]
+    validation: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    quiet: bool,
+    #[arg(long, default_value = "out/vae")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -695,6 +739,7 @@ impl RunOpts {
             resume: self.resume.clone(),
             dry_run: self.dry_run.then_some(true),
             profile: self.profile.then_some(true),
+            prior: self.prior.clone(),
         }))
     }
 }
@@ -874,6 +919,39 @@ fn run(cli: Cli) -> pdevi::Result<()> {
             println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
             println!("wrote {}", out.display());
         }
+        Cmd::Simulate {
+            problem,
+            seed,
+            count,
+            out,
+            xi,
+            noise,
+            field,
+            dry_run,
+            zeta: None,
+            quiet,
+        } if pdevi::cli::vae::is_inclusions(&problem.problem) => {
+            if xi.is_some() || dry_run || problem.d.is_some() {
+                return Err(pdevi::Error::setting(
+                    "problem",
+                    "inclusions2d",
+                    "takes --seed, --n, --noise, and --count N [--field] for a training set; --xi, --d and --dry-run are for the KL problems",
+                ));
+            }
+            let s = match count {
+                Some(c) => pdevi::cli::vae::simulate_set(problem.n, c, seed, field, quiet, &out)?,
+                None if field => {
+                    return Err(pdevi::Error::setting(
+                        "field",
+                        "on",
+                        "--field stores u in a training set: it needs --count N",
+                    ))
+                }
+                None => pdevi::cli::vae::simulate_case(problem.n, seed, noise, &out)?,
+            };
+            println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+            println!("wrote {}", out.display());
+        }
         Cmd::Simulate { zeta: Some(_), .. } => {
             return Err(pdevi::Error::setting(
                 "zeta",
@@ -985,6 +1063,27 @@ fn run(cli: Cli) -> pdevi::Result<()> {
             let s = commands::simulate(&problem.args()?, seed, xi.as_deref(), noise, &out)?;
             println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
             println!("wrote {}", out.display());
+        }
+        Cmd::Train {
+            which: TrainCmd::Vae(o),
+        } => {
+            let s = pdevi::nn::vae::VaeSettings {
+                latent: o.latent,
+                hidden: parse_hidden(&o.hidden)?,
+                act: pdevi::nn::mlp::Activation::parse(&o.act)?,
+                epochs: o.epochs,
+                batch: o.batch,
+                lr: o.lr,
+                lr_final: o.lr_final,
+                beta: o.beta,
+                validation: o.validation,
+                seed: o.seed,
+                quiet: o.quiet,
+            };
+            let ctx = pdevi::gpu::GpuContext::new()?;
+            let r = pdevi::cli::vae::train(&ctx, &o.data, &s, &o.out)?;
+            println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            println!("wrote {}", o.out.display());
         }
         Cmd::Train {
             which: TrainCmd::Encoder(o),

@@ -64,6 +64,17 @@ pub fn normals(seed: u64, stream: u32, step: u32, count: usize) -> Vec<f64> {
     out
 }
 
+/// `count` uniforms in (0, 1) of (seed, stream, step): element i from
+/// block i / 4, lane i % 4 (24-bit, as [`to_unit`]).
+pub fn uniforms(seed: u64, stream: u32, step: u32, count: usize) -> Vec<f64> {
+    let key = [seed as u32, (seed >> 32) as u32];
+    (0..count.div_ceil(4) as u32)
+        .flat_map(|b| philox4x32([b, stream, step, 0x756e_6966], key))
+        .take(count)
+        .map(to_unit)
+        .collect()
+}
+
 /// A uniformly random permutation of 0..n for (seed, stream, step): the
 /// indices sorted by one Philox draw each (ties, vanishingly rare, by index).
 pub fn permutation(seed: u64, stream: u32, step: u32, n: usize) -> Vec<u32> {
@@ -110,6 +121,10 @@ pub mod streams {
     pub const ADVDIFF_ZETA: u32 = 14;
     /// Phi-DVAE training draws of x and zeta (step = training step).
     pub const DVAE: u32 = 15;
+    /// inclusions2d: the discs of field `step` (a training set's row, or a case).
+    pub const INCLUSIONS: u32 = 16;
+    /// Draws of a generative prior's latent w (VAE training, prior samples).
+    pub const VAE: u32 = 17;
 }
 
 #[cfg(test)]

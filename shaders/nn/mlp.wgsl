@@ -345,6 +345,27 @@ fn loss_mse(@builtin(global_invocation_id) gid: vec3<u32>) {
     xz[LOSS_ROWS + r] = acc;
 }
 
+// Bernoulli negative log-likelihood of a binary phase with logits: row r
+// of xa holds n logits l, row r of xb the targets t in [-1, 1] (the phase;
+// p = (t + 1) / 2 the probability of +1). Row loss sum_j softplus(l) - p l,
+// written in the overflow-free form max(l, 0) - p l + log(1 + exp(-|l|));
+// gradient (sigmoid(l) - p) scale into xc. Dispatch (ceil(m / 256), 1, 1).
+@compute @workgroup_size(256)
+fn loss_bce(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let r = gid.x;
+    if (r >= M.m) {
+        return;
+    }
+    var acc = 0.0;
+    for (var j = 0u; j < M.n; j++) {
+        let l = xa[M.a_off + r * M.a_rs + j];
+        let p = 0.5 * (xb[M.b_off + r * M.b_rs + j] + 1.0);
+        acc += max(l, 0.0) - p * l + log(1.0 + exp(-abs(l)));
+        xc[M.c_off + r * M.c_rs + j] = (sigmoid(l) - p) * M.scale;
+    }
+    xz[LOSS_ROWS + r] = acc;
+}
+
 // Gaussian negative log-likelihood with a predicted log-variance: row r of
 // xa holds n means then n log-variances; targets xb (n per row).
 // Row loss 0.5 sum_j (lv + (t - mu)^2 exp(-lv) + log 2 pi); gradients (times

@@ -77,3 +77,33 @@ fn kl_pullback_serial(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     gxi[b * P.d + k] = P.kl_scale * (acc.x + acc.y + acc.z + acc.w + tail);
 }
+
+// A deep generative prior's field (methods.md A4): xi holds the decoder's
+// logits l (B x ncoef), the field is the Bernoulli phase's mean
+// z = tanh(l / 2) = 2 sigmoid(l) - 1 in (-1, 1), kappa = exp(z). The logit
+// is clamped so no backend's tanh meets an overflowing exp.
+// Dispatch (ceil(ncoef B / WG), 1, 1).
+@compute @workgroup_size(WG)
+fn prior_field(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let idx = gid.x;
+    if (idx >= P.ncoef * P.batch) {
+        return;
+    }
+    let h = 0.5 * clamp(xi[idx], -30.0, 30.0);
+    let e = exp(-2.0 * abs(h));
+    let zz = sign(h) * (1.0 - e) / (1.0 + e);
+    z[idx] = zz;
+    kappa_or_load[idx] = exp(zz);
+}
+
+// Its transpose: the gradient with respect to the logits,
+// gxi = g (1 - z^2) / 2 (B x ncoef). Dispatch (ceil(ncoef B / WG), 1, 1).
+@compute @workgroup_size(WG)
+fn prior_field_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let idx = gid.x;
+    if (idx >= P.ncoef * P.batch) {
+        return;
+    }
+    let zz = z[idx];
+    gxi[idx] = 0.5 * g[idx] * (1.0 - zz * zz);
+}

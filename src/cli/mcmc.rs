@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use crate::cli::run::{setup, write_posterior, RunConfig};
+use crate::cli::run::{setup, RunConfig};
 use crate::error::{Error, Result};
 use crate::infer::mcmc::{
     reference_for, sample_posterior_with, McmcResult, McmcSettings, Precondition, Sampler,
@@ -205,7 +205,7 @@ pub fn run_mcmc(cfg: &RunConfig) -> Result<serde_json::Value> {
     let pred_solver = BatchedSolver::new(&ctx, &st.pb, npred, st.cg, Some(&st.sensors), false)?;
     let pred = crate::infer::predictive::predictive_u_draws(&ctx, &pred_solver, &picks)?;
     let mut metrics = serde_json::Map::new();
-    write_posterior(
+    crate::cli::run::write_posterior_draws(
         &ctx,
         &pred_solver,
         &st,
@@ -223,6 +223,7 @@ pub fn run_mcmc(cfg: &RunConfig) -> Result<serde_json::Value> {
         &cov,
         Some(pred),
         npred,
+        Some(&r.samples),
         &mut metrics,
     )?;
     write_trace(&out.join("trace.png"), &r, settings.warmup, settings.thin)?;

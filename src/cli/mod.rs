@@ -11,3 +11,4 @@ pub mod mcmc;
 pub mod residual;
 pub mod run;
 pub mod surrogate;
+pub mod vae;

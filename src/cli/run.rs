@@ -96,6 +96,10 @@ pub struct RunConfig {
     pub dry_run: Option<bool>,
     /// `pdevi run`: time the sections of every step with GPU timestamps.
     pub profile: Option<bool>,
+    /// The prior of the field: `kl` (default, the spec's Gaussian random
+    /// field) or `vae:DIR` (a deep generative prior from `pdevi train vae`;
+    /// the latent vector is the decoder's w).
+    pub prior: Option<String>,
 }
 
 impl RunConfig {
@@ -162,7 +166,8 @@ impl RunConfig {
             checkpoint_every,
             resume,
             dry_run,
-            profile
+            profile,
+            prior
         )
     }
 }
@@ -211,10 +216,77 @@ pub fn write_posterior(
     npred: usize,
     metrics: &mut serde_json::Map<String, serde_json::Value>,
 ) -> Result<()> {
+    write_posterior_draws(
+        ctx, solver, st, label, m, cov, predictive, npred, None, metrics,
+    )
+}
+
+/// [`write_posterior`] given draws of the latent vector (`rows x d`, e.g.
+/// MCMC's): with a generative prior the field's moments and the phase map
+/// are taken over them (else over draws of N(m, cov)).
+#[allow(clippy::too_many_arguments, reason = "one posterior and where it goes")]
+pub fn write_posterior_draws(
+    ctx: &GpuContext,
+    solver: &BatchedSolver,
+    st: &Setup,
+    label: &str,
+    m: &[f64],
+    cov: &[f64],
+    predictive: Option<(Vec<f64>, Vec<f64>, usize)>,
+    npred: usize,
+    draws: Option<&[f64]>,
+    metrics: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
     let d = st.pb.d;
     io::write_npy(&st.out.join("posterior_mean_xi.npy"), &[d], m)?;
     io::write_npy(&st.out.join("posterior_cov_xi.npy"), &[d, d], cov)?;
-    let (fmean, fstd) = field_moments(&st.pb, m, cov);
+    let (fmean, fstd, phase) = match &st.pb.prior {
+        Some(prior) => {
+            // The latent vector is the decoder's w: its moments under the
+            // names the issue gives, the field's by Monte Carlo through f.
+            io::write_npy(&st.out.join("posterior_mean_w.npy"), &[d], m)?;
+            io::write_npy(&st.out.join("posterior_cov_w.npy"), &[d, d], cov)?;
+            let w = match draws {
+                Some(x) => thin_rows(x, d, PRIOR_DRAWS),
+                None => crate::infer::predictive::gaussian_draws(m, cov, PRIOR_DRAWS, st.seed)?,
+            };
+            let mc = crate::infer::predictive::prior_field_moments(prior, &w);
+            metrics.insert("field_draws".into(), mc.draws.into());
+            metrics.insert(
+                "prior".into(),
+                serde_json::json!({"kind": "vae", "dir": prior.dir.display().to_string(),
+                    "latent": prior.latent(), "class": prior.meta.class}),
+            );
+            (mc.mean, mc.std, mc.phase)
+        }
+        None => {
+            let (fm, fs) = field_moments(&st.pb, m, cov);
+            // P(z_c > 0) of the Gaussian field, exact.
+            let ph = fm
+                .iter()
+                .zip(&fs)
+                .map(|(m, s)| {
+                    if *s > 0.0 {
+                        crate::math::special::norm_cdf(m / s)
+                    } else {
+                        f64::from(u8::from(*m > 0.0))
+                    }
+                })
+                .collect();
+            (fm, fs, ph)
+        }
+    };
+    if st.pb.kind == ProblemKind::Darcy2d {
+        crate::output::posterior::write_phase(
+            plot::Painter::Gpu(ctx),
+            &st.out,
+            &st.pb,
+            &phase,
+            &fmean,
+            st.truth.as_ref().map(|t| &t.1[..]),
+            metrics,
+        )?;
+    }
     let (umean, ustd, nseen) = match predictive {
         Some(p) => p,
         None => predictive_u(ctx, solver, m, cov, npred, st.seed)?,
@@ -233,6 +305,19 @@ pub fn write_posterior(
         &st.sensors,
         metrics,
     )
+}
+
+/// Draws of w pushed through a generative prior's decoder for the field's
+/// moments and the phase map.
+pub const PRIOR_DRAWS: usize = 1024;
+
+/// At most `max` rows of `x` (rows of `d`), evenly spaced.
+fn thin_rows(x: &[f64], d: usize, max: usize) -> Vec<f64> {
+    let n = x.len() / d;
+    let k = n.min(max).max(1);
+    (0..k)
+        .flat_map(|j| x[(j * n / k) * d..(j * n / k + 1) * d].iter().copied())
+        .collect()
 }
 
 /// Finish the metrics of a solver-free VI fit (surrogate or residual
@@ -337,13 +422,37 @@ pub fn figure_settings(cfg: &RunConfig) -> Result<()> {
 
 /// Build the problem, read or simulate the data, create the output folder.
 pub fn setup(cfg: &RunConfig) -> Result<Setup> {
-    let kind = ProblemKind::parse(cfg.problem.as_deref().unwrap_or("darcy2d"))?;
+    let name = cfg.problem.as_deref().unwrap_or("darcy2d");
+    // inclusions2d is darcy2d with another field class (spec default n = 32).
+    let inclusions = crate::cli::vae::is_inclusions(name);
+    let prior = parse_prior(cfg.prior.as_deref())?;
+    let kind = if inclusions {
+        ProblemKind::Darcy2d
+    } else {
+        ProblemKind::parse(name)?
+    };
     let args = ProblemArgs {
         kind,
-        n: cfg.n,
+        n: cfg
+            .n
+            .or(prior.as_ref().map(|p| p.meta.n))
+            .or(inclusions.then_some(32)),
         d: cfg.d,
     };
     let mut pb = args.build()?;
+    if let Some(p) = &prior {
+        if cfg.d.is_some_and(|d| d != p.latent()) {
+            return Err(Error::setting(
+                "d",
+                cfg.d.unwrap_or(0),
+                format!(
+                    "with --prior vae the latent dimension is the decoder's K = {}: drop --d",
+                    p.latent()
+                ),
+            ));
+        }
+        pb = pb.with_prior(p.clone())?;
+    }
     if let Some(s) = cfg.noise {
         if !(s.is_finite() && s > 0.0) {
             return Err(Error::setting(
@@ -368,14 +477,29 @@ pub fn setup(cfg: &RunConfig) -> Result<Setup> {
         None => {
             let sim_seed = cfg.simulate_seed.unwrap_or(seed);
             let data_dir = out.join("data");
-            commands::simulate(&args, sim_seed, None, Some(pb.sigma_n), &data_dir)?;
+            // A generative prior's class (or inclusions2d named as the
+            // problem) is simulated as that class, not as a KL draw.
+            let class = prior.as_ref().map(|p| p.meta.class.as_str());
+            let truth = if inclusions || class == Some("inclusions2d") {
+                crate::cli::vae::simulate_case(Some(pb.n), sim_seed, Some(pb.sigma_n), &data_dir)?;
+                data_dir.join("z_true.npy")
+            } else if prior.is_some() {
+                return Err(Error::setting(
+                    "obs",
+                    "missing",
+                    "a generative prior of an unknown field class cannot simulate its own data: give --obs",
+                ));
+            } else {
+                commands::simulate(&args, sim_seed, None, Some(pb.sigma_n), &data_dir)?;
+                data_dir.join("xi_true.npy")
+            };
             if !quiet {
                 eprintln!(
-                    "no --obs given: simulated data from a prior draw (seed {sim_seed}) into {}",
+                    "no --obs given: simulated data (seed {sim_seed}) into {}",
                     data_dir.display()
                 );
             }
-            (data_dir.join("obs.csv"), Some(data_dir.join("xi_true.npy")))
+            (data_dir.join("obs.csv"), Some(truth))
         }
     };
     if cfg.truth.is_some() {
@@ -410,6 +534,25 @@ pub fn setup(cfg: &RunConfig) -> Result<Setup> {
         cg,
         lock: Some(lock),
     })
+}
+
+/// `--prior`: `kl` (none: the problem's Gaussian field) or `vae:DIR`.
+pub fn parse_prior(
+    spec: Option<&str>,
+) -> Result<Option<std::sync::Arc<crate::nn::vae::GenerativePrior>>> {
+    match spec.map(str::trim) {
+        None | Some("kl") | Some("gaussian") => Ok(None),
+        Some(s) => match s.strip_prefix("vae:") {
+            Some(dir) if !dir.is_empty() => {
+                Ok(Some(crate::nn::vae::GenerativePrior::load(Path::new(dir))?))
+            }
+            _ => Err(Error::setting(
+                "prior",
+                s,
+                "expected kl or vae:DIR (a folder written by `pdevi train vae`)",
+            )),
+        },
+    }
 }
 
 /// Run inference as configured; returns the metrics written to metrics.json.

@@ -48,6 +48,23 @@ pub fn kl_map(p: &PdeParams, xi: &[f64], basis: &[f64], z: &mut [f64], kappa_or_
     }
 }
 
+/// A generative prior's field from decoder logits `xi` (B x ncoef):
+/// z = tanh(l / 2) (l clamped to [-30, 30]), kappa = exp(z).
+pub fn prior_field(p: &PdeParams, xi: &[f64], z: &mut [f64], kappa_or_load: &mut [f64]) {
+    for idx in 0..(p.ncoef * p.batch) as usize {
+        let zz = (0.5 * xi[idx].clamp(-30.0, 30.0)).tanh();
+        z[idx] = zz;
+        kappa_or_load[idx] = zz.exp();
+    }
+}
+
+/// The gradient with respect to the logits: gxi = g (1 - z^2) / 2.
+pub fn prior_field_grad(p: &PdeParams, z: &[f64], g: &[f64], gxi: &mut [f64]) {
+    for idx in 0..(p.ncoef * p.batch) as usize {
+        gxi[idx] = 0.5 * g[idx] * (1.0 - z[idx] * z[idx]);
+    }
+}
+
 /// Mirror of `wg_sum` (common/reduce.wgsl) over one workgroup's partials, in
 /// its order: `WG_COLS = sqrt(WG)` column sums of the strided partials
 /// (column `l` adds partials `l, l + WG_COLS, ...`), then their sum.

@@ -162,6 +162,12 @@ kernel_table! {
     /// gxi = kl_scale basis g, an invocation per (system, mode); x = systems x modes.
     KlPullbackSerial => Kl."kl_pullback_serial", Invocation,
         { params: Uniform @ 0, basis: Read @ 2, g: Read @ 5, gxi: ReadWrite @ 6 }
+    /// A generative prior's field from decoder logits: z = tanh(l / 2), kappa = exp(z); x = cells x systems.
+    PriorField => Kl."prior_field", Invocation,
+        { params: Uniform @ 0, xi: Read @ 1, z: ReadWrite @ 3, kappa_or_load: ReadWrite @ 4 }
+    /// dmisfit/dl = g (1 - z^2) / 2 into gxi (the decoder's output gradient); x = cells x systems.
+    PriorFieldGrad => Kl."prior_field_grad", Invocation,
+        { params: Uniform @ 0, z: ReadWrite @ 3, g: Read @ 5, gxi: ReadWrite @ 6 }
     /// The residual-likelihood loss of the data-free solver and its head gradient, a workgroup per row.
     ResidualLoss => Residual."residual_loss", Workgroup,
         { params: Uniform @ 0, rp: Read @ 1, coef: Read @ 2, head: Read @ 3, work: ReadWrite @ 4, grad: ReadWrite @ 5, losses: ReadWrite @ 6, shape: Read @ 9 }
@@ -271,6 +277,9 @@ kernel_table! {
         { params: Uniform @ 0, xa: Read @ 1, xb: Read @ 2, xc: ReadWrite @ 3, xz: ReadWrite @ 4 }
     /// Gaussian NLL with a predicted log-variance and its gradient; x = rows.
     LossGaussNll => Mlp."loss_gauss_nll", Invocation,
+        { params: Uniform @ 0, xa: Read @ 1, xb: Read @ 2, xc: ReadWrite @ 3, xz: ReadWrite @ 4 }
+    /// Bernoulli NLL of a phase in [-1, 1] from logits, and its gradient; x = rows.
+    LossBce => Mlp."loss_bce", Invocation,
         { params: Uniform @ 0, xa: Read @ 1, xb: Read @ 2, xc: ReadWrite @ 3, xz: ReadWrite @ 4 }
     /// Neural posterior estimation: -log q(target) for a Gaussian head in a VI
     /// family's layout, and its gradient; x = rows.

@@ -28,6 +28,59 @@ pub fn field_moments(pb: &Problem, m: &[f64], cov: &[f64]) -> (Vec<f64>, Vec<f64
     (mean, std)
 }
 
+/// `count` draws of N(m, cov) (`count x d`, the predictive stream).
+pub fn gaussian_draws(m: &[f64], cov: &[f64], count: usize, seed: u64) -> Result<Vec<f64>> {
+    let d = m.len();
+    let l = crate::math::linalg::cholesky(cov, d)
+        .map_err(|e| Error::not_spd("the posterior covariance of the latent vector", e))?;
+    let eps = crate::rng::normals(seed, crate::rng::streams::PREDICTIVE, u32::MAX, count * d);
+    let mut out = Vec::with_capacity(count * d);
+    for e in eps.chunks(d) {
+        for i in 0..d {
+            out.push(m[i] + (0..=i).map(|j| l[i * d + j] * e[j]).sum::<f64>());
+        }
+    }
+    Ok(out)
+}
+
+/// A posterior over w pushed through a generative prior's decoder.
+pub struct PriorMoments {
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+    /// P(z_c > 0): the share of draws whose field is inside at cell c.
+    pub phase: Vec<f64>,
+    pub draws: usize,
+}
+
+/// Pointwise mean, std and phase probability of f(w) over draws of w
+/// (`rows x K`), on the f64 mirror of the decoder.
+pub fn prior_field_moments(prior: &crate::nn::vae::GenerativePrior, w: &[f64]) -> PriorMoments {
+    let k = prior.latent();
+    let nc = prior.meta.n * prior.meta.n;
+    let rows = w.len() / k;
+    let (mut mean, mut m2, mut phase) = (vec![0.0; nc], vec![0.0; nc], vec![0.0; nc]);
+    for chunk in w.chunks(256 * k) {
+        let f = prior.fields(chunk);
+        for row in f.chunks(nc) {
+            for c in 0..nc {
+                mean[c] += row[c];
+                m2[c] += row[c] * row[c];
+                phase[c] += f64::from(u8::from(row[c] > 0.0));
+            }
+        }
+    }
+    let n = rows.max(1) as f64;
+    let std = (0..nc)
+        .map(|c| (m2[c] / n - (mean[c] / n).powi(2)).max(0.0).sqrt())
+        .collect();
+    PriorMoments {
+        mean: mean.iter().map(|v| v / n).collect(),
+        std,
+        phase: phase.iter().map(|v| v / n).collect(),
+        draws: rows,
+    }
+}
+
 /// Monte Carlo mean and std of u through the GPU solver, xi drawn from
 /// N(m, cov) with the predictive stream (in batches of the solver's size).
 pub fn predictive_u(

@@ -642,6 +642,10 @@ pub enum Loss {
     /// head), q the head's Gaussian in its VI family's layout (the
     /// `loss_npe` kernel); needs `d <= NPE_MAX_D` and `rank <= NPE_MAX_R`.
     Npe,
+    /// Mean over rows of the Bernoulli NLL of a phase in [-1, 1] (targets)
+    /// given logits (outputs), summed over outputs: a VAE decoder of binary
+    /// fields.
+    Bce,
     /// The output gradient is written by the caller (e.g. a Gaussian head).
     External,
 }
@@ -701,7 +705,7 @@ impl Workspace {
         let arch = &net.arch;
         let mut npe = None;
         let tw = match loss {
-            Loss::Mse => arch.output(),
+            Loss::Mse | Loss::Bce => arch.output(),
             Loss::GaussNll => match arch.head {
                 Head::MeanLogvar { dim } => dim,
                 _ => {
@@ -851,6 +855,18 @@ impl Workspace {
                     n: tw as u32,
                     a_rs: out,
                     b_rs: tw as u32,
+                    c_rs: out,
+                    scale: (1.0 / batch as f64) as f32,
+                    ..Default::default()
+                },
+            ),
+            Loss::Bce => (
+                Some(KernelId::LossBce),
+                MlpParams {
+                    m: batch as u32,
+                    n: out,
+                    a_rs: out,
+                    b_rs: out,
                     c_rs: out,
                     scale: (1.0 / batch as f64) as f32,
                     ..Default::default()

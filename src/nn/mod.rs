@@ -3,3 +3,4 @@
 pub mod dataset;
 pub mod mlp;
 pub mod train;
+pub mod vae;

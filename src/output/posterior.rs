@@ -219,3 +219,76 @@ pub fn write_posterior_files(
     }
     Ok(())
 }
+
+/// The phase map of a darcy2d posterior: `phase_probability.npy` (n x n,
+/// P(z_c > 0)) and `.png`. With a truth, the metrics of the sign of z: the
+/// share of cells the posterior mean puts on the right side of 0, the IoU
+/// of {mean > 0} with {truth > 0}, and how well the phase probability is
+/// calibrated (Brier score, log loss, and per probability bin the share of
+/// cells truly inside).
+pub fn write_phase(
+    painter: Painter,
+    out: &Path,
+    pb: &Problem,
+    phase: &[f64],
+    fmean: &[f64],
+    truth: Option<&[f64]>,
+    metrics: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
+    let n = pb.n;
+    io::write_npy(&out.join("phase_probability.npy"), &[n, n], phase)?;
+    let sensors = pb.sensor_points();
+    plot::write_panels_png(
+        painter,
+        &out.join("phase_probability.png"),
+        "probability that a cell is inside an inclusion, P(z > 0 | y)",
+        &[Panel {
+            range: Some((0.0, 1.0)),
+            markers: &sensors,
+            ..Panel::new("P(z > 0 | y)", Field2::cells(phase, n, n))
+        }],
+    )?;
+    let Some(t) = truth else {
+        return Ok(());
+    };
+    use crate::physics::inclusions::{iou, phase_accuracy};
+    metrics.insert(
+        "phase_accuracy_posterior_mean".into(),
+        phase_accuracy(fmean, t).into(),
+    );
+    metrics.insert("iou_posterior_mean".into(), iou(fmean, t).into());
+    let inside: Vec<f64> = t.iter().map(|v| f64::from(u8::from(*v > 0.0))).collect();
+    let m = t.len().max(1) as f64;
+    let brier = phase
+        .iter()
+        .zip(&inside)
+        .map(|(p, o)| (p - o).powi(2))
+        .sum::<f64>()
+        / m;
+    let logloss = phase
+        .iter()
+        .zip(&inside)
+        .map(|(p, o)| {
+            let p = p.clamp(1e-3, 1.0 - 1e-3);
+            -(o * p.ln() + (1.0 - o) * (1.0 - p).ln())
+        })
+        .sum::<f64>()
+        / m;
+    let bins: Vec<serde_json::Value> = (0..5)
+        .map(|b| {
+            let (lo, hi) = (b as f64 * 0.2, (b + 1) as f64 * 0.2);
+            let cells: Vec<usize> = (0..phase.len())
+                .filter(|&c| phase[c] >= lo && (phase[c] < hi || (b == 4 && phase[c] <= 1.0)))
+                .collect();
+            let k = cells.len();
+            let mean_p = cells.iter().map(|&c| phase[c]).sum::<f64>() / k.max(1) as f64;
+            let truly = cells.iter().map(|&c| inside[c]).sum::<f64>() / k.max(1) as f64;
+            serde_json::json!({"bin": [lo, hi], "cells": k, "mean_probability": mean_p, "share_inside": truly})
+        })
+        .collect();
+    metrics.insert(
+        "phase_calibration".into(),
+        serde_json::json!({"brier": brier, "log_loss": logloss, "bins": bins}),
+    );
+    Ok(())
+}

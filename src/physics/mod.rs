@@ -2,6 +2,7 @@
 //! operators, sensors) and the batched GPU solver with its adjoint.
 
 pub mod advdiff;
+pub mod inclusions;
 pub mod problem;
 pub mod reference;
 pub mod sensors;

@@ -89,6 +89,9 @@ pub struct Problem {
     pub sensors: Vec<usize>,
     /// Noise standard deviation.
     pub sigma_n: f64,
+    /// A deep generative prior (methods.md A4): the latent vector is the
+    /// decoder's w (d = K) and the field is f(w) instead of the KL map.
+    pub prior: Option<std::sync::Arc<crate::nn::vae::GenerativePrior>>,
 }
 
 impl Problem {
@@ -135,6 +138,7 @@ impl Problem {
                     modes,
                     sensors,
                     sigma_n,
+                    prior: None,
                 })
             }
             ProblemKind::Poisson1d => {
@@ -168,9 +172,41 @@ impl Problem {
                     modes,
                     sensors,
                     sigma_n,
+                    prior: None,
                 })
             }
         }
+    }
+
+    /// darcy2d with a generative prior: latent w of the decoder's K
+    /// dimensions, fields f(w). The grid must be the decoder's.
+    pub fn with_prior(
+        &self,
+        prior: std::sync::Arc<crate::nn::vae::GenerativePrior>,
+    ) -> Result<Self> {
+        if self.kind != ProblemKind::Darcy2d {
+            return Err(Error::setting(
+                "prior",
+                "vae",
+                "a generative prior gives log-permeability fields: use it with darcy2d (or inclusions2d)",
+            ));
+        }
+        if prior.meta.n != self.n {
+            return Err(Error::setting(
+                "n",
+                self.n,
+                format!(
+                    "the VAE in {} was trained on {m} x {m} fields: use --n {m}",
+                    prior.dir.display(),
+                    m = prior.meta.n
+                ),
+            ));
+        }
+        let mut pb = Problem::new(self.kind, self.n, prior.latent())?;
+        pb.sigma_n = self.sigma_n;
+        pb.sensors = self.sensors.clone();
+        pb.prior = Some(prior);
+        Ok(pb)
     }
 
     pub fn h(&self) -> f64 {
@@ -228,6 +264,9 @@ impl Problem {
 
     /// The field z (darcy2d, per cell) or f (poisson1d, per interior node) of `xi`.
     pub fn field(&self, xi: &[f64]) -> Vec<f64> {
+        if let Some(p) = &self.prior {
+            return p.fields(xi);
+        }
         let (basis, nc) = (self.basis(), self.ncoef());
         // The field is linear in xi: z_c = sum_k xi_k basis[k, c] (as kl_map).
         (0..nc)

@@ -30,20 +30,40 @@ pub struct CpuSolve {
 
 /// Forward solve of one system in f64, mirroring `BatchedSolver::encode_forward`.
 pub fn forward(pb: &Problem, xi: &[f64], tol: f64, max_iter: u32) -> CpuSolve {
+    if let Some(prior) = &pb.prior {
+        return forward_field(pb, &prior.fields(xi), tol, max_iter);
+    }
+    let nc = pb.ncoef();
+    let mut pk = PdeParams::new(pb.n, pb.nunk(), nc, 1, pb.d);
+    if pb.kind == ProblemKind::Poisson1d {
+        pk.kl_linear = 1;
+        pk.kl_scale = pb.h() as f32;
+    }
+    let mut field = vec![0.0; nc];
+    let mut kappa_or_load = vec![0.0; nc];
+    kl_map(&pk, xi, &pb.basis(), &mut field, &mut kappa_or_load);
+    solve_coefficient(pb, field, kappa_or_load, tol, max_iter)
+}
+
+/// Forward solve of one darcy2d system for a given log-permeability field
+/// z (n x n cells), whatever its prior (inclusions2d, a generative prior).
+pub fn forward_field(pb: &Problem, z: &[f64], tol: f64, max_iter: u32) -> CpuSolve {
+    let kappa = z.iter().map(|v| v.exp()).collect();
+    solve_coefficient(pb, z.to_vec(), kappa, tol, max_iter)
+}
+
+fn solve_coefficient(
+    pb: &Problem,
+    field: Vec<f64>,
+    kappa_or_load: Vec<f64>,
+    tol: f64,
+    max_iter: u32,
+) -> CpuSolve {
     let (nu, nc) = (pb.nunk(), pb.ncoef());
     let mut p = PdeParams::new(pb.n, nu, nc, 1, pb.d);
     p.tol = tol as f32;
     p.max_iter = max_iter;
     p.chunk = max_iter;
-    let mut pk = p;
-    if pb.kind == ProblemKind::Poisson1d {
-        pk.kl_linear = 1;
-        pk.kl_scale = pb.h() as f32;
-    }
-    let basis = pb.basis();
-    let mut field = vec![0.0; nc];
-    let mut kappa_or_load = vec![0.0; nc];
-    kl_map(&pk, xi, &basis, &mut field, &mut kappa_or_load);
     let rhs = match pb.kind {
         ProblemKind::Darcy2d => vec![pb.h() * pb.h(); nu],
         ProblemKind::Poisson1d => kappa_or_load.clone(),
@@ -115,8 +135,14 @@ pub fn misfit_gradient(
         ProblemKind::Darcy2d => {
             let mut g = vec![0.0; nc];
             q1_adjoint_grad(&p, &fwd.kappa_or_load, &fwd.u, &lam, &mut g);
-            pp.kl_scale = 1.0;
-            kl_pullback_serial(&pp, &basis, &g, &mut gxi);
+            if let Some(prior) = &pb.prior {
+                // The adjoint chained through the decoder (prior_field_grad,
+                // then the decoder's backward pass).
+                gxi = prior.pullback(xi, &g);
+            } else {
+                pp.kl_scale = 1.0;
+                kl_pullback_serial(&pp, &basis, &g, &mut gxi);
+            }
         }
         ProblemKind::Poisson1d => {
             pp.kl_scale = 1.0;

@@ -293,6 +293,19 @@ pub struct BatchedSolver {
     grad: Option<Dispatch>,
     /// dmisfit/dxi.
     pull: Dispatch,
+    /// A generative prior's decoder in place of the KL map and its pullback.
+    decoder: Option<DecoderMap>,
+}
+
+/// `xi -> z` through a VAE decoder: the decoder's forward pass on the
+/// latent rows, then `prior_field` (z = tanh(l / 2), kappa = exp z); and
+/// back: `prior_field_grad`, then the decoder's backward pass to its input.
+struct DecoderMap {
+    _net: crate::nn::mlp::Mlp,
+    ws: crate::nn::mlp::Workspace,
+    field: Dispatch,
+    grad: Dispatch,
+    latent_bytes: u64,
 }
 
 /// How one batch of systems is solved.
@@ -545,6 +558,44 @@ impl BatchedSolver {
         } else {
             ctx.prepare_as(KernelId::KlPullback, &pull_args, [d, batch])?
         };
+        let decoder = match &pb.prior {
+            None => None,
+            Some(prior) => {
+                let net =
+                    crate::nn::mlp::Mlp::new(ctx, prior.arch.clone(), Some(&prior.params), 0)?;
+                let ws = crate::nn::mlp::Workspace::new(
+                    ctx,
+                    &net,
+                    batch,
+                    crate::nn::mlp::Loss::External,
+                )?;
+                let field = ctx.prepare(
+                    &args::PriorField {
+                        params: &u_kl,
+                        xi: ws.output(),
+                        z: &z,
+                        kappa_or_load: &kappa_or_load,
+                    },
+                    [nc * batch, 1],
+                )?;
+                let grad = ctx.prepare(
+                    &args::PriorFieldGrad {
+                        params: &u_kl,
+                        z: &z,
+                        g: &g,
+                        gxi: ws.output_grad(),
+                    },
+                    [nc * batch, 1],
+                )?;
+                Some(DecoderMap {
+                    _net: net,
+                    ws,
+                    field,
+                    grad,
+                    latent_bytes: b * d as u64 * f,
+                })
+            }
+        };
         Ok(BatchedSolver {
             problem: pb.clone(),
             batch,
@@ -576,6 +627,7 @@ impl BatchedSolver {
             obs,
             grad,
             pull,
+            decoder,
         })
     }
 
@@ -664,11 +716,20 @@ impl BatchedSolver {
         if !self.cg.warm_start {
             enc.clear_buffer(&self.u, 0, None);
         }
+        if let Some(dm) = &self.decoder {
+            enc.copy_buffer_to_buffer(&self.xi, 0, &dm.ws.x, 0, dm.latent_bytes);
+        }
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("pdevi.forward"),
             timestamp_writes: None,
         });
-        self.kl.record(&mut pass);
+        match &self.decoder {
+            Some(dm) => {
+                dm.ws.encode_forward(&mut pass);
+                dm.field.record(&mut pass);
+            }
+            None => self.kl.record(&mut pass),
+        }
         self.encode_solve(&mut pass, &self.fwd);
     }
 
@@ -711,7 +772,15 @@ impl BatchedSolver {
         if let Some(g) = &self.grad {
             g.record(&mut pass);
         }
-        self.pull.record(&mut pass);
+        match &self.decoder {
+            Some(dm) => {
+                dm.grad.record(&mut pass);
+                dm.ws.encode_backward(&mut pass, true);
+                drop(pass);
+                enc.copy_buffer_to_buffer(&dm.ws.dx, 0, &self.gxi, 0, dm.latent_bytes);
+            }
+            None => self.pull.record(&mut pass),
+        }
     }
 
     /// Forward solves for B latent vectors; returns per-system solver info.

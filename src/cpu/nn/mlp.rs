@@ -125,6 +125,22 @@ pub fn loss_mse(p: &MlpParams, xa: &[f64], xb: &[f64], xc: &mut [f64], xz: &mut 
     }
 }
 
+/// Bernoulli NLL of a phase t in [-1, 1] with logits (p = (t + 1) / 2):
+/// row sums of softplus(l) - p l into xz, (sigmoid(l) - p) scale into xc.
+pub fn loss_bce(p: &MlpParams, xa: &[f64], xb: &[f64], xc: &mut [f64], xz: &mut [f64]) {
+    for r in 0..p.m as usize {
+        let mut acc = 0.0;
+        for j in 0..p.n as usize {
+            let l = xa[p.a_off as usize + r * p.a_rs as usize + j];
+            let q = 0.5 * (xb[p.b_off as usize + r * p.b_rs as usize + j] + 1.0);
+            acc += l.max(0.0) - q * l + (-l.abs()).exp().ln_1p();
+            xc[p.c_off as usize + r * p.c_rs as usize + j] =
+                (1.0 / (1.0 + (-l).exp()) - q) * p.scale as f64;
+        }
+        xz[LOSS_ROWS + r] = acc;
+    }
+}
+
 /// Gaussian NLL with predicted log-variance (means then log-variances per row).
 pub fn loss_gauss_nll(p: &MlpParams, xa: &[f64], xb: &[f64], xc: &mut [f64], xz: &mut [f64]) {
     let n = p.n as usize;
