@@ -152,7 +152,11 @@ fn elementwise_losses_and_gather_match_cpu() {
     );
 
     // Losses and their reduction.
-    for (kernel, width) in [(KernelId::LossMse, n), (KernelId::LossGaussNll, 2 * n)] {
+    for (kernel, width) in [
+        (KernelId::LossMse, n),
+        (KernelId::LossGaussNll, 2 * n),
+        (KernelId::LossBce, n),
+    ] {
         let p = MlpParams {
             m,
             n,
@@ -168,10 +172,10 @@ fn elementwise_losses_and_gather_match_cpu() {
         let mut losses = vec![0.0; 16 + m as usize];
         losses[1] = 0.25;
         let l0 = losses.clone();
-        if kernel == KernelId::LossMse {
-            cm::loss_mse(&p, &y, &t, &mut gr, &mut losses);
-        } else {
-            cm::loss_gauss_nll(&p, &y, &t, &mut gr, &mut losses);
+        match kernel {
+            KernelId::LossMse => cm::loss_mse(&p, &y, &t, &mut gr, &mut losses),
+            KernelId::LossBce => cm::loss_bce(&p, &y, &t, &mut gr, &mut losses),
+            _ => cm::loss_gauss_nll(&p, &y, &t, &mut gr, &mut losses),
         }
         let r = MlpParams {
             m,

@@ -426,6 +426,29 @@ pub fn setup(cfg: &RunConfig) -> Result<Setup> {
     // inclusions2d is darcy2d with another field class (spec default n = 32).
     let inclusions = crate::cli::vae::is_inclusions(name);
     let prior = parse_prior(cfg.prior.as_deref())?;
+    if prior.is_some() {
+        // These paths map the latent vector to a field with the KL basis.
+        let unsupported = [
+            ("live", cfg.live == Some(true)),
+            ("frames", cfg.frames.is_some()),
+            ("gif", cfg.gif == Some(true)),
+            (
+                "forward surrogate",
+                cfg.forward.as_deref().is_some_and(|f| f != "exact"),
+            ),
+            (
+                "likelihood residual",
+                cfg.likelihood.as_deref().is_some_and(|l| l != "forward"),
+            ),
+        ];
+        if let Some((what, _)) = unsupported.iter().find(|u| u.1) {
+            return Err(Error::setting(
+                "prior",
+                cfg.prior.as_deref().unwrap_or_default(),
+                format!("--{what} is not available with a generative prior (it draws fields with the KL basis); drop one of the two"),
+            ));
+        }
+    }
     let kind = if inclusions {
         ProblemKind::Darcy2d
     } else {

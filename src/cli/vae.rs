@@ -288,11 +288,13 @@ pub fn train(
 }
 
 /// Statistics of fields that a blur fails: the share of cells with
-/// |z| > 0.8 (sharp) and the share inside (z > 0).
+/// |z| > 0.8 (sharp), the blur ratio (cells with |z| <= 0.8 per cell
+/// inside) and the share inside (z > 0).
 pub fn field_stats(z: &[f64]) -> serde_json::Value {
     let m = z.len().max(1) as f64;
     serde_json::json!({
         "sharp_share": z.iter().filter(|v| v.abs() > 0.8).count() as f64 / m,
+        "blur_ratio": vae::blur_ratio(z),
         "inside_share": z.iter().filter(|&&v| v > 0.0).count() as f64 / m,
     })
 }

@@ -148,6 +148,16 @@ pub fn bernoulli_nll(l: &[f64], z: &[f64]) -> f64 {
         .sum()
 }
 
+/// Cells in transition (|z| <= 0.8) per cell inside (z > 0), over a set of
+/// fields: 0 for a binary class, large for blurred fields (their rims are
+/// wide against their areas). A statistic of sharpness that the background
+/// does not dominate (the share of |z| > 0.8 does: most cells are outside).
+pub fn blur_ratio(z: &[f64]) -> f64 {
+    let mid = z.iter().filter(|v| v.abs() <= 0.8).count() as f64;
+    let inside = z.iter().filter(|&&v| v > 0.0).count() as f64;
+    mid / inside.max(1.0)
+}
+
 fn check_fields(fields: &[f64], n: usize, what: &str) -> Result<usize> {
     let nc = n * n;
     if nc == 0 || fields.is_empty() || !fields.len().is_multiple_of(nc) {
