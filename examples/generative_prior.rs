@@ -38,7 +38,9 @@ fn num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
 }
 
 fn read(path: &Path) -> Result<Vec<f64>, String> {
-    Ok(pdevi::output::io::read_npy(path).map_err(|e| e.to_string())?.1)
+    Ok(pdevi::output::io::read_npy(path)
+        .map_err(|e| e.to_string())?
+        .1)
 }
 
 fn run() -> Result<(), String> {
