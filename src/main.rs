@@ -173,6 +173,16 @@ struct RunOpts {
     /// prior from `pdevi train vae`; inference is over the decoder's latent w).
     #[arg(long)]
     prior: Option<String>,
+    /// --family flow: affine coupling layers on top of the full-rank Gaussian base (default 4).
+    #[arg(long)]
+    flow_layers: Option<usize>,
+    /// --family flow: hidden widths of each layer's net (default 32,32).
+    #[arg(long)]
+    flow_hidden: Option<String>,
+    /// --family flow: kl (the ELBO, default) or renyi:ALPHA (alpha in [0, 1), mass-covering as
+    /// alpha -> 0).
+    #[arg(long)]
+    divergence: Option<String>,
     #[arg(long)]
     problem: Option<String>,
     /// Observation CSV (x,y,value or x,value). Without it, data are simulated from the prior.
@@ -740,6 +750,9 @@ impl RunOpts {
             dry_run: self.dry_run.then_some(true),
             profile: self.profile.then_some(true),
             prior: self.prior.clone(),
+            flow_layers: self.flow_layers,
+            flow_hidden: self.flow_hidden.clone(),
+            divergence: self.divergence.clone(),
         }))
     }
 }

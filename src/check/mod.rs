@@ -3,4 +3,5 @@
 
 pub mod calibrate;
 pub mod compare;
+pub mod distance;
 pub mod stats;

@@ -12,3 +12,4 @@ pub mod residual;
 pub mod run;
 pub mod surrogate;
 pub mod vae;
+pub mod flow;

@@ -100,6 +100,12 @@ pub struct RunConfig {
     /// field) or `vae:DIR` (a deep generative prior from `pdevi train vae`;
     /// the latent vector is the decoder's w).
     pub prior: Option<String>,
+    /// `--family flow`: coupling layers on top of the full-rank base.
+    pub flow_layers: Option<usize>,
+    /// `--family flow`: hidden widths of each layer's net, e.g. "32,32".
+    pub flow_hidden: Option<String>,
+    /// `--family flow`: the objective, `kl` (the ELBO) or `renyi:ALPHA`.
+    pub divergence: Option<String>,
 }
 
 impl RunConfig {
@@ -167,7 +173,10 @@ impl RunConfig {
             resume,
             dry_run,
             profile,
-            prior
+            prior,
+            flow_layers,
+            flow_hidden,
+            divergence
         )
     }
 }
@@ -600,6 +609,22 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
     }
     if let Some(dir) = crate::cli::surrogate::parse_forward(cfg.forward.as_deref())? {
         return crate::cli::surrogate::run_surrogate(cfg, dir);
+    }
+    if cfg.family.as_deref().map(str::trim) == Some("flow") {
+        return crate::cli::flow::run_flow(cfg);
+    }
+    for (key, set) in [
+        ("flow-layers", cfg.flow_layers.is_some()),
+        ("flow-hidden", cfg.flow_hidden.is_some()),
+        ("divergence", cfg.divergence.is_some()),
+    ] {
+        if set {
+            return Err(Error::setting(
+                key,
+                "given",
+                "is a setting of the flow family: add --family flow",
+            ));
+        }
     }
     let (cfg, resume) = resume_config(cfg, "vi")?;
     let cfg = &cfg;

@@ -4,6 +4,7 @@
 //! Tests compare the GPU against these.
 
 pub mod dvae;
+pub mod flow;
 pub mod infer;
 pub mod kalman;
 pub mod multigrid;

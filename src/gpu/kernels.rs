@@ -244,6 +244,27 @@ kernel_table! {
     /// The ELBO from the misfits and the KL, into the history.
     ViElbo => Vi."vi_elbo", Single,
         { params: Read @ 0, misfit: Read @ 6, scalars: ReadWrite @ 7 }
+    /// A flow layer's net input: x_k masked to the kept coordinates; x = samples x d.
+    FlowMask => Flow."flow_mask", Invocation,
+        { params: Uniform @ 0, xs: ReadWrite @ 2, xin: ReadWrite @ 7 }
+    /// An affine coupling layer x_{k+1} = T_k(x_k) and its log-determinant; x = samples.
+    FlowCouple => Flow."flow_couple", Invocation,
+        { params: Uniform @ 0, o: Read @ 1, xs: ReadWrite @ 2, ld: ReadWrite @ 4 }
+    /// A coupling layer's backward pass: its net's output gradient and the direct part of d/dx_k; x = samples x d.
+    FlowCoupleBack => Flow."flow_couple_back", Invocation,
+        { params: Uniform @ 0, o: Read @ 1, xs: ReadWrite @ 2, gs: ReadWrite @ 3, og: ReadWrite @ 5, wt_in: Read @ 6 }
+    /// Adds a layer net's input gradient to d/dx_k on the kept coordinates; x = samples x d.
+    FlowJoin => Flow."flow_join", Invocation,
+        { params: Uniform @ 0, gs: ReadWrite @ 3, xin: ReadWrite @ 7 }
+    /// The samples' log importance weights, the objective's weights and its scalars.
+    FlowWeights => Flow."flow_weights", Single,
+        { params: Uniform @ 0, xs: ReadWrite @ 2, ld: ReadWrite @ 4, theta: Read @ 8, eps: Read @ 9, misfit: Read @ 10, wt: ReadWrite @ 12, scalars: ReadWrite @ 13 }
+    /// The loss's gradient at the flow's output, w_s (d misfit / d xi + xi); x = samples x d.
+    FlowTop => Flow."flow_top", Invocation,
+        { params: Uniform @ 0, xs: ReadWrite @ 2, gs: ReadWrite @ 3, wt_in: Read @ 6, gxi: Read @ 11 }
+    /// The base's entropy gradient on the log-diagonal of L; x = d.
+    FlowEntropy => Flow."flow_entropy", Invocation,
+        { params: Uniform @ 0, grad: ReadWrite @ 14 }
     /// A surrogate's Gaussian likelihood: misfit per sample row and its
     /// gradient with respect to the network's outputs; x = rows.
     SurrogateMisfit => Surrogate."surrogate_misfit", Invocation,

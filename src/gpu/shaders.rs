@@ -59,6 +59,7 @@ sources! {
     DVAE = "infer/dvae.wgsl";
     STREAM = "gpu/stream.wgsl";
     VI = "infer/vi.wgsl";
+    FLOW = "infer/flow.wgsl";
     ADAM = "infer/adam.wgsl";
     MCMC = "infer/mcmc.wgsl";
     SURROGATE = "infer/surrogate.wgsl";
@@ -134,6 +135,7 @@ modules! {
     Stream = "stream" [PARAMS, STREAM];
     Stream64 = "stream_64" [PARAMS, STREAM] wg = 64;
     Vi = "vi" [RNG, VI];
+    Flow = "flow" [FLOW];
     Adam = "adam" [ADAM];
     P1Direct = "p1_direct" [PARAMS, CG_STATE, P1_DIRECT];
     Mlp = "mlp" [MLP];

@@ -4,6 +4,7 @@
 pub mod adam;
 pub mod amortised;
 pub mod dvae;
+pub mod flow;
 pub mod gaussian;
 pub mod laplace;
 pub mod linear;

@@ -134,10 +134,16 @@ pub fn write_posterior_files(
             plot::write_panels_png(
                 painter,
                 &out.join("summary.png"),
-                &format!(
-                    "darcy2d (n = {n}, d = {}, sigma_n = {}): {label}",
-                    pb.d, pb.sigma_n
-                ),
+                &match &pb.prior {
+                    Some(_) => format!(
+                        "darcy2d, VAE prior (n = {n}, K = {}, sigma_n = {}): {label}",
+                        pb.d, pb.sigma_n
+                    ),
+                    None => format!(
+                        "darcy2d (n = {n}, d = {}, sigma_n = {}): {label}",
+                        pb.d, pb.sigma_n
+                    ),
+                },
                 &panels,
             )?;
         }
