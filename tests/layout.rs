@@ -114,6 +114,9 @@ fn rows() -> Vec<Row> {
             n, t, modes, samples, x_samples, height, oracle, step, seed_lo, seed_hi, stream,
             learn, dt, sigma_u2, sigma_02, inv_norm, beta, gamma, t_kalman, _pad,
         } in [Kalman "DvaeParams", Dvae "DvaeParams"],
+        pdevi::infer::flow::FlowParams {
+            d, samples, layer, parity, layers, nobs, history, step, s_scale, alpha, log_norm, _pad,
+        } in [Flow "FlowParams"],
         pdevi::output::live::LiveParams {
             d, r, family, ncoef, nfields, len, _pad,
         } in [Live "LiveParams"],

@@ -37,7 +37,9 @@ fn mean_pair_dist(a: &[&[f64]], b: &[&[f64]], same: bool) -> f64 {
 /// the two laws agree; finite for any two laws with first moments.
 pub fn energy_distance(x: &[f64], y: &[f64], d: usize) -> f64 {
     let (a, b) = (rows(x, d), rows(y, d));
-    2.0 * mean_pair_dist(&a, &b, false) - mean_pair_dist(&a, &a, true) - mean_pair_dist(&b, &b, true)
+    2.0 * mean_pair_dist(&a, &b, false)
+        - mean_pair_dist(&a, &a, true)
+        - mean_pair_dist(&b, &b, true)
 }
 
 /// Quantile `u` in [0, 1] of sorted values (linear between order statistics).
@@ -108,5 +110,10 @@ pub fn energy_distance_gauss_1d(m1: f64, s1: f64, m2: f64, s2: f64) -> f64 {
 /// of (theta . v)^2 over uniform directions is |v|^2 / d.
 pub fn sliced_wasserstein_gauss_iso(m1: &[f64], m2: &[f64]) -> f64 {
     let d = m1.len() as f64;
-    (m1.iter().zip(m2).map(|(a, b)| (a - b) * (a - b)).sum::<f64>() / d).sqrt()
+    (m1.iter()
+        .zip(m2)
+        .map(|(a, b)| (a - b) * (a - b))
+        .sum::<f64>()
+        / d)
+        .sqrt()
 }

@@ -122,11 +122,22 @@ pub fn run_flow(cfg: &RunConfig) -> Result<serde_json::Value> {
         other => return Err(Error::setting("init", other, "expected laplace or prior")),
     };
     let ctx = GpuContext::new()?;
-    let bar = crate::output::progress::progress_bar(steps, st.quiet, "steps  {per_sec}  ELBO {msg}");
-    let r = fit_flow(&ctx, pb, &st.sensors, &st.y, &spec, divergence, &s, gn, |t, e| {
-        bar.set_position(t as u64 + 1);
-        bar.set_message(format!("{e:.4e}"));
-    })?;
+    let bar =
+        crate::output::progress::progress_bar(steps, st.quiet, "steps  {per_sec}  ELBO {msg}");
+    let r = fit_flow(
+        &ctx,
+        pb,
+        &st.sensors,
+        &st.y,
+        &spec,
+        divergence,
+        &s,
+        gn,
+        |t, e| {
+            bar.set_position(t as u64 + 1);
+            bar.set_message(format!("{e:.4e}"));
+        },
+    )?;
     bar.finish_and_clear();
     let FlowFit {
         mut engine,
@@ -180,7 +191,12 @@ pub fn run_flow(cfg: &RunConfig) -> Result<serde_json::Value> {
         );
     }
     if d == 2 {
-        write_density_2d(Painter::Gpu(&ctx), &out.join("q_density.png"), &state, &draws)?;
+        write_density_2d(
+            Painter::Gpu(&ctx),
+            &out.join("q_density.png"),
+            &state,
+            &draws,
+        )?;
     }
     let sc = engine.read_scalars(&ctx)?;
     let done = interrupted.unwrap_or(steps);
@@ -217,7 +233,12 @@ pub fn run_flow(cfg: &RunConfig) -> Result<serde_json::Value> {
 /// The density of q over [-4, 4]^2 (the prior's scale) on a 120 x 120
 /// grid, from the f64 mirror's inverse flow, as a heat map with contours
 /// and q's draws' extent in the title.
-pub fn write_density_2d(painter: Painter, path: &Path, st: &FlowState, draws: &[f64]) -> Result<()> {
+pub fn write_density_2d(
+    painter: Painter,
+    path: &Path,
+    st: &FlowState,
+    draws: &[f64],
+) -> Result<()> {
     let g = 120usize;
     let lo = -4.0;
     let h = 8.0 / g as f64;

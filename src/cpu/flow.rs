@@ -20,7 +20,11 @@ pub fn flow_mask(p: &FlowParams, xs: &[f64], xin: &mut [f64]) {
     let (n, d) = (p.samples as usize, p.d as usize);
     let base = p.layer as usize * n * d;
     for idx in 0..n * d {
-        xin[idx] = if in_a(p, idx % d) { xs[base + idx] } else { 0.0 };
+        xin[idx] = if in_a(p, idx % d) {
+            xs[base + idx]
+        } else {
+            0.0
+        };
     }
 }
 
@@ -127,7 +131,10 @@ pub fn flow_weights(
         .map(|s| log_weight(p, xs, ld, theta, eps, misfit, s))
         .collect();
     let mean = lw.iter().sum::<f64>() / n as f64;
-    let top = lw.iter().map(|v| beta * v).fold(f64::NEG_INFINITY, f64::max);
+    let top = lw
+        .iter()
+        .map(|v| beta * v)
+        .fold(f64::NEG_INFINITY, f64::max);
     let (mut bound, mut ess) = (mean, n as f64);
     if p.alpha == 1.0 {
         wt[..n].iter_mut().for_each(|w| *w = 1.0 / n as f64);
@@ -238,10 +245,8 @@ pub fn log_density(st: &FlowState, xi: &[f64]) -> f64 {
     let mut eps = vec![0.0; d];
     let mut logdet = 0.0;
     for i in 0..d {
-        let mut v = x0[i] - st.base[i];
-        for j in 0..i {
-            v -= st.base[d + i * d + j] * eps[j];
-        }
+        let row = &st.base[d + i * d..d + i * d + i];
+        let v = x0[i] - st.base[i] - row.iter().zip(&eps).map(|(l, e)| l * e).sum::<f64>();
         let lii = st.base[d + i * d + i];
         eps[i] = v * (-lii).exp();
         logdet += lii;

@@ -58,7 +58,11 @@ impl Divergence {
         }
         if let Some(a) = t.strip_prefix("renyi:") {
             let alpha: f64 = a.parse().map_err(|_| {
-                Error::setting("divergence", s, "renyi:ALPHA needs a number, e.g. renyi:0.5")
+                Error::setting(
+                    "divergence",
+                    s,
+                    "renyi:ALPHA needs a number, e.g. renyi:0.5",
+                )
             })?;
             if !(0.0..1.0).contains(&alpha) {
                 return Err(Error::setting(
@@ -476,7 +480,10 @@ impl FlowEngine {
     pub fn dispatches_per_step(&self) -> usize {
         let it = self.solver.iterate_dispatches() as usize;
         let per_layer_fwd = 2 + self.layers.first().map_or(0, |l| l.net.arch.layers.len());
-        let per_layer_bwd = 2 + self.layers.first().map_or(0, |l| 4 * l.net.arch.layers.len());
+        let per_layer_bwd = 2 + self
+            .layers
+            .first()
+            .map_or(0, |l| 4 * l.net.arch.layers.len());
         GaussianBlock::DISPATCHES
             + self.spec.layers * (per_layer_fwd + per_layer_bwd + 1)
             + (1 + 1 + it) * 2
