@@ -29,6 +29,7 @@ pub const COVERAGE_LEVELS: [f64; 4] = [0.5, 0.8, 0.9, 0.95];
 const MEAN_XI: &str = "posterior_mean_xi.npy";
 const COV_XI: &str = "posterior_cov_xi.npy";
 const SAMPLES_XI: &str = "samples_xi.npy";
+const POSTERIOR_SAMPLES_XI: &str = "posterior_samples_xi.npy";
 
 /// Posterior mean and pointwise std of the field, as written by `pdevi run`.
 #[derive(Debug, Clone)]
@@ -227,7 +228,12 @@ pub fn load_posterior(dir: &Path) -> Result<PosteriorDir> {
             format!("has shape {cshape:?}; expected ({d}, {d}) to match {MEAN_XI}"),
         ));
     }
-    let samples_xi = match read_optional(dir, SAMPLES_XI)? {
+    // MCMC writes samples_xi.npy; flow VI writes both names.
+    let found = match read_optional(dir, SAMPLES_XI)? {
+        Some(v) => Some(v),
+        None => read_optional(dir, POSTERIOR_SAMPLES_XI)?,
+    };
+    let samples_xi = match found {
         None => None,
         Some((shape, v)) => match shape.as_slice() {
             [n, dd] if *dd == d && *n > 0 => Some(v.chunks(d).map(<[f64]>::to_vec).collect()),
@@ -469,6 +475,48 @@ pub fn compare(
             "coverage_error".into(),
             json!(stats::expected_coverage_error(&COVERAGE_LEVELS, by_other)),
         );
+    }
+
+    // Distances that stay finite between measures on function spaces,
+    // between draws of each side (its own, or of its Gaussian when it has
+    // none), at most 1000 a side.
+    let draws_of = |p: &PosteriorDir, seed: u64| -> Option<Vec<f64>> {
+        match &p.samples_xi {
+            Some(rows) => {
+                let k = rows.len().min(1000);
+                Some(
+                    (0..k)
+                        .flat_map(|j| rows[j * rows.len() / k].iter().copied())
+                        .collect(),
+                )
+            }
+            None => {
+                crate::infer::predictive::gaussian_draws(&p.mean_xi, &p.cov_xi, 1000, seed).ok()
+            }
+        }
+    };
+    match (draws_of(&reference, 1), draws_of(&other, 2)) {
+        (Some(a), Some(b)) => {
+            use crate::check::distance::{energy_distance, sliced_wasserstein};
+            report.insert(
+                "energy_distance_xi".into(),
+                json!(energy_distance(&a, &b, d)),
+            );
+            report.insert(
+                "sliced_wasserstein_xi".into(),
+                json!(sliced_wasserstein(&a, &b, d, 200, 3)),
+            );
+            report.insert(
+                "distance_draws".into(),
+                json!({
+                    "ref": if reference.samples_xi.is_some() { "samples" } else { "gaussian" },
+                    "other": if other.samples_xi.is_some() { "samples" } else { "gaussian" },
+                }),
+            );
+        }
+        _ => warnings.push(
+            "energy distance not computed: a covariance of xi is not positive definite".into(),
+        ),
     }
 
     // Figures.

@@ -117,3 +117,73 @@ pub fn sliced_wasserstein_gauss_iso(m1: &[f64], m2: &[f64]) -> f64 {
         / d)
         .sqrt()
 }
+
+/// An exact posterior of a d = 2 problem on a grid: the normalised
+/// probabilities of the cells of a `g x g` grid over the box `[x0, x1] x
+/// [y0, y1]` (cell (i, j) at index j g + i), from the f64 reference solver
+/// at every cell centre (log-likelihood plus the N(0, I) prior).
+pub fn grid_posterior_2d(
+    pb: &crate::physics::problem::Problem,
+    sensors: &[usize],
+    y: &[f64],
+    bx: (f64, f64),
+    by: (f64, f64),
+    g: usize,
+) -> Vec<f64> {
+    let scale = 1.0 / (pb.sigma_n * pb.sigma_n);
+    let mut lp = vec![0.0; g * g];
+    for j in 0..g {
+        for i in 0..g {
+            let x = [
+                bx.0 + (i as f64 + 0.5) / g as f64 * (bx.1 - bx.0),
+                by.0 + (j as f64 + 0.5) / g as f64 * (by.1 - by.0),
+            ];
+            let f = crate::physics::reference::forward(pb, &x, 1e-12, 100_000);
+            let mis: f64 = sensors
+                .iter()
+                .zip(y)
+                .map(|(&k, &v)| 0.5 * scale * (f.u[k] - v).powi(2))
+                .sum();
+            lp[j * g + i] = -mis - 0.5 * (x[0] * x[0] + x[1] * x[1]);
+        }
+    }
+    let top = lp.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let w: Vec<f64> = lp.iter().map(|v| (v - top).exp()).collect();
+    let s: f64 = w.iter().sum();
+    w.iter().map(|v| v / s).collect()
+}
+
+/// The share of draws (`n x 2`) in each cell of the grid of
+/// [`grid_posterior_2d`] (draws outside the box are counted in no cell).
+pub fn histogram_2d(draws: &[f64], bx: (f64, f64), by: (f64, f64), g: usize) -> Vec<f64> {
+    let mut h = vec![0.0; g * g];
+    let n = draws.len() / 2;
+    for r in draws.chunks_exact(2) {
+        let i = ((r[0] - bx.0) / (bx.1 - bx.0) * g as f64).floor();
+        let j = ((r[1] - by.0) / (by.1 - by.0) * g as f64).floor();
+        if i >= 0.0 && j >= 0.0 && (i as usize) < g && (j as usize) < g {
+            h[j as usize * g + i as usize] += 1.0 / n as f64;
+        }
+    }
+    h
+}
+
+/// Total variation between two discrete distributions on the same cells
+/// (mass outside the grid counts as a difference).
+pub fn total_variation(p: &[f64], q: &[f64]) -> f64 {
+    let inside: f64 = p.iter().zip(q).map(|(a, b)| (a - b).abs()).sum();
+    let outside = (1.0 - p.iter().sum::<f64>()).abs() + (1.0 - q.iter().sum::<f64>()).abs();
+    0.5 * (inside + outside)
+}
+
+/// Sum a `g x g` grid into `(g / f) x (g / f)` blocks of `f x f` cells.
+pub fn coarsen(p: &[f64], g: usize, f: usize) -> Vec<f64> {
+    let c = g / f;
+    let mut out = vec![0.0; c * c];
+    for j in 0..c * f {
+        for i in 0..c * f {
+            out[(j / f) * c + i / f] += p[j * g + i];
+        }
+    }
+    out
+}

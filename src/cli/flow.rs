@@ -230,9 +230,11 @@ pub fn run_flow(cfg: &RunConfig) -> Result<serde_json::Value> {
     Ok(all)
 }
 
-/// The density of q over [-4, 4]^2 (the prior's scale) on a 120 x 120
-/// grid, from the f64 mirror's inverse flow, as a heat map with contours
-/// and q's draws' extent in the title.
+/// The density of q on a 120 x 120 grid over the box holding its draws
+/// (their 0.5 % to 99.5 % quantiles per axis, widened by a quarter, within
+/// the prior's [-5, 5]), from the f64 mirror's inverse flow, as a heat map
+/// with contours; the title gives the box (the panel's axes are the unit
+/// square mapped onto it).
 pub fn write_density_2d(
     painter: Painter,
     path: &Path,
@@ -240,22 +242,31 @@ pub fn write_density_2d(
     draws: &[f64],
 ) -> Result<()> {
     let g = 120usize;
-    let lo = -4.0;
-    let h = 8.0 / g as f64;
+    let axis = |k: usize| {
+        let mut v: Vec<f64> = draws.chunks_exact(2).map(|r| r[k]).collect();
+        v.sort_by(f64::total_cmp);
+        let q = |u: f64| v[((u * v.len() as f64) as usize).min(v.len() - 1)];
+        let (lo, hi) = (q(0.005), q(0.995));
+        let pad = 0.25 * (hi - lo).max(1e-6);
+        ((lo - pad).max(-5.0), (hi + pad).min(5.0))
+    };
+    let (bx, by) = (axis(0), axis(1));
     let mut dens = vec![0.0; g * g];
     for j in 0..g {
         for i in 0..g {
-            let x = [lo + (i as f64 + 0.5) * h, lo + (j as f64 + 0.5) * h];
+            let x = [
+                bx.0 + (i as f64 + 0.5) / g as f64 * (bx.1 - bx.0),
+                by.0 + (j as f64 + 0.5) / g as f64 * (by.1 - by.0),
+            ];
             dens[j * g + i] = crate::cpu::flow::log_density(st, &x).exp();
         }
     }
-    let (m, _) = crate::infer::mcmc::sample_moments(draws, 2);
     plot::write_panels_png(
         painter,
         path,
         &format!(
-            "q(xi) of the flow over [-4, 4]^2 (draws' mean {:.3}, {:.3})",
-            m[0], m[1]
+            "flow q(xi): xi_1 in [{:.2}, {:.2}] (x1 axis), xi_2 in [{:.2}, {:.2}] (x2 axis)",
+            bx.0, bx.1, by.0, by.1
         ),
         &[Panel {
             contours: 8,
