@@ -534,3 +534,107 @@ fn one_sensor_flow_matches_the_grid_posterior_better_than_full_rank() {
     eprintln!("TV to the grid posterior (20 x 20 bins): flow {tf:.3}, full-rank {tg:.3}");
     assert!(tf < 0.7 * tg, "flow TV {tf} against full-rank {tg}");
 }
+
+#[test]
+fn cli_flow_run_writes_draws_density_and_distances() {
+    let exe = env!("CARGO_BIN_EXE_pdevi");
+    let dir = std::env::temp_dir().join(format!("pdevi_flow_cli_{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(exe)
+            .args(args)
+            .output()
+            .expect("run pdevi");
+        (
+            o.status.code(),
+            format!(
+                "{}\n{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
+    };
+    let p = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let (pf, pr, px, py) = (p("flow"), p("renyi"), p("x"), p("y"));
+    std::fs::write(dir.join("one.csv"), "x,y,value\n0.25,0.25,0.0259\n").unwrap();
+    let base = [
+        "run",
+        "--n",
+        "16",
+        "--d",
+        "2",
+        "--obs",
+        &p("one.csv"),
+        "--steps",
+        "20",
+        "--samples",
+        "8",
+        "--predictive-samples",
+        "300",
+        "--quiet",
+    ];
+    let mut a = base.to_vec();
+    a.extend(["--family", "flow", "--flow-layers", "2", "--out", &pf]);
+    let (code, err) = run(&a);
+    assert_eq!(code, Some(0), "{err}");
+    let f = dir.join("flow");
+    let (shape, _) = pdevi::output::io::read_npy(&f.join("posterior_samples_xi.npy")).unwrap();
+    assert_eq!(shape, vec![300, 2]);
+    for name in [
+        "q_density.png",
+        "summary.png",
+        "posterior_mean_xi.npy",
+        "elbo.png",
+        "samples_xi.npy",
+    ] {
+        assert!(f.join(name).exists(), "{name} missing");
+    }
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(f.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(m["family"], "flow");
+    for k in [
+        "final_elbo",
+        "energy_distance_to_laplace",
+        "sliced_wasserstein_to_laplace",
+    ] {
+        assert!(m[k].as_f64().is_some_and(f64::is_finite), "{k}: {}", m[k]);
+    }
+    // Renyi, and compare between two sample-based posteriors.
+    let mut a = base.to_vec();
+    a.extend([
+        "--family",
+        "flow",
+        "--divergence",
+        "renyi:0.5",
+        "--out",
+        &pr,
+    ]);
+    let (code, err) = run(&a);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = run(&["compare", &p("flow"), &p("renyi"), "--out", &p("cmp")]);
+    assert_eq!(code, Some(0), "{err}");
+    let c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cmp/compare.json")).unwrap())
+            .unwrap();
+    assert_eq!(c["distance_draws"]["other"], "samples");
+    assert!(c["energy_distance_xi"].as_f64().is_some());
+    assert!(c["sliced_wasserstein_xi"].as_f64().is_some());
+    // Clear errors.
+    let mut a = base.to_vec();
+    a.extend(["--divergence", "renyi:0.5", "--out", &px]);
+    let (code, err) = run(&a);
+    assert!(code != Some(0) && err.contains("--family flow"), "{err}");
+    let mut a = base.to_vec();
+    a.extend([
+        "--family",
+        "flow",
+        "--divergence",
+        "renyi:1.5",
+        "--out",
+        &py,
+    ]);
+    let (code, err) = run(&a);
+    assert!(code != Some(0) && err.contains("[0, 1)"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

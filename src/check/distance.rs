@@ -187,3 +187,31 @@ pub fn coarsen(p: &[f64], g: usize, f: usize) -> Vec<f64> {
     }
     out
 }
+
+/// `n` draws (`n x 2`) of a grid posterior (cells by their probabilities,
+/// uniform within a cell; seeded).
+pub fn grid_draws(
+    p: &[f64],
+    bx: (f64, f64),
+    by: (f64, f64),
+    g: usize,
+    n: usize,
+    seed: u64,
+) -> Vec<f64> {
+    let mut cdf = Vec::with_capacity(p.len());
+    let mut acc = 0.0;
+    for v in p {
+        acc += v;
+        cdf.push(acc);
+    }
+    let u = crate::rng::uniforms(seed, crate::rng::streams::PREDICTIVE, 7, 3 * n);
+    let mut out = Vec::with_capacity(2 * n);
+    for k in 0..n {
+        let target = u[3 * k] * acc;
+        let c = cdf.partition_point(|&v| v < target).min(p.len() - 1);
+        let (i, j) = (c % g, c / g);
+        out.push(bx.0 + (i as f64 + u[3 * k + 1]) / g as f64 * (bx.1 - bx.0));
+        out.push(by.0 + (j as f64 + u[3 * k + 2]) / g as f64 * (by.1 - by.0));
+    }
+    out
+}
