@@ -537,24 +537,10 @@ fn one_sensor_flow_matches_the_grid_posterior_better_than_full_rank() {
 
 #[test]
 fn cli_flow_run_writes_draws_density_and_distances() {
-    let exe = env!("CARGO_BIN_EXE_pdevi");
     let dir = std::env::temp_dir().join(format!("pdevi_flow_cli_{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let run = |args: &[&str]| {
-        let o = std::process::Command::new(exe)
-            .args(args)
-            .output()
-            .expect("run pdevi");
-        (
-            o.status.code(),
-            format!(
-                "{}\n{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            ),
-        )
-    };
+    let run = common::pdevi;
     let p = |name: &str| dir.join(name).to_str().unwrap().to_string();
     let (pf, pr, px, py) = (p("flow"), p("renyi"), p("x"), p("y"));
     std::fs::write(dir.join("one.csv"), "x,y,value\n0.25,0.25,0.0259\n").unwrap();

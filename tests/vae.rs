@@ -284,23 +284,9 @@ fn vae_learns_inclusions_and_its_prior_beats_the_kl_prior() {
 
 #[test]
 fn cli_simulates_trains_and_inverts_with_every_output() {
-    let exe = env!("CARGO_BIN_EXE_pdevi");
     let dir = std::env::temp_dir().join(format!("pdevi_vae_cli_{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let run = |args: &[&str]| {
-        let o = std::process::Command::new(exe)
-            .args(args)
-            .output()
-            .expect("run pdevi");
-        (
-            o.status.code(),
-            format!(
-                "{}\n{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            ),
-        )
-    };
+    let run = common::pdevi;
     let p = |name: &str| dir.join(name).to_str().unwrap().to_string();
     // A case as darcy2d writes one, and a training set with solutions.
     let (code, err) = run(&[

@@ -92,31 +92,13 @@ fn parse_hidden(s: &str) -> Result<Vec<usize>> {
 
 /// `pdevi run --family flow`.
 pub fn run_flow(cfg: &RunConfig) -> Result<serde_json::Value> {
-    let unsupported = [
-        ("live", cfg.live == Some(true)),
-        ("frames", cfg.frames.is_some()),
-        ("gif", cfg.gif == Some(true)),
-        ("checkpoint-every", cfg.checkpoint_every.is_some()),
-        ("resume", cfg.resume.is_some()),
-        ("dry-run", cfg.dry_run == Some(true)),
-        ("profile", cfg.profile == Some(true)),
-        ("tol-start", cfg.tol_start.is_some()),
-        (
-            "forward surrogate",
-            cfg.forward.as_deref().is_some_and(|f| f != "exact"),
-        ),
-        (
-            "likelihood residual",
-            cfg.likelihood.as_deref().is_some_and(|l| l != "forward"),
-        ),
-    ];
-    if let Some((what, _)) = unsupported.iter().find(|u| u.1) {
-        return Err(Error::setting(
-            "family",
-            "flow",
-            format!("--{what} is not available with the flow family yet; drop it, or use a Gaussian family"),
-        ));
-    }
+    crate::cli::run::refuse_options(
+        cfg,
+        true,
+        "family",
+        "flow",
+        "the flow family yet; drop it, or use a Gaussian family",
+    )?;
     let st = setup(cfg)?;
     let pb = &st.pb;
     let d = pb.d;

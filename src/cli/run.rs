@@ -437,26 +437,13 @@ pub fn setup(cfg: &RunConfig) -> Result<Setup> {
     let prior = parse_prior(cfg.prior.as_deref())?;
     if prior.is_some() {
         // These paths map the latent vector to a field with the KL basis.
-        let unsupported = [
-            ("live", cfg.live == Some(true)),
-            ("frames", cfg.frames.is_some()),
-            ("gif", cfg.gif == Some(true)),
-            (
-                "forward surrogate",
-                cfg.forward.as_deref().is_some_and(|f| f != "exact"),
-            ),
-            (
-                "likelihood residual",
-                cfg.likelihood.as_deref().is_some_and(|l| l != "forward"),
-            ),
-        ];
-        if let Some((what, _)) = unsupported.iter().find(|u| u.1) {
-            return Err(Error::setting(
-                "prior",
-                cfg.prior.as_deref().unwrap_or_default(),
-                format!("--{what} is not available with a generative prior (it draws fields with the KL basis); drop one of the two"),
-            ));
-        }
+        refuse_options(
+            cfg,
+            false,
+            "prior",
+            cfg.prior.as_deref().unwrap_or_default(),
+            "a generative prior (it draws fields with the KL basis); drop one of the two",
+        )?;
     }
     let kind = if inclusions {
         ProblemKind::Darcy2d
@@ -566,6 +553,48 @@ pub fn setup(cfg: &RunConfig) -> Result<Setup> {
         cg,
         lock: Some(lock),
     })
+}
+
+/// Refuse the options a path cannot honour: the live view and frames, a
+/// surrogate forward model, the residual likelihood, and with `long_run`
+/// also checkpoints, resume, `--dry-run`, `--profile` and `--tol-start`.
+/// The error names the first such option and `what` it clashes with.
+pub fn refuse_options(
+    cfg: &RunConfig,
+    long_run: bool,
+    key: &str,
+    value: &str,
+    what: &str,
+) -> Result<()> {
+    let unsupported = [
+        ("live", cfg.live == Some(true)),
+        ("frames", cfg.frames.is_some()),
+        ("gif", cfg.gif == Some(true)),
+        (
+            "forward surrogate",
+            cfg.forward.as_deref().is_some_and(|f| f != "exact"),
+        ),
+        (
+            "likelihood residual",
+            cfg.likelihood.as_deref().is_some_and(|l| l != "forward"),
+        ),
+        (
+            "checkpoint-every",
+            long_run && cfg.checkpoint_every.is_some(),
+        ),
+        ("resume", long_run && cfg.resume.is_some()),
+        ("dry-run", long_run && cfg.dry_run == Some(true)),
+        ("profile", long_run && cfg.profile == Some(true)),
+        ("tol-start", long_run && cfg.tol_start.is_some()),
+    ];
+    match unsupported.iter().find(|u| u.1) {
+        Some((option, _)) => Err(Error::setting(
+            key,
+            value,
+            format!("--{option} is not available with {what}"),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// `--prior`: `kl` (none: the problem's Gaussian field) or `vae:DIR`.

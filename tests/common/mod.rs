@@ -130,3 +130,19 @@ pub fn read(ctx: &GpuContext, buf: &wgpu::Buffer, count: usize) -> Vec<f64> {
 pub fn upload(ctx: &GpuContext, label: &str, v: &[f64]) -> wgpu::Buffer {
     ctx.upload(label, &f32s(v)).expect("upload failed")
 }
+
+/// Run the `pdevi` binary: (exit code, stdout and stderr).
+pub fn pdevi(args: &[&str]) -> (Option<i32>, String) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_pdevi"))
+        .args(args)
+        .output()
+        .expect("run pdevi");
+    (
+        o.status.code(),
+        format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
