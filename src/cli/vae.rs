@@ -172,16 +172,12 @@ pub fn load_fields(path: &Path) -> Result<(Vec<f64>, usize, String)> {
         path: path.into(),
         message,
     };
-    let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&data)
-        .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
-    let meta = meta.metadata().clone().unwrap_or_default();
-    if meta.get("format").map(String::as_str) != Some("pdevi-fields") {
-        return Err(bad(format!(
-            "not a set of fields (metadata format is {:?}, expected \"pdevi-fields\"); write one with `pdevi simulate --problem inclusions2d --count N --out FILE.safetensors`",
-            meta.get("format")
-        )));
-    }
+    let (data, meta) = io::read_safetensors_checked(
+        path,
+        "pdevi-fields",
+        "a set of fields",
+        "pdevi simulate --problem inclusions2d --count N --out FILE.safetensors",
+    )?;
     let class = meta
         .get("class")
         .cloned()

@@ -200,16 +200,12 @@ impl SimSet {
             path: path.into(),
             message,
         };
-        let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&data)
-            .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
-        let meta = meta.metadata().clone().unwrap_or_default();
-        if meta.get("format").map(String::as_str) != Some(FORMAT) {
-            return Err(bad(format!(
-                "not a pdevi training set (metadata format is {:?}, expected {FORMAT:?}); write one with `pdevi simulate --count N --out FILE.safetensors`",
-                meta.get("format")
-            )));
-        }
+        let (data, meta) = crate::output::io::read_safetensors_checked(
+            path,
+            FORMAT,
+            "a pdevi training set",
+            "pdevi simulate --count N --out FILE.safetensors",
+        )?;
         let get = |k: &str| -> Result<&String> {
             meta.get(k)
                 .ok_or_else(|| bad(format!("metadata key `{k}` is missing")))

@@ -741,6 +741,31 @@ pub fn write_safetensors_f32(
     })
 }
 
+/// Reads a `.safetensors` file written by [`write_safetensors_f32`] and
+/// checks its metadata `format`: (the file's bytes, its metadata). A wrong
+/// format says the file is not `what` and how to write one (`how`).
+pub fn read_safetensors_checked(
+    path: &Path,
+    format: &str,
+    what: &str,
+    how: &str,
+) -> Result<(Vec<u8>, HashMap<String, String>)> {
+    let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&data)
+        .map_err(|e| format_err(path, format!("not a safetensors file: {e}")))?;
+    let meta = meta.metadata().clone().unwrap_or_default();
+    if meta.get("format").map(String::as_str) != Some(format) {
+        return Err(format_err(
+            path,
+            format!(
+                "not {what} (metadata format is {:?}, expected {format:?}); write one with `{how}`",
+                meta.get("format")
+            ),
+        ));
+    }
+    Ok((data, meta))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
