@@ -6,7 +6,7 @@ mod common;
 
 use common::Rng;
 use pdevi::cpu::multigrid::{
-    galerkin, mg_pcg, prolong_add, restrict, Coarsening, Hierarchy, MgSettings, Stencil,
+    galerkin, mg_pcg, prolong_add, restrict, Coarsening, Elements, Hierarchy, MgSettings, Stencil,
 };
 use pdevi::cpu::physics as cpu;
 use pdevi::physics::problem::{Problem, ProblemKind};
@@ -103,6 +103,40 @@ fn galerkin_product_matches_dense_and_rediscretisation_for_constant_kappa() {
     for (a, b) in g.a.iter().zip(&r.a) {
         for k in 0..9 {
             assert!((a[k] - b[k]).abs() < 1e-13, "{a:?} vs {b:?}");
+        }
+    }
+}
+
+#[test]
+fn galerkin_by_elements_equals_the_nodal_product_on_every_level() {
+    // The GPU coarsens element matrices (sum over children of P^T E P);
+    // the nodal 5 x 5-patch product is the independent reference.
+    let n = 32;
+    let mut rng = Rng::new(21);
+    let coef: Vec<f64> = rng
+        .vec_uniform(n * n, -2.0, 2.0)
+        .iter()
+        .map(|z| z.exp())
+        .collect();
+    let mut nodal = Stencil::q1(n, &coef);
+    let mut elements = Elements::q1(n, &coef);
+    for level in 0..=3 {
+        if level > 0 {
+            nodal = galerkin(&nodal);
+            elements = elements.coarsen();
+        }
+        let by_elements = elements.stencil();
+        assert_eq!(by_elements.m, nodal.m);
+        let scale = nodal.a.iter().flatten().fold(0.0f64, |m, v| m.max(v.abs()));
+        for (k, (a, b)) in by_elements.a.iter().zip(&nodal.a).enumerate() {
+            for s in 0..9 {
+                assert!(
+                    (a[s] - b[s]).abs() <= 1e-12 * scale,
+                    "level {level}, node {k}, slot {s}: {} by elements, {} nodal",
+                    a[s],
+                    b[s]
+                );
+            }
         }
     }
 }

@@ -142,25 +142,6 @@ fn stencil_entry(lv: Lvl, k: u32, s: u32) -> f32 {
     return work[lv.stencil + 9u * k + s];
 }
 
-// (A_l v)_k for the vector at `vb` (level l's layout).
-fn lvl_apply(sys: u32, l: u32, lv: Lvl, vb: u32, k: u32) -> f32 {
-    if (l == 0u) {
-        return op_apply(sys, vb, k);
-    }
-    let m = i32(lv.m);
-    let i = i32(k % lv.m);
-    let j = i32(k / lv.m);
-    var acc = 0.0;
-    for (var s = 0u; s < 9u; s++) {
-        let ni = i + i32(s % 3u) - 1;
-        let nj = j + i32(s / 3u) - 1;
-        if (ni >= 0 && nj >= 0 && ni < m && nj < m) {
-            acc += work[lv.stencil + 9u * k + s] * work[vb + u32(nj * m + ni)];
-        }
-    }
-    return acc;
-}
-
 fn w1d(o: i32) -> f32 {
     switch abs(o) {
         case 0: { return 1.0; }
@@ -279,70 +260,186 @@ fn mg_setup(sys: u32, lid: u32, levels: u32) {
 }
 
 // ---- the V-cycle: z = M r (r, z at rb, zb in level 0's layout) ----
+//
+// Every operator pass is a column walk (invocation `lid` owns whole grid
+// columns and walks them upwards with a 3 x 3 window of the input), and a
+// smoothing sweep or a residual is formed as the pass stores each node, so
+// a sweep is one pass and one barrier. Sweeps ping-pong between a level's
+// x and t (a node's neighbours still read the old iterate); level 0 reads
+// r itself as its right-hand side and its last sweep writes z.
 
-// t = A_l v for every node of the level (level 0 by common/pass_q1's
-// column walk, which loads 3 values of v and 2 of kappa per node).
-fn lvl_apply_all(sys: u32, lid: u32, l: u32, lv: Lvl, vb: u32, tb: u32) {
+// What `store_at` does with the operator's value a = (A v)_k: store it
+// (ST_APPLY, the CG's own pass), a damped-Jacobi sweep
+// v_k + omega dinv_k (b_k - a) (ST_SWEEP, which also adds b_k times the
+// value to `st_dot`: at level 0 b = r, so r^T z comes with the last sweep),
+// or the residual b_k - a (ST_RESIDUAL). Set per pass by `mg_pass`; the
+// same for every invocation.
+const ST_APPLY: u32 = 0u;
+const ST_SWEEP: u32 = 1u;
+const ST_RESIDUAL: u32 = 2u;
+var<private> st_mode: u32;
+var<private> st_out: u32;
+var<private> st_v: u32;
+var<private> st_b: u32;
+var<private> st_dinv: u32;
+var<private> st_dot: f32;
+
+fn store_at(idx: u32, a: f32) {
+    switch st_mode {
+        case 1u: {
+            let k = idx - st_out;
+            let b = work[st_b + k];
+            let v = work[st_v + k] + MG_OMEGA * work[st_dinv + k] * (b - a);
+            work[idx] = v;
+            st_dot += b * v;
+        }
+        case 2u: {
+            work[idx] = work[st_b + idx - st_out] - a;
+        }
+        default: {
+            work[idx] = a;
+        }
+    }
+}
+
+// Level l's value at node (i, j) (0-based), zero outside.
+fn lvl_node(vb: u32, m: u32, i: i32, j: i32) -> f32 {
+    if (i < 0 || j < 0 || i >= i32(m) || j >= i32(m)) {
+        return 0.0;
+    }
+    return work[vb + u32(j) * m + u32(i)];
+}
+
+// The column walk of a coarse level's 9-point stencil (l > 0), storing
+// through `store_at`.
+fn lvl_pass(lv: Lvl, vb: u32, ob: u32, lid: u32) {
+    let m = lv.m;
+    for (var iu = lid; iu < m; iu += WG) {
+        let i = i32(iu);
+        var w0 = vec3<f32>(0.0);
+        var w1 = vec3<f32>(lvl_node(vb, m, i - 1, 0), lvl_node(vb, m, i, 0), lvl_node(vb, m, i + 1, 0));
+        for (var j = 0u; j < m; j++) {
+            let jn = i32(j) + 1;
+            let w2 = vec3<f32>(lvl_node(vb, m, i - 1, jn), lvl_node(vb, m, i, jn), lvl_node(vb, m, i + 1, jn));
+            let k = j * m + iu;
+            let s = lv.stencil + 9u * k;
+            let a = work[s] * w0.x + work[s + 1u] * w0.y + work[s + 2u] * w0.z
+                + work[s + 3u] * w1.x + work[s + 4u] * w1.y + work[s + 5u] * w1.z
+                + work[s + 6u] * w2.x + work[s + 7u] * w2.y + work[s + 8u] * w2.z;
+            store_at(ob + k, a);
+            w0 = w1;
+            w1 = w2;
+        }
+    }
+}
+
+// One operator pass over level l: v at vb, output at ob, right-hand side
+// at bb; `mode` is ST_APPLY, ST_SWEEP or ST_RESIDUAL. Ends with a barrier.
+fn mg_pass(sys: u32, lid: u32, l: u32, lv: Lvl, vb: u32, ob: u32, bb: u32, mode: u32) {
+    st_mode = mode;
+    st_out = ob;
+    st_v = vb;
+    st_b = bb;
+    st_dinv = lv.dinv;
     if (l == 0u) {
-        _ = op_pass(sys, vb, tb, lid);
+        _ = op_pass(sys, vb, ob, lid);
     } else {
-        for (var k = lid; k < lv.nu; k += WG) {
-            work[tb + k] = lvl_apply(sys, l, lv, vb, k);
+        lvl_pass(lv, vb, ob, lid);
+    }
+    storageBarrier();
+}
+
+// The coarse right-hand side: full weighting of the fine residual at rb,
+// walked by coarse columns (the 3 x 3 fine nodes of an interior coarse
+// node are all unknowns, so no bounds checks).
+fn mg_restrict(fv: Lvl, rb: u32, cv: Lvl, lid: u32) {
+    let mf = fv.m;
+    for (var ic = lid; ic < cv.m; ic += WG) {
+        let fi = 2u * ic + 1u;
+        for (var jc = 0u; jc < cv.m; jc++) {
+            let c = rb + (2u * jc + 1u) * mf + fi;
+            let below = 0.5 * work[c - mf - 1u] + work[c - mf] + 0.5 * work[c - mf + 1u];
+            let mid = 0.5 * work[c - 1u] + work[c] + 0.5 * work[c + 1u];
+            let above = 0.5 * work[c + mf - 1u] + work[c + mf] + 0.5 * work[c + mf + 1u];
+            work[cv.b + jc * cv.m + ic] = 0.5 * below + mid + 0.5 * above;
         }
     }
     storageBarrier();
 }
 
-// MG_SWEEPS damped-Jacobi sweeps; `from_zero`: x is zero, so the first
-// sweep is x = omega D^-1 b without an operator application.
-fn mg_smooth(sys: u32, lid: u32, l: u32, lv: Lvl, from_zero: bool) {
-    for (var s = 0u; s < MG_SWEEPS; s++) {
-        if (s == 0u && from_zero) {
-            for (var k = lid; k < lv.nu; k += WG) {
-                work[lv.x + k] = MG_OMEGA * work[lv.dinv + k] * work[lv.b + k];
-            }
-        } else {
-            lvl_apply_all(sys, lid, l, lv, lv.x, lv.t);
-            for (var k = lid; k < lv.nu; k += WG) {
-                work[lv.x + k] += MG_OMEGA * work[lv.dinv + k] * (work[lv.b + k] - work[lv.t + k]);
-            }
-        }
-        storageBarrier();
+// Coarse correction at the coarse node (ci, cj) (1-based, zero on the
+// boundary) of the coarse vector at cb.
+fn coarse_node(cb: u32, mc: u32, ci: u32, cj: u32) -> f32 {
+    if (ci == 0u || cj == 0u || ci > mc || cj > mc) {
+        return 0.0;
     }
+    return work[cb + (cj - 1u) * mc + ci - 1u];
 }
 
-fn vcycle(sys: u32, lid: u32, levels: u32, rb: u32, zb: u32) {
-    let l0 = lvl(sys, 0u, levels);
-    for (var k = lid; k < l0.nu; k += WG) {
-        work[l0.b + k] = work[rb + k];
+// Bilinear interpolation along one coarse row cj at fine column i (1-based).
+fn prolong_row(cb: u32, mc: u32, i: u32, cj: u32) -> f32 {
+    if (i % 2u == 0u) {
+        return coarse_node(cb, mc, i / 2u, cj);
+    }
+    return 0.5 * (coarse_node(cb, mc, i / 2u, cj) + coarse_node(cb, mc, i / 2u + 1u, cj));
+}
+
+// x += P e, walked by fine columns (e at cb on the coarse level).
+fn mg_prolong_add(fv: Lvl, xb: u32, cb: u32, mc: u32, lid: u32) {
+    let mf = fv.m;
+    for (var iu = lid; iu < mf; iu += WG) {
+        let i = iu + 1u;
+        for (var ju = 0u; ju < mf; ju++) {
+            let j = ju + 1u;
+            var e = 0.0;
+            if (j % 2u == 0u) {
+                e = prolong_row(cb, mc, i, j / 2u);
+            } else {
+                e = 0.5 * (prolong_row(cb, mc, i, j / 2u) + prolong_row(cb, mc, i, j / 2u + 1u));
+            }
+            work[xb + ju * mf + iu] += e;
+        }
     }
     storageBarrier();
+}
+
+// z = M r; returns this invocation's part of r^T z.
+fn vcycle(sys: u32, lid: u32, levels: u32, rb: u32, zb: u32) -> f32 {
+    // Where each level's smoothed iterate lives (its x or its t).
+    var cur: array<u32, MG_MAX_LEVELS>;
     // Down: smooth from zero, restrict the residual.
     for (var l = 0u; l + 1u < levels; l++) {
         let lv = lvl(sys, l, levels);
-        let cv = lvl(sys, l + 1u, levels);
-        mg_smooth(sys, lid, l, lv, true);
-        lvl_apply_all(sys, lid, l, lv, lv.x, lv.t);
+        var bb = lv.b;
+        if (l == 0u) {
+            bb = rb;
+        }
+        // The first sweep from x = 0 needs no operator.
         for (var k = lid; k < lv.nu; k += WG) {
-            work[lv.t + k] = work[lv.b + k] - work[lv.t + k];
+            work[lv.x + k] = MG_OMEGA * work[lv.dinv + k] * work[bb + k];
         }
         storageBarrier();
-        let mf = i32(lv.m);
-        for (var kc = lid; kc < cv.nu; kc += WG) {
-            let fi = 2 * i32(kc % cv.m) + 1;
-            let fj = 2 * i32(kc / cv.m) + 1;
-            var acc = 0.0;
-            for (var oy = -1; oy <= 1; oy++) {
-                for (var ox = -1; ox <= 1; ox++) {
-                    acc += w1d(ox) * w1d(oy) * work[lv.t + u32((fj + oy) * mf + fi + ox)];
-                }
-            }
-            work[cv.b + kc] = acc;
+        var a = lv.x;
+        var o = lv.t;
+        for (var s = 1u; s < MG_SWEEPS; s++) {
+            mg_pass(sys, lid, l, lv, a, o, bb, ST_SWEEP);
+            let sw = a;
+            a = o;
+            o = sw;
+        }
+        cur[l] = a;
+        mg_pass(sys, lid, l, lv, a, o, bb, ST_RESIDUAL);
+        mg_restrict(lv, o, lvl(sys, l + 1u, levels), lid);
+    }
+    // Coarsest: L L^T x = b (a one-level hierarchy solves r directly).
+    let cl = levels - 1u;
+    let cv = lvl(sys, cl, levels);
+    if (levels == 1u) {
+        for (var k = lid; k < cv.nu; k += WG) {
+            work[cv.b + k] = work[rb + k];
         }
         storageBarrier();
     }
-    // Coarsest: L L^T x = b.
-    let cv = lvl(sys, levels - 1u, levels);
     if (lid == 0u) {
         let nu = cv.nu;
         for (var i = 0u; i < nu; i++) {
@@ -362,41 +459,46 @@ fn vcycle(sys: u32, lid: u32, levels: u32, rb: u32, zb: u32) {
         }
     }
     storageBarrier();
-    // Up: prolong the correction (a gather per fine node), smooth.
+    cur[cl] = cv.x;
+    var dot = 0.0;
+    if (levels == 1u) {
+        for (var k = lid; k < cv.nu; k += WG) {
+            let z = work[cv.x + k];
+            work[zb + k] = z;
+            dot += work[rb + k] * z;
+        }
+        storageBarrier();
+    }
+    // Up: prolong the correction, smooth (level 0's last sweep writes z).
     for (var li = 1u; li < levels; li++) {
         let l = levels - 1u - li;
         let lv = lvl(sys, l, levels);
-        let cvl = lvl(sys, l + 1u, levels);
-        let mc = i32(cvl.m);
-        for (var k = lid; k < lv.nu; k += WG) {
-            // Fine grid node (i, j), 1-based; coarse node (I, J) sits at (2I, 2J).
-            let i = i32(k % lv.m) + 1;
-            let j = i32(k / lv.m) + 1;
-            var acc = 0.0;
-            for (var cj = (j - 1) / 2; cj <= (j + 1) / 2; cj++) {
-                for (var ci = (i - 1) / 2; ci <= (i + 1) / 2; ci++) {
-                    if (ci >= 1 && cj >= 1 && ci <= mc && cj <= mc) {
-                        let wt = w1d(i - 2 * ci) * w1d(j - 2 * cj);
-                        acc += wt * work[cvl.x + u32((cj - 1) * mc + ci - 1)];
-                    }
-                }
-            }
-            work[lv.x + k] += acc;
+        var bb = lv.b;
+        if (l == 0u) {
+            bb = rb;
         }
-        storageBarrier();
-        mg_smooth(sys, lid, l, lv, false);
+        var a = cur[l];
+        var o = lv.x;
+        if (a == lv.x) {
+            o = lv.t;
+        }
+        mg_prolong_add(lv, a, cur[l + 1u], lvl_m(l + 1u), lid);
+        for (var s = 0u; s < MG_SWEEPS; s++) {
+            if (l == 0u && s + 1u == MG_SWEEPS) {
+                o = zb;
+            }
+            st_dot = 0.0;
+            mg_pass(sys, lid, l, lv, a, o, bb, ST_SWEEP);
+            dot = st_dot;
+            let sw = a;
+            a = o;
+            o = sw;
+        }
     }
-    for (var k = lid; k < l0.nu; k += WG) {
-        work[zb + k] = work[l0.x + k];
-    }
-    storageBarrier();
+    return dot;
 }
 
 // ---- CG with the V-cycle as preconditioner ----
-
-fn store_at(idx: u32, v: f32) {
-    work[idx] = v;
-}
 
 // Setup, r = b - A x0, z = M r, p = z and the state.
 @compute @workgroup_size(WG)
@@ -422,14 +524,10 @@ fn mg_cg_start(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     }
     let sums = wg_sum2(acc, lid);
     storageBarrier();
-    vcycle(sys, lid, levels, wr, wz);
-    var accz = 0.0;
+    let rz = wg_sum(vcycle(sys, lid, levels, wr, wz), lid);
     for (var k = lid; k < nu; k += WG) {
-        let z = work[wz + k];
-        work[wp + k] = z;
-        accz += work[wr + k] * z;
+        work[wp + k] = work[wz + k];
     }
-    let rz = wg_sum(accz, lid);
     if (lid == 0u) {
         state[sys] = cg_start_state(sums.x, sums.y, rz, P.tol);
     }
@@ -466,6 +564,7 @@ fn mg_cg_iterate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
             status = MAXITER;
             break;
         }
+        st_mode = ST_APPLY;
         let pap = wg_sum(op_pass(sys, wp, wa, lid), lid);
         if (!(pap > 0.0) || !(rz > 0.0)) {
             status = BREAKDOWN;
@@ -490,12 +589,7 @@ fn mg_cg_iterate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
             break;
         }
         storageBarrier();
-        vcycle(sys, lid, levels, wr, wz);
-        var rzp = 0.0;
-        for (var k = lid; k < nu; k += WG) {
-            rzp += work[wr + k] * work[wz + k];
-        }
-        let rz_new = wg_sum(rzp, lid);
+        let rz_new = wg_sum(vcycle(sys, lid, levels, wr, wz), lid);
         let beta = rz_new / rz;
         rz = rz_new;
         for (var k = lid; k < nu; k += WG) {

@@ -209,6 +209,10 @@ pub fn solver(
                 Err(e) => return Err(e),
             };
             let xi = crate::rng::normals(7, crate::rng::streams::TRUTH, 0, batch * pb.d);
+            // One untimed solve: llvmpipe compiles a pipeline per set of
+            // uniform values at its first dispatch, which took seconds.
+            let info = s.solve(ctx, &xi)?;
+            crate::physics::solver::check_converged(&info, "benchmark solve", &cg)?;
             let mut reps = 0;
             let mut iters = 0.0;
             let t = Instant::now();

@@ -185,6 +185,103 @@ pub fn galerkin(fine: &Stencil) -> Stencil {
     Stencil { m: mc as usize, a }
 }
 
+/// The Q1 element matrix for unit coefficient, corners ordered sw, se, nw,
+/// ne: 1/6 of 4 on the diagonal, -1 along an edge, -2 across.
+pub const Q1_ELEMENT: [[f64; 4]; 4] = [
+    [4.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0, -2.0 / 6.0],
+    [-1.0 / 6.0, 4.0 / 6.0, -2.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, -2.0 / 6.0, 4.0 / 6.0, -1.0 / 6.0],
+    [-2.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0, 4.0 / 6.0],
+];
+
+/// A level's operator as 4 x 4 element matrices, one per cell (row-major
+/// cells, corners sw, se, nw, ne). Galerkin coarsening keeps this form: with
+/// nested grids bilinear interpolation inside a coarse cell is exact on each
+/// child, so the coarse element is the sum over the four children of
+/// `P_c^T E_c P_c` (what the GPU builds, cell by cell, in
+/// `shaders/physics/multigrid.wgsl`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Elements {
+    pub cells: usize,
+    pub e: Vec<[[f64; 4]; 4]>,
+}
+
+/// Weight of coarse corner `c` (sw, se, nw, ne) at corner `p` of child
+/// `(a, b)` of a coarse cell (bilinear, in half-cell steps).
+pub fn child_weight(a: usize, b: usize, p: usize, c: usize) -> f64 {
+    let x = (a + (p & 1)) as f64 * 0.5;
+    let y = (b + (p >> 1)) as f64 * 0.5;
+    let wx = if c & 1 == 1 { x } else { 1.0 - x };
+    let wy = if c >> 1 == 1 { y } else { 1.0 - y };
+    wx * wy
+}
+
+impl Elements {
+    /// kappa_c times the unit element, per cell.
+    pub fn q1(n: usize, coef: &[f64]) -> Self {
+        let e = coef
+            .iter()
+            .map(|&k| Q1_ELEMENT.map(|row| row.map(|v| k * v)))
+            .collect();
+        Elements { cells: n, e }
+    }
+
+    /// The next coarser level: `sum over children of P^T E P`.
+    pub fn coarsen(&self) -> Self {
+        let nc = self.cells / 2;
+        let mut out = vec![[[0.0; 4]; 4]; nc * nc];
+        for cj in 0..nc {
+            for ci in 0..nc {
+                let acc = &mut out[cj * nc + ci];
+                for b in 0..2 {
+                    for a in 0..2 {
+                        let ec = &self.e[(2 * cj + b) * self.cells + 2 * ci + a];
+                        for r in 0..4 {
+                            for c in 0..4 {
+                                let mut v = 0.0;
+                                for p in 0..4 {
+                                    for q in 0..4 {
+                                        v += child_weight(a, b, p, r)
+                                            * ec[p][q]
+                                            * child_weight(a, b, q, c);
+                                    }
+                                }
+                                acc[r][c] += v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Elements { cells: nc, e: out }
+    }
+
+    /// The 9-point stencil on the interior nodes (each node sums the four
+    /// cells around it).
+    pub fn stencil(&self) -> Stencil {
+        let n = self.cells;
+        let m = n - 1;
+        let mut a = vec![[0.0; 9]; m * m];
+        for j in 1..n {
+            for i in 1..n {
+                let s = &mut a[(j - 1) * m + i - 1];
+                for cy in j - 1..=j {
+                    for cx in i - 1..=i {
+                        let e = &self.e[cy * n + cx];
+                        let me = (i - cx) + 2 * (j - cy);
+                        for q in 0..4 {
+                            let (px, py) = (cx + (q & 1), cy + (q >> 1));
+                            let (di, dj) = (px as isize - i as isize, py as isize - j as isize);
+                            s[slot(di, dj)] += e[me][q];
+                        }
+                    }
+                }
+            }
+        }
+        Stencil { m, a }.without_boundary()
+    }
+}
+
 /// Coarse cell coefficients: the geometric mean of the four children.
 pub fn coarsen_coef(n: usize, coef: &[f64]) -> Vec<f64> {
     let nc = n / 2;
@@ -282,9 +379,14 @@ impl Hierarchy {
     pub fn new(n: usize, coef: &[f64], s: MgSettings) -> Self {
         let mut levels = vec![Stencil::q1(n, coef)];
         let (mut cells, mut kappa) = (n, coef.to_vec());
+        // Galerkin products by elements, as the GPU forms them.
+        let mut elements = Elements::q1(n, coef);
         while cells > s.coarsest && cells % 2 == 0 && cells / 2 >= 2 {
             let next = match s.coarsening {
-                Coarsening::Galerkin => galerkin(levels.last().expect("one level")),
+                Coarsening::Galerkin => {
+                    elements = elements.coarsen();
+                    elements.stencil()
+                }
                 Coarsening::Rediscretise => {
                     kappa = coarsen_coef(cells, &kappa);
                     Stencil::q1(cells / 2, &kappa)
