@@ -142,80 +142,151 @@ fn stencil_entry(lv: Lvl, k: u32, s: u32) -> f32 {
     return work[lv.stencil + 9u * k + s];
 }
 
-fn w1d(o: i32) -> f32 {
-    switch abs(o) {
-        case 0: { return 1.0; }
-        case 1: { return 0.5; }
-        default: { return 0.0; }
-    }
+// ---- setup: element matrices, coarse stencils, diagonals, the coarsest factor ----
+//
+// Galerkin products by elements: with nested grids, bilinear interpolation
+// inside a coarse cell is exact on each of its four children, so the coarse
+// element matrix is the sum over the children of P_c^T E_c P_c, and P^T A P
+// is again assembled from 4 x 4 element matrices (src/cpu/multigrid.rs:
+// Elements). Level 1's children are kappa times the unit Q1 element.
+// Element matrices of levels 1, 2, ... are kept in level 0's stencil block,
+// which the matrix-free level 0 does not otherwise need (16 (n/2)^2 +
+// 16 (n/4)^2 + ... < 9 (n-1)^2 floats).
+
+// Interpolation from a coarse cell's corners to child (a, b)'s corners:
+// column c (coarse corner sw, se, nw, ne), row p (child corner), bilinear.
+fn child_p(a: u32, b: u32) -> mat4x4<f32> {
+    let x = vec4<f32>(f32(a), f32(a + 1u), f32(a), f32(a + 1u)) * 0.5;
+    let y = vec4<f32>(f32(b), f32(b), f32(b + 1u), f32(b + 1u)) * 0.5;
+    return mat4x4<f32>(
+        (1.0 - x) * (1.0 - y),
+        x * (1.0 - y),
+        (1.0 - x) * y,
+        x * y,
+    );
 }
 
-// ---- setup: diagonals, Galerkin coarse stencils, the coarsest factor ----
+// Element matrices are symmetric: stored as 4 vec4 rows (= columns).
+fn elem_load(at: u32) -> mat4x4<f32> {
+    return mat4x4<f32>(
+        vec4<f32>(work[at], work[at + 1u], work[at + 2u], work[at + 3u]),
+        vec4<f32>(work[at + 4u], work[at + 5u], work[at + 6u], work[at + 7u]),
+        vec4<f32>(work[at + 8u], work[at + 9u], work[at + 10u], work[at + 11u]),
+        vec4<f32>(work[at + 12u], work[at + 13u], work[at + 14u], work[at + 15u]),
+    );
+}
+
+fn elem_row(at: u32, r: u32) -> vec4<f32> {
+    let o = at + 4u * r;
+    return vec4<f32>(work[o], work[o + 1u], work[o + 2u], work[o + 3u]);
+}
+
+// Offset of level l's (l >= 1) element matrices within level 0's block.
+fn elem_base(sys: u32, l: u32, levels: u32) -> u32 {
+    var off = lvl(sys, 0u, levels).stencil;
+    for (var k = 1u; k < l; k++) {
+        let c = P.n >> k;
+        off += 16u * c * c;
+    }
+    return off;
+}
+
+// Level l's element matrices from level l - 1's (or from kappa for l = 1).
+fn mg_elements(sys: u32, lid: u32, l: u32, levels: u32) {
+    let cells = P.n >> l;
+    let fine_cells = 2u * cells;
+    let out = elem_base(sys, l, levels);
+    let fine = elem_base(sys, l - 1u, levels);
+    // The unit Q1 element (corners sw, se, nw, ne).
+    let unit = mat4x4<f32>(
+        vec4<f32>(4.0, -1.0, -1.0, -2.0),
+        vec4<f32>(-1.0, 4.0, -2.0, -1.0),
+        vec4<f32>(-1.0, -2.0, 4.0, -1.0),
+        vec4<f32>(-2.0, -1.0, -1.0, 4.0),
+    ) * (1.0 / 6.0);
+    let p00 = child_p(0u, 0u);
+    let p10 = child_p(1u, 0u);
+    let p01 = child_p(0u, 1u);
+    let p11 = child_p(1u, 1u);
+    for (var c = lid; c < cells * cells; c += WG) {
+        let ci = c % cells;
+        let cj = c / cells;
+        let f00 = 2u * cj * fine_cells + 2u * ci;
+        let f10 = f00 + 1u;
+        let f01 = f00 + fine_cells;
+        let f11 = f01 + 1u;
+        var e: mat4x4<f32>;
+        if (l == 1u) {
+            e = transpose(p00) * (unit * coef_at(sys, f00)) * p00
+                + transpose(p10) * (unit * coef_at(sys, f10)) * p10
+                + transpose(p01) * (unit * coef_at(sys, f01)) * p01
+                + transpose(p11) * (unit * coef_at(sys, f11)) * p11;
+        } else {
+            e = transpose(p00) * elem_load(fine + 16u * f00) * p00
+                + transpose(p10) * elem_load(fine + 16u * f10) * p10
+                + transpose(p01) * elem_load(fine + 16u * f01) * p01
+                + transpose(p11) * elem_load(fine + 16u * f11) * p11;
+        }
+        let o = out + 16u * c;
+        for (var r = 0u; r < 4u; r++) {
+            let col = e[r];
+            work[o + 4u * r] = col.x;
+            work[o + 4u * r + 1u] = col.y;
+            work[o + 4u * r + 2u] = col.z;
+            work[o + 4u * r + 3u] = col.w;
+        }
+    }
+    storageBarrier();
+}
+
+// Level l's 9-point stencil from its element matrices: node (i, j) (1-based
+// grid node) is the ne corner of its sw cell, the nw corner of its se cell,
+// the se corner of its nw cell and the sw corner of its ne cell; each of
+// those rows couples it to the cell's corners.
+fn mg_stencil(sys: u32, lid: u32, l: u32, lv: Lvl, levels: u32) {
+    let cells = P.n >> l;
+    let eb = elem_base(sys, l, levels);
+    for (var iu = lid; iu < lv.m; iu += WG) {
+        for (var ju = 0u; ju < lv.m; ju++) {
+            // Cell (cx, cy) = (iu, ju) is the node's sw cell.
+            let c_sw = eb + 16u * (ju * cells + iu);
+            let r_sw = elem_row(c_sw, 3u);
+            let r_se = elem_row(c_sw + 16u, 2u);
+            let r_nw = elem_row(c_sw + 16u * cells, 1u);
+            let r_ne = elem_row(c_sw + 16u * cells + 16u, 0u);
+            let st = lv.stencil + 9u * (ju * lv.m + iu);
+            work[st] = r_sw.x;
+            work[st + 1u] = r_sw.y + r_se.x;
+            work[st + 2u] = r_se.y;
+            work[st + 3u] = r_sw.z + r_nw.x;
+            work[st + 4u] = r_sw.w + r_se.z + r_nw.y + r_ne.x;
+            work[st + 5u] = r_se.w + r_ne.y;
+            work[st + 6u] = r_nw.z;
+            work[st + 7u] = r_nw.w + r_ne.z;
+            work[st + 8u] = r_ne.w;
+        }
+    }
+    storageBarrier();
+}
 
 fn mg_setup(sys: u32, lid: u32, levels: u32) {
     let l0 = lvl(sys, 0u, levels);
     for (var k = lid; k < l0.nu; k += WG) {
-        for (var s = 0u; s < 9u; s++) {
-            work[l0.stencil + 9u * k + s] = fine_entry(sys, k, s);
+        work[l0.dinv + k] = 1.0 / op_diag(sys, k);
+    }
+    if (levels == 1u) {
+        // The coarsest level is level 0: its stencil for the factor.
+        for (var k = lid; k < l0.nu; k += WG) {
+            for (var s = 0u; s < 9u; s++) {
+                work[l0.stencil + 9u * k + s] = fine_entry(sys, k, s);
+            }
         }
     }
     storageBarrier();
-    for (var l = 0u; l < levels; l++) {
+    for (var l = 1u; l < levels; l++) {
         let lv = lvl(sys, l, levels);
-        if (l > 0u) {
-            // Galerkin: column K of P^T A_{l-1} P, as in galerkin() of the mirror.
-            let fv = lvl(sys, l - 1u, levels);
-            let mf = i32(fv.m);
-            let mc = i32(lv.m);
-            for (var kc = lid; kc < lv.nu; kc += WG) {
-                let ic = i32(kc % lv.m);
-                let jc = i32(kc / lv.m);
-                let fi = 2 * ic + 1;
-                let fj = 2 * jc + 1;
-                var y: array<f32, 25>;
-                for (var oy = -2; oy <= 2; oy++) {
-                    for (var ox = -2; ox <= 2; ox++) {
-                        let i = fi + ox;
-                        let j = fj + oy;
-                        var acc = 0.0;
-                        if (i >= 0 && j >= 0 && i < mf && j < mf) {
-                            let kf = u32(j * mf + i);
-                            for (var s = 0u; s < 9u; s++) {
-                                let di = i32(s % 3u) - 1;
-                                let dj = i32(s / 3u) - 1;
-                                let wt = w1d(ox + di) * w1d(oy + dj);
-                                if (wt != 0.0) {
-                                    acc += stencil_entry(fv, kf, s) * wt;
-                                }
-                            }
-                        }
-                        y[(oy + 2) * 5 + ox + 2] = acc;
-                    }
-                }
-                for (var dj = -1; dj <= 1; dj++) {
-                    for (var di = -1; di <= 1; di++) {
-                        let li = ic + di;
-                        let lj = jc + dj;
-                        if (li < 0 || lj < 0 || li >= mc || lj >= mc) {
-                            continue;
-                        }
-                        var acc = 0.0;
-                        for (var pj = -1; pj <= 1; pj++) {
-                            for (var pi = -1; pi <= 1; pi++) {
-                                let ox = 2 * di + pi;
-                                let oy = 2 * dj + pj;
-                                if (abs(ox) <= 2 && abs(oy) <= 2) {
-                                    acc += w1d(pi) * w1d(pj) * y[(oy + 2) * 5 + ox + 2];
-                                }
-                            }
-                        }
-                        let s = u32((1 - dj) * 3 + (1 - di));
-                        work[lv.stencil + 9u * u32(lj * mc + li) + s] = acc;
-                    }
-                }
-            }
-            storageBarrier();
-        }
+        mg_elements(sys, lid, l, levels);
+        mg_stencil(sys, lid, l, lv, levels);
         for (var k = lid; k < lv.nu; k += WG) {
             work[lv.dinv + k] = 1.0 / stencil_entry(lv, k, 4u);
         }
