@@ -275,6 +275,50 @@ fn gpu_multigrid_cg_matches_the_reference() {
         }
         let x = read(ctx, &bx, batch * nu);
         let states: Vec<CgState> = ctx.read(&bs, 0, batch).unwrap();
+        // A second right-hand side on the hierarchy the first start built
+        // (the adjoint solve's path), from x = 0.
+        let rhs2: Vec<f64> = (0..batch * nu)
+            .map(|k| h * h * (1.0 + (k as f64 * 0.37).sin()))
+            .collect();
+        let br2 = upload(ctx, "rhs2", &rhs2);
+        let bx2 = ctx.storage("x2", (batch * nu * 4) as u64).unwrap();
+        let bufs2 = [&bp, &bc, &br2, &bx2, &bw, &bs];
+        run(ctx, KernelId::MgCgStartReuseQ1, &bufs2, [batch, 1]);
+        for _ in 0..p.max_iter.div_ceil(p.chunk) {
+            run(ctx, KernelId::MgCgIterateQ1, &bufs2, [batch, 1]);
+        }
+        let x2 = read(ctx, &bx2, batch * nu);
+        let states2: Vec<CgState> = ctx.read(&bs, 0, batch).unwrap();
+        for b in 0..batch {
+            let r = mg_pcg(
+                n,
+                &coef[b * n * n..(b + 1) * n * n],
+                &rhs2[b * nu..(b + 1) * nu],
+                1e-5,
+                100,
+                MgSettings::default(),
+            );
+            let st = states2[b];
+            assert_eq!(
+                st.status,
+                status::CONVERGED,
+                "reuse, n = {n}, system {b}: {st:?}"
+            );
+            assert!(
+                (st.iters as i64 - r.iters as i64).abs() <= 1,
+                "reuse, n = {n}: GPU {} iterations, reference {}",
+                st.iters,
+                r.iters
+            );
+            let xmax = r.x.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+            common::assert_close(
+                &format!("multigrid x (reused hierarchy) n = {n} system {b}"),
+                &x2[b * nu..(b + 1) * nu],
+                &r.x,
+                1e-4 * xmax,
+                0.0,
+            );
+        }
         for b in 0..batch {
             let r = mg_pcg(
                 n,

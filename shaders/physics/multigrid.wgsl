@@ -574,14 +574,25 @@ fn vcycle(sys: u32, lid: u32, levels: u32, rb: u32, zb: u32) -> f32 {
 // Setup, r = b - A x0, z = M r, p = z and the state.
 @compute @workgroup_size(WG)
 fn mg_cg_start(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let sys = wid.x;
-    let nu = P.nunk;
     let levels = mg_levels();
+    mg_setup(wid.x, lid, levels);
+    mg_start(wid.x, lid, levels);
+}
+
+// The start for a second right-hand side with the same kappa (the adjoint
+// solve after the forward one): the hierarchy the last `mg_cg_start` built
+// in `work` is still valid, so the setup is skipped.
+@compute @workgroup_size(WG)
+fn mg_cg_start_reuse(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    mg_start(wid.x, lid, mg_levels());
+}
+
+fn mg_start(sys: u32, lid: u32, levels: u32) {
+    let nu = P.nunk;
     let xb = sys * nu;
     let wr = sys * mg_system_floats(levels);
     let wp = wr + nu;
     let wz = wr + 3u * nu;
-    mg_setup(sys, lid, levels);
     for (var k = lid; k < nu; k += WG) {
         work[wp + k] = x[xb + k];
     }

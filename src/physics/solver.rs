@@ -473,7 +473,13 @@ impl BatchedSolver {
         };
         let direct = pb.kind == ProblemKind::Poisson1d && cg.direct_1d;
         // One bind group layout serves start and iterate of both operators.
-        let solve = |rhs: &wgpu::Buffer, x: &wgpu::Buffer, state: &wgpu::Buffer| -> Result<Solve> {
+        // `reuse`: the adjoint solve, whose operator is the forward one's, so
+        // with multigrid it starts from the hierarchy the forward start built.
+        let solve = |rhs: &wgpu::Buffer,
+                     x: &wgpu::Buffer,
+                     state: &wgpu::Buffer,
+                     reuse: bool|
+         -> Result<Solve> {
             if direct {
                 return Ok(Solve::Direct(ctx.prepare(
                     &args::P1Direct {
@@ -493,7 +499,9 @@ impl BatchedSolver {
                 work: &work,
                 state,
             };
-            let (start, iterate) = if multigrid {
+            let (start, iterate) = if multigrid && reuse {
+                (KernelId::MgCgStartReuseQ1, KernelId::MgCgIterateQ1)
+            } else if multigrid {
                 (KernelId::MgCgStartQ1, KernelId::MgCgIterateQ1)
             } else {
                 let (s, i, _) = Self::solver_kernels(pb.kind);
@@ -504,8 +512,8 @@ impl BatchedSolver {
                 iterate: ctx.prepare_as(iterate, &a, extent)?,
             })
         };
-        let fwd = solve(rhs_fwd, &u, &state_fwd)?;
-        let adjoint = solve(&adj, &lam, &state_adj)?;
+        let fwd = solve(rhs_fwd, &u, &state_fwd, false)?;
+        let adjoint = solve(&adj, &lam, &state_adj, true)?;
         let kl = ctx.prepare(
             &args::KlMap {
                 params: &u_kl,
@@ -757,7 +765,9 @@ impl BatchedSolver {
     }
 
     /// Record the misfit, the adjoint solve and the gradient with respect to
-    /// xi (after [`encode_forward`](Self::encode_forward)).
+    /// xi (after [`encode_forward`](Self::encode_forward)). It must follow a
+    /// forward solve of the same xi with no other solve of this solver in
+    /// between: with multigrid the adjoint reuses that solve's hierarchy.
     pub fn encode_gradient(&self, enc: &mut wgpu::CommandEncoder) {
         enc.clear_buffer(&self.adj, 0, None);
         if !self.cg.warm_start {
