@@ -100,7 +100,10 @@ pub fn multigrid_floats(n: usize) -> usize {
 
 /// Largest chunk of multigrid-CG iterations per dispatch under
 /// [`LOOP_TRIP_BUDGET`], and a check that the hierarchy's setup fits in
-/// it too (its Galerkin products loop about 300 times per coarse node).
+/// it too. The model counts the loop trips of one invocation in
+/// shaders/physics/multigrid.wgsl: column walks make `ceil(m / wg) m`
+/// trips, strided passes `ceil(m^2 / wg)`, the coarsest level's one
+/// invocation its triangular solves and its factorisation.
 pub fn multigrid_max_chunk(n: usize, wg: u32) -> Result<u32> {
     let levels = multigrid_levels(n);
     let wg = wg as usize;
@@ -115,23 +118,36 @@ pub fn multigrid_max_chunk(n: usize, wg: u32) -> Result<u32> {
             ),
         ));
     }
-    let passes = |m: usize| (m * m).div_ceil(wg);
-    // Per V-cycle: 4 sweeps x 2 passes + zero, residual, restrict and
-    // prolong passes per level, stencil loops (9) on coarse levels.
-    let cycle: usize = levels
+    let strided = |m: usize| (m * m).div_ceil(wg);
+    let walk = |m: usize| m.div_ceil(wg) * m;
+    let last = levels.len() - 1;
+    // Per V-cycle and level above the coarsest: the first sweep (strided),
+    // two column walks down (sweep, residual), the restriction walk on the
+    // coarse level, and three up (prolongation, two sweeps); 16 trips of
+    // slack for the level loops.
+    let cycle: usize = levels[..last]
         .iter()
-        .enumerate()
-        .map(|(l, &m)| passes(m) * 12 * if l > 0 { 9 } else { 1 })
+        .zip(&levels[1..])
+        .map(|(&m, &mc)| strided(m) + 5 * walk(m) + walk(mc) + 16)
         .sum::<usize>()
-        + 2 * coarsest;
+        + coarsest
+        + strided(levels[0]);
     let cols = (wg as f64).sqrt() as usize;
-    let per_iter = cycle + 5 * passes(n - 1) + 6 * cols + 8;
-    let setup: usize = levels
-        .iter()
-        .enumerate()
-        .map(|(l, &m)| passes(m) * if l > 0 { 310 } else { 1 })
-        .sum::<usize>()
-        + coarsest.pow(3) / 3;
+    // Plus the CG's operator walk, two strided updates and two reductions.
+    let per_iter = cycle + walk(n - 1) + 2 * strided(n - 1) + 4 * cols + 16;
+    // Setup: level 0's diagonal; per coarse level its elements (the offset
+    // loop adds l trips each), stencil walk and diagonal; the coarsest
+    // level's dense matrix and Cholesky factor.
+    let setup: usize = strided(levels[0])
+        + levels
+            .iter()
+            .enumerate()
+            .skip(1)
+            .map(|(l, &m)| strided(m + 1) * (l + 1) + walk(m) + strided(m))
+            .sum::<usize>()
+        + coarsest * 10
+        + coarsest.pow(3) / 3
+        + 2 * strided(n - 1);
     let budget = LOOP_TRIP_BUDGET as usize;
     if setup + per_iter > budget {
         return Err(Error::setting(
