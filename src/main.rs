@@ -232,6 +232,11 @@ struct RunOpts {
     /// run: CG tolerance of the first steps, tightened a decade at a time to --tol.
     #[arg(long)]
     tol_start: Option<f64>,
+    /// run: CG tolerance from the gradient's Monte Carlo noise: this factor
+    /// (default 0.5) times its relative standard error (times lr_t / lr_0),
+    /// between --tol and 1e-2; 0 turns it off (so does --tol-start).
+    #[arg(long)]
+    tol_noise: Option<f64>,
     /// darcy2d's CG preconditioner: auto (multigrid where the grid and device allow it), jacobi or mg.
     #[arg(long)]
     precond: Option<String>,
@@ -727,6 +732,7 @@ impl RunOpts {
             max_iters: self.max_iters,
             precond: self.precond.clone(),
             tol_start: self.tol_start,
+            tol_noise: self.tol_noise,
             quiet: self.quiet.then_some(true),
             sampler: self.sampler.clone(),
             chains: self.chains,

@@ -77,12 +77,15 @@ fn rows() -> Vec<Row> {
             nsens, kl_scale, noise_precision, omega, triad_scale,
         } in [SolverQ1 "PdeParams"],
         pdevi::gpu::layout::CgState {
-            iters, status, rz, bnorm2, rnorm2, _pad,
+            iters, status, rz, bnorm2, rnorm2, tol, tol_next, _pad,
         } in [SolverQ1 "CgState", P1Direct "CgState", Mcmc "CgState"],
         pdevi::infer::vi::ViParams {
             d, r, family, samples, step, seed_lo, seed_hi, nparam, nobs, history, log_norm,
             per_row, grad_scale, kl_scale, _pad,
         } in [Vi "ViParams"],
+        pdevi::infer::vi::TolParams {
+            samples, d, _pad0, _pad1, factor, scale, tol_min, tol_max,
+        } in [CgTol "TolParams"],
         pdevi::infer::adam::AdamParams {
             n, step, lr, beta1, beta2, eps, weight_decay, grad_scale, clip_norm, _pad,
         } in [Adam "AdamParams"],

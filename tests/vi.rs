@@ -432,3 +432,240 @@ fn tolerance_schedule_tightens_by_decades() {
     levels.dedup();
     assert_eq!(levels.len(), 4, "{levels:?}");
 }
+
+/// `cg_tol_noise` against its mirror: the tolerance from the misfit
+/// gradients' Monte Carlo noise, its clamps and fallbacks, and the request
+/// written into every forward and adjoint CgState (nothing else touched).
+#[test]
+fn cg_tol_noise_matches_cpu_and_requests_every_solve() {
+    use pdevi::gpu::layout::CgState;
+    use pdevi::infer::vi::TolParams;
+    let ctx = ctx();
+    let mut rng = Rng::new(41);
+    let (s, d) = (16usize, 64usize);
+    // A mean gradient plus sample noise: rel. standard error about 0.1.
+    let mean = rng.vec_normal(d);
+    let noisy: Vec<f64> = (0..s * d)
+        .map(|k| mean[k % d] + 1.5 * rng.normal())
+        .collect();
+    let base = TolParams {
+        samples: s as u32,
+        d: d as u32,
+        factor: 0.5,
+        scale: 0.8,
+        tol_min: 1e-5,
+        tol_max: 1e-1,
+        ..Default::default()
+    };
+    let cases: Vec<(&str, TolParams, Vec<f64>)> = vec![
+        ("noise", base, noisy.clone()),
+        (
+            "clamped above",
+            TolParams {
+                factor: 100.0,
+                ..base
+            },
+            noisy.clone(),
+        ),
+        (
+            "clamped below",
+            TolParams {
+                factor: 1e-6,
+                ..base
+            },
+            noisy.clone(),
+        ),
+        ("zero gradient", base, vec![0.0; s * d]),
+        (
+            "one sample",
+            TolParams { samples: 1, ..base },
+            noisy[..d].to_vec(),
+        ),
+    ];
+    for (name, p, g) in cases {
+        let want = cvi::cg_tol_noise(&p, &g);
+        let st0 = CgState {
+            iters: 7,
+            status: 1,
+            rz: 2.5,
+            tol: 3e-3,
+            ..Default::default()
+        };
+        let bp = ctx.upload("tol params", &[p]).unwrap();
+        let bg = upload(ctx, "gxi", &g);
+        let bf = ctx
+            .upload("state_fwd", &vec![st0; p.samples as usize])
+            .unwrap();
+        let ba = ctx
+            .upload("state_adj", &vec![st0; p.samples as usize])
+            .unwrap();
+        let bs = upload(ctx, "scalars", &[1.0, 2.0, 3.0, 0.0, 5.0]);
+        run(
+            ctx,
+            KernelId::CgTolNoise,
+            &[&bp, &bg, &bf, &ba, &bs],
+            [1, 1],
+        );
+        let got = read(ctx, &bs, 5);
+        assert_close(
+            &format!("{name}: tolerance"),
+            &got[3..4],
+            &[want],
+            0.0,
+            1e-4,
+        );
+        assert_eq!(&got[..3], &[1.0, 2.0, 3.0], "{name}: other scalars kept");
+        for buf in [&bf, &ba] {
+            let sts: Vec<CgState> = ctx.read(buf, 0, p.samples as usize).unwrap();
+            for st in sts {
+                assert!(
+                    ((st.tol_next as f64) - want).abs() <= 1e-4 * want,
+                    "{name}: request {} vs {want}",
+                    st.tol_next
+                );
+                assert_eq!(
+                    (st.iters, st.status, st.rz, st.tol),
+                    (7, 1, 2.5, 3e-3),
+                    "{name}: the solve's own fields were changed"
+                );
+            }
+        }
+        match name {
+            // Between the clamps: 0.5 * 0.8 * rel, rel about 0.1.
+            "noise" => assert!(want > 1e-3 && want < 1e-1, "noise: {want}"),
+            // The bounds are f32 in the parameter block.
+            "clamped above" => assert!((want - 1e-1).abs() < 1e-7, "{want}"),
+            _ => assert!((want - 1e-5).abs() < 1e-11, "{name}: {want}"),
+        }
+    }
+}
+
+/// A CG start takes the tolerance asked for in its state (the noise rule's
+/// request) over the parameter block's, on the GPU as in the mirror, for
+/// Jacobi-PCG and multigrid; 0 leaves the parameter block's.
+#[test]
+fn solves_honour_the_requested_tolerance() {
+    use pdevi::cpu::physics as cphys;
+    use pdevi::gpu::layout::CgState;
+    use pdevi::physics::solver::{BatchedSolver, Precond};
+    let ctx = ctx();
+    let pb = Problem::new(ProblemKind::Darcy2d, 32, 16).unwrap();
+    let batch = 4;
+    let xi = pdevi::rng::normals(5, pdevi::rng::streams::TRUTH, 0, batch * pb.d);
+    for precond in [Precond::Jacobi, Precond::Multigrid] {
+        let cg = CgParams {
+            rel_tol: 1e-6,
+            precond,
+            ..Default::default()
+        };
+        let s = BatchedSolver::new(ctx, &pb, batch, cg, None, false).unwrap();
+        let tight = s.solve(ctx, &xi).unwrap();
+        let req = CgState {
+            tol_next: 1e-2,
+            ..Default::default()
+        };
+        ctx.write(&s.state_fwd, &vec![req; batch]);
+        let loose = s.solve(ctx, &xi).unwrap();
+        let states: Vec<CgState> = ctx.read(&s.state_fwd, 0, batch).unwrap();
+        for b in 0..batch {
+            assert!(loose[b].converged, "{precond:?} system {b}: {:?}", loose[b]);
+            assert!(
+                loose[b].rel_residual <= 1e-2 && loose[b].iters < tight[b].iters,
+                "{precond:?} system {b}: loose {:?}, tight {:?}",
+                loose[b],
+                tight[b]
+            );
+            assert_eq!(states[b].tol, 1e-2, "{precond:?}: the tolerance used");
+            assert_eq!(states[b].tol_next, 1e-2, "{precond:?}: the request is kept");
+        }
+        if precond == Precond::Jacobi {
+            // The mirror's start reads the same request.
+            let nu = pb.nunk();
+            let coef: Vec<f64> = (0..batch)
+                .flat_map(|b| pb.field(&xi[b * pb.d..(b + 1) * pb.d]))
+                .map(|z| z.exp())
+                .collect();
+            let rhs = vec![pb.h() * pb.h(); batch * nu];
+            let mut p = s.params;
+            p.tol = 1e-6;
+            let (mut x, mut work) = (vec![0.0; batch * nu], vec![0.0; 4 * batch * nu]);
+            let mut st = vec![
+                cphys::CgState {
+                    tol_next: 1e-2,
+                    ..Default::default()
+                };
+                batch
+            ];
+            cphys::cg_solve(cphys::Op::Q1, &p, &coef, &rhs, &mut x, &mut work, &mut st);
+            for b in 0..batch {
+                assert_eq!(st[b].tol, 1e-2);
+                assert!(
+                    (st[b].iters as i64 - loose[b].iters as i64).abs() <= 2,
+                    "system {b}: mirror {} iterations, GPU {}",
+                    st[b].iters,
+                    loose[b].iters
+                );
+            }
+        }
+    }
+}
+
+/// The noise rule on darcy2d: looser solves (fewer CG iterations, a mean
+/// tolerance above --tol) and the posterior of fixed tight solves from the
+/// same seed, well within the run-to-run noise of VI itself.
+#[test]
+fn noise_tolerance_loosens_solves_and_keeps_the_posterior() {
+    let ctx = ctx();
+    let pb = Problem::new(ProblemKind::Darcy2d, 32, 16).unwrap();
+    let y = simulate(&pb, 3);
+    let fit_with = |tol_noise: Option<f64>| {
+        let s = FitSettings {
+            family: Family::FullRank,
+            samples: 8,
+            steps: 300,
+            lr: 0.05,
+            lr_final: 0.1,
+            seed: 2,
+            report_every: 50,
+            tol_noise,
+            ..Default::default()
+        };
+        let mut eng =
+            ViEngine::new(ctx, &pb, s.family, s.samples, &pb.sensors, &y, s.seed, s.cg).unwrap();
+        let mut good = Vec::new();
+        let r = fit(ctx, &mut eng, &s, &mut good, |_, _| {}).unwrap();
+        let (m, c) = s.family.moments(pb.d, &r.theta);
+        (r, m, c)
+    };
+    let (rf, mf, cf) = fit_with(None);
+    let (rn, mn, cn) = fit_with(Some(0.5));
+    let tol = rn
+        .mean_cg_tol
+        .expect("the noise rule reports its tolerance");
+    eprintln!(
+        "fixed: {:.2} CG iterations; noise: {:.2} at mean tolerance {tol:.2e}",
+        rf.mean_cg_iters, rn.mean_cg_iters
+    );
+    assert!(rf.mean_cg_tol.is_none());
+    assert!(tol > 1e-4 && tol <= 1e-2, "mean tolerance {tol}");
+    assert!(
+        rn.mean_cg_iters < 0.8 * rf.mean_cg_iters,
+        "iterations {} vs {}",
+        rn.mean_cg_iters,
+        rf.mean_cg_iters
+    );
+    let d = pb.d;
+    let mut worst: (f64, f64) = (0.0, 0.0);
+    for i in 0..d {
+        let sd = cf[i * d + i].sqrt();
+        worst.0 = worst.0.max((mn[i] - mf[i]).abs() / sd);
+        worst.1 = worst.1.max((cn[i * d + i].sqrt() / sd - 1.0).abs());
+    }
+    eprintln!(
+        "worst mean change {:.3} sd, worst sd change {:.3}",
+        worst.0, worst.1
+    );
+    // Measured: 0.0x sd; a rule that broke the gradient moves q by O(1) sd.
+    assert!(worst.0 < 0.1, "means moved by {} sd", worst.0);
+    assert!(worst.1 < 0.05, "sds changed by {}", worst.1);
+}

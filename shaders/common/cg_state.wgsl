@@ -8,9 +8,9 @@ struct CgState {
     rz: f32,       // r^T D^-1 r
     bnorm2: f32,   // ||b||^2
     rnorm2: f32,   // ||r||^2 (recursive residual)
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    tol: f32,      // the relative tolerance of this solve (set by its start)
+    tol_next: f32, // the tolerance the next start is asked for; 0: P.tol
+    _pad: u32,
 }
 
 const RUNNING: u32 = 0u;
@@ -18,11 +18,21 @@ const CONVERGED: u32 = 1u;
 const MAXITER: u32 = 2u;
 const BREAKDOWN: u32 = 3u;
 
+// The tolerance a start uses: the one asked for in the state (by
+// shaders/infer/cg_tol.wgsl, from the Monte Carlo noise of the last
+// gradient) or else `fixed` (the parameter block's).
+fn cg_requested_tol(st: CgState, fixed: f32) -> f32 {
+    return select(fixed, st.tol_next, st.tol_next > 0.0);
+}
+
 // The state after a CG start from ||b||^2, ||r0||^2 and r0^T z0: converged
 // at once for a zero right-hand side or a small enough initial residual,
-// broken down on NaN.
-fn cg_start_state(bnorm2: f32, rnorm2: f32, rz: f32, tol: f32) -> CgState {
+// broken down on NaN. `prev` is the state before the start, whose request
+// for the next tolerance is kept.
+fn cg_start_state(bnorm2: f32, rnorm2: f32, rz: f32, tol: f32, prev: CgState) -> CgState {
     var st: CgState;
+    st.tol = tol;
+    st.tol_next = prev.tol_next;
     st.iters = 0u;
     st.status = RUNNING;
     st.rz = rz;

@@ -611,7 +611,8 @@ fn mg_start(sys: u32, lid: u32, levels: u32) {
         work[wp + k] = work[wz + k];
     }
     if (lid == 0u) {
-        state[sys] = cg_start_state(sums.x, sums.y, rz, P.tol);
+        let prev = state[sys];
+        state[sys] = cg_start_state(sums.x, sums.y, rz, cg_requested_tol(prev, P.tol), prev);
     }
     if (sums.x == 0.0) {
         for (var k = lid; k < nu; k += WG) {
@@ -662,7 +663,7 @@ fn mg_cg_iterate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         }
         rnorm2 = wg_sum(rr, lid);
         iters += 1u;
-        if (rnorm2 <= P.tol * P.tol * bnorm2) {
+        if (rnorm2 <= st0.tol * st0.tol * bnorm2) {
             status = CONVERGED;
             break;
         }

@@ -61,7 +61,8 @@ fn cg_start(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
         work[wp + k] = work[wd + k] * work[wr + k];
     }
     if (lid == 0u) {
-        state[sys] = cg_start_state(sums.x, sums.y, rz, P.tol);
+        let prev = state[sys];
+        state[sys] = cg_start_state(sums.x, sums.y, rz, cg_requested_tol(prev, P.tol), prev);
     }
     // A zero right-hand side has the zero solution whatever the initial guess.
     if (sums.x == 0.0) {
@@ -122,7 +123,7 @@ fn cg_iterate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
             status = BREAKDOWN;
             break;
         }
-        if (sums.x <= P.tol * P.tol * bnorm2) {
+        if (sums.x <= st0.tol * st0.tol * bnorm2) {
             status = CONVERGED;
             break;
         }

@@ -264,6 +264,8 @@ pub struct ViBench {
     pub steps: usize,
     pub steps_per_s: f64,
     pub mean_cg_iters: f64,
+    /// The noise rule's mean CG tolerance (null: fixed at 1e-5).
+    pub mean_cg_tol: Option<f64>,
     pub dispatches_per_step: usize,
     pub device: String,
     /// GPU time per section of a step (null where the device has no
@@ -322,6 +324,7 @@ pub fn vi(
             steps,
             steps_per_s: steps as f64 / r.seconds,
             mean_cg_iters: r.mean_cg_iters,
+            mean_cg_tol: r.mean_cg_tol,
             dispatches_per_step: eng.dispatches_per_step(),
             device: ctx.describe(),
             profile: eng
@@ -852,6 +855,7 @@ pub fn amortised(
             cg,
             report_every: 10,
             tol_start: None,
+            tol_noise: None,
             resume: None,
             first_step: 0,
             profile: false,
@@ -882,6 +886,7 @@ pub fn amortised(
         cg,
         report_every: 50,
         tol_start: None,
+        tol_noise: None,
         resume: None,
         first_step: 0,
         profile: false,

@@ -63,6 +63,11 @@ pub struct RunConfig {
     /// `pdevi run`: CG tolerance of the first steps, tightened a decade at a
     /// time to `tol` over the first 60 % of the steps (off by default).
     pub tol_start: Option<f64>,
+    /// `pdevi run`: each step's CG tolerance is this factor (default 0.5)
+    /// times the last step's relative Monte Carlo standard error of the
+    /// misfit gradient (times lr_t / lr_0), between `tol` and 1e-2; 0 turns
+    /// it off (so does `tol_start`).
+    pub tol_noise: Option<f64>,
     /// darcy2d's CG preconditioner: `auto` (default: multigrid where the
     /// grid and device allow it), `jacobi` or `mg`.
     pub precond: Option<String>,
@@ -109,6 +114,17 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
+    /// The factor of the noise-based CG tolerance VI runs with: `tol_noise`
+    /// (0: off), else the default unless `tol_start` sets a schedule.
+    pub fn tol_noise_factor(&self) -> Option<f64> {
+        match self.tol_noise {
+            Some(c) if c > 0.0 => Some(c),
+            Some(_) => None,
+            None if self.tol_start.is_some() => None,
+            None => Some(crate::infer::vi::TOL_NOISE_DEFAULT),
+        }
+    }
+
     /// Parse a TOML file; errors name the file and line.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
@@ -158,6 +174,7 @@ impl RunConfig {
             gn_iters,
             init,
             tol_start,
+            tol_noise,
             precond,
             forward,
             surrogate_variance,
@@ -557,7 +574,8 @@ pub fn setup(cfg: &RunConfig) -> Result<Setup> {
 
 /// Refuse the options a path cannot honour: the live view and frames, a
 /// surrogate forward model, the residual likelihood, and with `long_run`
-/// also checkpoints, resume, `--dry-run`, `--profile` and `--tol-start`.
+/// also checkpoints, resume, `--dry-run`, `--profile`, `--tol-start` and
+/// `--tol-noise`.
 /// The error names the first such option and `what` it clashes with.
 pub fn refuse_options(
     cfg: &RunConfig,
@@ -586,6 +604,10 @@ pub fn refuse_options(
         ("dry-run", long_run && cfg.dry_run == Some(true)),
         ("profile", long_run && cfg.profile == Some(true)),
         ("tol-start", long_run && cfg.tol_start.is_some()),
+        (
+            "tol-noise",
+            long_run && cfg.tol_noise.is_some_and(|c| c > 0.0),
+        ),
     ];
     match unsupported.iter().find(|u| u.1) {
         Some((option, _)) => Err(Error::setting(
@@ -701,6 +723,22 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
             "must be in (0, 1] (a fraction of lr)",
         ));
     }
+    if let Some(c) = cfg.tol_noise {
+        if !(c.is_finite() && c >= 0.0) {
+            return Err(Error::setting(
+                "tol_noise",
+                c,
+                "must be a factor >= 0 (0 turns the noise-based tolerance off)",
+            ));
+        }
+        if c > 0.0 && cfg.tol_start.is_some() {
+            return Err(Error::setting(
+                "tol_noise",
+                c,
+                "--tol-start and --tol-noise both set the CG tolerance: give one",
+            ));
+        }
+    }
     if let Some(t) = cfg.tol_start {
         if !(t.is_finite() && t > 0.0 && t < 1.0) {
             return Err(Error::setting(
@@ -721,6 +759,7 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
         cg,
         report_every: 10,
         tol_start: cfg.tol_start,
+        tol_noise: cfg.tol_noise_factor(),
         resume: None,
         first_step: 0,
         profile: false,
@@ -870,6 +909,19 @@ pub fn run(cfg: &RunConfig) -> Result<serde_json::Value> {
         "wall_seconds": r.seconds,
         "steps_per_s": (done - first_step) as f64 / r.seconds,
         "mean_cg_iters": r.mean_cg_iters,
+        "cg_tol": serde_json::json!({
+            "mode": if settings.tol_noise.is_some() {
+                "noise"
+            } else if settings.tol_start.is_some() {
+                "schedule"
+            } else {
+                "fixed"
+            },
+            "tol": settings.cg.rel_tol,
+            "noise_factor": settings.tol_noise,
+            "noise_max": settings.tol_noise.map(|_| crate::infer::vi::TOL_NOISE_MAX),
+            "mean_over_readbacks": r.mean_cg_tol,
+        }),
         "unconverged_solves_sampled": r.unconverged_solves,
         "dispatches_per_step": engine.dispatches_per_step(),
         "device": ctx.describe(),

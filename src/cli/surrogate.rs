@@ -152,6 +152,7 @@ pub fn run_surrogate(cfg: &RunConfig, dir: &Path) -> Result<serde_json::Value> {
         cg: st.cg,
         report_every: 50,
         tol_start: None,
+        tol_noise: None,
         resume: None,
         first_step: 0,
         profile: false,

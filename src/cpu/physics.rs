@@ -24,6 +24,19 @@ pub struct CgState {
     pub rz: f64,
     pub bnorm2: f64,
     pub rnorm2: f64,
+    /// The tolerance of the last solve (set by its start).
+    pub tol: f64,
+    /// The tolerance asked of the next start (0: `p.tol`).
+    pub tol_next: f64,
+}
+
+/// Mirror of `cg_requested_tol` (common/cg_state.wgsl).
+pub fn cg_requested_tol(st: &CgState, fixed: f64) -> f64 {
+    if st.tol_next > 0.0 {
+        st.tol_next
+    } else {
+        fixed
+    }
 }
 
 // ---- kl.wgsl ----
@@ -327,6 +340,7 @@ pub fn p1_direct(p: &PdeParams, rhs: &[f64], x: &mut [f64], state: &mut [CgState
             rz: 0.0,
             bnorm2: bb,
             rnorm2: rr,
+            ..Default::default()
         };
     }
 }
@@ -367,8 +381,8 @@ pub fn cg_start(
     state: &mut [CgState],
 ) {
     let (nu, nc) = (p.nunk as usize, p.ncoef as usize);
-    let tol = p.tol as f64;
     for sys in 0..p.batch as usize {
+        let tol = cg_requested_tol(&state[sys], p.tol as f64);
         let cf = &coef[(sys * nc).min(coef.len())..((sys + 1) * nc).min(coef.len())];
         let xb = &mut x[sys * nu..(sys + 1) * nu];
         let b = &rhs[sys * nu..(sys + 1) * nu];
@@ -393,6 +407,8 @@ pub fn cg_start(
             rz,
             bnorm2: bb,
             rnorm2: rr,
+            tol,
+            tol_next: state[sys].tol_next,
         };
         if bb == 0.0 || rr <= tol * tol * bb {
             st.status = status::CONVERGED;
@@ -418,12 +434,12 @@ pub fn cg_iterate(
     state: &mut [CgState],
 ) {
     let (nu, nc) = (p.nunk as usize, p.ncoef as usize);
-    let tol = p.tol as f64;
     for sys in 0..p.batch as usize {
         let mut st = state[sys];
         if st.status != status::RUNNING {
             continue;
         }
+        let tol = st.tol;
         let cf = &coef[(sys * nc).min(coef.len())..((sys + 1) * nc).min(coef.len())];
         let xb = &mut x[sys * nu..(sys + 1) * nu];
         let (r, pp, ap, dinv) = slots(&mut work[sys * 4 * nu..(sys + 1) * 4 * nu], nu);
@@ -517,6 +533,7 @@ pub fn jacobi_run(
             rz: 0.0,
             bnorm2: bb,
             rnorm2: rr,
+            ..Default::default()
         };
     }
 }

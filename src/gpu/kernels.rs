@@ -247,6 +247,9 @@ kernel_table! {
     /// The ELBO from the misfits and the KL, into the history.
     ViElbo => Vi."vi_elbo", Single,
         { params: Read @ 0, misfit: Read @ 6, scalars: ReadWrite @ 7 }
+    /// The next step's CG tolerance from the Monte Carlo noise of the misfit gradients.
+    CgTolNoise => CgTol."cg_tol_noise", Single,
+        { params: Read @ 0, gxi: Read @ 1, state_fwd: ReadWrite @ 2, state_adj: ReadWrite @ 3, scalars: ReadWrite @ 4 }
     /// A flow layer's net input: x_k masked to the kept coordinates; x = samples x d.
     FlowMask => Flow."flow_mask", Invocation,
         { params: Uniform @ 0, xs: ReadWrite @ 2, xin: ReadWrite @ 7 }

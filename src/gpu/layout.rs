@@ -70,7 +70,11 @@ pub struct CgState {
     pub rz: f32,
     pub bnorm2: f32,
     pub rnorm2: f32,
-    pub _pad: [u32; 3],
+    /// The relative tolerance of the last solve (set by its start).
+    pub tol: f32,
+    /// The tolerance asked of the next start (0: the parameter block's).
+    pub tol_next: f32,
+    pub _pad: u32,
 }
 
 /// Status codes written by the solver kernels.

@@ -61,6 +61,7 @@ sources! {
     VI = "infer/vi.wgsl";
     FLOW = "infer/flow.wgsl";
     ADAM = "infer/adam.wgsl";
+    CG_TOL = "infer/cg_tol.wgsl";
     MCMC = "infer/mcmc.wgsl";
     SURROGATE = "infer/surrogate.wgsl";
     MLP = "nn/mlp.wgsl";
@@ -137,6 +138,7 @@ modules! {
     Vi = "vi" [RNG, VI];
     Flow = "flow" [FLOW];
     Adam = "adam" [ADAM];
+    CgTol = "cg_tol" [CG_STATE, CG_TOL];
     P1Direct = "p1_direct" [PARAMS, CG_STATE, P1_DIRECT];
     Mlp = "mlp" [MLP];
     Mcmc = "mcmc" [RNG, CG_STATE, MCMC];

@@ -288,6 +288,7 @@ impl JointVi {
             trace,
             seconds,
             mean_cg_iters: 0.0,
+            mean_cg_tol: None,
             unconverged_solves: 0,
             interrupted,
         })

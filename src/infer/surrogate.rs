@@ -560,6 +560,7 @@ impl SurrogateVi {
             trace,
             seconds,
             mean_cg_iters: 0.0,
+            mean_cg_tol: None,
             unconverged_solves: 0,
             interrupted,
         })

@@ -7,7 +7,33 @@
 
 use crate::infer::adam::AdamParams;
 use crate::infer::vi::family_code::{FULL_RANK, LOW_RANK, MEAN_FIELD};
-use crate::infer::vi::ViParams;
+use crate::infer::vi::{TolParams, ViParams};
+
+/// Mirror of `cg_tol_noise` (shaders/infer/cg_tol.wgsl): the tolerance
+/// asked of the next solves from the misfit gradients `gxi` (S x d); the
+/// GPU also writes it into every CgState's `tol_next` and `scalars[3]`.
+pub fn cg_tol_noise(t: &TolParams, gxi: &[f64]) -> f64 {
+    let (s, d) = (t.samples as usize, t.d as usize);
+    let (mut dev, mut sq) = (0.0, 0.0);
+    for j in 0..d {
+        let m = (0..s).map(|b| gxi[b * d + j]).sum::<f64>() / s as f64;
+        for b in 0..s {
+            let g = gxi[b * d + j];
+            dev += (g - m) * (g - m);
+            sq += g * g;
+        }
+    }
+    let mean_sq = sq / s as f64;
+    let mut tol = t.tol_min as f64;
+    if s > 1 && mean_sq > 0.0 {
+        let rel = (dev / (s as f64 - 1.0) / s as f64 / mean_sq).sqrt();
+        tol = (t.factor as f64 * t.scale as f64 * rel).clamp(t.tol_min as f64, t.tol_max as f64);
+    }
+    if tol.is_nan() {
+        tol = t.tol_min as f64;
+    }
+    tol
+}
 
 /// Noise entries per sample.
 pub fn noise_dim(v: &ViParams) -> usize {
