@@ -565,6 +565,8 @@ fn vcycle(sys: u32, lid: u32, levels: u32, rb: u32, zb: u32) -> f32 {
             a = o;
             o = sw;
         }
+        // Where the finer level's prolongation finds this correction.
+        cur[l] = a;
     }
     return dot;
 }
