@@ -24,6 +24,8 @@ fn physics_cases(ctx: &GpuContext) -> Vec<Case> {
         (ProblemKind::Darcy2d, 24, 64, 3),
         (ProblemKind::Poisson1d, 128, 32, 5),
         (ProblemKind::Poisson1d, 16, 3, 2),
+        // Blocks cut short in every direction: 31 nodes, 5 modes, 11 systems.
+        (ProblemKind::Poisson1d, 32, 5, 11),
     ] {
         let pb = Problem::new(kind, n, d).unwrap();
         let mut rng = Rng::new(n as u64 * 31 + d as u64);
@@ -41,7 +43,7 @@ fn physics_cases(ctx: &GpuContext) -> Vec<Case> {
                 Case::new(
                     format!("kl_map {kind:?} n{n} d{d} b{batch} mode {mode}"),
                     KernelId::KlMap,
-                    [nc, batch],
+                    pdevi::physics::solver::kl_map_extent(nc, batch),
                 )
                 .params("params", &p)
                 .f32("xi", &xi)
@@ -76,7 +78,7 @@ fn physics_cases(ctx: &GpuContext) -> Vec<Case> {
             Case::new(
                 format!("kl_pullback_serial n{n} d{d} b{batch}"),
                 KernelId::KlPullbackSerial,
-                [d * batch, 1],
+                pdevi::physics::solver::kl_pullback_extent(d, batch),
             )
             .params("params", &p)
             .f32("basis", &basis)

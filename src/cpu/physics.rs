@@ -113,17 +113,13 @@ pub fn kl_pullback(p: &PdeParams, wg: usize, basis: &[f64], g: &[f64], gxi: &mut
 /// kernel's order).
 pub fn kl_pullback_serial(p: &PdeParams, basis: &[f64], g: &[f64], gxi: &mut [f64]) {
     let (d, nc) = (p.d as usize, p.ncoef as usize);
-    let whole = nc / 4 * 4;
     for b in 0..p.batch as usize {
         for k in 0..d {
-            let mut lanes = [0.0f64; 4];
-            for c in (0..whole).step_by(4) {
-                for (j, lane) in lanes.iter_mut().enumerate() {
-                    *lane += basis[k * nc + c + j] * g[b * nc + c + j];
-                }
+            let mut acc = 0.0;
+            for c in 0..nc {
+                acc += basis[k * nc + c] * g[b * nc + c];
             }
-            let tail: f64 = (whole..nc).map(|c| basis[k * nc + c] * g[b * nc + c]).sum();
-            gxi[b * d + k] = p.kl_scale as f64 * (lanes[0] + lanes[1] + lanes[2] + lanes[3] + tail);
+            gxi[b * d + k] = p.kl_scale as f64 * acc;
         }
     }
 }

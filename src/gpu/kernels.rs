@@ -156,13 +156,14 @@ kernel_table! {
     /// A bounded chunk of multigrid-preconditioned CG iterations, Q1 operator.
     MgCgIterateQ1 => SolverQ1Mg."mg_cg_iterate", Workgroup,
         { params: Uniform @ 0, coef: Read @ 1, rhs: Read @ 2, x: ReadWrite @ 3, work: ReadWrite @ 4, state: ReadWrite @ 5 }
-    /// z = basis^T xi and kappa = exp(z) or the load kl_scale z; x = cells, y = systems.
+    /// z = basis^T xi and kappa = exp(z) or the load kl_scale z; an invocation per 4 cells
+    /// x 8 systems (`physics::solver::kl_map_extent`).
     KlMap => Kl."kl_map", Invocation,
         { params: Uniform @ 0, xi: Read @ 1, basis: Read @ 2, z: ReadWrite @ 3, kappa_or_load: ReadWrite @ 4 }
     /// gxi = kl_scale basis g, a workgroup per (mode, system); x = modes, y = systems.
     KlPullback => Kl."kl_pullback", Workgroup,
         { params: Uniform @ 0, basis: Read @ 2, g: Read @ 5, gxi: ReadWrite @ 6 }
-    /// gxi = kl_scale basis g, an invocation per (system, mode); x = systems x modes.
+    /// gxi = kl_scale basis g, an invocation per 4 modes x 8 systems (`kl_pullback_extent`).
     KlPullbackSerial => Kl."kl_pullback_serial", Invocation,
         { params: Uniform @ 0, basis: Read @ 2, g: Read @ 5, gxi: ReadWrite @ 6 }
     /// A generative prior's field from decoder logits: z = tanh(l / 2), kappa = exp(z); x = cells x systems.

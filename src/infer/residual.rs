@@ -435,7 +435,7 @@ impl StepExtra for ResidualTerm {
                 z: &z,
                 kappa_or_load: &kappa,
             },
-            [nc, b],
+            crate::physics::solver::kl_map_extent(nc, b),
         )?;
         let mut bufs = vec![];
         let loss = match self.basis {

@@ -73,6 +73,17 @@ pub const MULTIGRID_COARSEST: usize = 4;
 /// prior draws at any n; more means something is wrong).
 pub const MULTIGRID_MAX_ITERS: u32 = 40;
 
+/// The work extent of `kl_map` (shaders/physics/kl.wgsl): blocks of 4 cells
+/// x 8 systems.
+pub fn kl_map_extent(ncoef: usize, batch: usize) -> [usize; 2] {
+    [ncoef.div_ceil(4), batch.div_ceil(8)]
+}
+
+/// The work extent of `kl_pullback_serial`: blocks of 4 modes x 8 systems.
+pub fn kl_pullback_extent(d: usize, batch: usize) -> [usize; 2] {
+    [d.div_ceil(4), batch.div_ceil(8)]
+}
+
 /// The multigrid hierarchy of shaders/physics/multigrid.wgsl for `n x n`
 /// cells: interior unknowns per side of every level, coarsest last (the
 /// same rule as the shader and as `cpu::multigrid::Hierarchy`).
@@ -538,7 +549,7 @@ impl BatchedSolver {
                 z: &z,
                 kappa_or_load: &kappa_or_load,
             },
-            [nc, batch],
+            kl_map_extent(nc, batch),
         )?;
         let obs = ctx.prepare(
             &args::ObsMisfit {
@@ -578,7 +589,7 @@ impl BatchedSolver {
         // Small fields: one invocation per output; large: a workgroup per
         // output (keeps each invocation's loop short).
         let pull = if nc <= 16_384 {
-            ctx.prepare(&pull_args, [d * batch, 1])?
+            ctx.prepare(&pull_args, kl_pullback_extent(d, batch))?
         } else {
             ctx.prepare_as(KernelId::KlPullback, &pull_args, [d, batch])?
         };
