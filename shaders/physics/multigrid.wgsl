@@ -343,8 +343,8 @@ fn mg_setup(sys: u32, lid: u32, levels: u32) {
 // (ST_APPLY, the CG's own pass), a damped-Jacobi sweep
 // v_k + omega dinv_k (b_k - a) (ST_SWEEP, which also adds b_k times the
 // value to `st_dot`: at level 0 b = r, so r^T z comes with the last sweep),
-// or the residual b_k - a (ST_RESIDUAL). Set per pass by `mg_pass`; the
-// same for every invocation.
+// or the residual b_k - a (ST_RESIDUAL, adding its square to `st_dot`).
+// Set per pass; the same for every invocation.
 const ST_APPLY: u32 = 0u;
 const ST_SWEEP: u32 = 1u;
 const ST_RESIDUAL: u32 = 2u;
@@ -365,7 +365,9 @@ fn store_at(idx: u32, a: f32) {
             st_dot += b * v;
         }
         case 2u: {
-            work[idx] = work[st_b + idx - st_out] - a;
+            let r = work[st_b + idx - st_out] - a;
+            work[idx] = r;
+            st_dot += r * r;
         }
         default: {
             work[idx] = a;
@@ -595,26 +597,34 @@ fn mg_start(sys: u32, lid: u32, levels: u32) {
     let wr = sys * mg_system_floats(levels);
     let wp = wr + nu;
     let wz = wr + 3u * nu;
+    var bb = 0.0;
     for (var k = lid; k < nu; k += WG) {
         work[wp + k] = x[xb + k];
-    }
-    storageBarrier();
-    var acc = vec2<f32>(0.0, 0.0);
-    for (var k = lid; k < nu; k += WG) {
         let b = rhs[xb + k];
-        let r = b - op_apply(sys, wp, k);
-        work[wr + k] = r;
-        acc += vec2<f32>(b * b, r * r);
+        work[wr + k] = b;
+        bb += b * b;
     }
-    let sums = wg_sum2(acc, lid);
     storageBarrier();
-    let rz = wg_sum(vcycle(sys, lid, levels, wr, wz), lid);
-    for (var k = lid; k < nu; k += WG) {
-        work[wp + k] = work[wz + k];
+    // r = b - A x0 in place, by the column walk (with ||r||^2).
+    st_mode = ST_RESIDUAL;
+    st_out = wr;
+    st_b = wr;
+    st_dot = 0.0;
+    _ = op_pass(sys, wp, wr, lid);
+    let sums = wg_sum2(vec2<f32>(bb, st_dot), lid);
+    storageBarrier();
+    let prev = cg_uniform_state(state[sys], lid);
+    let tol = cg_requested_tol(prev, P.tol);
+    // A warm start already within the tolerance needs no V-cycle.
+    var rz = 0.0;
+    if (!(sums.x == 0.0 || sums.y <= tol * tol * sums.x)) {
+        rz = wg_sum(vcycle(sys, lid, levels, wr, wz), lid);
+        for (var k = lid; k < nu; k += WG) {
+            work[wp + k] = work[wz + k];
+        }
     }
     if (lid == 0u) {
-        let prev = state[sys];
-        state[sys] = cg_start_state(sums.x, sums.y, rz, cg_requested_tol(prev, P.tol), prev);
+        state[sys] = cg_start_state(sums.x, sums.y, rz, tol, prev);
     }
     if (sums.x == 0.0) {
         for (var k = lid; k < nu; k += WG) {
@@ -622,7 +632,6 @@ fn mg_start(sys: u32, lid: u32, levels: u32) {
         }
     }
 }
-
 
 // Up to P.chunk preconditioned CG iterations, resuming from the state.
 @compute @workgroup_size(WG)
