@@ -234,7 +234,7 @@ struct RunOpts {
     tol_start: Option<f64>,
     /// run: CG tolerance from the gradient's Monte Carlo noise: this factor
     /// (default 0.5) times its relative standard error (times lr_t / lr_0),
-    /// between --tol and 1e-2; 0 turns it off (so does --tol-start).
+    /// between --tol and 3e-2; 0 turns it off (so does --tol-start).
     #[arg(long)]
     tol_noise: Option<f64>,
     /// darcy2d's CG preconditioner: auto (multigrid where the grid and device allow it), jacobi or mg.

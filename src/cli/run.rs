@@ -65,7 +65,7 @@ pub struct RunConfig {
     pub tol_start: Option<f64>,
     /// `pdevi run`: each step's CG tolerance is this factor (default 0.5)
     /// times the last step's relative Monte Carlo standard error of the
-    /// misfit gradient (times lr_t / lr_0), between `tol` and 1e-2; 0 turns
+    /// misfit gradient (times lr_t / lr_0), between `tol` and 3e-2; 0 turns
     /// it off (so does `tol_start`).
     pub tol_noise: Option<f64>,
     /// darcy2d's CG preconditioner: `auto` (default: multigrid where the

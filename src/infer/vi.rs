@@ -671,10 +671,13 @@ impl Default for FitSettings {
     }
 }
 
-/// The loosest CG tolerance the noise rule may ask for. A looser cap
-/// (1e-1) saved 7 % of the CG iterations at n = 64 and doubled the change
-/// of the posterior: not worth it.
-pub const TOL_NOISE_MAX: f64 = 1e-2;
+/// The loosest CG tolerance the noise rule may ask for. Measured at n = 64,
+/// d = 64, S = 16 (300 full-rank steps from the Laplace start, against
+/// fixed 1e-5 solves): KL between the two q of 0.007 with a cap of 1e-2,
+/// 0.074 with 3e-2 and 0.13 with 1e-1, where two seeds of the fixed run
+/// differ by 5.4; 33, 37 and 39 steps/s. 3e-2 lets the rule (about 0.026
+/// there) act rather than the cap.
+pub const TOL_NOISE_MAX: f64 = 3e-2;
 
 /// The default factor of the noise rule ([`FitSettings::tol_noise`]).
 pub const TOL_NOISE_DEFAULT: f64 = 0.5;
