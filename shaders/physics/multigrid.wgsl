@@ -586,6 +586,13 @@ fn mg_cg_start(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     mg_start(wid.x, lid, levels);
 }
 
+// The hierarchy alone, for grids whose setup and first cycle exceed one
+// dispatch's loop budget on llvmpipe (mg_cg_start_reuse follows).
+@compute @workgroup_size(WG)
+fn mg_cg_setup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    mg_setup(wid.x, lid, mg_levels());
+}
+
 // The start for a second right-hand side with the same kappa (the adjoint
 // solve after the forward one): the hierarchy the last `mg_cg_start` built
 // in `work` is still valid, so the setup is skipped.

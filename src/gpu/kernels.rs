@@ -150,6 +150,9 @@ kernel_table! {
     /// Multigrid-preconditioned CG start (Galerkin hierarchy, r, z = M r, p), Q1 operator.
     MgCgStartQ1 => SolverQ1Mg."mg_cg_start", Workgroup,
         { params: Uniform @ 0, coef: Read @ 1, rhs: Read @ 2, x: ReadWrite @ 3, work: ReadWrite @ 4, state: ReadWrite @ 5 }
+    /// The multigrid hierarchy alone, for grids whose setup and first cycle exceed one dispatch's loop budget.
+    MgCgSetupQ1 => SolverQ1Mg."mg_cg_setup", Workgroup,
+        { params: Uniform @ 0, coef: Read @ 1, rhs: Read @ 2, x: ReadWrite @ 3, work: ReadWrite @ 4, state: ReadWrite @ 5 }
     /// The multigrid CG start reusing the hierarchy in `work` (same kappa as the last `MgCgStartQ1`).
     MgCgStartReuseQ1 => SolverQ1Mg."mg_cg_start_reuse", Workgroup,
         { params: Uniform @ 0, coef: Read @ 1, rhs: Read @ 2, x: ReadWrite @ 3, work: ReadWrite @ 4, state: ReadWrite @ 5 }

@@ -109,13 +109,23 @@ pub fn multigrid_floats(n: usize) -> usize {
     total
 }
 
-/// Largest chunk of multigrid-CG iterations per dispatch under
-/// [`LOOP_TRIP_BUDGET`], and a check that the hierarchy's setup fits in
-/// it too. The model counts the loop trips of one invocation in
+/// How multigrid CG is dispatched for a grid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MultigridPlan {
+    /// CG iterations per iterate dispatch.
+    pub chunk: u32,
+    /// The hierarchy's setup in a dispatch of its own (`mg_cg_setup`, then
+    /// `mg_cg_start_reuse`): it and the first cycle do not fit one.
+    pub separate_setup: bool,
+}
+
+/// The chunk of multigrid-CG iterations per dispatch under
+/// [`LOOP_TRIP_BUDGET`], and whether the hierarchy's setup fits in the
+/// start dispatch with them. The model counts the loop trips of one invocation in
 /// shaders/physics/multigrid.wgsl: column walks make `ceil(m / wg) m`
 /// trips, strided passes `ceil(m^2 / wg)`, the coarsest level's one
 /// invocation its triangular solves and its factorisation.
-pub fn multigrid_max_chunk(n: usize, wg: u32) -> Result<u32> {
+pub fn multigrid_plan(n: usize, wg: u32) -> Result<MultigridPlan> {
     let levels = multigrid_levels(n);
     let wg = wg as usize;
     let coarsest = levels[levels.len() - 1].pow(2);
@@ -160,19 +170,29 @@ pub fn multigrid_max_chunk(n: usize, wg: u32) -> Result<u32> {
         + coarsest.pow(3) / 3
         + 2 * strided(n - 1);
     let budget = LOOP_TRIP_BUDGET as usize;
-    if setup + per_iter > budget {
+    if setup.max(per_iter) > budget {
         return Err(Error::setting(
             "precond",
             "mg",
             format!(
-                "n = {n} needs about {} loop trips per invocation for the multigrid setup and one iteration, over the budget of {budget} a software GPU allows: use a smaller n or --precond jacobi",
-                setup + per_iter
+                "n = {n} needs about {} loop trips per invocation for the multigrid setup or one iteration, over the budget of {budget} a software GPU allows: use a smaller n or --precond jacobi",
+                setup.max(per_iter)
             ),
         ));
     }
-    // The start dispatch runs the setup and one cycle; each iterate dispatch
-    // only iterations.
-    Ok((budget / per_iter).max(1) as u32)
+    // The start dispatch runs the setup and one cycle (or, past the budget,
+    // the setup gets a dispatch of its own); each iterate dispatch only
+    // iterations.
+    Ok(MultigridPlan {
+        chunk: (budget / per_iter).max(1) as u32,
+        separate_setup: setup + per_iter > budget,
+    })
+}
+
+/// Largest chunk of multigrid-CG iterations per dispatch (see
+/// [`multigrid_plan`]).
+pub fn multigrid_max_chunk(n: usize, wg: u32) -> Result<u32> {
+    multigrid_plan(n, wg).map(|p| p.chunk)
 }
 
 impl Default for CgParams {
@@ -337,8 +357,13 @@ struct DecoderMap {
 
 /// How one batch of systems is solved.
 enum Solve {
-    /// CG: a start, then bounded chunks of iterations.
-    Cg { start: Dispatch, iterate: Dispatch },
+    /// CG: a start (after the multigrid setup, where that has a dispatch of
+    /// its own), then bounded chunks of iterations.
+    Cg {
+        setup: Option<Dispatch>,
+        start: Dispatch,
+        iterate: Dispatch,
+    },
     /// poisson1d with `cg.direct_1d`: the tridiagonal solve in one pass.
     Direct(Dispatch),
 }
@@ -526,7 +551,8 @@ impl BatchedSolver {
                 work: &work,
                 state,
             };
-            let (start, iterate) = if multigrid && reuse {
+            let separate = multigrid && multigrid_plan(pb.n, ctx.solver_wg)?.separate_setup;
+            let (start, iterate) = if multigrid && (reuse || separate) {
                 (KernelId::MgCgStartReuseQ1, KernelId::MgCgIterateQ1)
             } else if multigrid {
                 (KernelId::MgCgStartQ1, KernelId::MgCgIterateQ1)
@@ -534,7 +560,13 @@ impl BatchedSolver {
                 let (s, i, _) = Self::solver_kernels(pb.kind);
                 (s, i)
             };
+            let setup = if separate && !reuse {
+                Some(ctx.prepare_as(KernelId::MgCgSetupQ1, &a, extent)?)
+            } else {
+                None
+            };
             Ok(Solve::Cg {
+                setup,
                 start: ctx.prepare_as(start, &a, extent)?,
                 iterate: ctx.prepare_as(iterate, &a, extent)?,
             })
@@ -771,7 +803,14 @@ impl BatchedSolver {
     fn encode_solve(&self, pass: &mut wgpu::ComputePass<'_>, solve: &Solve) {
         match solve {
             Solve::Direct(d) => d.record(pass),
-            Solve::Cg { start, iterate } => {
+            Solve::Cg {
+                setup,
+                start,
+                iterate,
+            } => {
+                if let Some(s) = setup {
+                    s.record(pass);
+                }
                 start.record(pass);
                 for _ in 0..self.iterate_dispatches() {
                     iterate.record(pass);
