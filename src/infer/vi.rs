@@ -432,6 +432,16 @@ impl ViEngine {
         Ok(())
     }
 
+    /// Drop the noise rule's requests from the solver states, so the next
+    /// solves (the posterior predictive) use the solver's own tolerance.
+    pub fn clear_tol_requests(&self, ctx: &GpuContext) {
+        if self.tol_noise.is_some() {
+            let fresh = vec![crate::gpu::layout::CgState::default(); self.solver.batch];
+            ctx.write(&self.solver.state_fwd, &fresh);
+            ctx.write(&self.solver.state_adj, &fresh);
+        }
+    }
+
     /// The step-size factor of the noise tolerance (lr_t / lr_0).
     pub fn set_tol_scale(&mut self, ctx: &GpuContext, scale: f64) {
         if let Some(t) = self.tol_noise.as_mut() {
@@ -861,6 +871,8 @@ pub fn fit_watched(
             }
         }
     }
+    // Solves after the fit (the posterior predictive) are tight again.
+    engine.clear_tol_requests(ctx);
     let theta = engine.read_theta(ctx)?;
     Ok(FitResult {
         theta,
