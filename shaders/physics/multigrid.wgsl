@@ -6,18 +6,18 @@
 //   per system: r | p | ap | z (4 nu), then one block per level l:
 //     stencil (9 nu_l) | dinv | x | b | t  (13 nu_l)
 //     the coarsest level also: its dense Cholesky factor (nu_L^2)
-//   Level 0's stencil is assembled from kappa once per solve, so the
-//   Galerkin products read one value per entry (the smoother's level-0
-//   operator stays matrix-free).
+//   Level 0 stays matrix-free (kappa); its stencil block holds the element
+//   matrices of the coarse levels instead (see mg_setup).
 //
 // Levels: n, n/2, ... while the grid has more than MG_COARSEST cells per
 // side, an even number of them, and the next has at least 2. Coarse
-// operators are Galerkin products P^T A P (bilinear P), built by
-// `mg_cg_start` from the current kappa; the V-cycle smooths with MG_SWEEPS
-// damped-Jacobi sweeps before and after the coarse correction and solves
-// the coarsest level by its Cholesky factor, so it is a symmetric positive
-// definite preconditioner. Every phase runs over the level's nodes strided
-// by invocation, with a barrier between phases.
+// operators are Galerkin products P^T A P (bilinear P), built from element
+// matrices by `mg_cg_start` (or `mg_cg_setup`) from the current kappa; the
+// V-cycle smooths with MG_SWEEPS damped-Jacobi sweeps before and after the
+// coarse correction and solves the coarsest level by its Cholesky factor,
+// so it is a symmetric positive definite preconditioner. Operator passes
+// are column walks, other phases run over the level's nodes strided by
+// invocation, with a barrier between phases.
 
 const MG_COARSEST: u32 = 4u;
 // One damped-Jacobi sweep before and after: 6 iterations to 1e-5 instead
