@@ -5,7 +5,7 @@
 //! within 3 sd) and the smoothed state against the true states (relative
 //! L2). The first sequence also gets every file of `pdevi dvae`.
 //!
-//!     cargo run --release --example phi_dvae [-- --seeds 1,2,3 --steps 5000 --arch column --out DIR]
+//!     cargo run --release --example phi_dvae [-- --seeds 1,2,3 --steps 5000 --arch column --zeta-start frames --out DIR]
 //!
 //! Writes `results.json` and `table.md` (the printed table).
 
@@ -16,7 +16,7 @@ use serde_json::json;
 
 use pdevi::cli::dvae::{rel_l2, write_outputs};
 use pdevi::gpu::GpuContext;
-use pdevi::infer::dvae::{fit, DvaeArch, DvaeData, DvaeSettings};
+use pdevi::infer::dvae::{fit, DvaeArch, DvaeData, DvaeSettings, ZetaStart};
 use pdevi::output::files::{ensure_dir, write_bytes, write_json};
 use pdevi::physics::advdiff::{physical, AdvDiff};
 
@@ -46,6 +46,7 @@ fn run() -> Result<(), String> {
             }
             "--steps" => s.steps = v.parse().map_err(|_| format!("bad --steps `{v}`"))?,
             "--arch" => s.arch = DvaeArch::parse(v).map_err(|e| e.to_string())?,
+            "--zeta-start" => s.zeta_start = ZetaStart::parse(v).map_err(|e| e.to_string())?,
             "--out" => out = PathBuf::from(v),
             other => return Err(format!("unknown flag `{other}`")),
         }
@@ -56,7 +57,7 @@ fn run() -> Result<(), String> {
     let pb = AdvDiff::default();
     let mut rows = Vec::new();
     let mut table = String::from(
-        "| seed | true zeta | q mean | q sd | error | error / sd | within 3 sd | within 0.15 | state rel. L2 | time |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "| seed | true zeta | start | q mean | q sd | error | error / q sd | calibrated sd | error / calibrated sd | within 3 calibrated sd | within 0.15 | state rel. L2 | time |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for (k, &seed) in seeds.iter().enumerate() {
         let zeta = AdvDiff::prior_zeta(seed);
@@ -67,7 +68,10 @@ fn run() -> Result<(), String> {
         let err = [r.zeta_mean[0] - zeta[0], r.zeta_mean[1] - zeta[1]];
         let sd = [r.zeta_cov[0][0].sqrt(), r.zeta_cov[1][1].sqrt()];
         let zs = [err[0] / sd[0], err[1] / sd[1]];
-        let within3 = zs.iter().all(|z| z.abs() <= 3.0);
+        let cal = r.zeta_cov_calibrated;
+        let sdc = [cal[0][0].sqrt(), cal[1][1].sqrt()];
+        let zc = [err[0] / sdc[0], err[1] / sdc[1]];
+        let within3 = zc.iter().all(|z| z.abs() <= 3.0);
         let within015 = err.iter().all(|e| e.abs() <= 0.15);
         let state = rel_l2(&sm.mean, &u);
         if k == 0 {
@@ -79,14 +83,19 @@ fn run() -> Result<(), String> {
         let (c, nu) = physical(zeta);
         let f = |v: [f64; 2]| format!("{:.3}, {:.3}", v[0], v[1]);
         let line = format!(
-            "| {seed} | {} | {} | {:.4}, {:.4} | {} | {:.1}, {:.1} | {} | {} | {:.2} % | {:.0} s |",
+            "| {seed} | {} | {} | {} | {:.4}, {:.4} | {} | {:.1}, {:.1} | {:.4}, {:.4} | {:.1}, {:.1} | {} | {} | {:.2} % | {:.0} s |",
             f(zeta),
+            f(r.zeta_start),
             f(r.zeta_mean),
             sd[0],
             sd[1],
             f(err),
             zs[0],
             zs[1],
+            sdc[0],
+            sdc[1],
+            zc[0],
+            zc[1],
             if within3 { "yes" } else { "no" },
             if within015 { "yes" } else { "no" },
             100.0 * state,
@@ -96,7 +105,8 @@ fn run() -> Result<(), String> {
         writeln!(table, "{line}").ok();
         rows.push(json!({
             "seed": seed, "zeta_true": zeta, "c_true": c, "nu_true": nu,
-            "q_mean": r.zeta_mean, "q_cov": r.zeta_cov, "error": err, "error_in_sd": zs,
+            "q_start": r.zeta_start, "q_mean": r.zeta_mean, "q_cov": r.zeta_cov, "error": err, "error_in_sd": zs,
+            "q_cov_calibrated": cal, "inflation": r.inflation, "error_in_calibrated_sd": zc,
             "within_3sd": within3, "within_0.15": within015,
             "state_relative_l2": state, "pseudo_obs_relative_l2": rel_l2(&r.x_mean, &u),
             "sigma_x": r.sigma_x, "seconds": r.seconds, "steps": r.steps,
@@ -104,9 +114,10 @@ fn run() -> Result<(), String> {
     }
     writeln!(
         table,
-        "\n{} steps, arch {}, default settings otherwise, on {}",
+        "\n{} steps, arch {}, zeta start {}, default settings otherwise, on {}",
         s.steps,
         s.arch.name(),
+        s.zeta_start.name(),
         ctx.describe()
     )
     .ok();

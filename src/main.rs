@@ -455,6 +455,9 @@ struct DvaeOpts {
     /// Frames in the Kalman term while q(zeta) is held (the warm-up's anchor; default all).
     #[arg(long)]
     anchor_frames: Option<usize>,
+    /// Where q(zeta)'s mean starts: frames (zeta_1 from the speed the frames' first Fourier mode turns at) or prior (zeta = 0).
+    #[arg(long, default_value = "frames")]
+    zeta_start: String,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Steps between read-backs of the ELBO.
@@ -777,6 +780,9 @@ enum BenchCmd {
         /// Preconditioners to measure: jacobi, mg (multigrid).
         #[arg(long, value_delimiter = ',', default_value = "jacobi")]
         precond: Vec<String>,
+        /// Multigrid layouts to measure: auto, narrow (a workgroup per system), wide (each system over many workgroups).
+        #[arg(long, value_delimiter = ',', default_value = "auto")]
+        layout: Vec<String>,
     },
     /// ELBO steps per second on darcy2d for each variational family.
     Vi {
@@ -992,6 +998,7 @@ fn run(cli: Cli) -> pdevi::Result<()> {
                 learn_sigma_y: o.learn_sigma_y,
                 sigma_x0: o.sigma_x0,
                 anchor_frames: o.anchor_frames.unwrap_or(usize::MAX),
+                zeta_start: pdevi::infer::dvae::ZetaStart::parse(&o.zeta_start)?,
                 seed: o.seed,
                 report_every: o.report_every.max(1),
                 ..Default::default()
@@ -1377,8 +1384,13 @@ fn run(cli: Cli) -> pdevi::Result<()> {
                 batches,
                 min_seconds,
                 precond,
+                layout,
             } => {
                 let preconds = parse_preconds(&precond)?;
+                let layouts = layout
+                    .iter()
+                    .map(|l| pdevi::physics::solver::SolverLayout::parse(l))
+                    .collect::<pdevi::Result<Vec<_>>>()?;
                 let ctx = pdevi::GpuContext::new()?;
                 eprintln!("device: {}", ctx.describe());
                 pdevi::cli::bench::solver(
@@ -1387,6 +1399,7 @@ fn run(cli: Cli) -> pdevi::Result<()> {
                     &batches,
                     min_seconds,
                     &preconds,
+                    &layouts,
                     |s| println!("{}", serde_json::to_string(s).unwrap_or_default()),
                     |r| println!("{}", serde_json::to_string(r).unwrap_or_default()),
                 )?;

@@ -79,6 +79,7 @@ fn rows() -> Vec<Row> {
         pdevi::gpu::layout::CgState {
             iters, status, rz, bnorm2, rnorm2, tol, tol_next, _pad,
         } in [SolverQ1 "CgState", P1Direct "CgState", Mcmc "CgState"],
+        pdevi::gpu::layout::MgPhase { op, level, gated, _pad } in [SolverQ1Mg "MgPhase"],
         pdevi::infer::vi::ViParams {
             d, r, family, samples, step, seed_lo, seed_hi, nparam, nobs, history, log_norm,
             per_row, grad_scale, kl_scale, _pad,

@@ -378,3 +378,114 @@ fn batched_solver_with_multigrid_matches_jacobi() {
     assert!(*itm <= 12 && *ita <= 12, "mg iterations {itm} / {ita}");
     assert!(itj > itm, "jacobi {itj} vs mg {itm}");
 }
+
+/// The wide path (each system over many workgroups, one dispatch per phase:
+/// `KernelId::MgWidePassQ1` and `KernelId::MgWideSystemQ1`) against the
+/// f64 reference and against the narrow path, forward and adjoint (which
+/// reuses the forward's hierarchy), for one and for several systems.
+#[test]
+fn wide_multigrid_matches_the_reference_and_the_narrow_path() {
+    use pdevi::gpu::KernelId;
+    use pdevi::physics::solver::{BatchedSolver, CgParams, Precond, SolverLayout};
+    let ctx = common::ctx();
+    for (n, batch) in [(8usize, 2usize), (32, 1), (64, 3), (128, 1)] {
+        let pb = Problem::new(ProblemKind::Darcy2d, n, 16).unwrap();
+        let nu = pb.nunk();
+        let xi = pdevi::rng::normals(20 + n as u64, 0, 0, batch * pb.d);
+        let y = pdevi::physics::reference::simulate_data(&pb, 3).1;
+        let mut out = Vec::new();
+        for layout in [SolverLayout::Narrow, SolverLayout::Wide] {
+            let cg = CgParams {
+                rel_tol: 1e-5,
+                precond: Precond::Multigrid,
+                layout,
+                ..Default::default()
+            };
+            let s = BatchedSolver::new(ctx, &pb, batch, cg, None, false).unwrap();
+            assert_eq!(s.is_wide(), layout == SolverLayout::Wide, "n = {n}");
+            let kernels = s.solve_kernels();
+            for k in [KernelId::MgWidePassQ1, KernelId::MgWideSystemQ1] {
+                assert_eq!(
+                    kernels.contains(&k),
+                    s.is_wide(),
+                    "n = {n}, {layout:?}: {k:?}"
+                );
+            }
+            s.set_data(ctx, &y).unwrap();
+            let (misfit, g, info, adj) = s.misfit_gradient(ctx, &xi).unwrap();
+            let u = s.read_u(ctx).unwrap();
+            let z = s.read_z(ctx).unwrap();
+            out.push((misfit, g, info, adj, u, z));
+        }
+        let (m_n, g_n, info_n, adj_n, u_n, _) = &out[0];
+        let (m_w, g_w, info_w, adj_w, u_w, z_w) = &out[1];
+        let h = 1.0 / n as f64;
+        for b in 0..batch {
+            let (iw, inn) = (&info_w[b], &info_n[b]);
+            assert!(
+                iw.converged && adj_w[b].converged,
+                "n = {n} system {b}: {iw:?} {:?}",
+                adj_w[b]
+            );
+            assert!(
+                (iw.iters as i64 - inn.iters as i64).abs() <= 1
+                    && (adj_w[b].iters as i64 - adj_n[b].iters as i64).abs() <= 1,
+                "n = {n} system {b}: wide {} / {} iterations, narrow {} / {}",
+                iw.iters,
+                adj_w[b].iters,
+                inn.iters,
+                adj_n[b].iters
+            );
+            // The f64 reference on the wide solve's own kappa.
+            let kappa: Vec<f64> = z_w[b * n * n..(b + 1) * n * n]
+                .iter()
+                .map(|z| z.exp())
+                .collect();
+            let r = mg_pcg(
+                n,
+                &kappa,
+                &vec![h * h; nu],
+                1e-5,
+                100,
+                MgSettings::default(),
+            );
+            assert!(
+                (iw.iters as i64 - r.iters as i64).abs() <= 1,
+                "n = {n} system {b}: wide {} iterations, reference {}",
+                iw.iters,
+                r.iters
+            );
+            let xmax = r.x.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+            common::assert_close(
+                &format!("wide u vs reference, n = {n} system {b}"),
+                &u_w[b * nu..(b + 1) * nu],
+                &r.x,
+                1e-4 * xmax,
+                0.0,
+            );
+        }
+        let umax = u_n.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+        common::assert_close(
+            &format!("u wide vs narrow, n = {n}"),
+            u_w,
+            u_n,
+            1e-4 * umax,
+            0.0,
+        );
+        common::assert_close(
+            &format!("misfit wide vs narrow, n = {n}"),
+            m_w,
+            m_n,
+            0.0,
+            1e-4,
+        );
+        let gmax = g_n.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+        common::assert_close(
+            &format!("gradient wide vs narrow, n = {n}"),
+            g_w,
+            g_n,
+            1e-3 * gmax,
+            1e-3,
+        );
+    }
+}

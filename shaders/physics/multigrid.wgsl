@@ -197,7 +197,6 @@ fn elem_base(sys: u32, l: u32, levels: u32) -> u32 {
 // Level l's element matrices from level l - 1's (or from kappa for l = 1).
 fn mg_elements(sys: u32, lid: u32, l: u32, levels: u32) {
     let cells = P.n >> l;
-    let fine_cells = 2u * cells;
     let out = elem_base(sys, l, levels);
     let fine = elem_base(sys, l - 1u, levels);
     // The unit Q1 element (corners sw, se, nw, ne).
@@ -212,34 +211,52 @@ fn mg_elements(sys: u32, lid: u32, l: u32, levels: u32) {
     let p01 = child_p(0u, 1u);
     let p11 = child_p(1u, 1u);
     for (var c = lid; c < cells * cells; c += WG) {
-        let ci = c % cells;
-        let cj = c / cells;
-        let f00 = 2u * cj * fine_cells + 2u * ci;
-        let f10 = f00 + 1u;
-        let f01 = f00 + fine_cells;
-        let f11 = f01 + 1u;
-        var e: mat4x4<f32>;
-        if (l == 1u) {
-            e = transpose(p00) * (unit * coef_at(sys, f00)) * p00
-                + transpose(p10) * (unit * coef_at(sys, f10)) * p10
-                + transpose(p01) * (unit * coef_at(sys, f01)) * p01
-                + transpose(p11) * (unit * coef_at(sys, f11)) * p11;
-        } else {
-            e = transpose(p00) * elem_load(fine + 16u * f00) * p00
-                + transpose(p10) * elem_load(fine + 16u * f10) * p10
-                + transpose(p01) * elem_load(fine + 16u * f01) * p01
-                + transpose(p11) * elem_load(fine + 16u * f11) * p11;
-        }
-        let o = out + 16u * c;
-        for (var r = 0u; r < 4u; r++) {
-            let col = e[r];
-            work[o + 4u * r] = col.x;
-            work[o + 4u * r + 1u] = col.y;
-            work[o + 4u * r + 2u] = col.z;
-            work[o + 4u * r + 3u] = col.w;
-        }
+        element_cell(sys, l, c, cells, out, fine, unit, p00, p10, p01, p11);
     }
     storageBarrier();
+}
+
+// Coarse cell c of level l: the sum over its children of P_c^T E_c P_c.
+fn element_cell(
+    sys: u32,
+    l: u32,
+    c: u32,
+    cells: u32,
+    out: u32,
+    fine: u32,
+    unit: mat4x4<f32>,
+    p00: mat4x4<f32>,
+    p10: mat4x4<f32>,
+    p01: mat4x4<f32>,
+    p11: mat4x4<f32>,
+) {
+    let fine_cells = 2u * cells;
+    let ci = c % cells;
+    let cj = c / cells;
+    let f00 = 2u * cj * fine_cells + 2u * ci;
+    let f10 = f00 + 1u;
+    let f01 = f00 + fine_cells;
+    let f11 = f01 + 1u;
+    var e: mat4x4<f32>;
+    if (l == 1u) {
+        e = transpose(p00) * (unit * coef_at(sys, f00)) * p00
+            + transpose(p10) * (unit * coef_at(sys, f10)) * p10
+            + transpose(p01) * (unit * coef_at(sys, f01)) * p01
+            + transpose(p11) * (unit * coef_at(sys, f11)) * p11;
+    } else {
+        e = transpose(p00) * elem_load(fine + 16u * f00) * p00
+            + transpose(p10) * elem_load(fine + 16u * f10) * p10
+            + transpose(p01) * elem_load(fine + 16u * f01) * p01
+            + transpose(p11) * elem_load(fine + 16u * f11) * p11;
+    }
+    let o = out + 16u * c;
+    for (var r = 0u; r < 4u; r++) {
+        let col = e[r];
+        work[o + 4u * r] = col.x;
+        work[o + 4u * r + 1u] = col.y;
+        work[o + 4u * r + 2u] = col.z;
+        work[o + 4u * r + 3u] = col.w;
+    }
 }
 
 // Level l's 9-point stencil from its element matrices: node (i, j) (1-based
@@ -247,29 +264,33 @@ fn mg_elements(sys: u32, lid: u32, l: u32, levels: u32) {
 // the se corner of its nw cell and the sw corner of its ne cell; each of
 // those rows couples it to the cell's corners.
 fn mg_stencil(sys: u32, lid: u32, l: u32, lv: Lvl, levels: u32) {
-    let cells = P.n >> l;
     let eb = elem_base(sys, l, levels);
     for (var iu = lid; iu < lv.m; iu += WG) {
-        for (var ju = 0u; ju < lv.m; ju++) {
-            // Cell (cx, cy) = (iu, ju) is the node's sw cell.
-            let c_sw = eb + 16u * (ju * cells + iu);
-            let r_sw = elem_row(c_sw, 3u);
-            let r_se = elem_row(c_sw + 16u, 2u);
-            let r_nw = elem_row(c_sw + 16u * cells, 1u);
-            let r_ne = elem_row(c_sw + 16u * cells + 16u, 0u);
-            let st = lv.stencil + 9u * (ju * lv.m + iu);
-            work[st] = r_sw.x;
-            work[st + 1u] = r_sw.y + r_se.x;
-            work[st + 2u] = r_se.y;
-            work[st + 3u] = r_sw.z + r_nw.x;
-            work[st + 4u] = r_sw.w + r_se.z + r_nw.y + r_ne.x;
-            work[st + 5u] = r_se.w + r_ne.y;
-            work[st + 6u] = r_nw.z;
-            work[st + 7u] = r_nw.w + r_ne.z;
-            work[st + 8u] = r_ne.w;
-        }
+        stencil_column(lv, eb, P.n >> l, iu, 0u, lv.m);
     }
     storageBarrier();
+}
+
+// Rows j0 .. j1 - 1 of column iu of level l's stencil (elements at eb).
+fn stencil_column(lv: Lvl, eb: u32, cells: u32, iu: u32, j0: u32, j1: u32) {
+    for (var ju = j0; ju < j1; ju++) {
+        // Cell (cx, cy) = (iu, ju) is the node's sw cell.
+        let c_sw = eb + 16u * (ju * cells + iu);
+        let r_sw = elem_row(c_sw, 3u);
+        let r_se = elem_row(c_sw + 16u, 2u);
+        let r_nw = elem_row(c_sw + 16u * cells, 1u);
+        let r_ne = elem_row(c_sw + 16u * cells + 16u, 0u);
+        let st = lv.stencil + 9u * (ju * lv.m + iu);
+        work[st] = r_sw.x;
+        work[st + 1u] = r_sw.y + r_se.x;
+        work[st + 2u] = r_se.y;
+        work[st + 3u] = r_sw.z + r_nw.x;
+        work[st + 4u] = r_sw.w + r_se.z + r_nw.y + r_ne.x;
+        work[st + 5u] = r_se.w + r_ne.y;
+        work[st + 6u] = r_nw.z;
+        work[st + 7u] = r_nw.w + r_ne.z;
+        work[st + 8u] = r_ne.w;
+    }
 }
 
 fn mg_setup(sys: u32, lid: u32, levels: u32) {
@@ -297,40 +318,43 @@ fn mg_setup(sys: u32, lid: u32, levels: u32) {
     }
     // The coarsest level: dense matrix, then its Cholesky factor in place
     // (one invocation: at most a few dozen unknowns).
-    let cl = levels - 1u;
-    let cv = lvl(sys, cl, levels);
-    let nu = cv.nu;
     if (lid == 0u) {
-        for (var r = 0u; r < nu; r++) {
-            for (var c = 0u; c < nu; c++) {
-                work[cv.chol + r * nu + c] = 0.0;
-            }
-            for (var s = 0u; s < 9u; s++) {
-                let i = i32(r % cv.m) + i32(s % 3u) - 1;
-                let j = i32(r / cv.m) + i32(s / 3u) - 1;
-                if (i >= 0 && j >= 0 && i < i32(cv.m) && j < i32(cv.m)) {
-                    work[cv.chol + r * nu + u32(j) * cv.m + u32(i)] = stencil_entry(cv, r, s);
-                }
-            }
+        coarse_factor(lvl(sys, levels - 1u, levels));
+    }
+    storageBarrier();
+}
+
+// The coarsest level's dense matrix and its Cholesky factor, in place.
+fn coarse_factor(cv: Lvl) {
+    let nu = cv.nu;
+    for (var r = 0u; r < nu; r++) {
+        for (var c = 0u; c < nu; c++) {
+            work[cv.chol + r * nu + c] = 0.0;
         }
-        for (var j = 0u; j < nu; j++) {
-            var d = work[cv.chol + j * nu + j];
-            for (var k = 0u; k < j; k++) {
-                let v = work[cv.chol + j * nu + k];
-                d -= v * v;
-            }
-            let rj = sqrt(max(d, 1e-30));
-            work[cv.chol + j * nu + j] = rj;
-            for (var i = j + 1u; i < nu; i++) {
-                var v = work[cv.chol + i * nu + j];
-                for (var k = 0u; k < j; k++) {
-                    v -= work[cv.chol + i * nu + k] * work[cv.chol + j * nu + k];
-                }
-                work[cv.chol + i * nu + j] = v / rj;
+        for (var s = 0u; s < 9u; s++) {
+            let i = i32(r % cv.m) + i32(s % 3u) - 1;
+            let j = i32(r / cv.m) + i32(s / 3u) - 1;
+            if (i >= 0 && j >= 0 && i < i32(cv.m) && j < i32(cv.m)) {
+                work[cv.chol + r * nu + u32(j) * cv.m + u32(i)] = stencil_entry(cv, r, s);
             }
         }
     }
-    storageBarrier();
+    for (var j = 0u; j < nu; j++) {
+        var d = work[cv.chol + j * nu + j];
+        for (var k = 0u; k < j; k++) {
+            let v = work[cv.chol + j * nu + k];
+            d -= v * v;
+        }
+        let rj = sqrt(max(d, 1e-30));
+        work[cv.chol + j * nu + j] = rj;
+        for (var i = j + 1u; i < nu; i++) {
+            var v = work[cv.chol + i * nu + j];
+            for (var k = 0u; k < j; k++) {
+                v -= work[cv.chol + i * nu + k] * work[cv.chol + j * nu + k];
+            }
+            work[cv.chol + i * nu + j] = v / rj;
+        }
+    }
 }
 
 // ---- the V-cycle: z = M r (r, z at rb, zb in level 0's layout) ----
@@ -389,23 +413,29 @@ fn lvl_node(vb: u32, m: u32, i: i32, j: i32) -> f32 {
 // The column walk of a coarse level's 9-point stencil (l > 0), storing
 // through `store_at`.
 fn lvl_pass(lv: Lvl, vb: u32, ob: u32, lid: u32) {
+    for (var iu = lid; iu < lv.m; iu += WG) {
+        lvl_column(lv, vb, ob, iu, 0u, lv.m);
+    }
+}
+
+// Rows j0 .. j1 - 1 (0-based) of column iu of a coarse level's pass.
+fn lvl_column(lv: Lvl, vb: u32, ob: u32, iu: u32, j0: u32, j1: u32) {
     let m = lv.m;
-    for (var iu = lid; iu < m; iu += WG) {
-        let i = i32(iu);
-        var w0 = vec3<f32>(0.0);
-        var w1 = vec3<f32>(lvl_node(vb, m, i - 1, 0), lvl_node(vb, m, i, 0), lvl_node(vb, m, i + 1, 0));
-        for (var j = 0u; j < m; j++) {
-            let jn = i32(j) + 1;
-            let w2 = vec3<f32>(lvl_node(vb, m, i - 1, jn), lvl_node(vb, m, i, jn), lvl_node(vb, m, i + 1, jn));
-            let k = j * m + iu;
-            let s = lv.stencil + 9u * k;
-            let a = work[s] * w0.x + work[s + 1u] * w0.y + work[s + 2u] * w0.z
-                + work[s + 3u] * w1.x + work[s + 4u] * w1.y + work[s + 5u] * w1.z
-                + work[s + 6u] * w2.x + work[s + 7u] * w2.y + work[s + 8u] * w2.z;
-            store_at(ob + k, a);
-            w0 = w1;
-            w1 = w2;
-        }
+    let i = i32(iu);
+    let jm = i32(j0) - 1;
+    var w0 = vec3<f32>(lvl_node(vb, m, i - 1, jm), lvl_node(vb, m, i, jm), lvl_node(vb, m, i + 1, jm));
+    var w1 = vec3<f32>(lvl_node(vb, m, i - 1, jm + 1), lvl_node(vb, m, i, jm + 1), lvl_node(vb, m, i + 1, jm + 1));
+    for (var j = j0; j < j1; j++) {
+        let jn = i32(j) + 1;
+        let w2 = vec3<f32>(lvl_node(vb, m, i - 1, jn), lvl_node(vb, m, i, jn), lvl_node(vb, m, i + 1, jn));
+        let k = j * m + iu;
+        let s = lv.stencil + 9u * k;
+        let a = work[s] * w0.x + work[s + 1u] * w0.y + work[s + 2u] * w0.z
+            + work[s + 3u] * w1.x + work[s + 4u] * w1.y + work[s + 5u] * w1.z
+            + work[s + 6u] * w2.x + work[s + 7u] * w2.y + work[s + 8u] * w2.z;
+        store_at(ob + k, a);
+        w0 = w1;
+        w1 = w2;
     }
 }
 
@@ -429,18 +459,23 @@ fn mg_pass(sys: u32, lid: u32, l: u32, lv: Lvl, vb: u32, ob: u32, bb: u32, mode:
 // walked by coarse columns (the 3 x 3 fine nodes of an interior coarse
 // node are all unknowns, so no bounds checks).
 fn mg_restrict(fv: Lvl, rb: u32, cv: Lvl, lid: u32) {
-    let mf = fv.m;
     for (var ic = lid; ic < cv.m; ic += WG) {
-        let fi = 2u * ic + 1u;
-        for (var jc = 0u; jc < cv.m; jc++) {
-            let c = rb + (2u * jc + 1u) * mf + fi;
-            let below = 0.5 * work[c - mf - 1u] + work[c - mf] + 0.5 * work[c - mf + 1u];
-            let mid = 0.5 * work[c - 1u] + work[c] + 0.5 * work[c + 1u];
-            let above = 0.5 * work[c + mf - 1u] + work[c + mf] + 0.5 * work[c + mf + 1u];
-            work[cv.b + jc * cv.m + ic] = 0.5 * below + mid + 0.5 * above;
-        }
+        restrict_column(fv, rb, cv, ic, 0u, cv.m);
     }
     storageBarrier();
+}
+
+// Coarse rows j0 .. j1 - 1 of coarse column ic of the restriction.
+fn restrict_column(fv: Lvl, rb: u32, cv: Lvl, ic: u32, j0: u32, j1: u32) {
+    let mf = fv.m;
+    let fi = 2u * ic + 1u;
+    for (var jc = j0; jc < j1; jc++) {
+        let c = rb + (2u * jc + 1u) * mf + fi;
+        let below = 0.5 * work[c - mf - 1u] + work[c - mf] + 0.5 * work[c - mf + 1u];
+        let mid = 0.5 * work[c - 1u] + work[c] + 0.5 * work[c + 1u];
+        let above = 0.5 * work[c + mf - 1u] + work[c + mf] + 0.5 * work[c + mf + 1u];
+        work[cv.b + jc * cv.m + ic] = 0.5 * below + mid + 0.5 * above;
+    }
 }
 
 // Coarse correction at the coarse node (ci, cj) (1-based, zero on the
@@ -462,21 +497,46 @@ fn prolong_row(cb: u32, mc: u32, i: u32, cj: u32) -> f32 {
 
 // x += P e, walked by fine columns (e at cb on the coarse level).
 fn mg_prolong_add(fv: Lvl, xb: u32, cb: u32, mc: u32, lid: u32) {
-    let mf = fv.m;
-    for (var iu = lid; iu < mf; iu += WG) {
-        let i = iu + 1u;
-        for (var ju = 0u; ju < mf; ju++) {
-            let j = ju + 1u;
-            var e = 0.0;
-            if (j % 2u == 0u) {
-                e = prolong_row(cb, mc, i, j / 2u);
-            } else {
-                e = 0.5 * (prolong_row(cb, mc, i, j / 2u) + prolong_row(cb, mc, i, j / 2u + 1u));
-            }
-            work[xb + ju * mf + iu] += e;
-        }
+    for (var iu = lid; iu < fv.m; iu += WG) {
+        prolong_column(fv, xb, cb, mc, iu, 0u, fv.m);
     }
     storageBarrier();
+}
+
+// Fine rows j0 .. j1 - 1 (0-based) of fine column iu of x += P e.
+fn prolong_column(fv: Lvl, xb: u32, cb: u32, mc: u32, iu: u32, j0: u32, j1: u32) {
+    let mf = fv.m;
+    let i = iu + 1u;
+    for (var ju = j0; ju < j1; ju++) {
+        let j = ju + 1u;
+        var e = 0.0;
+        if (j % 2u == 0u) {
+            e = prolong_row(cb, mc, i, j / 2u);
+        } else {
+            e = 0.5 * (prolong_row(cb, mc, i, j / 2u) + prolong_row(cb, mc, i, j / 2u + 1u));
+        }
+        work[xb + ju * mf + iu] += e;
+    }
+}
+
+// x = (L L^T)^-1 b on the coarsest level (one invocation).
+fn coarse_solve(cv: Lvl) {
+    let nu = cv.nu;
+    for (var i = 0u; i < nu; i++) {
+        var v = work[cv.b + i];
+        for (var k = 0u; k < i; k++) {
+            v -= work[cv.chol + i * nu + k] * work[cv.x + k];
+        }
+        work[cv.x + i] = v / work[cv.chol + i * nu + i];
+    }
+    for (var ii = 0u; ii < nu; ii++) {
+        let i = nu - 1u - ii;
+        var v = work[cv.x + i];
+        for (var k = i + 1u; k < nu; k++) {
+            v -= work[cv.chol + k * nu + i] * work[cv.x + k];
+        }
+        work[cv.x + i] = v / work[cv.chol + i * nu + i];
+    }
 }
 
 // z = M r; returns this invocation's part of r^T z.
@@ -517,22 +577,7 @@ fn vcycle(sys: u32, lid: u32, levels: u32, rb: u32, zb: u32) -> f32 {
         storageBarrier();
     }
     if (lid == 0u) {
-        let nu = cv.nu;
-        for (var i = 0u; i < nu; i++) {
-            var v = work[cv.b + i];
-            for (var k = 0u; k < i; k++) {
-                v -= work[cv.chol + i * nu + k] * work[cv.x + k];
-            }
-            work[cv.x + i] = v / work[cv.chol + i * nu + i];
-        }
-        for (var ii = 0u; ii < nu; ii++) {
-            let i = nu - 1u - ii;
-            var v = work[cv.x + i];
-            for (var k = i + 1u; k < nu; k++) {
-                v -= work[cv.chol + k * nu + i] * work[cv.x + k];
-            }
-            work[cv.x + i] = v / work[cv.chol + i * nu + i];
-        }
+        coarse_solve(cv);
     }
     storageBarrier();
     cur[cl] = cv.x;
@@ -708,5 +753,348 @@ fn mg_cg_iterate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         st.rz = rz;
         st.rnorm2 = rnorm2;
         state[sys] = st;
+    }
+}
+
+// ---- the wide path: one system over many workgroups ----
+//
+// One workgroup per system leaves a device's other compute units idle when
+// the batch is small (B = 1 at n = 256, 512). The wide path runs the same
+// algorithm, pass for pass (the same column walks, V-cycle and CG updates,
+// so the mirror is src/cpu/multigrid.rs as for the kernels above), with
+// one dispatch per phase recorded by the host (`WideSolve` in
+// src/physics/solver.rs):
+//
+// * `mgw_pass` does one pass over one level, one invocation per column
+//   segment of MGW_SEG rows (neighbouring invocations own neighbouring
+//   columns, as in the column walks); level-0 passes that end in a dot
+//   product write one partial sum per workgroup to `partials`.
+// * `mgw_system`, one workgroup looping over the systems, does what needs
+//   a whole system: the partial sums in a fixed order (deterministic), the
+//   CG scalars and the state, and the coarsest level's factor and solve.
+//   It also writes `ctrl`, the indirect dispatch arguments of the passes:
+//   zero workgroups once no system is running, so the iterations the host
+//   recorded beyond convergence cost a dispatch each and no work.
+//
+// Each dispatch reads its step from `phase` (a small buffer per step:
+// storage, since llvmpipe specialises pipelines on uniform values).
+
+const MGW_SEG: u32 = 16u;
+
+// `mgw_pass` steps (`WideOp` in src/physics/solver.rs).
+const OP_DIAG0: u32 = 0u;
+const OP_ELEMENTS: u32 = 1u;
+const OP_STENCIL: u32 = 2u;
+const OP_START_COPY: u32 = 3u;
+const OP_START_RESIDUAL: u32 = 4u;
+const OP_SWEEP0: u32 = 5u;
+const OP_RESIDUAL: u32 = 6u;
+const OP_RESTRICT: u32 = 7u;
+const OP_PROLONG: u32 = 8u;
+const OP_SWEEP: u32 = 9u;
+const OP_APPLY: u32 = 10u;
+const OP_UPDATE: u32 = 11u;
+const OP_DIRECTION: u32 = 12u;
+const OP_COPY_Z: u32 = 13u;
+// `mgw_system` steps.
+const SYS_FACTOR: u32 = 20u;
+const SYS_START: u32 = 21u;
+const SYS_START_RZ: u32 = 22u;
+const SYS_COARSE: u32 = 23u;
+const SYS_ALPHA: u32 = 24u;
+const SYS_RR: u32 = 25u;
+const SYS_BETA: u32 = 26u;
+const SYS_CAP: u32 = 27u;
+
+struct MgPhase {
+    op: u32,
+    level: u32,
+    // 1: only for systems whose solve is running.
+    gated: u32,
+    _pad: u32,
+}
+
+// Per system: two banks of one partial sum per level-0 workgroup (bank 1
+// holds ||b||^2 of the start while bank 0 takes ||r0||^2), then alpha, beta.
+@group(0) @binding(6) var<storage, read_write> partials: array<f32>;
+// Per level l: the indirect dispatch (x, y, z) of its passes.
+@group(0) @binding(7) var<storage, read_write> ctrl: array<u32>;
+@group(0) @binding(8) var<storage, read> phase: MgPhase;
+
+var<workgroup> mgw_phase: MgPhase;
+
+// Workgroups of a pass over level l (mirrors `wide_groups` in solver.rs).
+fn mgw_groups(l: u32) -> u32 {
+    let m = lvl_m(l);
+    return (m * ((m + MGW_SEG - 1u) / MGW_SEG) + WG - 1u) / WG;
+}
+
+fn mgw_stride() -> u32 {
+    return 2u * mgw_groups(0u) + 4u;
+}
+
+fn mgw_uniform_phase(lid: u32) -> MgPhase {
+    if (lid == 0u) {
+        mgw_phase = phase;
+    }
+    return workgroupUniformLoad(&mgw_phase);
+}
+
+// Does step `op` end in a partial sum (all are level-0 passes)?
+fn mgw_has_partial(op: u32, l: u32) -> bool {
+    return op == OP_START_COPY || op == OP_START_RESIDUAL || op == OP_APPLY || op == OP_UPDATE
+        || (op == OP_SWEEP && l == 0u);
+}
+
+@compute @workgroup_size(WG)
+fn mgw_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let sys = wid.y;
+    let ph = mgw_uniform_phase(lid);
+    let st = cg_uniform_state(state[sys], lid);
+    if (ph.gated == 1u && st.status != RUNNING) {
+        return;
+    }
+    let levels = mg_levels();
+    let l = ph.level;
+    let item = wid.x * WG + lid;
+    if (ph.op == OP_ELEMENTS) {
+        // One invocation per coarse cell.
+        let cells = P.n >> l;
+        if (item < cells * cells) {
+            let unit = mat4x4<f32>(
+                vec4<f32>(4.0, -1.0, -1.0, -2.0),
+                vec4<f32>(-1.0, 4.0, -2.0, -1.0),
+                vec4<f32>(-1.0, -2.0, 4.0, -1.0),
+                vec4<f32>(-2.0, -1.0, -1.0, 4.0),
+            ) * (1.0 / 6.0);
+            element_cell(
+                sys, l, item, cells, elem_base(sys, l, levels), elem_base(sys, l - 1u, levels), unit,
+                child_p(0u, 0u), child_p(1u, 0u), child_p(0u, 1u), child_p(1u, 1u),
+            );
+        }
+        return;
+    }
+    let lv = lvl(sys, l, levels);
+    let m = lv.m;
+    let in_range = item < m * ((m + MGW_SEG - 1u) / MGW_SEG);
+    let iu = item % m;
+    let j0 = (item / m) * MGW_SEG;
+    let j1 = min(j0 + MGW_SEG, m);
+    let nu0 = P.nunk;
+    let xb = sys * nu0;
+    let wr = sys * mg_system_floats(levels);
+    let wp = wr + nu0;
+    let wa = wr + 2u * nu0;
+    let wz = wr + 3u * nu0;
+    let pb = sys * mgw_stride();
+    let g0 = mgw_groups(0u);
+    var bb = lv.b;
+    if (l == 0u) {
+        bb = wr;
+    }
+    var part = 0.0;
+    if (in_range) {
+        switch ph.op {
+            case OP_DIAG0: {
+                for (var j = j0; j < j1; j++) {
+                    let k = j * m + iu;
+                    work[lv.dinv + k] = 1.0 / op_diag(sys, k);
+                }
+            }
+            case OP_STENCIL: {
+                stencil_column(lv, elem_base(sys, l, levels), P.n >> l, iu, j0, j1);
+                for (var j = j0; j < j1; j++) {
+                    let k = j * m + iu;
+                    work[lv.dinv + k] = 1.0 / stencil_entry(lv, k, 4u);
+                }
+            }
+            case OP_START_COPY: {
+                for (var j = j0; j < j1; j++) {
+                    let k = j * m + iu;
+                    work[wp + k] = x[xb + k];
+                    let b = rhs[xb + k];
+                    work[wr + k] = b;
+                    part += b * b;
+                }
+            }
+            case OP_START_RESIDUAL: {
+                st_mode = ST_RESIDUAL;
+                st_out = wr;
+                st_b = wr;
+                st_dot = 0.0;
+                _ = op_column(sys, wp, wr, iu + 1u, j0 + 1u, j1 + 1u);
+                part = st_dot;
+            }
+            case OP_SWEEP0: {
+                for (var j = j0; j < j1; j++) {
+                    let k = j * m + iu;
+                    work[lv.x + k] = MG_OMEGA * work[lv.dinv + k] * work[bb + k];
+                }
+            }
+            case OP_RESIDUAL, OP_SWEEP: {
+                // One sweep before and after (MG_SWEEPS = 1): the down leg's
+                // iterate is x and its residual goes to t; the up leg sweeps
+                // x (after the prolongation) into t, or into z on level 0.
+                st_mode = ST_RESIDUAL;
+                var o = lv.t;
+                if (ph.op == OP_SWEEP) {
+                    st_mode = ST_SWEEP;
+                    if (l == 0u) {
+                        o = wz;
+                    }
+                }
+                st_out = o;
+                st_v = lv.x;
+                st_b = bb;
+                st_dinv = lv.dinv;
+                st_dot = 0.0;
+                if (l == 0u) {
+                    _ = op_column(sys, lv.x, o, iu + 1u, j0 + 1u, j1 + 1u);
+                } else {
+                    lvl_column(lv, lv.x, o, iu, j0, j1);
+                }
+                part = st_dot;
+            }
+            case OP_RESTRICT: {
+                let fv = lvl(sys, l - 1u, levels);
+                restrict_column(fv, fv.t, lv, iu, j0, j1);
+            }
+            case OP_PROLONG: {
+                // The coarser level's correction: the coarsest level's
+                // solution in x, any other's last sweep in t.
+                let cv = lvl(sys, l + 1u, levels);
+                var cb = cv.t;
+                if (l + 2u == levels) {
+                    cb = cv.x;
+                }
+                prolong_column(lv, lv.x, cb, cv.m, iu, j0, j1);
+            }
+            case OP_APPLY: {
+                st_mode = ST_APPLY;
+                part = op_column(sys, wp, wa, iu + 1u, j0 + 1u, j1 + 1u);
+            }
+            case OP_UPDATE: {
+                let alpha = partials[pb + 2u * g0];
+                for (var j = j0; j < j1; j++) {
+                    let k = j * m + iu;
+                    x[xb + k] += alpha * work[wp + k];
+                    let r = work[wr + k] - alpha * work[wa + k];
+                    work[wr + k] = r;
+                    part += r * r;
+                }
+            }
+            case OP_DIRECTION: {
+                let beta = partials[pb + 2u * g0 + 1u];
+                for (var j = j0; j < j1; j++) {
+                    let k = j * m + iu;
+                    work[wp + k] = work[wz + k] + beta * work[wp + k];
+                }
+            }
+            case OP_COPY_Z: {
+                for (var j = j0; j < j1; j++) {
+                    let k = j * m + iu;
+                    work[wp + k] = work[wz + k];
+                }
+            }
+            default: {}
+        }
+    }
+    if (mgw_has_partial(ph.op, l)) {
+        let s = wg_sum(part, lid);
+        if (lid == 0u) {
+            var bank = 0u;
+            if (ph.op == OP_START_COPY) {
+                bank = g0;
+            }
+            partials[pb + bank + wid.x] = s;
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn mgw_system(@builtin(local_invocation_index) lid: u32) {
+    let ph = mgw_uniform_phase(lid);
+    let levels = mg_levels();
+    let g0 = mgw_groups(0u);
+    var running = 0u;
+    for (var sys = 0u; sys < P.batch; sys++) {
+        var st = cg_uniform_state(state[sys], lid);
+        let pb = sys * mgw_stride();
+        if (ph.op == SYS_FACTOR) {
+            if (lid == 0u) {
+                coarse_factor(lvl(sys, levels - 1u, levels));
+            }
+            continue;
+        }
+        // The phase's sums over the level-0 workgroups, in a fixed order.
+        var acc = vec2<f32>(0.0);
+        for (var g = lid; g < g0; g += WG) {
+            acc += vec2<f32>(partials[pb + g], partials[pb + g0 + g]);
+        }
+        let total = wg_sum2(acc, lid);
+        if (ph.op == SYS_START) {
+            let tol = cg_requested_tol(st, P.tol);
+            st = cg_start_state(total.y, total.x, 0.0, tol, st);
+            if (total.y == 0.0) {
+                for (var k = lid; k < P.nunk; k += WG) {
+                    x[sys * P.nunk + k] = 0.0;
+                }
+            }
+        } else if (st.status == RUNNING) {
+            switch ph.op {
+                case SYS_START_RZ: {
+                    st.rz = total.x;
+                    if (!(total.x == total.x)) {
+                        st.status = BREAKDOWN;
+                    }
+                }
+                case SYS_COARSE: {
+                    if (lid == 0u) {
+                        coarse_solve(lvl(sys, levels - 1u, levels));
+                    }
+                }
+                case SYS_ALPHA: {
+                    if (st.iters >= P.max_iter) {
+                        st.status = MAXITER;
+                    } else if (!(total.x > 0.0) || !(st.rz > 0.0)) {
+                        st.status = BREAKDOWN;
+                    } else if (lid == 0u) {
+                        partials[pb + 2u * g0] = st.rz / total.x;
+                    }
+                }
+                case SYS_RR: {
+                    st.rnorm2 = total.x;
+                    st.iters += 1u;
+                    if (total.x <= st.tol * st.tol * st.bnorm2) {
+                        st.status = CONVERGED;
+                    } else if (!(total.x == total.x)) {
+                        st.status = BREAKDOWN;
+                    }
+                }
+                case SYS_BETA: {
+                    if (lid == 0u) {
+                        partials[pb + 2u * g0 + 1u] = total.x / st.rz;
+                    }
+                    st.rz = total.x;
+                }
+                case SYS_CAP: {
+                    st.status = MAXITER;
+                }
+                default: {}
+            }
+        }
+        if (lid == 0u && ph.op != SYS_COARSE) {
+            state[sys] = st;
+        }
+        if (st.status == RUNNING) {
+            running += 1u;
+        }
+    }
+    if (lid == 0u && ph.op != SYS_FACTOR) {
+        for (var l = 0u; l < levels; l++) {
+            ctrl[3u * l] = select(0u, mgw_groups(l), running > 0u);
+            ctrl[3u * l + 1u] = P.batch;
+            ctrl[3u * l + 2u] = 1u;
+        }
     }
 }

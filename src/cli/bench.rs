@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::gpu::layout::PdeParams;
 use crate::gpu::{args, GpuContext, KernelId};
 use crate::physics::problem::{Problem, ProblemKind};
-use crate::physics::solver::{BatchedSolver, CgParams, Precond};
+use crate::physics::solver::{BatchedSolver, CgParams, Precond, SolverLayout};
 
 /// One shape of the streaming probe.
 #[derive(Debug, serde::Serialize)]
@@ -147,12 +147,65 @@ pub fn cg_bytes_per_iter(pb: &Problem) -> f64 {
     4.0 * (13 * pb.nunk() + coef) as f64
 }
 
+/// Bytes one multigrid-preconditioned solve of `iters` CG iterations moves
+/// per system (darcy2d), by the same rule as [`cg_bytes_per_iter`]: every
+/// array a pass touches is read or written once per pass, neighbours
+/// reused (the compulsory traffic of shaders/physics/multigrid.wgsl; the
+/// column walks re-read a third of each window, so the real traffic is
+/// higher). With `nu` a level's unknowns and `nc` the cells:
+///
+/// * an iteration: the CG's apply, update and direction (11 nu + nc), and
+///   the V-cycle: on level 0 the sweep from zero, the residual pass, the
+///   restriction, the prolongation and the last sweep (13 nu + 2 nc); on
+///   each coarse level the same with its 9-point stencil read twice
+///   (33 nu_l); on the coarsest its dense factor and vectors
+///   (nu_L^2 + 5 nu_L);
+/// * the start: the copies and the residual (9 nu + nc), one V-cycle and
+///   the copy of z (2 nu);
+/// * the setup (forward solves): level 0's diagonal (nu + nc), each coarse
+///   level's elements from the finer level's (kappa for level 1), its
+///   stencil from them and its diagonal, and the coarsest dense factor.
+pub fn mg_bytes_per_solve(n: usize, iters: f64) -> f64 {
+    let m = crate::physics::solver::multigrid_levels(n);
+    let nu: Vec<f64> = m.iter().map(|&m| (m * m) as f64).collect();
+    let nc = (n * n) as f64;
+    let last = nu.len() - 1;
+    let mut coarse = 0.0;
+    for (l, &v) in nu.iter().enumerate().skip(1) {
+        coarse += if l == last { v * v + 5.0 * v } else { 33.0 * v };
+    }
+    if last == 0 {
+        // One level: the dense solve of level 0 itself.
+        coarse = nu[0] * nu[0];
+    }
+    let vcycle = 13.0 * nu[0] + 2.0 * nc + coarse;
+    let iter = 11.0 * nu[0] + nc + vcycle;
+    let start = 11.0 * nu[0] + nc + vcycle;
+    let mut setup = nu[0] + nc;
+    for (l, &v) in nu.iter().enumerate().skip(1) {
+        let cells = (n >> l) as f64;
+        let fine = if l == 1 {
+            nc
+        } else {
+            16.0 * (2.0 * cells).powi(2)
+        };
+        setup += fine + 16.0 * cells * cells; // elements
+        setup += 16.0 * cells * cells + 9.0 * v; // stencil
+        setup += 2.0 * v; // diagonal
+    }
+    setup += 2.0 * nu[last] * nu[last];
+    4.0 * (setup + start + iters * iter)
+}
+
 /// One solver benchmark configuration's result.
 #[derive(Debug, serde::Serialize)]
 pub struct SolverBench {
     pub bench: &'static str,
     pub problem: &'static str,
     pub precond: &'static str,
+    /// Multigrid's layout as built (narrow: a workgroup per system; wide:
+    /// each system over many workgroups); "-" for Jacobi.
+    pub layout: &'static str,
     pub n: usize,
     pub batch: usize,
     pub reps: usize,
@@ -166,12 +219,17 @@ pub struct SolverBench {
 }
 
 /// Time forward solves of prior draws on darcy2d (tolerance 1e-5).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the bench's axes and its two output streams, each a CLI flag"
+)]
 pub fn solver(
     ctx: &GpuContext,
     sizes: &[usize],
     batches: &[usize],
     min_seconds: f64,
     preconds: &[Precond],
+    layouts: &[SolverLayout],
     emit_stream: impl FnMut(&StreamShape),
     mut emit: impl FnMut(&SolverBench),
 ) -> Result<Vec<SolverBench>> {
@@ -190,12 +248,22 @@ pub fn solver(
         .flat_map(|n| preconds.iter().map(move |p| (n, p)))
     {
         let pb = Problem::new(ProblemKind::Darcy2d, n, 64)?;
-        for &batch in batches {
+        // Jacobi has one layout.
+        let lays: &[SolverLayout] = if precond == Precond::Jacobi {
+            &[SolverLayout::Narrow]
+        } else {
+            layouts
+        };
+        for (&batch, &layout) in batches
+            .iter()
+            .flat_map(|b| lays.iter().map(move |l| (b, l)))
+        {
             let cg = CgParams {
                 rel_tol: 1e-5,
                 max_iters: 20 * n as u32,
                 chunk: 128,
                 precond,
+                layout,
                 ..Default::default()
             };
             let s = match BatchedSolver::new(ctx, &pb, batch, cg, None, false) {
@@ -223,16 +291,24 @@ pub fn solver(
                 reps += 1;
             }
             let dt = t.elapsed().as_secs_f64();
-            // The byte model is Jacobi-PCG's; a multigrid iteration moves
-            // several times more (every level's smoothing), so no fraction.
             let bw = match precond {
                 Precond::Jacobi => iters * cg_bytes_per_iter(&pb) / dt / 1e9,
-                _ => f64::NAN,
+                Precond::Multigrid => {
+                    let per = iters / (reps * batch) as f64;
+                    mg_bytes_per_solve(n, per) * (reps * batch) as f64 / dt / 1e9
+                }
+                // Whichever the solver chose: no model to apply.
+                Precond::Auto => f64::NAN,
             };
             let r = SolverBench {
                 bench: "solver",
                 problem: "darcy2d",
                 precond: precond.name(),
+                layout: match (precond, s.is_wide()) {
+                    (Precond::Jacobi, _) => "-",
+                    (_, true) => "wide",
+                    (_, false) => "narrow",
+                },
                 n,
                 batch,
                 reps,
@@ -1273,4 +1349,29 @@ pub fn render(
     }
     push("frame", "gpu", frames, t.elapsed().as_secs_f64(), &mut out);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multigrid_byte_model() {
+        // n = 8: levels of 7^2 and 3^2 unknowns, 64 cells. By hand: the
+        // setup 950 floats, the start 1494 and each iteration 1494.
+        assert_eq!(mg_bytes_per_solve(8, 0.0), 4.0 * (950.0 + 1494.0));
+        assert_eq!(
+            mg_bytes_per_solve(8, 2.0) - mg_bytes_per_solve(8, 1.0),
+            4.0 * 1494.0
+        );
+        // An iteration moves 2-4 Jacobi iterations' bytes at n = 64 (the
+        // V-cycle's fine-level passes dominate).
+        let pb = Problem::new(ProblemKind::Darcy2d, 64, 4).expect("darcy2d n = 64");
+        let per = mg_bytes_per_solve(64, 11.0) - mg_bytes_per_solve(64, 10.0);
+        let ratio = per / cg_bytes_per_iter(&pb);
+        assert!(
+            (2.0..4.0).contains(&ratio),
+            "multigrid / Jacobi bytes per iteration {ratio}"
+        );
+    }
 }

@@ -299,11 +299,21 @@ pub fn write_outputs(
     write_npy(&out.join("u_std.npy"), &[pb.t, pb.n], &u_std)?;
     write_npy(&out.join("x_mean.npy"), &[pb.t, pb.n], &r.x_mean)?;
     let (c, nu) = r.physical_moments();
+    let (cc, nuc) = crate::infer::dvae::physical_moments(r.zeta_mean, r.zeta_cov_calibrated);
     let post = serde_json::json!({
         "mean": r.zeta_mean,
         "cov": r.zeta_cov,
         "c": {"mean": c[0], "sd": c[1]},
         "nu": {"mean": nu[0], "sd": nu[1]},
+        // q's covariance widened by the Kalman scores' sandwich (Newey-West):
+        // the uncertainty to quote when the encoder's error is systematic.
+        "calibrated": {
+            "cov": r.zeta_cov_calibrated,
+            "inflation": r.inflation,
+            "lag": crate::infer::dvae::newey_west_lag(pb.t),
+            "c": {"mean": cc[0], "sd": cc[1]},
+            "nu": {"mean": nuc[0], "sd": nuc[1]},
+        },
     });
     write_json(&out.join("posterior_zeta.json"), &post)?;
     if let Some((a, p)) = &r.encoder {
@@ -413,8 +423,10 @@ pub fn write_outputs(
             "steps": s.steps, "lr": s.lr, "lr_theta": s.lr_theta, "lr_final": s.lr_final,
             "samples": s.samples, "x_samples": s.x_samples, "hidden": s.hidden,
             "act": s.act.name(), "arch": s.arch.name(), "learn_sigma_y": s.learn_sigma_y,
-            "seed": s.seed,
+            "seed": s.seed, "zeta_start": s.zeta_start.name(),
+            "anchor_frames": (s.anchor_frames != usize::MAX).then_some(s.anchor_frames),
         },
+        "zeta_start": r.zeta_start,
         "device": ctx.describe(),
     });
     if let Some(u) = truth {
@@ -436,6 +448,9 @@ pub fn write_outputs(
         m["zeta_true"] = serde_json::json!(z);
         m["zeta_error"] = serde_json::json!(err);
         m["zeta_error_in_sd"] = serde_json::json!([err[0] / sd[0], err[1] / sd[1]]);
+        let cal = r.zeta_cov_calibrated;
+        m["zeta_error_in_calibrated_sd"] =
+            serde_json::json!([err[0] / cal[0][0].sqrt(), err[1] / cal[1][1].sqrt()]);
     }
     write_json(&out.join("metrics.json"), &m)?;
     Ok(m)

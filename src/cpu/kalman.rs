@@ -400,6 +400,112 @@ pub fn x_modes(pb: &AdvDiff, x: &[f64]) -> Vec<Vec<C64>> {
         .collect()
 }
 
+/// The modal filter's log-likelihood split by frame: entry t is
+/// `log p(x_t | x_1..t-1, zeta)` (summed over the modes). Their sum is
+/// [`loglik_modes`].
+pub fn loglik_steps(
+    pb: &AdvDiff,
+    m0_modes: &[C64],
+    xm: &[Vec<C64>],
+    zeta: [f64; 2],
+    sigma_x2: f64,
+) -> Vec<f64> {
+    let (c, nu) = physical(zeta);
+    let su2 = pb.sigma_u * pb.sigma_u;
+    let mut ll = vec![0.0; xm.len()];
+    for k in 0..pb.modes() {
+        let dof = pb.mode_dof(k) as f64;
+        let lam = pb.mode_factor(k, c, nu).0;
+        let lam2 = lam[0] * lam[0] + lam[1] * lam[1];
+        let mut m = m0_modes[k];
+        let mut p = pb.sigma_0 * pb.sigma_0;
+        for (t, xt) in xm.iter().enumerate() {
+            let mp = cmul(lam, m);
+            let pp = lam2 * p + su2;
+            let s = pp + sigma_x2;
+            let e = [xt[k][0] - mp[0], xt[k][1] - mp[1]];
+            ll[t] += -0.5 * ((e[0] * e[0] + e[1] * e[1]) / s + dof * (s.ln() + LOG_2PI));
+            let kg = pp / s;
+            m = cadd(mp, cscale(kg, e));
+            p = (1.0 - kg) * pp;
+        }
+    }
+    ll
+}
+
+/// The sandwich covariance of zeta for a misspecified filter: with `cov`
+/// the posterior covariance (the inverse of the curvature H) and `g_t` the
+/// per-frame scores `d/dzeta log p(x_t | x_1..t-1, zeta)` at `zeta` (central
+/// differences of [`loglik_steps`]), `cov J cov` where J is the scores'
+/// long-run covariance with Bartlett weights up to `lag` frames (Newey and
+/// West). When the model holds, J = H and the sandwich is `cov`; when the
+/// pseudo-observations carry errors the model does not know of (an
+/// encoder's systematic error, correlated across nodes and frames), the
+/// scores vary more than H says and the sandwich is wider. Returns the
+/// sandwich and the per-frame scores.
+pub fn sandwich_cov(
+    pb: &AdvDiff,
+    x: &[f64],
+    zeta: [f64; 2],
+    sigma_x2: f64,
+    cov: [[f64; 2]; 2],
+    lag: usize,
+) -> ([[f64; 2]; 2], Vec<[f64; 2]>) {
+    let m0 = pb.to_modes(&pb.m0());
+    let xm = x_modes(pb, x);
+    let tt = xm.len();
+    let mut g = vec![[0.0; 2]; tt];
+    for i in 0..2 {
+        let d = 1e-4 * cov[i][i].sqrt().max(1e-3);
+        let mut zp = zeta;
+        let mut zm = zeta;
+        zp[i] += d;
+        zm[i] -= d;
+        let lp = loglik_steps(pb, &m0, &xm, zp, sigma_x2);
+        let lm = loglik_steps(pb, &m0, &xm, zm, sigma_x2);
+        for t in 0..tt {
+            g[t][i] = (lp[t] - lm[t]) / (2.0 * d);
+        }
+    }
+    let mean = [
+        g.iter().map(|v| v[0]).sum::<f64>() / tt as f64,
+        g.iter().map(|v| v[1]).sum::<f64>() / tt as f64,
+    ];
+    let mut j = [[0.0; 2]; 2];
+    for l in 0..=lag.min(tt.saturating_sub(1)) {
+        let w = if l == 0 {
+            1.0
+        } else {
+            2.0 * (1.0 - l as f64 / (lag + 1) as f64)
+        };
+        let mut c = [[0.0; 2]; 2];
+        for t in l..tt {
+            for a in 0..2 {
+                for b in 0..2 {
+                    c[a][b] += (g[t][a] - mean[a]) * (g[t - l][b] - mean[b]);
+                }
+            }
+        }
+        for a in 0..2 {
+            for b in 0..2 {
+                // Lags enter as (C_l + C_l^T) / 2 each side: symmetric.
+                j[a][b] += w * 0.5 * (c[a][b] + c[b][a]);
+            }
+        }
+    }
+    let mut out = [[0.0; 2]; 2];
+    for a in 0..2 {
+        for b in 0..2 {
+            for p in 0..2 {
+                for q in 0..2 {
+                    out[a][b] += cov[a][p] * j[p][q] * cov[q][b];
+                }
+            }
+        }
+    }
+    (out, g)
+}
+
 /// The log-likelihood of the modal filter alone (no gradients), from the
 /// modal coefficients of x.
 pub fn loglik_modes(

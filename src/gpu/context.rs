@@ -38,6 +38,19 @@ impl Dispatch {
         pass.dispatch_workgroups(x, y, z);
     }
 
+    /// Record this dispatch with the workgroup counts at `offset` of `args`
+    /// (written by an earlier dispatch: no read-back to decide the size).
+    pub fn record_indirect(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        args: &wgpu::Buffer,
+        offset: u64,
+    ) {
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.group, &[]);
+        pass.dispatch_workgroups_indirect(args, offset);
+    }
+
     pub fn kernel(&self) -> KernelId {
         self.kernel
     }
@@ -582,6 +595,22 @@ impl GpuContext {
             label: Some(label),
             size: bytes.max(16).next_multiple_of(4),
             usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        }))
+    }
+
+    /// A storage buffer that dispatches may also read their workgroup
+    /// counts from.
+    pub fn storage_indirect(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
+        self.check_size(label, bytes)?;
+        self.count(label, bytes);
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(16).next_multiple_of(4),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::INDIRECT
                 | wgpu::BufferUsages::COPY_SRC
                 | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,

@@ -159,6 +159,13 @@ kernel_table! {
     /// A bounded chunk of multigrid-preconditioned CG iterations, Q1 operator.
     MgCgIterateQ1 => SolverQ1Mg."mg_cg_iterate", Workgroup,
         { params: Uniform @ 0, coef: Read @ 1, rhs: Read @ 2, x: ReadWrite @ 3, work: ReadWrite @ 4, state: ReadWrite @ 5 }
+    /// Wide multigrid CG: one phase (`phase`) of one level, an invocation per column segment; x = segments, y = systems.
+    /// (Its workgroup counts come from `ctrl`, so it cannot bind it.)
+    MgWidePassQ1 => SolverQ1Mg."mgw_pass", Invocation,
+        { params: Uniform @ 0, coef: Read @ 1, rhs: Read @ 2, x: ReadWrite @ 3, work: ReadWrite @ 4, state: ReadWrite @ 5, partials: ReadWrite @ 6, phase: Read @ 8 }
+    /// Wide multigrid CG: the per-system step of `phase` (sums, scalars, state, coarsest level, dispatch sizes), one workgroup.
+    MgWideSystemQ1 => SolverQ1Mg."mgw_system", Single,
+        { params: Uniform @ 0, x: ReadWrite @ 3, work: ReadWrite @ 4, state: ReadWrite @ 5, partials: ReadWrite @ 6, ctrl: ReadWrite @ 7, phase: Read @ 8 }
     /// z = basis^T xi and kappa = exp(z) or the load kl_scale z; an invocation per 4 cells
     /// x 8 systems (`physics::solver::kl_map_extent`).
     KlMap => Kl."kl_map", Invocation,

@@ -77,6 +77,19 @@ pub struct CgState {
     pub _pad: u32,
 }
 
+/// `MgPhase` of shaders/physics/multigrid.wgsl: the step one dispatch of
+/// the wide multigrid path performs (`WideOp` in src/physics/solver.rs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq)]
+pub struct MgPhase {
+    pub op: u32,
+    /// The level of a pass (0 the finest).
+    pub level: u32,
+    /// 1: only for systems whose solve is running.
+    pub gated: u32,
+    pub _pad: u32,
+}
+
 /// Status codes written by the solver kernels.
 pub mod status {
     pub const RUNNING: u32 = 0;

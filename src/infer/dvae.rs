@@ -107,6 +107,43 @@ pub struct DvaeSettings {
     /// but the code folds near the peak and nu is lost on both seeds; over
     /// 1 frame both fail.
     pub anchor_frames: usize,
+    /// Where q(zeta)'s mean starts (and stays during the warm-up).
+    pub zeta_start: ZetaStart,
+}
+
+/// Where q(zeta)'s mean starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ZetaStart {
+    /// The prior's mean, zeta = 0 (c = 1).
+    Prior,
+    /// `zeta_1` from the advection speed that the frames' first Fourier
+    /// mode turns at (`AdvDiff::speed_from_frames`: no encoder, no model
+    /// of the rendering), `zeta_2` at the prior's mean. The warm-up holds
+    /// q(zeta) while the physics anchors the code to u, so a start at
+    /// c = 1 anchors a leftward bump's code to a rightward motion: seed 2
+    /// (c = -0.70) ended at c = 1.5 from the prior's mean (README).
+    Frames,
+}
+
+impl ZetaStart {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "prior" => Ok(ZetaStart::Prior),
+            "frames" => Ok(ZetaStart::Frames),
+            other => Err(Error::setting(
+                "zeta-start",
+                other,
+                "expected frames or prior",
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ZetaStart::Prior => "prior",
+            ZetaStart::Frames => "frames",
+        }
+    }
 }
 
 impl Default for DvaeSettings {
@@ -132,6 +169,7 @@ impl Default for DvaeSettings {
             learn_sigma_x_from: 0.4,
             learn_zeta_from: 0.3,
             anchor_frames: usize::MAX,
+            zeta_start: ZetaStart::Frames,
         }
     }
 }
@@ -233,6 +271,15 @@ pub struct DvaeFit {
     pub theta: Vec<f64>,
     pub zeta_mean: [f64; 2],
     pub zeta_cov: [[f64; 2]; 2],
+    /// q(zeta)'s starting mean (see `ZetaStart`).
+    pub zeta_start: [f64; 2],
+    /// q's covariance widened where the Kalman term's per-frame scores vary
+    /// more than its curvature says (`calibrate_cov`): the uncertainty to
+    /// report when the pseudo-observations carry the encoder's systematic
+    /// error, which the model's independent noise does not describe.
+    pub zeta_cov_calibrated: [[f64; 2]; 2],
+    /// The factors on q's variances (>= 1) in `zeta_cov_calibrated`.
+    pub inflation: [f64; 2],
     pub sigma_x: f64,
     pub sigma_q: f64,
     pub sigma_y: f64,
@@ -252,14 +299,21 @@ impl DvaeFit {
     /// Moments of c = 1 + 0.5 zeta_1 (normal) and nu = 0.005 exp(0.5 zeta_2)
     /// (log-normal) under q: ((mean, sd) of c, (mean, sd) of nu).
     pub fn physical_moments(&self) -> ([f64; 2], [f64; 2]) {
-        let (c, _) = physical(self.zeta_mean);
-        let sd_c = 0.5 * self.zeta_cov[0][0].sqrt();
-        let v2 = 0.25 * self.zeta_cov[1][1];
-        let mean_nu = 0.005 * (0.5 * self.zeta_mean[1] + 0.5 * v2).exp();
-        let sd_nu = mean_nu * (v2.exp() - 1.0).sqrt();
-        ([c, sd_c], [mean_nu, sd_nu])
+        physical_moments(self.zeta_mean, self.zeta_cov)
     }
+}
 
+/// Moments of c (normal) and nu (log-normal) under `N(mean, cov)` in zeta.
+pub fn physical_moments(mean: [f64; 2], cov: [[f64; 2]; 2]) -> ([f64; 2], [f64; 2]) {
+    let (c, _) = physical(mean);
+    let sd_c = 0.5 * cov[0][0].sqrt();
+    let v2 = 0.25 * cov[1][1];
+    let mean_nu = 0.005 * (0.5 * mean[1] + 0.5 * v2).exp();
+    let sd_nu = mean_nu * (v2.exp() - 1.0).sqrt();
+    ([c, sd_c], [mean_nu, sd_nu])
+}
+
+impl DvaeFit {
     /// The Kalman smoother at the posterior mean of zeta, given the
     /// pseudo-observations (dense n x n covariances, f64).
     pub fn smooth(&self, pb: &AdvDiff) -> Result<Smoothed> {
@@ -373,7 +427,17 @@ pub fn fit(
         DvaeData::Oracle { noise, .. } => *noise,
         _ => s.sigma_x0,
     };
+    let zeta_start = match (data, s.zeta_start) {
+        (DvaeData::Frames(f), ZetaStart::Frames) => {
+            // No first mode to follow (a flat picture): the prior's mean.
+            let c = pb.speed_from_frames(f, h).unwrap_or(1.0);
+            [(2.0 * (c - 1.0)).clamp(-8.0, 8.0), 0.0]
+        }
+        _ => [0.0, 0.0],
+    };
     let mut theta = vec![0.0; th::LEN];
+    theta[th::M1] = zeta_start[0];
+    theta[th::M2] = zeta_start[1];
     theta[th::R1] = s.q_sd0.ln();
     theta[th::R2] = s.q_sd0.ln();
     theta[th::SX] = (sx0 * sx0).ln();
@@ -622,9 +686,16 @@ pub fn fit(
         (_, _, DvaeData::Oracle { x, .. }) => (x.clone(), None, None, None),
         _ => unreachable!("frames have both networks"),
     };
+    let zeta_mean = [theta[th::M1], theta[th::M2]];
+    let sigma_x = (0.5 * theta[th::SX]).exp();
+    let (zeta_cov_calibrated, inflation) =
+        calibrate_cov(pb, &x_mean, zeta_mean, sigma_x * sigma_x, zeta_cov);
     Ok(DvaeFit {
-        zeta_mean: [theta[th::M1], theta[th::M2]],
+        zeta_mean,
         zeta_cov,
+        zeta_start,
+        zeta_cov_calibrated,
+        inflation,
         sigma_x: (0.5 * theta[th::SX]).exp(),
         sigma_q: (0.5 * theta[th::SQ]).exp(),
         sigma_y: (0.5 * theta[th::SY]).exp(),
@@ -638,6 +709,43 @@ pub fn fit(
         steps: done,
         interrupted,
     })
+}
+
+/// Newey and West's lag for `t` frames, `floor(4 (t / 100)^(2/9))` (3 for
+/// the spec's 40), at least 1.
+pub fn newey_west_lag(t: usize) -> usize {
+    ((4.0 * (t as f64 / 100.0).powf(2.0 / 9.0)).floor() as usize).max(1)
+}
+
+/// q(zeta)'s covariance, each variance scaled up by the ratio of the
+/// sandwich's (`cpu::kalman::sandwich_cov` at the encoder's means) where
+/// that is larger; q's correlation is kept, and a sandwich narrower than q
+/// (a noisy estimate from 40 frames) leaves q as it is. Measured on seed 2
+/// of the table (README): nu's error was 5.4 q-sd and 2.2 sandwich-sd.
+pub fn calibrate_cov(
+    pb: &AdvDiff,
+    x: &[f64],
+    zeta: [f64; 2],
+    sigma_x2: f64,
+    cov: [[f64; 2]; 2],
+) -> ([[f64; 2]; 2], [f64; 2]) {
+    let (sw, _) =
+        crate::cpu::kalman::sandwich_cov(pb, x, zeta, sigma_x2, cov, newey_west_lag(pb.t));
+    let f = [0, 1].map(|i| {
+        let r = sw[i][i] / cov[i][i];
+        if r.is_finite() {
+            r.max(1.0)
+        } else {
+            1.0
+        }
+    });
+    let mut out = cov;
+    for i in 0..2 {
+        for j in 0..2 {
+            out[i][j] *= (f[i] * f[j]).sqrt();
+        }
+    }
+    (out, f)
 }
 
 fn check_values(what: &str, v: &[f64], want: usize) -> Result<()> {

@@ -478,7 +478,6 @@ impl FlowEngine {
 
     /// Dispatches per step.
     pub fn dispatches_per_step(&self) -> usize {
-        let it = self.solver.iterate_dispatches() as usize;
         let per_layer_fwd = 2 + self.layers.first().map_or(0, |l| l.net.arch.layers.len());
         let per_layer_bwd = 2 + self
             .layers
@@ -486,7 +485,9 @@ impl FlowEngine {
             .map_or(0, |l| 4 * l.net.arch.layers.len());
         GaussianBlock::DISPATCHES
             + self.spec.layers * (per_layer_fwd + per_layer_bwd + 1)
-            + (1 + 1 + it) * 2
+            + 2
+            + self.solver.solve_dispatches(false)
+            + self.solver.solve_dispatches(true)
             + 2
             + 3
             + 1

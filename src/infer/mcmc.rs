@@ -659,9 +659,8 @@ impl McmcEngine {
 
     /// Dispatches recorded per step.
     pub fn dispatches_per_step(&self) -> usize {
-        let it = self.solver.iterate_dispatches() as usize;
-        let solve = 1 + it;
-        let fwd = 1 + solve + 1; // kl_map, solve, misfit
+        let fwd = 1 + self.solver.solve_dispatches(false) + 1; // kl_map, solve, misfit
+        let solve = self.solver.solve_dispatches(true);
         let grad =
             usize::from(self.solver.problem.kind == crate::physics::problem::ProblemKind::Darcy2d);
         match self.sampler {

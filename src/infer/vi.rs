@@ -578,16 +578,15 @@ impl ViEngine {
 
     /// Dispatches recorded per step.
     pub fn dispatches_per_step(&self) -> usize {
-        // noise, sample, kl_map, cg_start, iterates, obs, cg_start, iterates,
+        // noise, sample, kl_map, the forward solve, obs, the adjoint solve,
         // adjoint grad (darcy2d), pullback, kl, grad, elbo, adam
-        let it = self.solver.iterate_dispatches() as usize;
         let grad =
             usize::from(self.solver.problem.kind == crate::physics::problem::ProblemKind::Darcy2d);
         GaussianBlock::DISPATCHES
             + 1
-            + (1 + it)
+            + self.solver.solve_dispatches(false)
             + 1
-            + (1 + it)
+            + self.solver.solve_dispatches(true)
             + grad
             + 1
             + 1

@@ -303,6 +303,76 @@ impl AdvDiff {
         (states, frames)
     }
 
+    /// A moment estimate of the advection speed from pictures alone, with
+    /// no encoder and no model of the rendering: advection translates
+    /// every row of every frame, and a translation by `s` multiplies a
+    /// row's first Fourier coefficient `a = sum_i Y_i exp(-2 pi i x_i)` by
+    /// `exp(-2 pi i s)`, whatever the row's shape (a bump diffusing
+    /// symmetrically keeps its phase). So `arg sum_{t,r} a_{t+1,r}
+    /// conj(a_{t,r})` is one step's phase, which `arg lambda_1(c, nu)`
+    /// turns into `c` (solved by bisection at the prior's median `nu`; the
+    /// phase hardly depends on `nu`). `data` is `(T, rows, n)`: frames with
+    /// `rows = H`, or states with `rows = 1`. Returns `None` when the rows
+    /// carry no first mode to follow (a flat picture).
+    pub fn speed_from_frames(&self, data: &[f64], rows: usize) -> Option<f64> {
+        let n = self.n;
+        if rows == 0 || n < 3 || data.len() != self.t * rows * n || self.t < 2 {
+            return None;
+        }
+        let coef = |t: usize, r: usize| -> C64 {
+            let row = &data[(t * rows + r) * n..(t * rows + r + 1) * n];
+            let mut a = [0.0, 0.0];
+            for (i, &v) in row.iter().enumerate() {
+                let th = 2.0 * std::f64::consts::PI * i as f64 / n as f64;
+                a[0] += v * th.cos();
+                a[1] -= v * th.sin();
+            }
+            a
+        };
+        let (mut sum, mut power) = ([0.0, 0.0], 0.0);
+        for r in 0..rows {
+            let mut prev = coef(0, r);
+            for t in 1..self.t {
+                let a = coef(t, r);
+                // a conj(prev)
+                sum[0] += a[0] * prev[0] + a[1] * prev[1];
+                sum[1] += a[1] * prev[0] - a[0] * prev[1];
+                power += prev[0] * prev[0] + prev[1] * prev[1];
+                prev = a;
+            }
+        }
+        let mag = (sum[0] * sum[0] + sum[1] * sum[1]).sqrt();
+        // Against the pictures' energy: a flat picture's first mode is
+        // rounding error.
+        let energy: f64 = data.iter().map(|v| v * v).sum();
+        if !(mag.is_finite() && power > 1e-12 * energy && mag > 1e-6 * power) {
+            return None;
+        }
+        let phase = sum[1].atan2(sum[0]);
+        let nu = physical([0.0, 0.0]).1;
+        let arg = |c: f64| {
+            let l = self.mode_factor(1, c, nu).0;
+            l[1].atan2(l[0])
+        };
+        // arg lambda_1 = atan2(b, 1 + a) + atan2(b, 1 - a) with `dt/2 l_1 =
+        // a + i b`, `b` proportional to -c: monotone in c, onto (-pi, pi).
+        let th1 = 2.0 * std::f64::consts::PI / n as f64;
+        let cmax = 2e3 * self.h() / (self.dt * th1.sin());
+        let (mut lo, mut hi) = (-cmax, cmax);
+        if !(arg(lo) >= phase && phase >= arg(hi)) {
+            return None;
+        }
+        for _ in 0..100 {
+            let mid = 0.5 * (lo + hi);
+            if arg(mid) > phase {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        Some(0.5 * (lo + hi))
+    }
+
     /// `zeta ~ N(0, I)` for a seed (the `simulate` default).
     pub fn prior_zeta(seed: u64) -> [f64; 2] {
         let z = crate::rng::normals(seed, crate::rng::streams::ADVDIFF_ZETA, 0, 2);
@@ -351,5 +421,36 @@ mod tests {
         for i in 0..8 {
             assert!((back[i] - u[i]).abs() < 1e-12);
         }
+    }
+
+    #[test]
+    fn speed_from_frames_finds_the_advection_speed() {
+        let pb = AdvDiff::default();
+        // Noise-free states at the prior's median nu: the first mode turns
+        // by exactly arg lambda_1, so the estimate is exact.
+        for z1 in [-3.4, -1.0, 0.0, 0.6, 2.5] {
+            let (u, _) = pb.simulate([z1, 0.0], 1, false);
+            let c = pb.speed_from_frames(&u, 1).expect("a bump to follow");
+            let truth = physical([z1, 0.0]).0;
+            assert!((c - truth).abs() < 1e-9, "zeta_1 {z1}: {c} vs {truth}");
+        }
+        // Noisy frames drawn from the prior: within 0.05 of c.
+        let mut worst: f64 = 0.0;
+        for seed in 1..=12 {
+            let zeta = AdvDiff::prior_zeta(seed);
+            let (_, frames) = pb.simulate(zeta, seed, true);
+            let c = pb.speed_from_frames(&frames, pb.height).expect("frames");
+            let truth = physical(zeta).0;
+            worst = worst.max((c - truth).abs());
+            assert!(
+                (c - truth).abs() < 0.05,
+                "seed {seed}: zeta {zeta:?}, c {c} vs {truth}"
+            );
+        }
+        eprintln!("worst speed error over 12 seeds: {worst:.4}");
+        // A flat picture has no phase to follow.
+        let flat = vec![0.5; pb.t * pb.height * pb.n];
+        assert!(pb.speed_from_frames(&flat, pb.height).is_none());
+        assert!(pb.speed_from_frames(&flat[1..], pb.height).is_none());
     }
 }

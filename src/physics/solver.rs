@@ -27,7 +27,84 @@ pub struct CgParams {
     pub direct_1d: bool,
     /// darcy2d: the CG preconditioner.
     pub precond: Precond,
+    /// darcy2d with multigrid: one workgroup per system, or each system
+    /// over many workgroups.
+    pub layout: SolverLayout,
 }
+
+/// How multigrid-preconditioned solves are spread over the device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SolverLayout {
+    /// Wide for small batches of large grids ([`wide_by_default`]), narrow
+    /// otherwise.
+    #[default]
+    Auto,
+    /// One workgroup per system runs the whole CG loop (a few dispatches per
+    /// solve): right when the batch fills the device.
+    Narrow,
+    /// Each system over many workgroups, one dispatch per phase of the
+    /// V-cycle and of the CG iteration, still no read-back per iteration
+    /// (shaders/physics/multigrid.wgsl, `mgw_*`): for a batch too small to
+    /// fill the device.
+    Wide,
+}
+
+impl SolverLayout {
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "auto" => Ok(SolverLayout::Auto),
+            "narrow" => Ok(SolverLayout::Narrow),
+            "wide" => Ok(SolverLayout::Wide),
+            other => Err(Error::setting(
+                "layout",
+                other,
+                "expected auto, narrow or wide",
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SolverLayout::Auto => "auto",
+            SolverLayout::Narrow => "narrow",
+            SolverLayout::Wide => "wide",
+        }
+    }
+}
+
+/// Rows of a column segment, one invocation's walk in the wide path (the
+/// shader's `MGW_SEG`).
+pub const WIDE_SEGMENT: usize = 16;
+
+/// Items (column segments) of a wide pass over a level with `m` unknowns
+/// per side.
+pub fn wide_items(m: usize) -> usize {
+    m * m.div_ceil(WIDE_SEGMENT)
+}
+
+/// Floats of the wide path's `partials` per system (the shader's
+/// `mgw_stride`): two banks of one sum per level-0 workgroup, then alpha,
+/// beta and padding.
+pub fn wide_partials(n: usize, wg: u32) -> usize {
+    2 * wide_items(n - 1).div_ceil(wg as usize) + 4
+}
+
+/// Whether [`SolverLayout::Auto`] spreads each system over many workgroups:
+/// when the batch leaves most of the device idle and a grid's passes are
+/// large enough to pay for a dispatch per phase. On CPU devices (lavapipe,
+/// llvmpipe) the device is `threads` cores and the crossover was measured
+/// (docs/benchmarks.md, "Big single systems"); on GPUs, whose thousands of
+/// lanes one workgroup per system cannot fill below a few dozen systems,
+/// the rule is an estimate until measured on one.
+pub fn wide_by_default(device: wgpu::DeviceType, threads: usize, batch: usize, n: usize) -> bool {
+    match device {
+        wgpu::DeviceType::Cpu => batch < threads.max(1) && n >= WIDE_MIN_N_CPU,
+        _ => batch < 16 && n >= 128,
+    }
+}
+
+/// Smallest grid that the wide path serves by default on CPU devices.
+pub const WIDE_MIN_N_CPU: usize = 256;
 
 /// The preconditioner of darcy2d's CG solves.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -205,6 +282,7 @@ impl Default for CgParams {
             warm_start: false,
             direct_1d: true,
             precond: Precond::Jacobi,
+            layout: SolverLayout::Auto,
         }
     }
 }
@@ -366,6 +444,199 @@ enum Solve {
     },
     /// poisson1d with `cg.direct_1d`: the tridiagonal solve in one pass.
     Direct(Dispatch),
+    /// Multigrid CG with each system over many workgroups.
+    Wide(Box<WideSolve>),
+}
+
+/// One step of the wide path: a dispatch of fixed size, or one whose
+/// workgroup count the last `mgw_system` step wrote into `ctrl` at this
+/// byte offset (zero once no system is running).
+enum WideStep {
+    Direct(Dispatch),
+    Indirect(Dispatch, u64),
+}
+
+/// The wide path's steps for one solve (shaders/physics/multigrid.wgsl,
+/// `mgw_pass` and `mgw_system`): the hierarchy's setup (none for a solve
+/// that reuses it), the start, one CG iteration (recorded `max_iter`
+/// times) and the cap that marks a solve still running after them.
+struct WideSolve {
+    setup: Vec<WideStep>,
+    start: Vec<WideStep>,
+    iterate: Vec<WideStep>,
+    cap: WideStep,
+    ctrl: wgpu::Buffer,
+}
+
+/// Step codes of `mgw_pass` and `mgw_system` (the shader's `OP_*`, `SYS_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WideOp {
+    Diag0 = 0,
+    Elements = 1,
+    Stencil = 2,
+    StartCopy = 3,
+    StartResidual = 4,
+    Sweep0 = 5,
+    Residual = 6,
+    Restrict = 7,
+    Prolong = 8,
+    Sweep = 9,
+    Apply = 10,
+    Update = 11,
+    Direction = 12,
+    CopyZ = 13,
+    Factor = 20,
+    Start = 21,
+    StartRz = 22,
+    Coarse = 23,
+    Alpha = 24,
+    Rr = 25,
+    Beta = 26,
+    Cap = 27,
+}
+
+/// The buffers one wide solve binds.
+struct WideBuffers<'a> {
+    params: &'a wgpu::Buffer,
+    coef: &'a wgpu::Buffer,
+    rhs: &'a wgpu::Buffer,
+    x: &'a wgpu::Buffer,
+    work: &'a wgpu::Buffer,
+    state: &'a wgpu::Buffer,
+    partials: &'a wgpu::Buffer,
+    ctrl: &'a wgpu::Buffer,
+}
+
+impl WideSolve {
+    /// The steps, in the order of the narrow kernels' phases (the V-cycle of
+    /// `vcycle`, the CG of `mg_start` and `mg_cg_iterate`).
+    fn new(
+        ctx: &GpuContext,
+        b: &WideBuffers<'_>,
+        n: usize,
+        batch: usize,
+        reuse: bool,
+    ) -> Result<Self> {
+        let m = multigrid_levels(n);
+        let levels = m.len();
+        if levels < 2 {
+            return Err(Error::setting(
+                "layout",
+                "wide",
+                format!("n = {n} has one multigrid level; the wide path needs two or more (use the narrow layout)"),
+            ));
+        }
+        let step = |op: WideOp, l: usize, gated: bool, indirect: bool| -> Result<WideStep> {
+            let phase = ctx.upload(
+                "mg.wide.phase",
+                &[crate::gpu::layout::MgPhase {
+                    op: op as u32,
+                    level: l as u32,
+                    gated: gated as u32,
+                    _pad: 0,
+                }],
+            )?;
+            if (op as u32) >= WideOp::Factor as u32 {
+                let a = args::MgWideSystemQ1 {
+                    params: b.params,
+                    x: b.x,
+                    work: b.work,
+                    state: b.state,
+                    partials: b.partials,
+                    ctrl: b.ctrl,
+                    phase: &phase,
+                };
+                return Ok(WideStep::Direct(ctx.prepare(&a, [1, 1])?));
+            }
+            let a = args::MgWidePassQ1 {
+                params: b.params,
+                coef: b.coef,
+                rhs: b.rhs,
+                x: b.x,
+                work: b.work,
+                state: b.state,
+                partials: b.partials,
+                phase: &phase,
+            };
+            let items = if op == WideOp::Elements {
+                (n >> l) * (n >> l)
+            } else {
+                wide_items(m[l])
+            };
+            let d = ctx.prepare(&a, [items, batch])?;
+            Ok(if indirect {
+                WideStep::Indirect(d, 12 * l as u64)
+            } else {
+                WideStep::Direct(d)
+            })
+        };
+        let pass = |op, l| step(op, l, true, true);
+        let system = |op| step(op, 0, true, false);
+        let vcycle = |out: &mut Vec<WideStep>| -> Result<()> {
+            for l in 0..levels - 1 {
+                out.push(pass(WideOp::Sweep0, l)?);
+                out.push(pass(WideOp::Residual, l)?);
+                out.push(pass(WideOp::Restrict, l + 1)?);
+            }
+            out.push(system(WideOp::Coarse)?);
+            for l in (0..levels - 1).rev() {
+                out.push(pass(WideOp::Prolong, l)?);
+                out.push(pass(WideOp::Sweep, l)?);
+            }
+            Ok(())
+        };
+        let mut setup = Vec::new();
+        if !reuse {
+            setup.push(step(WideOp::Diag0, 0, false, false)?);
+            for l in 1..levels {
+                setup.push(step(WideOp::Elements, l, false, false)?);
+                setup.push(step(WideOp::Stencil, l, false, false)?);
+            }
+            setup.push(step(WideOp::Factor, 0, false, false)?);
+        }
+        let mut start = vec![
+            step(WideOp::StartCopy, 0, false, false)?,
+            step(WideOp::StartResidual, 0, false, false)?,
+            step(WideOp::Start, 0, false, false)?,
+        ];
+        vcycle(&mut start)?;
+        start.push(system(WideOp::StartRz)?);
+        start.push(pass(WideOp::CopyZ, 0)?);
+        let mut iterate = vec![
+            pass(WideOp::Apply, 0)?,
+            system(WideOp::Alpha)?,
+            pass(WideOp::Update, 0)?,
+            system(WideOp::Rr)?,
+        ];
+        vcycle(&mut iterate)?;
+        iterate.push(system(WideOp::Beta)?);
+        iterate.push(pass(WideOp::Direction, 0)?);
+        Ok(WideSolve {
+            setup,
+            start,
+            iterate,
+            cap: system(WideOp::Cap)?,
+            ctrl: b.ctrl.clone(),
+        })
+    }
+
+    fn record_steps(&self, pass: &mut wgpu::ComputePass<'_>, steps: &[WideStep]) {
+        for s in steps {
+            match s {
+                WideStep::Direct(d) => d.record(pass),
+                WideStep::Indirect(d, offset) => d.record_indirect(pass, &self.ctrl, *offset),
+            }
+        }
+    }
+
+    fn record(&self, pass: &mut wgpu::ComputePass<'_>, iterations: u32) {
+        self.record_steps(pass, &self.setup);
+        self.record_steps(pass, &self.start);
+        for _ in 0..iterations {
+            self.record_steps(pass, &self.iterate);
+        }
+        self.record_steps(pass, std::slice::from_ref(&self.cap));
+    }
 }
 
 fn f32s(v: &[f64]) -> Vec<f32> {
@@ -466,6 +737,36 @@ impl BatchedSolver {
         } else {
             mk("solver work (4 vectors per system)", 4 * b * nu as u64)?
         };
+        let wide = multigrid
+            && match cg.layout {
+                SolverLayout::Narrow => false,
+                SolverLayout::Wide => true,
+                SolverLayout::Auto => {
+                    multigrid_levels(pb.n).len() >= 2
+                        && wide_by_default(
+                            ctx.info.device_type,
+                            std::thread::available_parallelism().map_or(1, |t| t.get()),
+                            batch,
+                            pb.n,
+                        )
+                }
+            };
+        // The wide path's partial sums and indirect dispatch arguments
+        // (shared by the forward and adjoint solves, which run in turn).
+        let (partials, ctrl) = if wide {
+            (
+                mk(
+                    "multigrid wide partial sums",
+                    b * wide_partials(pb.n, ctx.solver_wg) as u64,
+                )?,
+                ctx.storage_indirect(
+                    "multigrid wide dispatch arguments",
+                    12 * multigrid_levels(pb.n).len() as u64,
+                )?,
+            )
+        } else {
+            (mk("unused", 4)?, mk("unused", 4)?)
+        };
         let state_bytes = (batch * std::mem::size_of::<CgState>()) as u64;
         let state_fwd = ctx.storage("state_fwd", state_bytes)?;
         let state_adj = ctx.storage("state_adj", state_bytes)?;
@@ -542,6 +843,21 @@ impl BatchedSolver {
                     },
                     extent,
                 )?));
+            }
+            if wide {
+                let bufs = WideBuffers {
+                    params: &u_solver,
+                    coef: &kappa_or_load,
+                    rhs,
+                    x,
+                    work: &work,
+                    state,
+                    partials: &partials,
+                    ctrl: &ctrl,
+                };
+                return Ok(Solve::Wide(Box::new(WideSolve::new(
+                    ctx, &bufs, pb.n, batch, reuse,
+                )?)));
             }
             let a = args::CgStartQ1 {
                 params: &u_solver,
@@ -734,11 +1050,57 @@ impl BatchedSolver {
         ]
     }
 
+    /// CG iterate dispatches recorded per narrow solve (none for a direct
+    /// or a wide solve).
     pub fn iterate_dispatches(&self) -> u32 {
-        if matches!(self.fwd, Solve::Direct(_)) {
+        if !matches!(self.fwd, Solve::Cg { .. }) {
             return 0;
         }
         self.params.max_iter.div_ceil(self.params.chunk)
+    }
+
+    /// Dispatches recorded per solve: the forward's, or the adjoint's
+    /// (which reuses the forward's multigrid hierarchy).
+    pub fn solve_dispatches(&self, adjoint: bool) -> usize {
+        match if adjoint { &self.adjoint } else { &self.fwd } {
+            Solve::Direct(_) => 1,
+            Solve::Cg { setup, .. } => {
+                usize::from(setup.is_some()) + 1 + self.iterate_dispatches() as usize
+            }
+            Solve::Wide(w) => {
+                w.setup.len() + w.start.len() + self.params.max_iter as usize * w.iterate.len() + 1
+            }
+        }
+    }
+
+    /// The kernels one forward solve dispatches, in order.
+    pub fn solve_kernels(&self) -> Vec<KernelId> {
+        match &self.fwd {
+            Solve::Direct(d) => vec![d.kernel()],
+            Solve::Cg {
+                setup,
+                start,
+                iterate,
+            } => setup
+                .iter()
+                .chain([start, iterate])
+                .map(|d| d.kernel())
+                .collect(),
+            Solve::Wide(w) => w
+                .setup
+                .iter()
+                .chain(&w.start)
+                .chain(&w.iterate)
+                .map(|s| match s {
+                    WideStep::Direct(d) | WideStep::Indirect(d, _) => d.kernel(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether solves spread each system over many workgroups.
+    pub fn is_wide(&self) -> bool {
+        matches!(self.fwd, Solve::Wide(_))
     }
 
     /// Change the relative tolerance of the following solves (warm starts
@@ -816,6 +1178,7 @@ impl BatchedSolver {
                     iterate.record(pass);
                 }
             }
+            Solve::Wide(w) => w.record(pass, self.params.max_iter),
         }
     }
 
