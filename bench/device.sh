@@ -57,14 +57,14 @@ else
 fi
 
 if [ "$quick" = 1 ]; then
-  step solver ./$pdevi bench solver --sizes 32,64 --batches 1,16 --precond jacobi,mg --min-seconds 0.5
+  step solver ./$pdevi bench solver --sizes 32,64 --batches 1,16 --precond jacobi,mg --layout narrow,wide --min-seconds 0.5
   step vi ./$pdevi bench vi --n 32 --d 32 --steps 10 --precond jacobi,mg
   step mlp ./$pdevi bench mlp --sizes 256 --steps 16
   step render ./$pdevi bench render --n 32 --d 16 --count 40
   step residual ./$pdevi bench residual --n 16 --d 16 --reps 2
   vi_steps=50; vi_n=32
 else
-  step solver ./$pdevi bench solver --sizes 64,128,256,512 --batches 1,16,64 --precond jacobi,mg
+  step solver ./$pdevi bench solver --sizes 64,128,256,512 --batches 1,16,64 --precond jacobi,mg --layout narrow,wide
   step vi ./$pdevi bench vi --n 64 --d 64 --steps 50 --precond jacobi,mg
   step mlp ./$pdevi bench mlp
   step render ./$pdevi bench render

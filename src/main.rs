@@ -240,6 +240,9 @@ struct RunOpts {
     /// darcy2d's CG preconditioner: auto (multigrid where the grid and device allow it), jacobi or mg.
     #[arg(long)]
     precond: Option<String>,
+    /// Multigrid solves: auto (each system over many workgroups for small batches of large grids), narrow (a workgroup per system) or wide.
+    #[arg(long)]
+    solver_layout: Option<String>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -734,6 +737,7 @@ impl RunOpts {
             tol: self.tol,
             max_iters: self.max_iters,
             precond: self.precond.clone(),
+            solver_layout: self.solver_layout.clone(),
             tol_start: self.tol_start,
             tol_noise: self.tol_noise,
             quiet: self.quiet.then_some(true),

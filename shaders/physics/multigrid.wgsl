@@ -779,7 +779,11 @@ fn mg_cg_iterate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
 // Each dispatch reads its step from `phase` (a small buffer per step:
 // storage, since llvmpipe specialises pipelines on uniform values).
 
-const MGW_SEG: u32 = 16u;
+// Rows per column segment. On lavapipe at n = 512, B = 1 (ms per solve,
+// narrow 386-394): 16 rows with two uniform-load barriers per workgroup
+// 548, 32 rows without them 315, 64 rows 284. 64 still gives a 512 grid
+// 4088 invocations per pass.
+const MGW_SEG: u32 = 64u;
 
 // `mgw_pass` steps (`WideOp` in src/physics/solver.rs).
 const OP_DIAG0: u32 = 0u;
@@ -849,11 +853,13 @@ fn mgw_has_partial(op: u32, l: u32) -> bool {
 @compute @workgroup_size(WG)
 fn mgw_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let sys = wid.y;
-    let ph = mgw_uniform_phase(lid);
-    let st = cg_uniform_state(state[sys], lid);
-    if (ph.gated == 1u && st.status != RUNNING) {
-        return;
-    }
+    // No barriers to make these workgroup-uniform: on lavapipe every
+    // barrier switches all of a workgroup's invocations, and a wide pass
+    // has hundreds of workgroups. `phase` is read-only (uniform); a system
+    // whose solve has stopped skips the work but still takes part in the
+    // partial sum (which its system steps then ignore).
+    let ph = phase;
+    let live = ph.gated == 0u || state[sys].status == RUNNING;
     let levels = mg_levels();
     let l = ph.level;
     let item = wid.x * WG + lid;
@@ -893,7 +899,7 @@ fn mgw_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
         bb = wr;
     }
     var part = 0.0;
-    if (in_range) {
+    if (in_range && live) {
         switch ph.op {
             case OP_DIAG0: {
                 for (var j = j0; j < j1; j++) {

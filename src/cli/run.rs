@@ -71,6 +71,10 @@ pub struct RunConfig {
     /// darcy2d's CG preconditioner: `auto` (default: multigrid where the
     /// grid and device allow it), `jacobi` or `mg`.
     pub precond: Option<String>,
+    /// darcy2d with multigrid: `auto` (default: each system over many
+    /// workgroups for small batches of large grids), `narrow` (a workgroup
+    /// per system) or `wide`.
+    pub solver_layout: Option<String>,
     /// The forward model in the likelihood: `exact` (default) or
     /// `surrogate:DIR` (a folder written by `pdevi train surrogate`).
     pub forward: Option<String>,
@@ -176,6 +180,7 @@ impl RunConfig {
             tol_start,
             tol_noise,
             precond,
+            solver_layout,
             forward,
             surrogate_variance,
             likelihood,
@@ -430,7 +435,7 @@ impl Setup {
             "seed": self.seed, "obs": self.obs_path.display().to_string(),
             "truth": self.truth_path.as_ref().map(|p| p.display().to_string()),
             "cg_tol": self.cg.rel_tol, "cg_max_iters": self.cg.max_iters,
-            "precond": self.cg.precond.name(),
+            "precond": self.cg.precond.name(), "solver_layout": self.cg.layout.name(),
         })
     }
 }
@@ -553,6 +558,9 @@ pub fn setup(cfg: &RunConfig) -> Result<Setup> {
         max_iters: cfg.max_iters.unwrap_or(4000),
         warm_start: true,
         precond: Precond::parse(cfg.precond.as_deref().unwrap_or("auto"))?,
+        layout: crate::physics::solver::SolverLayout::parse(
+            cfg.solver_layout.as_deref().unwrap_or("auto"),
+        )?,
         ..Default::default()
     };
     Ok(Setup {

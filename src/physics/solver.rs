@@ -72,9 +72,15 @@ impl SolverLayout {
     }
 }
 
+/// Iteration cap of the wide path, whose every iteration is recorded (a
+/// stopped solve's dispatches are empty but still cost about 50 us each on
+/// lavapipe): multigrid needs 6-7 iterations to 1e-5 on prior draws, and a
+/// solve that needs more than this fails with the iteration cap named.
+pub const WIDE_MAX_ITERS: u32 = 16;
+
 /// Rows of a column segment, one invocation's walk in the wide path (the
 /// shader's `MGW_SEG`).
-pub const WIDE_SEGMENT: usize = 16;
+pub const WIDE_SEGMENT: usize = 64;
 
 /// Items (column segments) of a wide pass over a level with `m` unknowns
 /// per side.
@@ -93,18 +99,20 @@ pub fn wide_partials(n: usize, wg: u32) -> usize {
 /// when the batch leaves most of the device idle and a grid's passes are
 /// large enough to pay for a dispatch per phase. On CPU devices (lavapipe,
 /// llvmpipe) the device is `threads` cores and the crossover was measured
-/// (docs/benchmarks.md, "Big single systems"); on GPUs, whose thousands of
-/// lanes one workgroup per system cannot fill below a few dozen systems,
-/// the rule is an estimate until measured on one.
+/// (docs/benchmarks.md, "Big single systems"). On GPUs the rule is an
+/// estimate until measured on one: a GPU runs a hundred or more workgroups
+/// at once, so one workgroup per system leaves most of it idle below that
+/// many systems, and at n >= 128 a pass has thousands of column segments
+/// to spread, while a dispatch costs microseconds.
 pub fn wide_by_default(device: wgpu::DeviceType, threads: usize, batch: usize, n: usize) -> bool {
     match device {
         wgpu::DeviceType::Cpu => batch < threads.max(1) && n >= WIDE_MIN_N_CPU,
-        _ => batch < 16 && n >= 128,
+        _ => batch < 64 && n >= 128,
     }
 }
 
 /// Smallest grid that the wide path serves by default on CPU devices.
-pub const WIDE_MIN_N_CPU: usize = 256;
+pub const WIDE_MIN_N_CPU: usize = 512;
 
 /// The preconditioner of darcy2d's CG solves.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -785,7 +793,9 @@ impl BatchedSolver {
         params.tol = cg.rel_tol as f32;
         // Multigrid converges in a handful of iterations at any size: cap
         // it so that a solve records a few dispatches, not max_iters / chunk.
-        params.max_iter = if multigrid {
+        params.max_iter = if wide {
+            cg.max_iters.clamp(1, WIDE_MAX_ITERS)
+        } else if multigrid {
             cg.max_iters.clamp(1, MULTIGRID_MAX_ITERS)
         } else {
             cg.max_iters.max(1)
