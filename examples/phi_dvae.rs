@@ -5,7 +5,7 @@
 //! within 3 sd) and the smoothed state against the true states (relative
 //! L2). The first sequence also gets every file of `pdevi dvae`.
 //!
-//!     cargo run --release --example phi_dvae [-- --seeds 1,2,3 --steps 5000 --arch column --zeta-start frames --out DIR]
+//!     cargo run --release --example phi_dvae [-- --seeds 1,2,3 --steps 5000 --arch column --zeta-start frames --sigma-x0 0.05 --out DIR]
 //!
 //! Writes `results.json` and `table.md` (the printed table).
 
@@ -47,6 +47,7 @@ fn run() -> Result<(), String> {
             "--steps" => s.steps = v.parse().map_err(|_| format!("bad --steps `{v}`"))?,
             "--arch" => s.arch = DvaeArch::parse(v).map_err(|e| e.to_string())?,
             "--zeta-start" => s.zeta_start = ZetaStart::parse(v).map_err(|e| e.to_string())?,
+            "--sigma-x0" => s.sigma_x0 = v.parse().map_err(|_| format!("bad --sigma-x0 `{v}`"))?,
             "--out" => out = PathBuf::from(v),
             other => return Err(format!("unknown flag `{other}`")),
         }
