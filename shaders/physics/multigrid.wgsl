@@ -199,7 +199,16 @@ fn mg_elements(sys: u32, lid: u32, l: u32, levels: u32) {
     let cells = P.n >> l;
     let out = elem_base(sys, l, levels);
     let fine = elem_base(sys, l - 1u, levels);
-    // The unit Q1 element (corners sw, se, nw, ne).
+    for (var c = lid; c < cells * cells; c += WG) {
+        element_cell(sys, l, c, cells, out, fine);
+    }
+    storageBarrier();
+}
+
+// Coarse cell c of level l: the sum over its children of P_c^T E_c P_c.
+fn element_cell(sys: u32, l: u32, c: u32, cells: u32, out: u32, fine: u32) {
+    // The unit Q1 element (corners sw, se, nw, ne) and the interpolations
+    // to the four children (constants).
     let unit = mat4x4<f32>(
         vec4<f32>(4.0, -1.0, -1.0, -2.0),
         vec4<f32>(-1.0, 4.0, -2.0, -1.0),
@@ -210,26 +219,6 @@ fn mg_elements(sys: u32, lid: u32, l: u32, levels: u32) {
     let p10 = child_p(1u, 0u);
     let p01 = child_p(0u, 1u);
     let p11 = child_p(1u, 1u);
-    for (var c = lid; c < cells * cells; c += WG) {
-        element_cell(sys, l, c, cells, out, fine, unit, p00, p10, p01, p11);
-    }
-    storageBarrier();
-}
-
-// Coarse cell c of level l: the sum over its children of P_c^T E_c P_c.
-fn element_cell(
-    sys: u32,
-    l: u32,
-    c: u32,
-    cells: u32,
-    out: u32,
-    fine: u32,
-    unit: mat4x4<f32>,
-    p00: mat4x4<f32>,
-    p10: mat4x4<f32>,
-    p01: mat4x4<f32>,
-    p11: mat4x4<f32>,
-) {
     let fine_cells = 2u * cells;
     let ci = c % cells;
     let cj = c / cells;
@@ -867,16 +856,7 @@ fn mgw_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
         // One invocation per coarse cell.
         let cells = P.n >> l;
         if (item < cells * cells) {
-            let unit = mat4x4<f32>(
-                vec4<f32>(4.0, -1.0, -1.0, -2.0),
-                vec4<f32>(-1.0, 4.0, -2.0, -1.0),
-                vec4<f32>(-1.0, -2.0, 4.0, -1.0),
-                vec4<f32>(-2.0, -1.0, -1.0, 4.0),
-            ) * (1.0 / 6.0);
-            element_cell(
-                sys, l, item, cells, elem_base(sys, l, levels), elem_base(sys, l - 1u, levels), unit,
-                child_p(0u, 0u), child_p(1u, 0u), child_p(0u, 1u), child_p(1u, 1u),
-            );
+            element_cell(sys, l, item, cells, elem_base(sys, l, levels), elem_base(sys, l - 1u, levels));
         }
         return;
     }

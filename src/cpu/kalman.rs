@@ -507,7 +507,7 @@ pub fn sandwich_cov(
 }
 
 /// The log-likelihood of the modal filter alone (no gradients), from the
-/// modal coefficients of x.
+/// modal coefficients of x: the sum of [`loglik_steps`].
 pub fn loglik_modes(
     pb: &AdvDiff,
     m0_modes: &[C64],
@@ -515,25 +515,5 @@ pub fn loglik_modes(
     zeta: [f64; 2],
     sigma_x2: f64,
 ) -> f64 {
-    let (c, nu) = physical(zeta);
-    let su2 = pb.sigma_u * pb.sigma_u;
-    let mut ll = 0.0;
-    for k in 0..pb.modes() {
-        let dof = pb.mode_dof(k) as f64;
-        let lam = pb.mode_factor(k, c, nu).0;
-        let lam2 = lam[0] * lam[0] + lam[1] * lam[1];
-        let mut m = m0_modes[k];
-        let mut p = pb.sigma_0 * pb.sigma_0;
-        for xt in xm {
-            let mp = cmul(lam, m);
-            let pp = lam2 * p + su2;
-            let s = pp + sigma_x2;
-            let e = [xt[k][0] - mp[0], xt[k][1] - mp[1]];
-            ll += -0.5 * ((e[0] * e[0] + e[1] * e[1]) / s + dof * (s.ln() + LOG_2PI));
-            let kg = pp / s;
-            m = cadd(mp, cscale(kg, e));
-            p = (1.0 - kg) * pp;
-        }
-    }
-    ll
+    loglik_steps(pb, m0_modes, xm, zeta, sigma_x2).iter().sum()
 }

@@ -589,30 +589,30 @@ impl GpuContext {
 
     /// A zero-filled storage buffer of `bytes` (at least 16), checked against the limits.
     pub fn storage(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
-        self.check_size(label, bytes)?;
-        self.count(label, bytes);
-        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size: bytes.max(16).next_multiple_of(4),
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        }))
+        self.storage_with(label, bytes, wgpu::BufferUsages::empty())
     }
 
     /// A storage buffer that dispatches may also read their workgroup
     /// counts from.
     pub fn storage_indirect(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
+        self.storage_with(label, bytes, wgpu::BufferUsages::INDIRECT)
+    }
+
+    fn storage_with(
+        &self,
+        label: &str,
+        bytes: u64,
+        extra: wgpu::BufferUsages,
+    ) -> Result<wgpu::Buffer> {
         self.check_size(label, bytes)?;
         self.count(label, bytes);
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes.max(16).next_multiple_of(4),
             usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::INDIRECT
                 | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
+                | wgpu::BufferUsages::COPY_DST
+                | extra,
             mapped_at_creation: false,
         }))
     }
