@@ -446,8 +446,11 @@ struct DvaeOpts {
     /// Hidden activation (tanh, relu, silu, gelu, ...).
     #[arg(long, default_value = "tanh")]
     act: String,
-    /// column: the networks see one frame column at a time (shared weights); frame: whole frames.
-    #[arg(long, default_value = "column")]
+    /// Hidden widths of the level arch's decoder (a scalar level in, a pixel out).
+    #[arg(long, default_value = "32", value_delimiter = ',')]
+    level_hidden: Vec<usize>,
+    /// level: column encoder, and a decoder that draws each pixel from its level relative to x (pins x to u); column: both networks see one frame column at a time (shared weights); frame: whole frames.
+    #[arg(long, default_value = "level")]
     arch: String,
     /// Learn the pixel noise sigma_y (default: the spec's 0.05).
     #[arg(long)]
@@ -997,6 +1000,7 @@ fn run(cli: Cli) -> pdevi::Result<()> {
                 samples: o.samples,
                 x_samples: o.x_samples,
                 hidden: o.hidden.clone(),
+                level_hidden: o.level_hidden.clone(),
                 act: pdevi::nn::mlp::Activation::parse(&o.act)?,
                 arch: pdevi::infer::dvae::DvaeArch::parse(&o.arch)?,
                 learn_sigma_y: o.learn_sigma_y,

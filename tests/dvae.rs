@@ -194,6 +194,9 @@ fn dparams(pb: &AdvDiff, samples: usize, x_samples: usize, oracle: bool) -> Dvae
         beta: 0.7,
         gamma: 0.4,
         t_kalman: 1000,
+        level_hidden: 0,
+        level0: pb.level(0) as f32,
+        dlevel: (pb.level(1) - pb.level(0)) as f32,
         _pad: [0; 1],
     }
 }
@@ -379,6 +382,88 @@ fn dvae_kernels_match_mirrors() {
             c = c.f32("mugrad", &[0.0]);
         }
         cases.push(c);
+    }
+    // The level decoder fused with the frames' term, and its gradient sum:
+    // rows not a multiple of LEVEL_ROWS (the last group cut short), a
+    // hidden width below and at the kernel's maximum.
+    let pb = AdvDiff {
+        n: 7,
+        t: 3,
+        height: 6,
+        ..Default::default()
+    };
+    let tn = pb.t * pb.n;
+    for (nh, theta_sy) in [(5usize, -4.0), (mirror::LEVEL_MAX, -5.0)] {
+        let mut dp = dparams(&pb, s, 3, false);
+        dp.level_hidden = nh as u32;
+        let rows = 3 * tn;
+        let mut theta = theta0();
+        theta[mirror::th::SY] = theta_sy;
+        let xs = rng.vec_uniform(rows, -0.1, 1.1);
+        let frames = rng.vec_uniform(tn * pb.height, -0.1, 1.1);
+        let np = 3 * nh + 1;
+        let dec_p = rng.vec_uniform(np, -2.0, 2.0);
+        let groups = rows.div_ceil(mirror::LEVEL_ROWS);
+        let (mut rowsq, mut ldx, mut gpart) =
+            (vec![0.0; rows], vec![0.0; rows], vec![0.0; groups * np]);
+        mirror::dvae_level(
+            &dp, &theta, &xs, &frames, &mut rowsq, &dec_p, &mut ldx, &mut gpart,
+        );
+        let mut dgrad = vec![0.0; np];
+        mirror::dvae_level_grad(&dp, &gpart, &mut dgrad);
+        let scale = |v: &[f64]| v.iter().fold(0.0f64, |a, b| a.max(b.abs()));
+        cases.push(
+            Case::new(format!("level J {nh}"), KernelId::DvaeLevel, [groups, 1])
+                .params("dp", &dp)
+                .f32("theta", &theta)
+                .f32("xs", &xs)
+                .f32("frames", &frames)
+                .f32("dec_p", &dec_p)
+                .expect("rowsq", &rowsq, 1e-5 * scale(&rowsq), 1e-4)
+                .expect("ldx", &ldx, 1e-5 * scale(&ldx), 1e-3)
+                .expect("gpart", &gpart, 1e-5 * scale(&gpart), 1e-3),
+        );
+        cases.push(
+            Case::new(
+                format!("level grad J {nh}"),
+                KernelId::DvaeLevelGrad,
+                [np, 1],
+            )
+            .params("dp", &dp)
+            .f32("gpart", &gpart)
+            .expect("dgrad", &dgrad, 1e-5 * scale(&dgrad), 1e-4),
+        );
+        // The fused gradients against central differences of the frames'
+        // term (f64 mirror): F = gamma inv_norm / (2 Sx sigma_y^2) sum rowsq.
+        let loss = |p: &[f64], x: &[f64]| {
+            let (mut rq, mut a, mut b) = (vec![0.0; rows], vec![0.0; rows], vec![0.0; groups * np]);
+            mirror::dvae_level(&dp, &theta, x, &frames, &mut rq, p, &mut a, &mut b);
+            dp.gamma as f64 * dp.inv_norm as f64 / (2.0 * 3.0 * theta_sy.exp())
+                * rq.iter().sum::<f64>()
+        };
+        let e = 1e-6;
+        for k in [0, nh / 2, nh + 1, 2 * nh + 2, 3 * nh] {
+            let (mut pp, mut pm) = (dec_p.clone(), dec_p.clone());
+            pp[k] += e;
+            pm[k] -= e;
+            let fd = (loss(&pp, &xs) - loss(&pm, &xs)) / (2.0 * e);
+            assert!(
+                (fd - dgrad[k]).abs() <= 1e-6 * fd.abs().max(1.0),
+                "level J {nh}: d/dparam {k} {} against central differences {fd}",
+                dgrad[k]
+            );
+        }
+        for k in [0, rows / 2, rows - 1] {
+            let (mut xp, mut xm) = (xs.clone(), xs.clone());
+            xp[k] += e;
+            xm[k] -= e;
+            let fd = (loss(&dec_p, &xp) - loss(&dec_p, &xm)) / (2.0 * e);
+            assert!(
+                (fd - ldx[k]).abs() <= 1e-6 * fd.abs().max(1.0),
+                "level J {nh}: d/dx {k} {} against central differences {fd}",
+                ldx[k]
+            );
+        }
     }
     run_cases(ctx(), &cases);
 }

@@ -116,7 +116,7 @@ fn rows() -> Vec<Row> {
         } in [ResidualVi "JointParams"],
         pdevi::gpu::layout::DvaeParams {
             n, t, modes, samples, x_samples, height, oracle, step, seed_lo, seed_hi, stream,
-            learn, dt, sigma_u2, sigma_02, inv_norm, beta, gamma, t_kalman, _pad,
+            learn, dt, sigma_u2, sigma_02, inv_norm, beta, gamma, t_kalman, level_hidden, level0, dlevel, _pad,
         } in [Kalman "DvaeParams", Dvae "DvaeParams"],
         pdevi::infer::flow::FlowParams {
             d, samples, layer, parity, layers, nobs, history, step, s_scale, alpha, log_norm, _pad,

@@ -20,6 +20,9 @@ const SHAPES: &[(u32, u32, u32)] = &[
     (64, 64, 64),
     (65, 33, 17),
     (3, 200, 5),
+    // One and three columns (matmul_thin).
+    (300, 37, 1),
+    (70, 2, 3),
     (70, 130, 190),
     (129, 7, 1),
 ];
@@ -69,15 +72,20 @@ fn matmul_matches_cpu_in_the_three_backprop_shapes() {
             );
             let u = ctx.uniform("p", &p);
             // Both products run on every device (each is the default somewhere).
-            for kernel in [KernelId::Matmul, KernelId::MatmulBlocked] {
+            // And the thin product wherever it applies.
+            let thin = (n <= 4).then_some(KernelId::MatmulThin);
+            for kernel in [KernelId::Matmul, KernelId::MatmulBlocked]
+                .into_iter()
+                .chain(thin)
+            {
                 ctx.write(&bc, &common::f32s(&c0));
                 ctx.write(&bz, &common::f32s(&c0));
-                run(
-                    ctx,
-                    kernel,
-                    &[&u, &ba, &bb, &bc, &bz],
-                    [p.n as usize, p.m as usize],
-                );
+                let dims = if kernel == KernelId::MatmulThin {
+                    [p.m as usize, 1]
+                } else {
+                    [p.n as usize, p.m as usize]
+                };
+                run(ctx, kernel, &[&u, &ba, &bb, &bc, &bz], dims);
                 let tol = 2e-6 * (k as f64).sqrt();
                 let name = format!("{kernel:?} m{m} k{k} n{n} shape {shape} {}", act.name());
                 assert_close(&name, &read(ctx, &bc, clen), &c, tol, 1e-4);
@@ -365,6 +373,80 @@ fn network_gradients_match_finite_differences_and_gpu_for_every_activation() {
         assert_close(&format!("{} grad", act.name()), &gg, &g, 2e-5 * gmax, 1e-3);
         assert_close(&format!("{} dx", act.name()), &gdx, &dx, 1e-6, 1e-3);
     }
+}
+
+#[test]
+fn chunked_parameter_gradients_match_cpu() {
+    let ctx = ctx();
+    let mut rng = Rng::new(21);
+    // The kernels: a chunk cut short, offsets and strides wider than the
+    // layer.
+    let (m, n, k, chunk) = (3u32, 5u32, 2500u32, 1024u32);
+    let p = MlpParams {
+        m,
+        n,
+        k,
+        a_off: 2,
+        a_rs: m + 1,
+        b_off: 1,
+        b_rs: n + 2,
+        slot: chunk,
+        ..Default::default()
+    };
+    let xa = rng.vec_uniform((2 + k * (m + 1)) as usize, -1.0, 1.0);
+    let xb = rng.vec_uniform((1 + k * (n + 2)) as usize, -1.0, 1.0);
+    let per = (m * n + n) as usize;
+    let chunks = k.div_ceil(chunk) as usize;
+    let mut part = vec![0.0; chunks * per];
+    cm::grad_rows(&p, &xa, &xb, &mut part);
+    let (ba, bb, bp) = (
+        upload(ctx, "a", &xa),
+        upload(ctx, "b", &xb),
+        upload(ctx, "part", &vec![0.0; part.len()]),
+    );
+    let u = ctx.uniform("p", &p);
+    run(ctx, KernelId::GradRows, &[&u, &ba, &bb, &bp], [per, chunks]);
+    assert_close("grad_rows", &read(ctx, &bp, part.len()), &part, 1e-4, 1e-4);
+    let s = MlpParams {
+        m: per as u32,
+        k: chunks as u32,
+        c_off: 3,
+        ..Default::default()
+    };
+    let mut g = vec![0.0; 3 + per];
+    cm::grad_sum(&s, &part, &mut g);
+    let bg = upload(ctx, "g", &vec![0.0; g.len()]);
+    let u = ctx.uniform("s", &s);
+    run(ctx, KernelId::GradSum, &[&u, &bp, &bg], [per, 1]);
+    assert_close(
+        "grad_sum",
+        &read(ctx, &bg, g.len())[3..],
+        &g[3..],
+        1e-4,
+        1e-4,
+    );
+    // A whole network at a batch that takes the chunked path (and one
+    // output column, the thin product), against the mirror.
+    let batch = mlp::GRAD_SPLIT_ROWS + 777;
+    let arch = Arch::mlp(1, &[8], Activation::Tanh, 1);
+    let p = arch.init(3);
+    let x = rng.vec_uniform(batch, -1.5, 1.5);
+    let t = rng.vec_uniform(batch, -1.0, 1.0);
+    let tr = cm::forward(&arch, &p, &x, batch);
+    let y = &tr.a[arch.layers.len()];
+    let dy: Vec<f64> = y
+        .iter()
+        .zip(&t)
+        .map(|(a, b)| 2.0 * (a - b) / y.len() as f64)
+        .collect();
+    let (g, dx) = cm::backward(&arch, &p, &tr, &dy, batch);
+    let net = Mlp::new(ctx, arch.clone(), Some(&p), 0).unwrap();
+    let ws = Workspace::new(ctx, &net, batch, Loss::Mse).unwrap();
+    let (_, gg, gdx) = gpu_pass(&net, &ws, &x, &t);
+    let gmax = g.iter().fold(0.0f64, |a, b| a.max(b.abs()));
+    assert_close("chunked grad", &gg, &g, 1e-4 * gmax, 1e-3);
+    let dmax = dx.iter().fold(0.0f64, |a, b| a.max(b.abs()));
+    assert_close("chunked dx", &gdx, &dx, 1e-4 * dmax, 1e-3);
 }
 
 #[test]

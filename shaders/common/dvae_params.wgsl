@@ -1,5 +1,5 @@
 // Parameter block of the dynamical latent model's kernels (physics/kalman,
-// infer/dvae). Mirrors `DvaeParams` in src/gpu/layout.rs (80 bytes; layout
+// infer/dvae). Mirrors `DvaeParams` in src/gpu/layout.rs (96 bytes; layout
 // checked by tests/layout.rs). Bound as a read-only storage buffer: the
 // sizes are loop bounds, and lavapipe unrolls loops whose bounds it can
 // read from a uniform (see docs/benchmarks.md).
@@ -23,7 +23,10 @@ struct DvaeParams {
     beta: f32,      // weight of the Kalman term
     gamma: f32,     // weight of the reconstruction term (the warm-up ramps it up to 1)
     t_kalman: u32,  // the Kalman term covers frames 1..min(T, t_kalman)
-    _pad2: u32,
+    level_hidden: u32, // hidden width of the level decoder (dvae_level; 0: another arch)
+    level0: f32,    // v_r = level0 + r dlevel
+    dlevel: f32,
+    _pad: u32,
 }
 
 // theta, the model's few scalars (one Adam state):

@@ -25,7 +25,9 @@ fn chol() -> vec3<f32> {
 // 10 rowsq (Sx T n), 11 kout (S x 4, from kalman_loglik), 12 gxk (S x T n),
 // 13 dxdec (Sx T n, the decoder's input gradient), 14 mugrad (T n, the
 // encoder's output gradient), 15 tout (TH_LEN gradients of theta, then
-// the ELBO's terms, see dvae_assemble).
+// the ELBO's terms, see dvae_assemble); the level decoder's: 16 dec_p
+// (its parameters), 17 ldx (Sx T n, dF/dx from the frames' term), 18
+// gpart (its parameter gradients per invocation), 19 dgrad (their sum).
 @group(0) @binding(2) var<storage, read> mu: array<f32>;
 @group(0) @binding(3) var<storage, read_write> xs: array<f32>;
 @group(0) @binding(5) var<storage, read_write> zs: array<f32>;
@@ -38,6 +40,10 @@ fn chol() -> vec3<f32> {
 @group(0) @binding(13) var<storage, read> dxdec: array<f32>;
 @group(0) @binding(14) var<storage, read_write> mugrad: array<f32>;
 @group(0) @binding(15) var<storage, read_write> tout: array<f32>;
+@group(0) @binding(16) var<storage, read> dec_p: array<f32>;
+@group(0) @binding(17) var<storage, read_write> ldx: array<f32>;
+@group(0) @binding(18) var<storage, read_write> gpart: array<f32>;
+@group(0) @binding(19) var<storage, read_write> dgrad: array<f32>;
 
 // The standard normal behind entry i of x's draws (recomputed where
 // needed instead of stored: counter-based, so it costs no buffer).
@@ -86,6 +92,112 @@ fn dvae_recon(@builtin(global_invocation_id) gid: vec3<u32>) {
         acc += d * d;
     }
     rowsq[row] = acc;
+}
+
+// ---- the level decoder ------------------------------------------------------
+// Pixel (r, i) of frame t drawn from its level relative to the code,
+// f(v_r - x_{t,i}), with f(s) = b2 + sum_j w2_j tanh(w1_j s + b1_j) (an
+// MLP 1 -> J -> 1, parameters in dec_p as src/nn/mlp.rs lays them out:
+// w1 [J], b1 [J], w2 [J], b2). Fused with the frames' term: run as an MLP
+// over the T n H pixels, its products and their long reductions took
+// about twice the rest of the step on lavapipe (docs/benchmarks.md).
+// One invocation per LEVEL_ROWS column rows keeps the weights and the
+// gradient sums in private arrays.
+const LEVEL_ROWS: u32 = 4u;
+const LEVEL_MAX: u32 = 32u;
+
+fn tanh_l(z: f32) -> f32 {
+    let e = exp(-2.0 * abs(z));
+    return sign(z) * (1.0 - e) / (1.0 + e);
+}
+
+// Per column row (draw j, frame t, node i): rowsq = the squared error over
+// its H pixels and ldx = dF/dx (dF/dout = gamma (out - y) / (Sx sigma_y^2
+// T n), as dvae_recon); gpart[g (3J + 1)..] = invocation g's sums of
+// dF/d(dec_p). Dispatch (ceil(Sx T n / LEVEL_ROWS), 1, 1).
+@compute @workgroup_size(64)
+fn dvae_level(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let g = gid.x;
+    let tn = dp.t * dp.n;
+    let rows = dp.x_samples * tn;
+    let first = g * LEVEL_ROWS;
+    if (first >= rows) {
+        return;
+    }
+    let nh = min(dp.level_hidden, LEVEL_MAX);
+    var w1: array<f32, LEVEL_MAX>;
+    var b1: array<f32, LEVEL_MAX>;
+    var w2: array<f32, LEVEL_MAX>;
+    var h: array<f32, LEVEL_MAX>;
+    var gw1: array<f32, LEVEL_MAX>;
+    var gb1: array<f32, LEVEL_MAX>;
+    var gw2: array<f32, LEVEL_MAX>;
+    for (var j = 0u; j < nh; j++) {
+        w1[j] = dec_p[j];
+        b1[j] = dec_p[nh + j];
+        w2[j] = dec_p[2u * nh + j];
+        gw1[j] = 0.0;
+        gb1[j] = 0.0;
+        gw2[j] = 0.0;
+    }
+    let b2 = dec_p[3u * nh];
+    var gb2 = 0.0;
+    let scale = dp.gamma * dp.inv_norm / (f32(dp.x_samples) * exp(theta[TH_SY]));
+    for (var row = first; row < min(first + LEVEL_ROWS, rows); row++) {
+        let x = xs[row];
+        let r = row % tn;
+        var acc = 0.0;
+        var dx = 0.0;
+        for (var p = 0u; p < dp.height; p++) {
+            let s = dp.level0 + f32(p) * dp.dlevel - x;
+            var out = b2;
+            for (var j = 0u; j < nh; j++) {
+                h[j] = tanh_l(w1[j] * s + b1[j]);
+                out += w2[j] * h[j];
+            }
+            let d = out - frames[r * dp.height + p];
+            acc += d * d;
+            let gd = scale * d;
+            gb2 += gd;
+            var ds = 0.0;
+            for (var j = 0u; j < nh; j++) {
+                gw2[j] += gd * h[j];
+                let dz = gd * w2[j] * (1.0 - h[j] * h[j]);
+                gb1[j] += dz;
+                gw1[j] += dz * s;
+                ds += dz * w1[j];
+            }
+            // ds/dx = -1.
+            dx -= ds;
+        }
+        rowsq[row] = acc;
+        ldx[row] = dx;
+    }
+    let o = g * (3u * nh + 1u);
+    for (var j = 0u; j < nh; j++) {
+        gpart[o + j] = gw1[j];
+        gpart[o + nh + j] = gb1[j];
+        gpart[o + 2u * nh + j] = gw2[j];
+    }
+    gpart[o + 3u * nh] = gb2;
+}
+
+// dgrad[e] = sum over dvae_level's invocations of their gpart entry e, in
+// order. Dispatch (3J + 1, 1, 1).
+@compute @workgroup_size(64)
+fn dvae_level_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let e = gid.x;
+    let nh = min(dp.level_hidden, LEVEL_MAX);
+    let np = 3u * nh + 1u;
+    if (e >= np) {
+        return;
+    }
+    let groups = (dp.x_samples * dp.t * dp.n + LEVEL_ROWS - 1u) / LEVEL_ROWS;
+    var acc = 0.0;
+    for (var g = 0u; g < groups; g++) {
+        acc += gpart[g * np + e];
+    }
+    dgrad[e] = acc;
 }
 
 var<workgroup> dred: array<vec2<f32>, DWG>;

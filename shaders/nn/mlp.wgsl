@@ -289,6 +289,82 @@ fn matmul_blocked(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
     }
 }
 
+// ---- thin products and long reductions ---------------------------------------
+// Both 64 x 64 products compute whole blocks, so an output of one column
+// (a decoder that draws one pixel per row, the dx of a one-input layer)
+// does 64x its work; and a weight gradient X^T dZ over many rows with few
+// outputs runs in one workgroup, serially. Measured on the level decoder
+// (81920 rows, 1 -> 32 -> 1): the step took about 3x the whole model's
+// budget (docs/benchmarks.md).
+
+// C = act(A B + b) for n <= 4 columns: one invocation per row, the same
+// epilogue as the blocked product. Dispatch (ceil(m / 256), 1, 1).
+@compute @workgroup_size(256)
+fn matmul_thin(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let r = gid.x;
+    if (r >= M.m) {
+        return;
+    }
+    var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
+    let nc = min(M.n, 4u);
+    for (var kk = 0u; kk < M.k; kk++) {
+        let a = xa[M.a_off + r * M.a_rs + kk * M.a_cs];
+        for (var c = 0u; c < nc; c++) {
+            acc[c] += a * xb[M.b_off + kk * M.b_rs + c * M.b_cs];
+        }
+    }
+    for (var c = 0u; c < nc; c++) {
+        store_c(r, c, acc[c]);
+    }
+}
+
+// One layer's parameter gradients over a chunk of rows: entry e of chunk z
+// (z = workgroup y) is sum over rows r in [z slot, (z + 1) slot) of
+// X[r][e / n] dZ[r][e % n] for e < m n (dW, m inputs, n outputs), and of
+// dZ[r][e - m n] after (db). X from xa (a_off, row stride a_rs), dZ from xb
+// (b_off, row stride b_rs), k rows in all; into xc[z (m n + n) + e].
+// Dispatch (ceil((m n + n) / 256), chunks, 1); grad_sum adds the chunks.
+@compute @workgroup_size(256)
+fn grad_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let per = M.m * M.n + M.n;
+    let e = gid.x;
+    let z = gid.y;
+    if (e >= per) {
+        return;
+    }
+    let r0 = z * M.slot;
+    let r1 = min(M.k, r0 + M.slot);
+    var acc = 0.0;
+    if (e < M.m * M.n) {
+        let i = e / M.n;
+        let j = e % M.n;
+        for (var r = r0; r < r1; r++) {
+            acc += xa[M.a_off + r * M.a_rs + i] * xb[M.b_off + r * M.b_rs + j];
+        }
+    } else {
+        let j = e - M.m * M.n;
+        for (var r = r0; r < r1; r++) {
+            acc += xb[M.b_off + r * M.b_rs + j];
+        }
+    }
+    xc[z * per + e] = acc;
+}
+
+// xc[c_off + e] = sum over chunks z < k of xa[z m + e], chunks in order,
+// for e < m. Dispatch (ceil(m / 256), 1, 1).
+@compute @workgroup_size(256)
+fn grad_sum(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let e = gid.x;
+    if (e >= M.m) {
+        return;
+    }
+    var acc = 0.0;
+    for (var z = 0u; z < M.k; z++) {
+        acc += xa[z * M.m + e];
+    }
+    xc[M.c_off + e] = acc;
+}
+
 // ---- elementwise and reductions ----------------------------------------------
 
 // xc[c_off + r c_rs + j] *= act'(xa[a_off + r a_rs + j]) for r < m, j < n:

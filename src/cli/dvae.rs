@@ -421,7 +421,7 @@ pub fn write_outputs(
         "steps_per_second": r.steps as f64 / r.seconds.max(1e-9),
         "settings": {
             "steps": s.steps, "lr": s.lr, "lr_theta": s.lr_theta, "lr_final": s.lr_final,
-            "samples": s.samples, "x_samples": s.x_samples, "hidden": s.hidden,
+            "samples": s.samples, "x_samples": s.x_samples, "hidden": s.hidden, "level_hidden": s.level_hidden,
             "act": s.act.name(), "arch": s.arch.name(), "learn_sigma_y": s.learn_sigma_y,
             "seed": s.seed, "zeta_start": s.zeta_start.name(),
             "anchor_frames": (s.anchor_frames != usize::MAX).then_some(s.anchor_frames),

@@ -121,6 +121,11 @@ pub fn dvae_sample(dp: &DvaeParams, theta: &[f64], mu: &[f64], xs: &mut [f64], z
     }
 }
 
+/// The level of pixel row r.
+pub fn level(dp: &DvaeParams, r: usize) -> f64 {
+    dp.level0 as f64 + r as f64 * dp.dlevel as f64
+}
+
 /// Mirror of `dvae_recon`.
 pub fn dvae_recon(
     dp: &DvaeParams,
@@ -143,6 +148,101 @@ pub fn dvae_recon(
         }
         rowsq[row] = acc;
     }
+}
+
+/// Column rows per invocation of `dvae_level` (its `LEVEL_ROWS`).
+pub const LEVEL_ROWS: usize = 4;
+/// Widest level decoder (`dvae_level`'s `LEVEL_MAX`).
+pub const LEVEL_MAX: usize = 32;
+
+/// Mirror of `dvae_level`: the level decoder `f(v_r - x)` fused with the
+/// frames' term, per group of `LEVEL_ROWS` column rows.
+#[allow(clippy::too_many_arguments)]
+pub fn dvae_level(
+    dp: &DvaeParams,
+    theta: &[f64],
+    xs: &[f64],
+    frames: &[f64],
+    rowsq: &mut [f64],
+    dec_p: &[f64],
+    ldx: &mut [f64],
+    gpart: &mut [f64],
+) {
+    let tn = (dp.t * dp.n) as usize;
+    let rows = dp.x_samples as usize * tn;
+    let hgt = dp.height as usize;
+    let nh = (dp.level_hidden as usize).min(LEVEL_MAX);
+    let (w1, b1, w2) = (&dec_p[..nh], &dec_p[nh..2 * nh], &dec_p[2 * nh..3 * nh]);
+    let b2 = dec_p[3 * nh];
+    let scale = dp.gamma as f64 * dp.inv_norm as f64 / (dp.x_samples as f64 * theta[th::SY].exp());
+    let mut h = vec![0.0; nh];
+    for g in 0..rows.div_ceil(LEVEL_ROWS) {
+        let (mut gw1, mut gb1, mut gw2, mut gb2) =
+            (vec![0.0; nh], vec![0.0; nh], vec![0.0; nh], 0.0);
+        for row in g * LEVEL_ROWS..rows.min((g + 1) * LEVEL_ROWS) {
+            let x = xs[row];
+            let r = row % tn;
+            let (mut acc, mut dx) = (0.0, 0.0);
+            for p in 0..hgt {
+                let s = level(dp, p) - x;
+                let mut out = b2;
+                for j in 0..nh {
+                    h[j] = (w1[j] * s + b1[j]).tanh();
+                    out += w2[j] * h[j];
+                }
+                let d = out - frames[r * hgt + p];
+                acc += d * d;
+                let gd = scale * d;
+                gb2 += gd;
+                let mut ds = 0.0;
+                for j in 0..nh {
+                    gw2[j] += gd * h[j];
+                    let dz = gd * w2[j] * (1.0 - h[j] * h[j]);
+                    gb1[j] += dz;
+                    gw1[j] += dz * s;
+                    ds += dz * w1[j];
+                }
+                dx -= ds;
+            }
+            rowsq[row] = acc;
+            ldx[row] = dx;
+        }
+        let o = g * (3 * nh + 1);
+        gpart[o..o + nh].copy_from_slice(&gw1);
+        gpart[o + nh..o + 2 * nh].copy_from_slice(&gb1);
+        gpart[o + 2 * nh..o + 3 * nh].copy_from_slice(&gw2);
+        gpart[o + 3 * nh] = gb2;
+    }
+}
+
+/// Mirror of `dvae_level_grad`: `dvae_level`'s partials added in order.
+pub fn dvae_level_grad(dp: &DvaeParams, gpart: &[f64], dgrad: &mut [f64]) {
+    let nh = (dp.level_hidden as usize).min(LEVEL_MAX);
+    let np = 3 * nh + 1;
+    let groups = (dp.x_samples * dp.t * dp.n) as usize;
+    for (e, out) in dgrad.iter_mut().enumerate().take(np) {
+        *out = (0..groups.div_ceil(LEVEL_ROWS))
+            .map(|g| gpart[g * np + e])
+            .sum();
+    }
+}
+
+/// The level decoder's frames at the codes `x` (`(rows, H)`, column rows).
+pub fn level_decode(dp: &DvaeParams, dec_p: &[f64], x: &[f64]) -> Vec<f64> {
+    let hgt = dp.height as usize;
+    let nh = (dp.level_hidden as usize).min(LEVEL_MAX);
+    let mut out = Vec::with_capacity(x.len() * hgt);
+    for &xv in x {
+        for p in 0..hgt {
+            let s = level(dp, p) - xv;
+            let mut y = dec_p[3 * nh];
+            for j in 0..nh {
+                y += dec_p[2 * nh + j] * (dec_p[j] * s + dec_p[nh + j]).tanh();
+            }
+            out.push(y);
+        }
+    }
+    out
 }
 
 /// Mirror of `dvae_assemble` (same sums, but summed in index order).

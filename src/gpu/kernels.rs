@@ -200,6 +200,12 @@ kernel_table! {
     /// Phi-DVAE draws: x = mu + sigma_q eps and zeta = m + L eps; x = max(Sx T n, S).
     DvaeSample => Dvae."dvae_sample", Invocation,
         { dp: Read @ 0, theta: Read @ 1, mu: Read @ 2, xs: ReadWrite @ 3, zs: ReadWrite @ 5 }
+    /// Phi-DVAE's level decoder fused with the frames' term: rowsq, dF/dx and per-invocation parameter gradients; x = groups of LEVEL_ROWS column rows.
+    DvaeLevel => Dvae."dvae_level", Invocation,
+        { dp: Read @ 0, theta: Read @ 1, xs: ReadWrite @ 3, frames: Read @ 8, rowsq: ReadWrite @ 10, dec_p: Read @ 16, ldx: ReadWrite @ 17, gpart: ReadWrite @ 18 }
+    /// The level decoder's parameter gradients: dvae_level's partials added in order; x = parameters.
+    DvaeLevelGrad => Dvae."dvae_level_grad", Invocation,
+        { dp: Read @ 0, gpart: ReadWrite @ 18, dgrad: ReadWrite @ 19 }
     /// Phi-DVAE frames' reconstruction term and the decoder's output gradient; x = column rows.
     DvaeRecon => Dvae."dvae_recon", Invocation,
         { dp: Read @ 0, theta: Read @ 1, dec_out: Read @ 7, frames: Read @ 8, dec_delta: ReadWrite @ 9, rowsq: ReadWrite @ 10 }
@@ -304,6 +310,15 @@ kernel_table! {
     /// C = act(A B + b), 8 x 8 register blocks; x = columns, y = rows.
     MatmulBlocked => Mlp."matmul_blocked", Tile64,
         { params: Uniform @ 0, xa: Read @ 1, xb: Read @ 2, xc: ReadWrite @ 3, xz: ReadWrite @ 4 }
+    /// C = act(A B + b) for n <= 4 columns, an invocation per row; x = rows.
+    MatmulThin => Mlp."matmul_thin", Invocation,
+        { params: Uniform @ 0, xa: Read @ 1, xb: Read @ 2, xc: ReadWrite @ 3, xz: ReadWrite @ 4 }
+    /// One layer's weight and bias gradients over chunks of rows; x = gradient entries, y = chunks.
+    GradRows => Mlp."grad_rows", Invocation,
+        { params: Uniform @ 0, xa: Read @ 1, xb: Read @ 2, xc: ReadWrite @ 3 }
+    /// The chunks' gradients added in order; x = entries.
+    GradSum => Mlp."grad_sum", Invocation,
+        { params: Uniform @ 0, xa: Read @ 1, xc: ReadWrite @ 3 }
     /// dZ = dC act'(Z) in place; x = elements.
     ActBackward => Mlp."act_backward", Invocation,
         { params: Uniform @ 0, xa: Read @ 1, xc: ReadWrite @ 3 }

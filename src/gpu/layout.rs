@@ -166,7 +166,7 @@ impl JointParams {
     }
 }
 
-/// `DvaeParams` of shaders/common/dvae_params.wgsl (80 bytes; layout
+/// `DvaeParams` of shaders/common/dvae_params.wgsl (96 bytes; layout
 /// checked by tests/layout.rs): the dynamical latent model's kernels.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq)]
@@ -198,5 +198,10 @@ pub struct DvaeParams {
     pub gamma: f32,
     /// The Kalman term covers frames 1..min(T, t_kalman).
     pub t_kalman: u32,
+    /// Hidden width of the level decoder (`dvae_level`; 0: another arch).
+    pub level_hidden: u32,
+    /// The level of pixel row r is `level0 + r dlevel` (the spec's v_r).
+    pub level0: f32,
+    pub dlevel: f32,
     pub _pad: [u32; 1],
 }

@@ -33,6 +33,14 @@ use crate::physics::advdiff::{physical, AdvDiff};
 /// How the networks see a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DvaeArch {
+    /// The column encoder, and a decoder that draws pixel `(r, i)` from
+    /// `v_r - x_{t,i}` alone: the picture of a graph moves up with the
+    /// graph. A column decoder can absorb any monotone change of the code
+    /// (`x = u + g(u)`), and the Kalman term only weakly penalises one; a
+    /// convex g makes the bump look as if it flattened faster, so nu came
+    /// out 3-9 q-sd too high on every seed (README). Here any code but
+    /// `u + const` draws the wrong picture.
+    Level,
     /// One frame column (`H` pixels) <-> one node's value, shared weights.
     Column,
     /// A whole frame (`H n` pixels) <-> `x_t` (`n` values).
@@ -42,14 +50,20 @@ pub enum DvaeArch {
 impl DvaeArch {
     pub fn parse(s: &str) -> Result<Self> {
         match s {
+            "level" => Ok(DvaeArch::Level),
             "column" => Ok(DvaeArch::Column),
             "frame" => Ok(DvaeArch::Frame),
-            other => Err(Error::setting("arch", other, "expected column or frame")),
+            other => Err(Error::setting(
+                "arch",
+                other,
+                "expected level, column or frame",
+            )),
         }
     }
 
     pub fn name(self) -> &'static str {
         match self {
+            DvaeArch::Level => "level",
             DvaeArch::Column => "column",
             DvaeArch::Frame => "frame",
         }
@@ -72,6 +86,9 @@ pub struct DvaeSettings {
     /// Draws of x per step.
     pub x_samples: usize,
     pub hidden: Vec<usize>,
+    /// Hidden widths of the level arch's decoder (one scalar in, one pixel
+    /// out, run on every pixel: small).
+    pub level_hidden: Vec<usize>,
     pub act: Activation,
     pub arch: DvaeArch,
     /// Learn the pixel noise (else the spec's sigma_y).
@@ -156,8 +173,9 @@ impl Default for DvaeSettings {
             samples: 8,
             x_samples: 1,
             hidden: vec![64, 64],
+            level_hidden: vec![32],
             act: Activation::Tanh,
-            arch: DvaeArch::Column,
+            arch: DvaeArch::Level,
             learn_sigma_y: false,
             sigma_x0: 0.05,
             sigma_q0: 0.05,
@@ -214,11 +232,28 @@ impl DvaeSettings {
                 "need 0 <= start <= end < 1 (fractions of the steps)",
             ));
         }
-        if self.hidden.is_empty() || self.hidden.contains(&0) {
+        for (name, h) in [
+            ("hidden", &self.hidden),
+            ("level-hidden", &self.level_hidden),
+        ] {
+            if h.is_empty() || h.contains(&0) {
+                return Err(Error::setting(
+                    name,
+                    format!("{h:?}"),
+                    "need one or more hidden widths >= 1",
+                ));
+            }
+        }
+        if self.arch == DvaeArch::Level
+            && (self.level_hidden.len() != 1 || self.level_hidden[0] > crate::cpu::dvae::LEVEL_MAX)
+        {
             return Err(Error::setting(
-                "hidden",
-                format!("{:?}", self.hidden),
-                "need one or more hidden widths >= 1",
+                "level-hidden",
+                format!("{:?}", self.level_hidden),
+                format!(
+                    "the level decoder has one hidden layer of at most {} units",
+                    crate::cpu::dvae::LEVEL_MAX
+                ),
             ));
         }
         Ok(())
@@ -366,6 +401,14 @@ struct Net {
     ws: Workspace,
 }
 
+/// The level decoder: its parameters (with gradient and Adam state, as an
+/// MLP 1 -> J -> 1) and the fused kernel's outputs.
+struct Level {
+    net: Mlp,
+    ldx: wgpu::Buffer,
+    gpart: wgpu::Buffer,
+}
+
 /// Train the model on `data`. `progress(step, elbo)` is called at each read-back.
 pub fn fit(
     ctx: &GpuContext,
@@ -421,6 +464,13 @@ pub fn fit(
         beta: 1.0,
         gamma: 1.0,
         t_kalman: tt as u32,
+        level_hidden: if !oracle && s.arch == DvaeArch::Level {
+            s.level_hidden[0] as u32
+        } else {
+            0
+        },
+        level0: pb.level(0) as f32,
+        dlevel: (pb.level(1) - pb.level(0)) as f32,
         _pad: [0; 1],
     };
     let sx0 = match data {
@@ -471,41 +521,64 @@ pub fn fit(
     let dummy_w = ctx.storage("dvae.unused_w", 16)?;
 
     // The networks (none in oracle mode).
-    let (enc, dec, oracle_x) = match data {
+    let level_groups = (sx * tn).div_ceil(crate::cpu::dvae::LEVEL_ROWS);
+    let (enc, dec, lev, oracle_x) = match data {
         DvaeData::Frames(frames) => {
             let (ein, eout, erows, din, dout, drows) = match s.arch {
-                DvaeArch::Column => (h, 1, tn, 1, h, sx * tn),
+                DvaeArch::Level | DvaeArch::Column => (h, 1, tn, 1, h, sx * tn),
                 DvaeArch::Frame => (h * n, n, tt, n, h * n, sx * tt),
             };
             let earch = Arch::mlp(ein, &s.hidden, s.act, eout);
-            let darch = Arch::mlp(din, &s.hidden, s.act, dout);
             let enet = Mlp::new(ctx, earch, None, s.seed.wrapping_add(1))?;
-            let dnet = Mlp::new(ctx, darch, None, s.seed.wrapping_add(2))?;
             let ews = Workspace::new(ctx, &enet, erows, Loss::External)?;
-            let dws = Workspace::new(ctx, &dnet, drows, Loss::External)?;
             ews.set_input(ctx, &columns(pb, frames))?;
-            (
-                Some(Net { net: enet, ws: ews }),
-                Some(Net { net: dnet, ws: dws }),
-                None,
-            )
+            let (dec, lev) = if s.arch == DvaeArch::Level {
+                let darch = Arch::mlp(1, &s.level_hidden, Activation::Tanh, 1);
+                let net = Mlp::new(ctx, darch, None, s.seed.wrapping_add(2))?;
+                let np = net.nparam();
+                let lev = Level {
+                    net,
+                    ldx: ctx.storage("dvae.level_dx", f4(sx * tn))?,
+                    gpart: ctx.storage("dvae.level_gpart", f4(level_groups * np))?,
+                };
+                (None, Some(lev))
+            } else {
+                let darch = Arch::mlp(din, &s.hidden, s.act, dout);
+                let dnet = Mlp::new(ctx, darch, None, s.seed.wrapping_add(2))?;
+                let dws = Workspace::new(ctx, &dnet, drows, Loss::External)?;
+                (Some(Net { net: dnet, ws: dws }), None)
+            };
+            (Some(Net { net: enet, ws: ews }), dec, lev, None)
         }
         DvaeData::Oracle { x, .. } => (
+            None,
             None,
             None,
             Some(ctx.upload("dvae.oracle_x", &crate::nn::mlp::to_f32(x))?),
         ),
     };
-    let xs: &wgpu::Buffer = match (&dec, &oracle_x) {
-        (Some(d), _) => &d.ws.x,
-        (None, Some(x)) => x,
+    // The level decoder reads x from a buffer of its own; otherwise x is
+    // the decoder's input.
+    let own_x = if lev.is_some() {
+        Some(ctx.storage("dvae.xs", f4(sx * tn))?)
+    } else {
+        None
+    };
+    let xs: &wgpu::Buffer = match (&dec, &oracle_x, &own_x) {
+        (_, _, Some(x)) => x,
+        (Some(d), _, None) => &d.ws.x,
+        (None, Some(x), _) => x,
         _ => unreachable!("frames have a decoder, oracle mode has x"),
     };
     let mu = enc.as_ref().map_or(&dummy, |e| e.ws.output());
     let frames_buf = enc.as_ref().map_or(&dummy, |e| &e.ws.x);
     let dec_out = dec.as_ref().map_or(&dummy, |d| d.ws.output());
     let dec_delta = dec.as_ref().map_or(&dummy, |d| d.ws.output_grad());
-    let dxdec = dec.as_ref().map_or(&dummy, |d| &d.ws.dx);
+    let dxdec = match (&dec, &lev) {
+        (Some(d), _) => &d.ws.dx,
+        (None, Some(l)) => &l.ldx,
+        _ => &dummy,
+    };
     let mugrad = enc.as_ref().map_or(&dummy_w, |e| e.ws.output_grad());
     let rowsq = ctx.storage("dvae.rowsq", f4(sx * tn))?;
 
@@ -530,6 +603,32 @@ pub fn fit(
         },
         [sx * tn, 1],
     )?;
+    let level = match &lev {
+        Some(l) => Some((
+            ctx.prepare(
+                &args::DvaeLevel {
+                    dp: &dp_buf,
+                    theta: &theta_buf,
+                    xs,
+                    frames: frames_buf,
+                    rowsq: &rowsq,
+                    dec_p: &l.net.params,
+                    ldx: &l.ldx,
+                    gpart: &l.gpart,
+                },
+                [level_groups, 1],
+            )?,
+            ctx.prepare(
+                &args::DvaeLevelGrad {
+                    dp: &dp_buf,
+                    gpart: &l.gpart,
+                    dgrad: &l.net.grad,
+                },
+                [l.net.nparam(), 1],
+            )?,
+        )),
+        None => None,
+    };
     let kalman: Dispatch = ctx.prepare(
         &args::KalmanLoglik {
             dp: &dp_buf,
@@ -566,6 +665,7 @@ pub fn fit(
 
     let mut enc = enc;
     let mut dec = dec;
+    let mut lev = lev;
     let start = Instant::now();
     let mut trace = Vec::new();
     let mut interrupted = false;
@@ -590,6 +690,9 @@ pub fn fit(
         for net in [enc.as_mut(), dec.as_mut()].into_iter().flatten() {
             net.net.prepare_adam(ctx, a, s.lr_at(s.lr, step));
         }
+        if let Some(l) = lev.as_mut() {
+            l.net.prepare_adam(ctx, a, s.lr_at(s.lr, step));
+        }
         let mut encoder = ctx.encoder("dvae.step");
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
@@ -602,6 +705,10 @@ pub fn fit(
                 recon.record(&mut pass);
                 d.ws.encode_backward(&mut pass, true);
             }
+            if let Some((fwd, grad)) = &level {
+                fwd.record(&mut pass);
+                grad.record(&mut pass);
+            }
             kalman.record(&mut pass);
             kalman_gx.record(&mut pass);
             assemble.record(&mut pass);
@@ -611,6 +718,9 @@ pub fn fit(
             }
             if let Some(d) = &dec {
                 d.net.encode_adam(&mut pass);
+            }
+            if let Some(l) = &lev {
+                l.net.encode_adam(&mut pass);
             }
             theta_adam.record(&mut pass);
         }
@@ -659,8 +769,8 @@ pub fn fit(
         [l[0] * l[1], l[1] * l[1] + l[2] * l[2]],
     ];
     // The encoder's means and the decoder's frames at them.
-    let (x_mean, recon, encoder, decoder) = match (&enc, &dec, data) {
-        (Some(e), Some(d), _) => {
+    let (x_mean, recon, encoder, decoder) = match (&enc, data) {
+        (Some(e), _) => {
             // Forward the encoder once more: the last step's Adam moved it.
             let mut cmd = ctx.encoder("dvae.predict");
             {
@@ -673,17 +783,34 @@ pub fn fit(
                 .into_iter()
                 .map(f64::from)
                 .collect();
-            let xin: Vec<f64> = (0..sx).flat_map(|_| x.iter().copied()).collect();
-            let out = d.ws.predict(ctx, &xin)?;
+            let (out, darch, dparams) = match (&dec, &lev) {
+                (Some(d), _) => {
+                    let xin: Vec<f64> = (0..sx).flat_map(|_| x.iter().copied()).collect();
+                    (
+                        d.ws.predict(ctx, &xin)?,
+                        d.net.arch.clone(),
+                        d.net.read_params(ctx)?,
+                    )
+                }
+                (None, Some(l)) => {
+                    let p = l.net.read_params(ctx)?;
+                    (
+                        crate::cpu::dvae::level_decode(&dp, &p, &x),
+                        l.net.arch.clone(),
+                        p,
+                    )
+                }
+                _ => unreachable!("frames have a decoder"),
+            };
             let frames = uncolumns(pb, &out[..tn * h]);
             (
                 x,
                 Some(frames),
                 Some((e.net.arch.clone(), e.net.read_params(ctx)?)),
-                Some((d.net.arch.clone(), d.net.read_params(ctx)?)),
+                Some((darch, dparams)),
             )
         }
-        (_, _, DvaeData::Oracle { x, .. }) => (x.clone(), None, None, None),
+        (None, DvaeData::Oracle { x, .. }) => (x.clone(), None, None, None),
         _ => unreachable!("frames have both networks"),
     };
     let zeta_mean = [theta[th::M1], theta[th::M2]];

@@ -407,8 +407,20 @@ impl Arch {
 /// A product `m x n` = (`m x k`)(`k x n`) with the context's product kernel
 /// (tiled or register-blocked; both cover 64 x 64 outputs per workgroup).
 fn product(ctx: &GpuContext, p: &MlpParams, a: args::Matmul<'_>) -> Result<Dispatch> {
+    if p.n as usize <= THIN {
+        // The 64 x 64 products would compute 64 columns for these.
+        return ctx.prepare_as(KernelId::MatmulThin, &a, [p.m as usize, 1]);
+    }
     ctx.prepare_as(ctx.matmul, &a, [p.n as usize, p.m as usize])
 }
+
+/// Widest output that `matmul_thin` takes.
+const THIN: usize = 4;
+/// From this many rows on, a layer's parameter gradients are summed in
+/// chunks of `GRAD_CHUNK` rows in parallel (`grad_rows`, then `grad_sum`
+/// in chunk order) instead of by one workgroup of the product.
+pub const GRAD_SPLIT_ROWS: usize = 8192;
+pub const GRAD_CHUNK: usize = 1024;
 
 /// An MLP's parameters on the device, with its gradient and optimiser state.
 pub struct Mlp {
@@ -778,6 +790,17 @@ impl Workspace {
         let mut bwd = Vec::new();
         let mut bwd_dx = None;
         let steps = arch.backward_params(batch);
+        let split = batch >= GRAD_SPLIT_ROWS;
+        let chunks = batch.div_ceil(GRAD_CHUNK);
+        let per_max = (0..arch.layers.len())
+            .map(|l| arch.width(l) * arch.layers[l].out + arch.layers[l].out)
+            .max()
+            .unwrap_or(1);
+        let partials = if split {
+            ctx.storage("mlp.grad_chunks", f4(chunks * per_max))?
+        } else {
+            ctx.storage("mlp.unused", 16)?
+        };
         for l in (0..arch.layers.len()).rev() {
             let s = &steps[l];
             if arch.layers[l].act != Activation::Identity {
@@ -792,27 +815,66 @@ impl Workspace {
                 )?);
             }
             let input = if l == 0 { &x } else { &acts[l - 1] };
-            let u = un(&s.dw);
-            bwd.push(product(
-                ctx,
-                &s.dw,
-                args::Matmul {
-                    params: &u,
-                    xa: input,
-                    xb: &delta[l],
-                    xc: &net.grad,
-                    xz: &dummy,
-                },
-            )?);
-            let u = un(&s.db);
-            bwd.push(ctx.prepare(
-                &args::BiasGrad {
-                    params: &u,
-                    xa: &delta[l],
-                    xc: &net.grad,
-                },
-                [s.db.n as usize, 1],
-            )?);
+            if split {
+                let (i, o) = (arch.width(l), arch.layers[l].out);
+                let per = i * o + o;
+                let rows = MlpParams {
+                    m: i as u32,
+                    n: o as u32,
+                    k: batch as u32,
+                    a_rs: i as u32,
+                    b_rs: o as u32,
+                    slot: GRAD_CHUNK as u32,
+                    ..Default::default()
+                };
+                let u = un(&rows);
+                bwd.push(ctx.prepare(
+                    &args::GradRows {
+                        params: &u,
+                        xa: input,
+                        xb: &delta[l],
+                        xc: &partials,
+                    },
+                    [per, chunks],
+                )?);
+                let sum = MlpParams {
+                    m: per as u32,
+                    k: chunks as u32,
+                    c_off: s.dw.c_off,
+                    ..Default::default()
+                };
+                let u = un(&sum);
+                bwd.push(ctx.prepare(
+                    &args::GradSum {
+                        params: &u,
+                        xa: &partials,
+                        xc: &net.grad,
+                    },
+                    [per, 1],
+                )?);
+            } else {
+                let u = un(&s.dw);
+                bwd.push(product(
+                    ctx,
+                    &s.dw,
+                    args::Matmul {
+                        params: &u,
+                        xa: input,
+                        xb: &delta[l],
+                        xc: &net.grad,
+                        xz: &dummy,
+                    },
+                )?);
+                let u = un(&s.db);
+                bwd.push(ctx.prepare(
+                    &args::BiasGrad {
+                        params: &u,
+                        xa: &delta[l],
+                        xc: &net.grad,
+                    },
+                    [s.db.n as usize, 1],
+                )?);
+            }
             let u = un(&s.dx);
             let target = if l == 0 { &dx } else { &delta[l - 1] };
             let d = product(

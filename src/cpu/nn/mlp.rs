@@ -89,6 +89,46 @@ pub fn matmul(p: &MlpParams, xa: &[f64], xb: &[f64], xc: &mut [f64], xz: &mut [f
     }
 }
 
+/// Mirror of `matmul_thin`: the same product, for n <= 4.
+pub fn matmul_thin(p: &MlpParams, xa: &[f64], xb: &[f64], xc: &mut [f64], xz: &mut [f64]) {
+    matmul(p, xa, xb, xc, xz)
+}
+
+/// Mirror of `grad_rows`: per chunk z of `slot` rows, X^T dZ then the
+/// column sums of dZ, into `xc[z (m n + n)..]`.
+pub fn grad_rows(p: &MlpParams, xa: &[f64], xb: &[f64], xc: &mut [f64]) {
+    let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
+    let per = m * n + n;
+    let chunk = p.slot as usize;
+    for z in 0..k.div_ceil(chunk) {
+        let rows = z * chunk..k.min((z + 1) * chunk);
+        for e in 0..per {
+            let mut acc = 0.0;
+            for r in rows.clone() {
+                let dz = |j: usize| xb[p.b_off as usize + r * p.b_rs as usize + j];
+                acc += if e < m * n {
+                    xa[p.a_off as usize + r * p.a_rs as usize + e / n] * dz(e % n)
+                } else {
+                    dz(e - m * n)
+                };
+            }
+            xc[z * per + e] = acc;
+        }
+    }
+}
+
+/// Mirror of `grad_sum`: `xc[c_off + e]` = the sum over `k` chunks of
+/// `xa[z m + e]`, in order.
+pub fn grad_sum(p: &MlpParams, xa: &[f64], xc: &mut [f64]) {
+    for e in 0..p.m as usize {
+        let mut acc = 0.0;
+        for z in 0..p.k as usize {
+            acc += xa[z * p.m as usize + e];
+        }
+        xc[p.c_off as usize + e] = acc;
+    }
+}
+
 /// xc *= act'(xa) elementwise over m x n.
 pub fn act_backward(p: &MlpParams, xa: &[f64], xc: &mut [f64]) {
     let act = act_of(p);
