@@ -612,6 +612,16 @@ fn end_to_end_on_a_short_sequence_recovers_zeta_and_the_states() {
         rel < 0.1,
         "smoothed state {rel} from the truth (relative L2)"
     );
+    // The target in zeta units too.
+    for i in 0..2 {
+        assert!(
+            (r.zeta_mean[i] - zeta[i]).abs() < 0.15,
+            "zeta_{} {} against {}",
+            i + 1,
+            r.zeta_mean[i],
+            zeta[i]
+        );
+    }
     // The ELBO rose.
     let first = r.trace.first().map(|p| p.elbo).unwrap_or(f64::NAN);
     let last = r.trace.last().map(|p| p.elbo).unwrap_or(f64::NAN);
@@ -650,6 +660,17 @@ fn bad_settings_and_inputs_are_refused_with_their_names() {
         frames.clone(),
         "steps",
     );
+    // The level decoder's private arrays hold one layer of at most 32.
+    for lh in [vec![33], vec![8, 8]] {
+        bad(
+            DvaeSettings {
+                level_hidden: lh,
+                ..Default::default()
+            },
+            frames.clone(),
+            "level-hidden",
+        );
+    }
     bad(
         DvaeSettings {
             lr: f64::NAN,

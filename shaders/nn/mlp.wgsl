@@ -293,9 +293,10 @@ fn matmul_blocked(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
 // Both 64 x 64 products compute whole blocks, so an output of one column
 // (a decoder that draws one pixel per row, the dx of a one-input layer)
 // does 64x its work; and a weight gradient X^T dZ over many rows with few
-// outputs runs in one workgroup, serially. Measured on the level decoder
-// (81920 rows, 1 -> 32 -> 1): the step took about 3x the whole model's
-// budget (docs/benchmarks.md).
+// outputs runs in one workgroup, serially. Found on Phi-DVAE's level
+// decoder run as an MLP over its 81920 pixel rows (1 -> 32 -> 1), which is
+// now a fused kernel of its own (infer/dvae.wgsl); these serve any MLP
+// with a narrow output or a long batch.
 
 // C = act(A B + b) for n <= 4 columns: one invocation per row, the same
 // epilogue as the blocked product. Dispatch (ceil(m / 256), 1, 1).
