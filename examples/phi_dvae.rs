@@ -5,7 +5,7 @@
 //! within 3 sd) and the smoothed state against the true states (relative
 //! L2). The first sequence also gets every file of `pdevi dvae`.
 //!
-//!     cargo run --release --example phi_dvae [-- --seeds 1,2,3 --steps 5000 --arch column --zeta-start frames --sigma-x0 0.05 --out DIR]
+//!     cargo run --release --example phi_dvae [-- --seeds 1,2,3 --steps 5000 --arch level --zeta-start frames --sigma-x0 0.05 --out DIR]
 //!
 //! Writes `results.json` and `table.md` (the printed table).
 

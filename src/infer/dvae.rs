@@ -10,14 +10,16 @@
 //! One training step is one command encoder (see shaders/infer/dvae.wgsl);
 //! the host reads the ELBO's terms back every `report_every` steps.
 //!
-//! Architecture. By default the encoder and decoder act on one frame column
-//! at a time (`H` pixels <-> the value at one node), the same MLP for every
-//! node and frame: pixel `(r, i)` of a frame depends on `u_t(x_i)` only, so
-//! this is the structure of the data, it gives the networks `T n` training
-//! rows instead of `T`, and it keeps zeta identifiable: a decoder that sees
-//! the whole of `x_t` could move the bump itself and explain the frames with
-//! any advection speed. `--arch frame` (whole frames, `H n` <-> `n`) is
-//! there to show it.
+//! Architecture. The encoder acts on one frame column at a time (`H`
+//! pixels -> the value at one node), the same MLP for every node and frame:
+//! pixel `(r, i)` of a frame depends on `u_t(x_i)` only, so this is the
+//! structure of the data, it gives the network `T n` training rows instead
+//! of `T`, and it keeps zeta identifiable: a decoder that sees the whole of
+//! `x_t` could move the bump itself and explain the frames with any
+//! advection speed (`--arch frame`, there to show it). The default decoder
+//! draws each pixel from its level relative to the code (`DvaeArch::Level`,
+//! the fused kernel `dvae_level`), which pins the code to `u + const`;
+//! `--arch column` maps the value back to a whole column.
 
 use std::time::Instant;
 
