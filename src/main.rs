@@ -440,10 +440,10 @@ struct DvaeOpts {
     /// Draws of x per step (samples must be a multiple).
     #[arg(long, default_value_t = 1)]
     x_samples: usize,
-    /// Hidden widths of the encoder and the decoder, e.g. 64,64.
+    /// Hidden widths of the encoder (and of the column and frame decoders), e.g. 64,64.
     #[arg(long, default_value = "64,64", value_delimiter = ',')]
     hidden: Vec<usize>,
-    /// Hidden activation (tanh, relu, silu, gelu, ...).
+    /// Hidden activation of the encoder and of the column and frame decoders (tanh, relu, silu, gelu, ...; the level decoder is tanh).
     #[arg(long, default_value = "tanh")]
     act: String,
     /// Hidden widths of the level arch's decoder (a scalar level in, a pixel out).

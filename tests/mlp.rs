@@ -289,6 +289,24 @@ fn mse_loss_cpu(arch: &Arch, p: &[f64], x: &[f64], t: &[f64], batch: usize) -> f
     y.iter().zip(t).map(|(a, b)| (a - b) * (a - b)).sum::<f64>() / y.len() as f64
 }
 
+/// The mirror's gradients of the mean squared error: (parameters, input).
+fn mse_gradients_cpu(
+    arch: &Arch,
+    p: &[f64],
+    x: &[f64],
+    t: &[f64],
+    batch: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let tr = cm::forward(arch, p, x, batch);
+    let y = &tr.a[arch.layers.len()];
+    let dy: Vec<f64> = y
+        .iter()
+        .zip(t)
+        .map(|(a, b)| 2.0 * (a - b) / y.len() as f64)
+        .collect();
+    cm::backward(arch, p, &tr, &dy, batch)
+}
+
 /// Forward, loss and backward of one batch on the GPU: (loss, grad, dx, output).
 fn gpu_pass(net: &Mlp, ws: &Workspace, x: &[f64], t: &[f64]) -> (f64, Vec<f64>, Vec<f64>) {
     let ctx = ctx();
@@ -320,14 +338,7 @@ fn network_gradients_match_finite_differences_and_gpu_for_every_activation() {
         let x = rng.vec_uniform(batch * 3, -1.5, 1.5);
         let t = rng.vec_uniform(batch * 2, -1.0, 1.0);
         // CPU mirror: backward against central differences.
-        let tr = cm::forward(&arch, &p, &x, batch);
-        let y = &tr.a[arch.layers.len()];
-        let dy: Vec<f64> = y
-            .iter()
-            .zip(&t)
-            .map(|(a, b)| 2.0 * (a - b) / y.len() as f64)
-            .collect();
-        let (g, dx) = cm::backward(&arch, &p, &tr, &dy, batch);
+        let (g, dx) = mse_gradients_cpu(&arch, &p, &x, &t, batch);
         let h = 1e-6;
         let mut worst: f64 = 0.0;
         for i in 0..p.len() {
@@ -432,14 +443,7 @@ fn chunked_parameter_gradients_match_cpu() {
     let p = arch.init(3);
     let x = rng.vec_uniform(batch, -1.5, 1.5);
     let t = rng.vec_uniform(batch, -1.0, 1.0);
-    let tr = cm::forward(&arch, &p, &x, batch);
-    let y = &tr.a[arch.layers.len()];
-    let dy: Vec<f64> = y
-        .iter()
-        .zip(&t)
-        .map(|(a, b)| 2.0 * (a - b) / y.len() as f64)
-        .collect();
-    let (g, dx) = cm::backward(&arch, &p, &tr, &dy, batch);
+    let (g, dx) = mse_gradients_cpu(&arch, &p, &x, &t, batch);
     let net = Mlp::new(ctx, arch.clone(), Some(&p), 0).unwrap();
     let ws = Workspace::new(ctx, &net, batch, Loss::Mse).unwrap();
     let (_, gg, gdx) = gpu_pass(&net, &ws, &x, &t);
